@@ -1,0 +1,39 @@
+# The two commands a newcomer needs:  `make demo`  and  `make test`.
+VENV    ?= .venv
+PYTHON  ?= python3
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+DEVSTAMP := $(VENV)/.installed-dev
+TORCH_WHEEL := $(firstword $(wildcard /opt/wheels/torch-2.13.0*.whl))
+
+.PHONY: demo test setup lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(DEVSTAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[dev]'
+ifneq ($(TORCH_WHEEL),)
+	# Independent cross-check of reference gradients with torch.autograd (CPU build on disk).
+	$(BIN)/pip install -q $(TORCH_WHEEL) || echo "torch not installed: torch cross-checks will be skipped"
+endif
+	touch $@
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/nabla demo
+
+test: $(DEVSTAMP)
+	$(BIN)/ruff check server tests bench
+	$(BIN)/nabla problems check
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: $(DEVSTAMP)
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

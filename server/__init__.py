@@ -1,0 +1,12 @@
+"""Nabla: an auto-grading exercise server for backpropagation problems.
+
+This module stays import-light on purpose: the sandbox worker and the pure
+engine import ``server.*`` modules and must not pull in Flask or SQLAlchemy.
+"""
+
+
+def create_app(config=None):
+    """Flask application factory (``gunicorn 'server:create_app()'``)."""
+    from server.web.app import build_app
+
+    return build_app(config)
