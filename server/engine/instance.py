@@ -1,0 +1,317 @@
+"""Per-student instances: a deterministic, discriminating draw of one problem.
+
+``draw_instance(spec, seed)`` picks the structural choices, the dims (distinct
+where the ranges allow, so that a transpose changes the shape) and values
+rounded to the spec's decimals (used exactly as shown), runs the forward
+program and reverse mode, and redraws the values until the draw is
+discriminating (DESIGN.md section 6): every relu input is at least a margin
+away from its kink, every relu layer has active and inactive units, log
+inputs are positive, no gradient that matters is all zeros, square matrices
+are not symmetric and no variable has all-equal entries. The analytic
+gradients are then checked against central finite differences; a mismatch
+means the problem itself is broken and raises ``BrokenProblemError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from server.engine import reference as ref
+from server.engine.ops import ELEMENTWISE
+from server.engine.spec import ProblemSpec, Program
+
+MAX_DRAWS = 400
+
+
+class InstanceError(Exception):
+    """No acceptable instance could be drawn (a problem too constrained)."""
+
+
+class BrokenProblemError(InstanceError):
+    """Analytic and finite-difference gradients disagree: the problem is broken."""
+
+    def __init__(self, problem: str, variable: str, error: float):
+        self.variable = variable
+        self.error = error
+        super().__init__(
+            f"{problem}: the analytic gradient of {variable} disagrees with finite differences "
+            f"(relative error {error:.2e} > {ref.FD_RTOL:g}); the problem is broken"
+        )
+
+
+Value = np.ndarray | list[np.ndarray]
+
+
+@dataclass(frozen=True)
+class Instance:
+    problem: str
+    version: str
+    seed: int
+    layout: str
+    dims: dict[str, int]
+    choices: dict[str, str]  # choice name -> label
+    choice_index: tuple[int, ...]
+    forward: str
+    given: str
+    ask: tuple[str, ...]
+    shapes: dict[str, tuple[int, int]]  # every variable (per step for indexed ones)
+    indexed: frozenset[str]
+    steps: int  # loop steps (0 without a loop)
+    values: dict[str, Value]  # leaves, intermediates and d<given>
+    reference: dict[str, Value]  # d<name> for inputs, params and intermediates, in the layout
+    # for gradients that receive several contributions: d<name> (or "d<name>[t]") -> [(forward line, t, value)]
+    contributions: dict[str, list[tuple[int, int | None, np.ndarray]]] = field(default_factory=dict)
+
+    @property
+    def given_gradient(self) -> str:
+        return "d" + self.given
+
+    def to_json(self, *, include_reference: bool = True) -> dict:
+        out = {
+            "problem": self.problem,
+            "version": self.version,
+            "seed": self.seed,
+            "layout": self.layout,
+            "dims": self.dims,
+            "choices": self.choices,
+            "choice_index": list(self.choice_index),
+            "forward": self.forward,
+            "given": self.given,
+            "ask": list(self.ask),
+            "shapes": {k: list(v) for k, v in self.shapes.items()},
+            "indexed": sorted(self.indexed),
+            "steps": self.steps,
+            "values": {k: _tolist(v) for k, v in self.values.items()},
+        }
+        if include_reference:
+            out["reference"] = {k: _tolist(v) for k, v in self.reference.items()}
+            out["accumulation"] = {
+                k: [
+                    {"line": line, "t": t, "contribution": c.tolist(), "partial": p.tolist()}
+                    for (line, t, c), p in zip(items, _partials(items))
+                ]
+                for k, items in self.contributions.items()
+            }
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> Instance:
+        indexed = frozenset(data["indexed"])
+
+        def arr(name: str, v):
+            base = name[1:] if name.startswith("d") and name[1:] in indexed else name
+            if base in indexed:
+                return [np.asarray(x, dtype=float) for x in v]
+            return np.asarray(v, dtype=float)
+
+        return cls(
+            problem=data["problem"],
+            version=data["version"],
+            seed=int(data["seed"]),
+            layout=data["layout"],
+            dims=dict(data["dims"]),
+            choices=dict(data["choices"]),
+            choice_index=tuple(data["choice_index"]),
+            forward=data["forward"],
+            given=data["given"],
+            ask=tuple(data["ask"]),
+            shapes={k: tuple(v) for k, v in data["shapes"].items()},
+            indexed=indexed,
+            steps=int(data["steps"]),
+            values={k: arr(k, v) for k, v in data["values"].items()},
+            reference={k: arr(k, v) for k, v in data.get("reference", {}).items()},
+            contributions={
+                k: [(c["line"], c["t"], np.asarray(c["contribution"], dtype=float)) for c in items]
+                for k, items in data.get("accumulation", {}).items()
+            },
+        )
+
+
+def _partials(items) -> list[np.ndarray]:
+    out, total = [], None
+    for _, _, c in items:
+        total = c.copy() if total is None else total + c
+        out.append(total)
+    return out
+
+
+def _tolist(v: Value):
+    return [x.tolist() for x in v] if isinstance(v, list) else v.tolist()
+
+
+# --------------------------------------------------------------------------- drawing
+
+
+def draw_dims(ranges: Mapping[str, tuple[int, int]], rng: np.random.Generator) -> dict[str, int]:
+    """Distinct values where the ranges allow: narrowest ranges pick first."""
+    used: set[int] = set()
+    out: dict[str, int] = {}
+    for name in sorted(ranges, key=lambda n: (ranges[n][1] - ranges[n][0], n)):
+        lo, hi = ranges[name]
+        free = [v for v in range(lo, hi + 1) if v not in used]
+        pool = free or list(range(lo, hi + 1))
+        value = int(pool[int(rng.integers(len(pool)))])
+        used.add(value)
+        out[name] = value
+    return {n: out[n] for n in ranges}
+
+
+def round_to(x: np.ndarray, decimals: int) -> np.ndarray:
+    """The float64 nearest to each value as shown with ``decimals`` digits."""
+    scale = 10.0**decimals
+    return np.rint(x * scale) / scale
+
+
+def draw_instance(spec: ProblemSpec, seed: int) -> Instance:
+    if spec.answer == "expression":
+        raise InstanceError(f"{spec.id} is an expression problem: use draw_expression_instance")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer (got {seed!r})")
+    rng = np.random.default_rng(seed)
+    choice_index = tuple(int(rng.integers(len(v))) for v in spec.choices.values())
+    program = spec.program(choice_index)
+    dims = draw_dims(spec.dims, rng)
+    sched = ref.schedule(program, dims)
+    shapes = {name: tuple(d.eval(dims) for d in shape) for name, shape in program.shapes.items()}
+    steps = max((ex.t + 1 for ex in sched if ex.t is not None), default=0)
+    given_keys = [ex.key for ex in sched if ex.step.target == spec.given]
+    no_grad = frozenset(n for n in program.leaves if spec.vars[n].role == "const")
+    reason = ""
+    for _ in range(MAX_DRAWS):
+        leaves = {n: _draw_value(spec, n, shapes[n], rng) for n in program.leaves}
+        seeds = {k: round_to(rng.uniform(-1, 1, shapes[spec.given]), spec.decimals) for k in given_keys}
+        reason = _reject_values(spec, program, leaves, shapes) or ""
+        if reason:
+            continue
+        values = ref.run_forward(sched, leaves)
+        reason = _reject_forward(spec, sched, values) or ""
+        if reason:
+            continue
+        back = ref.run_backward(sched, values, seeds, no_grad)
+        reason = _reject_gradients(program, back.grads, values, no_grad)
+        if reason:
+            continue
+        _verify(spec, sched, leaves, seeds, back.grads, values, no_grad)
+        return _build(spec, seed, program, choice_index, dims, shapes, steps, sched, values, seeds, back, no_grad)
+    raise InstanceError(f"{spec.id}: no acceptable draw for seed {seed} in {MAX_DRAWS} tries (last: {reason})")
+
+
+def _draw_value(spec: ProblemSpec, name: str, shape, rng) -> np.ndarray:
+    decl = spec.vars[name]
+    if decl.dist == "onehot":
+        v = np.zeros(shape)
+        v[int(rng.integers(shape[0])), 0] = 1.0
+        return v
+    return round_to(rng.uniform(decl.low, decl.high, shape), spec.decimals)
+
+
+def _reject_values(spec, program: Program, leaves, shapes) -> str | None:
+    for name, v in leaves.items():
+        if spec.vars[name].dist == "onehot":
+            continue
+        if v.size > 1 and np.all(v == v.flat[0]):
+            return f"{name} has all-equal entries"
+        r, c = shapes[name]
+        if r == c and r > 1 and np.array_equal(v, v.T):
+            return f"{name} is symmetric"
+    return None
+
+
+def _reject_forward(spec: ProblemSpec, sched, values) -> str | None:
+    margin = spec.kink_margin
+    inputs: dict[int, list[np.ndarray]] = {}
+    for ex in sched:
+        fn = ELEMENTWISE.get(ex.step.op)
+        if fn is None or (fn.kink is None and not fn.positive_domain):
+            continue
+        a = values[ex.args[0]]
+        if not np.all(np.isfinite(a)):
+            return f"non-finite input on line {ex.step.line}"
+        if fn.kink is not None:
+            if np.min(np.abs(a - fn.kink)) < margin:
+                return f"{fn.name} input within {margin} of its kink on line {ex.step.line}"
+            inputs.setdefault(ex.step.line, []).append(a.ravel())
+        if fn.positive_domain and np.min(a) < margin:
+            return f"{fn.name} input below {margin} on line {ex.step.line}"
+    for line, parts in inputs.items():
+        a = np.concatenate(parts)
+        if a.size > 1 and (np.all(a > 0) or np.all(a < 0)):
+            return f"relu layer on line {line} is all active or all inactive"
+    for key, v in values.items():
+        if not np.all(np.isfinite(v)) or np.max(np.abs(v), initial=0) > 1e6:
+            return f"{ref.key_name(key)} overflows"
+    return None
+
+
+def _reject_gradients(program: Program, grads, values, no_grad) -> str:
+    for key in values:
+        name = ref.key_name(key)
+        if name in no_grad or name not in program.influencing:
+            continue
+        g = grads.get(key)
+        if g is None or not np.any(np.abs(g) > 1e-9):
+            return f"the gradient of {name} is all zeros"
+    return ""
+
+
+def _verify(spec, sched, leaves, seeds, grads, values, no_grad) -> None:
+    keys = [k for k in values if ref.key_name(k) not in no_grad]
+    shapes = {k: values[k].shape for k in keys}
+    errors = ref.finite_difference_errors(sched, leaves, seeds, grads, keys, shapes)
+    for key, err in errors.items():
+        if not err <= ref.FD_RTOL:
+            name = ref.key_name(key)
+            label = f"{name}[{key[1]}]" if isinstance(key, tuple) else name
+            raise BrokenProblemError(spec.id, label, err)
+
+
+def _build(spec, seed, program, choice_index, dims, shapes, steps, sched, values, seeds, back, no_grad):
+    layout = spec.layout
+    indexed = program.indexed
+
+    def collect(getter, names) -> dict[str, Value]:
+        out: dict[str, Value] = {}
+        for name in names:
+            if name in indexed:
+                out[name] = [getter((name, t)) for t in range(steps)]
+            else:
+                out[name] = getter(name)
+        return out
+
+    names = list(program.leaves) + list(program.intermediates)
+    vals = collect(lambda k: values[k], names)
+    vals["d" + spec.given] = collect(lambda k: ref.to_layout(seeds[k], layout), [spec.given])[spec.given]
+
+    def grad(k):
+        g = back.grads.get(k)
+        return ref.to_layout(g if g is not None else np.zeros(values[k].shape), layout)
+
+    refs = {"d" + n: v for n, v in collect(grad, [n for n in names if n not in no_grad]).items()}
+    line_of = {ex.index: ex.step.line for ex in sched}
+    contributions = {}
+    for key, items in back.contributions.items():
+        if len(items) > 1:
+            label = "d" + (f"{key[0]}[{key[1]}]" if isinstance(key, tuple) else key)
+            t_of = {ex.index: ex.t for ex in sched}
+            contributions[label] = [(line_of[i], t_of[i], ref.to_layout(c, layout)) for i, c in items]
+    return Instance(
+        problem=spec.id,
+        version=spec.version,
+        seed=seed,
+        layout=layout,
+        dims=dims,
+        choices={n: spec.choices[n][i][0] for n, i in zip(spec.choices, choice_index)},
+        choice_index=choice_index,
+        forward=program.text,
+        given=spec.given,
+        ask=program.ask,
+        shapes=shapes,
+        indexed=indexed,
+        steps=steps,
+        values=vals,
+        reference=refs,
+        contributions=contributions,
+    )
