@@ -1,0 +1,30 @@
+"""SQLAlchemy models, one module per concept; importing this registers them all."""
+
+from server.models.assignment import Assignment, AssignmentProblem, ScorePolicy
+from server.models.base import Base, utcnow
+from server.models.course import ROLE_VALUES, Course, Enrollment, Role
+from server.models.instance import Instance
+from server.models.problem import Problem, ProblemVersion
+from server.models.submission import Regrade, Submission, SubmissionStatus
+from server.models.token import ApiToken
+from server.models.user import User
+
+__all__ = [
+    "ROLE_VALUES",
+    "ApiToken",
+    "Assignment",
+    "AssignmentProblem",
+    "Base",
+    "Course",
+    "Enrollment",
+    "Instance",
+    "Problem",
+    "ProblemVersion",
+    "Regrade",
+    "Role",
+    "ScorePolicy",
+    "Submission",
+    "SubmissionStatus",
+    "User",
+    "utcnow",
+]

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from server.models.base import Base, utcnow
+
+if TYPE_CHECKING:
+    from server.models.assignment import AssignmentProblem
+    from server.models.instance import Instance
+    from server.models.user import User
+
+
+class SubmissionStatus(enum.StrEnum):
+    PENDING = "pending"  # stored, not graded yet
+    GRADED = "graded"
+    ERROR = "error"  # the grader failed; not the student's fault
+    INVALID = "invalid"  # does not parse / validate: costs no attempt
+    REFUSED = "refused"  # past the late-until date, or no attempts left
+
+
+STATUS_VALUES = tuple(status.value for status in SubmissionStatus)
+
+
+class Submission(Base):
+    """Every answer a student sends, kept verbatim.
+
+    ``attempt`` is NULL for submissions that cost no attempt (invalid,
+    refused). The UNIQUE (user, assignment problem, attempt) constraint makes
+    two concurrent submissions racing for the same attempt number collide in
+    the database, so attempt limits hold without relying on Python-side checks.
+    """
+
+    __tablename__ = "submissions"
+    __table_args__ = (
+        UniqueConstraint("user_id", "assignment_problem_id", "attempt"),
+        CheckConstraint(f"status IN {STATUS_VALUES!r}", name="status"),
+        CheckConstraint("attempt IS NULL OR attempt >= 1", name="attempt_positive"),
+        Index("ix_submissions_assignment_problem_id", "assignment_problem_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    assignment_problem_id: Mapped[int] = mapped_column(
+        ForeignKey("assignment_problems.id", ondelete="CASCADE")
+    )
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+    answer: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default=SubmissionStatus.PENDING.value)
+    result_json: Mapped[str | None] = mapped_column(Text)
+    score: Mapped[float | None]
+    attempt: Mapped[int | None]
+    late: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    graded_at: Mapped[dt.datetime | None]
+    client_ip: Mapped[str | None] = mapped_column(String(45))
+
+    user: Mapped[User] = relationship()
+    assignment_problem: Mapped[AssignmentProblem] = relationship()
+    instance: Mapped[Instance] = relationship()
+
+    @property
+    def result(self) -> Any:
+        return None if self.result_json is None else json.loads(self.result_json)
+
+
+class Regrade(Base):
+    """Audit of one regrade of one submission: who, why, before and after."""
+
+    __tablename__ = "regrades"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    submission_id: Mapped[int] = mapped_column(
+        ForeignKey("submissions.id", ondelete="CASCADE"), index=True
+    )
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    old_status: Mapped[str] = mapped_column(String(16))
+    new_status: Mapped[str] = mapped_column(String(16))
+    old_score: Mapped[float | None]
+    new_score: Mapped[float | None]
+    old_result_json: Mapped[str | None] = mapped_column(Text)
+    new_result_json: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    submission: Mapped[Submission] = relationship()
+    actor: Mapped[User | None] = relationship()

@@ -1,0 +1,272 @@
+"""Assignments: creation from the problem bank, deadlines, and per-student status."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from server.models import (
+    Assignment,
+    AssignmentProblem,
+    Course,
+    Enrollment,
+    ScorePolicy,
+    Submission,
+    SubmissionStatus,
+    User,
+)
+from server.services.errors import ValidationError
+from server.services.problems import record_problem_version
+
+MAX_TITLE_LENGTH = 200
+MAX_ATTEMPTS_LIMIT = 1000
+MAX_WEIGHT = 1000.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ProblemChoice:
+    problem_id: str
+    weight: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class AssignmentDraft:
+    """What an instructor fills in; validated by ``create_assignment``."""
+
+    title: str
+    open_at: dt.datetime
+    due_at: dt.datetime
+    problems: Sequence[ProblemChoice]
+    late_until: dt.datetime | None = None
+    late_credit: int = 0  # percent of the score earned between due_at and late_until
+    max_attempts: int | None = None  # None: unlimited
+    score_policy: str = ScorePolicy.BEST.value
+
+
+def _require_aware(value: Any, field: str) -> dt.datetime:
+    if not isinstance(value, dt.datetime):
+        raise ValidationError(field, "is required (a date and time)")
+    if value.tzinfo is None:
+        raise ValidationError(field, "has no time zone")
+    return value.astimezone(dt.UTC)
+
+
+def validate_draft(draft: AssignmentDraft, bank: Mapping[str, Any]) -> AssignmentDraft:
+    """The draft with cleaned values; raises ValidationError naming the field."""
+    title = " ".join((draft.title or "").split())
+    if not title:
+        raise ValidationError("title", "is required")
+    if len(title) > MAX_TITLE_LENGTH:
+        raise ValidationError("title", f"is longer than {MAX_TITLE_LENGTH} characters")
+    open_at = _require_aware(draft.open_at, "open_at")
+    due_at = _require_aware(draft.due_at, "due_at")
+    if due_at < open_at:
+        raise ValidationError("due_at", "is before the opening date")
+    late_until = None
+    if draft.late_until is not None:
+        late_until = _require_aware(draft.late_until, "late_until")
+        if late_until < due_at:
+            raise ValidationError("late_until", "is before the due date")
+    late_credit = draft.late_credit
+    if isinstance(late_credit, bool) or not isinstance(late_credit, int):
+        raise ValidationError("late_credit", "must be a whole number of percent")
+    if not 0 <= late_credit <= 100:
+        raise ValidationError("late_credit", f"must be between 0 and 100 percent, got {late_credit}")
+    if late_until is None and late_credit:
+        raise ValidationError("late_credit", "needs a late-until date (no late period is set)")
+    max_attempts = draft.max_attempts
+    if max_attempts is not None and not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
+        raise ValidationError(
+            "max_attempts", f"must be between 1 and {MAX_ATTEMPTS_LIMIT}, or empty for unlimited"
+        )
+    policy = (draft.score_policy or "").strip().lower()
+    if policy not in {p.value for p in ScorePolicy}:
+        raise ValidationError("score_policy", f"{draft.score_policy!r} is not 'best' or 'last'")
+    if not draft.problems:
+        raise ValidationError("problems", "choose at least one problem")
+    seen: set[str] = set()
+    for choice in draft.problems:
+        if choice.problem_id not in bank:
+            raise ValidationError("problems", f"{choice.problem_id!r} is not in the problem bank")
+        if choice.problem_id in seen:
+            raise ValidationError("problems", f"{choice.problem_id!r} is chosen twice")
+        seen.add(choice.problem_id)
+        weight = choice.weight
+        if not isinstance(weight, int | float) or not math.isfinite(weight) or weight <= 0:
+            raise ValidationError(
+                "problems", f"the weight of {choice.problem_id!r} must be a positive number"
+            )
+        if weight > MAX_WEIGHT:
+            raise ValidationError(
+                "problems", f"the weight of {choice.problem_id!r} is above {MAX_WEIGHT:g}"
+            )
+    return dataclasses.replace(
+        draft,
+        title=title,
+        open_at=open_at,
+        due_at=due_at,
+        late_until=late_until,
+        late_credit=late_credit,
+        max_attempts=max_attempts,
+        score_policy=policy,
+        problems=[ProblemChoice(c.problem_id, float(c.weight)) for c in draft.problems],
+    )
+
+
+def create_assignment(
+    session: Session, course: Course, draft: AssignmentDraft, bank: Mapping[str, Any]
+) -> Assignment:
+    """A new assignment of ``course`` with the chosen bank problems, in order."""
+    draft = validate_draft(draft, bank)
+    assignment = Assignment(
+        course=course,
+        title=draft.title,
+        open_at=draft.open_at,
+        due_at=draft.due_at,
+        late_until=draft.late_until,
+        late_credit=draft.late_credit,
+        max_attempts=draft.max_attempts,
+        score_policy=draft.score_policy,
+    )
+    session.add(assignment)
+    for position, choice in enumerate(draft.problems):
+        record_problem_version(session, bank[choice.problem_id])
+        assignment.problems.append(
+            AssignmentProblem(problem_id=choice.problem_id, weight=choice.weight, position=position)
+        )
+    session.flush()
+    return assignment
+
+
+def course_assignments(session: Session, course: Course) -> list[Assignment]:
+    return list(
+        session.scalars(
+            select(Assignment)
+            .options(selectinload(Assignment.problems).selectinload(AssignmentProblem.problem))
+            .where(Assignment.course_id == course.id)
+            .order_by(Assignment.due_at, Assignment.id)
+        )
+    )
+
+
+# --- deadlines ---------------------------------------------------------------------
+
+
+class Phase(enum.StrEnum):
+    UPCOMING = "upcoming"  # before open_at
+    OPEN = "open"  # open_at .. due_at
+    LATE = "late"  # due_at .. late_until, late credit applies
+    CLOSED = "closed"  # after due_at (or late_until): submissions are refused
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    phase: Phase
+    accepting: bool
+    late: bool
+    credit: float  # the factor applied to a score submitted now (1.0, late credit, or 0)
+    message: str
+
+
+def submission_window(assignment: Assignment, now: dt.datetime) -> Window:
+    """Whether a submission made at ``now`` is accepted, and for what credit."""
+    if now < assignment.open_at:
+        return Window(Phase.UPCOMING, False, False, 0.0,
+                      f"this assignment opens at {assignment.open_at:%Y-%m-%d %H:%M} UTC")
+    if now <= assignment.due_at:
+        return Window(Phase.OPEN, True, False, 1.0, "open")
+    if assignment.late_until is not None and now <= assignment.late_until:
+        return Window(Phase.LATE, True, True, assignment.late_credit / 100,
+                      f"late: submissions until {assignment.late_until:%Y-%m-%d %H:%M} UTC "
+                      f"earn {assignment.late_credit}% of their score")
+    last = assignment.late_until or assignment.due_at
+    return Window(Phase.CLOSED, False, False, 0.0,
+                  f"closed: the last submission time was {last:%Y-%m-%d %H:%M} UTC")
+
+
+# --- a student's view ----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ProblemStatus:
+    assignment_problem: AssignmentProblem
+    attempts_used: int
+    score: float | None  # per the assignment's policy; None before any graded attempt
+
+
+@dataclasses.dataclass(frozen=True)
+class AssignmentStatus:
+    assignment: Assignment
+    window: Window
+    problems: list[ProblemStatus]
+
+    @property
+    def score(self) -> float | None:
+        """Weighted score in [0, 1] over every problem (unattempted count 0)."""
+        if all(p.score is None for p in self.problems):
+            return None
+        total = sum(p.assignment_problem.weight for p in self.problems)
+        earned = sum(p.assignment_problem.weight * (p.score or 0.0) for p in self.problems)
+        return earned / total if total else None
+
+    @property
+    def attempted(self) -> int:
+        return sum(1 for p in self.problems if p.attempts_used)
+
+
+def problem_score(submissions: Sequence[Submission], policy: str) -> float | None:
+    """The score that counts, from one student's graded submissions of one problem.
+
+    ``Submission.score`` is the credited score in [0, 1] (late credit applied).
+    """
+    graded = [s for s in submissions if s.status == SubmissionStatus.GRADED and s.score is not None]
+    if not graded:
+        return None
+    if policy == ScorePolicy.LAST:
+        return max(graded, key=lambda s: (s.created_at, s.id)).score
+    return max(s.score for s in graded if s.score is not None)
+
+
+def student_assignments(
+    session: Session, user: User, now: dt.datetime, course: Course | None = None
+) -> list[AssignmentStatus]:
+    """Assignments of every course where ``user`` is a student (or of ``course``)."""
+    query = (
+        select(Assignment)
+        .join(Enrollment, Enrollment.course_id == Assignment.course_id)
+        .options(
+            selectinload(Assignment.problems).selectinload(AssignmentProblem.problem),
+            selectinload(Assignment.course),
+        )
+        .where(Enrollment.user_id == user.id)
+        .order_by(Assignment.due_at, Assignment.id)
+    )
+    if course is not None:
+        query = query.where(Assignment.course_id == course.id)
+    assignments = list(session.scalars(query))
+    problem_ids = [ap.id for a in assignments for ap in a.problems]
+    by_problem: dict[int, list[Submission]] = {}
+    if problem_ids:
+        for submission in session.scalars(
+            select(Submission).where(
+                Submission.user_id == user.id,
+                Submission.assignment_problem_id.in_(problem_ids),
+            )
+        ):
+            by_problem.setdefault(submission.assignment_problem_id, []).append(submission)
+    statuses = []
+    for assignment in assignments:
+        problems = []
+        for ap in assignment.problems:
+            subs = by_problem.get(ap.id, [])
+            used = sum(1 for s in subs if s.attempt is not None)
+            problems.append(ProblemStatus(ap, used, problem_score(subs, assignment.score_policy)))
+        statuses.append(AssignmentStatus(assignment, submission_window(assignment, now), problems))
+    return statuses

@@ -1,0 +1,74 @@
+"""The problem bank in the database: problems and their spec versions.
+
+The bank itself is read by the engine (``server.engine.bank.load_bank``, a
+dict id -> ProblemSpec). Here a spec is recorded as a ``Problem`` row and a
+``ProblemVersion`` per distinct spec text, so every instance keeps the exact
+version it was drawn from.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from server.models import Problem, ProblemVersion
+
+
+class SpecLike(Protocol):
+    """The attributes of the engine's ProblemSpec that services use."""
+
+    id: str
+    title: str
+    answer: str
+    statement: str
+    version_hash: str
+
+
+def record_problem_version(
+    session: Session, spec: SpecLike | Any, spec_text: str | None = None
+) -> ProblemVersion:
+    """The ProblemVersion for ``spec``, creating the problem and version rows if new.
+
+    ``spec_text`` is the spec's source text; by default ``spec.source``.
+    The same hash always maps to the same version; a changed spec gets the
+    next version number. The title and answer type follow the latest spec.
+    """
+    text = spec.source if spec_text is None else spec_text
+    problem = session.get(Problem, spec.id)
+    if problem is None:
+        problem = Problem(id=spec.id, title=spec.title, answer_type=spec.answer)
+        session.add(problem)
+    else:
+        problem.title = spec.title
+        problem.answer_type = spec.answer
+    session.flush()
+    version = session.scalar(
+        select(ProblemVersion).where(
+            ProblemVersion.problem_id == spec.id, ProblemVersion.spec_hash == spec.version_hash
+        )
+    )
+    if version is not None:
+        return version
+    latest = session.scalar(
+        select(func.max(ProblemVersion.version)).where(ProblemVersion.problem_id == spec.id)
+    )
+    version = ProblemVersion(
+        problem=problem,
+        version=(latest or 0) + 1,
+        spec_text=text,
+        spec_hash=spec.version_hash,
+    )
+    session.add(version)
+    session.flush()
+    return version
+
+
+def latest_version(session: Session, problem_id: str) -> ProblemVersion | None:
+    return session.scalar(
+        select(ProblemVersion)
+        .where(ProblemVersion.problem_id == problem_id)
+        .order_by(ProblemVersion.version.desc())
+        .limit(1)
+    )

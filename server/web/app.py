@@ -1,0 +1,134 @@
+"""The Flask application: configuration, database, login, CSRF, blueprints."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from flask import Flask, Response, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.exceptions import HTTPException
+
+from server import db
+from server.config import PROJECT_ROOT, load_settings
+
+csrf = CSRFProtect()
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    # No inline scripts, no third-party origins: every asset is served from here.
+    "Content-Security-Policy": "default-src 'self'; object-src 'none'; frame-ancestors 'none'",
+}
+
+
+def build_app(config: dict[str, Any] | None = None) -> Flask:
+    """Create the app. ``config`` overrides settings read from the environment.
+
+    Raises ``server.db.SchemaOutOfDate`` when the database is behind the
+    migrations: the app refuses to serve it.
+    """
+    settings = load_settings(overrides=config)
+
+    app = Flask(
+        "server",
+        instance_path=settings["INSTANCE_PATH"],
+        root_path=str(PROJECT_ROOT / "server"),
+        template_folder="templates",
+        static_folder="static",
+    )
+    app.config.update(settings)
+
+    db.init_app(app)
+    if app.config.get("NABLA_CHECK_SCHEMA", True):
+        engine = db.get_engine(app)
+        try:
+            db.check_schema_current(engine)
+        except Exception:
+            engine.dispose()
+            raise
+
+    from server.web.auth import init_login
+
+    init_login(app)
+    csrf.init_app(app)
+    _register_blueprints(app)
+    _register_template_helpers(app)
+    _register_error_handlers(app)
+    app.after_request(_security_headers)
+    return app
+
+
+def _register_blueprints(app: Flask) -> None:
+    from server.web import api, auth, instructor, student, ta
+
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(student.bp)
+    app.register_blueprint(ta.bp)
+    app.register_blueprint(instructor.bp)
+    csrf.exempt(api.bp)  # token-authenticated, no cookies: CSRF does not apply
+    app.register_blueprint(api.bp)
+    # The static view is public (declared here, since Flask creates it).
+    from server.web.access import mark_public
+
+    mark_public(app.view_functions["static"])
+
+
+def _register_template_helpers(app: Flask) -> None:
+    zone = ZoneInfo(app.config["NABLA_TIMEZONE"])
+
+    def localtime(value: dt.datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
+        if value is None:
+            return "—"
+        return value.astimezone(zone).strftime(fmt) + " " + (value.astimezone(zone).tzname() or "")
+
+    def percent(value: float | None) -> str:
+        return "—" if value is None else f"{100 * value:.0f}%"
+
+    app.jinja_env.filters["localtime"] = localtime
+    app.jinja_env.filters["percent"] = percent
+    app.jinja_env.globals["timezone_name"] = app.config["NABLA_TIMEZONE"]
+
+
+def _wants_json() -> bool:
+    return request.path.startswith("/api/")
+
+
+def _register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(CSRFError)
+    def csrf_error(error: CSRFError) -> tuple[str, int]:
+        message = (
+            "The form could not be accepted: its security token is missing or expired "
+            f"({error.description}). Go back, reload the page and send it again."
+        )
+        return render_template("error.html", code=400, title="Form expired", message=message), 400
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Any:
+        code = error.code or 500
+        if _wants_json():
+            response = jsonify(error=error.description)
+            response.status_code = code
+            if code == 401:
+                response.headers["WWW-Authenticate"] = 'Bearer realm="nabla"'
+            return response
+        return (
+            render_template("error.html", code=code, title=error.name, message=error.description),
+            code,
+        )
+
+    @app.errorhandler(Exception)
+    def server_error(error: Exception) -> Any:
+        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        message = "Something went wrong on the server; the error was logged."
+        if _wants_json():
+            return jsonify(error=message), 500
+        return render_template("error.html", code=500, title="Server error", message=message), 500
+
+
+def _security_headers(response: Response) -> Response:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response

@@ -1,0 +1,134 @@
+"""Login, logout and the profile page (password, API tokens)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask, flash, redirect, render_template, request, url_for
+from flask_login import LoginManager, current_user, login_user, logout_user
+from werkzeug.wrappers import Response
+
+from server.db import get_session
+from server.services import accounts, tokens
+from server.services.errors import ServiceError, ValidationError
+from server.web.access import login_required, public
+from server.web.forms import ChangePasswordForm, ConfirmForm, LoginForm, NewTokenForm
+
+bp = Blueprint("auth", __name__)
+login_manager = LoginManager()
+login_manager.login_view = "auth.login"
+login_manager.login_message = "Please log in to see this page."
+login_manager.session_protection = "basic"
+
+
+def init_login(app: Flask) -> None:
+    login_manager.init_app(app)
+
+
+@login_manager.user_loader
+def _load_user(login_id: str):  # noqa: ANN202  (Flask-Login's protocol)
+    return accounts.load_user_for_login_session(get_session(), login_id)
+
+
+def _safe_next(target: str | None) -> str | None:
+    """Only a path on this site (no scheme, no host, no '//' or backslash tricks)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return None
+    return target
+
+
+@bp.route("/login", methods=["GET", "POST"])
+@public
+def login() -> Response | str:
+    if current_user.is_authenticated:
+        return redirect(url_for("student.dashboard"))
+    form = LoginForm(next=request.args.get("next", ""))
+    if form.validate_on_submit():
+        user = accounts.authenticate(get_session(), form.email.data, form.password.data)
+        if user is None:
+            form.password.errors.append("The email or the password is not right.")
+        else:
+            login_user(user)
+            return redirect(_safe_next(form.next.data) or url_for("student.dashboard"))
+    status = 401 if form.is_submitted() and form.errors else 200
+    return render_template("auth/login.html", form=form), status
+
+
+@bp.route("/logout", methods=["POST"])
+@public
+def logout() -> Response:
+    # Logging out needs the form's CSRF token (so another site cannot log you
+    # out), but no login: logging out twice is harmless.
+    logout_user()
+    flash("You are logged out.")
+    return redirect(url_for("auth.login"))
+
+
+def _render_profile(
+    password_form: ChangePasswordForm | None = None,
+    token_form: NewTokenForm | None = None,
+    new_token: str | None = None,
+    status: int = 200,
+) -> tuple[str, int]:
+    return (
+        render_template(
+            "auth/profile.html",
+            password_form=password_form or ChangePasswordForm(formdata=None),
+            token_form=token_form or NewTokenForm(formdata=None),
+            revoke_form=ConfirmForm(formdata=None),
+            tokens=tokens.active_tokens(get_session(), current_user),
+            new_token=new_token,
+        ),
+        status,
+    )
+
+
+@bp.route("/profile")
+@login_required
+def profile() -> tuple[str, int]:
+    return _render_profile()
+
+
+@bp.route("/profile/password", methods=["POST"])
+@login_required
+def change_password() -> Response | tuple[str, int]:
+    form = ChangePasswordForm()
+    if form.validate_on_submit():
+        try:
+            accounts.change_password(
+                get_session(), current_user, form.current_password.data, form.new_password.data
+            )
+        except ValidationError as exc:
+            getattr(form, exc.field).errors.append(exc.reason)
+        else:
+            login_user(current_user._get_current_object())  # the session id includes the password fingerprint
+            flash("Your password was changed. Other sessions are logged out.")
+            return redirect(url_for("auth.profile"))
+    return _render_profile(password_form=form, status=400)
+
+
+@bp.route("/profile/tokens", methods=["POST"])
+@login_required
+def create_token() -> tuple[str, int]:
+    form = NewTokenForm()
+    if form.validate_on_submit():
+        try:
+            _, token = tokens.create_token(get_session(), current_user, form.name.data)
+        except ValidationError as exc:
+            form.name.errors.append(exc.reason)
+        else:
+            # Rendered, not redirected: the token is shown this once and never stored.
+            return _render_profile(new_token=token, status=201)
+    return _render_profile(token_form=form, status=400)
+
+
+@bp.route("/profile/tokens/<int:token_id>/revoke", methods=["POST"])
+@login_required
+def revoke_token(token_id: int) -> Response:
+    form = ConfirmForm()
+    if form.validate_on_submit():
+        try:
+            row = tokens.revoke_token(get_session(), current_user, token_id)
+        except ServiceError as exc:
+            flash(str(exc), "error")
+        else:
+            flash(f"The token {row.name!r} is revoked.")
+    return redirect(url_for("auth.profile"))

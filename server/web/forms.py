@@ -1,0 +1,92 @@
+"""Flask-WTF forms (each carries a CSRF token)."""
+
+from __future__ import annotations
+
+from flask_wtf import FlaskForm
+from flask_wtf.file import FileField
+from wtforms import (
+    BooleanField,
+    DateTimeLocalField,
+    FieldList,
+    FloatField,
+    Form,
+    FormField,
+    HiddenField,
+    IntegerField,
+    PasswordField,
+    SelectField,
+    StringField,
+    TextAreaField,
+)
+from wtforms.validators import EqualTo, InputRequired, Length, NumberRange, Optional
+
+DATETIME_FORMAT = "%Y-%m-%dT%H:%M"
+
+
+class LoginForm(FlaskForm):
+    email = StringField("Email", validators=[InputRequired(), Length(max=254)])
+    password = PasswordField("Password", validators=[InputRequired(), Length(max=1024)])
+    next = HiddenField()
+
+
+class ConfirmForm(FlaskForm):
+    """A button-only form (logout, revoke): just the CSRF token."""
+
+
+class ChangePasswordForm(FlaskForm):
+    current_password = PasswordField("Current password", validators=[InputRequired()])
+    new_password = PasswordField("New password", validators=[InputRequired(), Length(max=1024)])
+    confirm = PasswordField(
+        "New password again",
+        validators=[InputRequired(), EqualTo("new_password", message="does not match the new password")],
+    )
+
+
+class NewTokenForm(FlaskForm):
+    name = StringField(
+        "Token name", validators=[InputRequired(), Length(max=100)],
+        description="Where you will use it, e.g. 'laptop notebook'.",
+    )
+
+
+class ProblemRowForm(Form):
+    """One bank problem on the assignment form (a sub-form: no CSRF of its own)."""
+
+    problem_id = HiddenField(validators=[InputRequired()])
+    include = BooleanField("Include")
+    weight = FloatField(
+        "Weight", default=1.0,
+        validators=[Optional(), NumberRange(min=0.01, max=1000, message="must be between 0.01 and 1000")],
+    )
+
+
+class AssignmentForm(FlaskForm):
+    title = StringField("Title", validators=[InputRequired(), Length(max=200)])
+    open_at = DateTimeLocalField("Opens", format=DATETIME_FORMAT, validators=[InputRequired()])
+    due_at = DateTimeLocalField("Due", format=DATETIME_FORMAT, validators=[InputRequired()])
+    late_until = DateTimeLocalField(
+        "Late submissions until", format=DATETIME_FORMAT, validators=[Optional()],
+        description="Leave empty for no late period.",
+    )
+    late_credit = IntegerField(
+        "Late credit (%)", default=0,
+        validators=[InputRequired(), NumberRange(min=0, max=100, message="must be between 0 and 100")],
+    )
+    max_attempts = IntegerField(
+        "Attempts per problem", validators=[Optional(), NumberRange(min=1, max=1000)],
+        description="Leave empty for unlimited attempts.",
+    )
+    score_policy = SelectField(
+        "Score that counts", choices=[("best", "best attempt"), ("last", "last attempt")],
+        default="best",
+    )
+    problems = FieldList(FormField(ProblemRowForm))
+
+
+class RosterImportForm(FlaskForm):
+    csv_file = FileField("CSV file")
+    csv_text = TextAreaField(
+        "…or paste CSV", validators=[Length(max=500_000)],
+        description="One line per person: email,name,role (role: student, ta or instructor; "
+        "default student). A header line 'email,name,role' is allowed.",
+    )

@@ -1,0 +1,116 @@
+"""Instructor pages, per course: create an assignment, import the roster."""
+
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+from flask import Blueprint, current_app, flash, redirect, render_template, url_for
+from werkzeug.wrappers import Response
+
+from server.db import get_session
+from server.models import Course
+from server.services.assignments import AssignmentDraft, ProblemChoice, create_assignment
+from server.services.courses import RosterError, import_roster
+from server.services.errors import ValidationError
+from server.web.access import role_required
+from server.web.bank import get_bank
+from server.web.forms import AssignmentForm, RosterImportForm
+
+bp = Blueprint("instructor", __name__, url_prefix="/instructor")
+
+
+def _to_utc(local: dt.datetime | None) -> dt.datetime | None:
+    """A form's naive local time, read in the site's time zone, as aware UTC."""
+    if local is None:
+        return None
+    zone = ZoneInfo(current_app.config["NABLA_TIMEZONE"])
+    return local.replace(tzinfo=zone).astimezone(dt.UTC)
+
+
+def _assignment_form() -> AssignmentForm:
+    bank = get_bank()
+    form = AssignmentForm()
+    if not form.is_submitted():
+        for problem_id in sorted(bank):
+            form.problems.append_entry({"problem_id": problem_id, "include": False, "weight": 1.0})
+    return form
+
+
+@bp.route("/<course_code>/assignments/new", methods=["GET", "POST"])
+@role_required("instructor")
+def new_assignment(course: Course) -> Response | tuple[str, int]:
+    bank = get_bank()
+    form = _assignment_form()
+    status = 200
+    if form.validate_on_submit():
+        draft = AssignmentDraft(
+            title=form.title.data,
+            open_at=_to_utc(form.open_at.data),
+            due_at=_to_utc(form.due_at.data),
+            late_until=_to_utc(form.late_until.data),
+            late_credit=form.late_credit.data,
+            max_attempts=form.max_attempts.data,
+            score_policy=form.score_policy.data,
+            problems=[
+                ProblemChoice(row.problem_id.data, row.weight.data or 1.0)
+                for row in form.problems
+                if row.include.data
+            ],
+        )
+        try:
+            assignment = create_assignment(get_session(), course, draft, bank)
+        except ValidationError as exc:
+            field = getattr(form, exc.field, None)
+            if field is not None and exc.field != "problems":
+                field.errors = [*field.errors, exc.reason]
+            else:
+                form.form_errors.append(str(exc))
+        else:
+            flash(f"Assignment {assignment.title!r} created.")
+            return redirect(url_for("ta.course", course_code=course.code))
+    if form.is_submitted():
+        status = 400
+    return (
+        render_template("instructor/assignment_form.html", course=course, form=form, bank=bank),
+        status,
+    )
+
+
+@bp.route("/<course_code>/roster/import", methods=["GET", "POST"])
+@role_required("instructor")
+def import_roster_view(course: Course) -> Response | tuple[str, int]:
+    form = RosterImportForm()
+    errors: list[str] = []
+    if form.validate_on_submit():
+        text = form.csv_text.data or ""
+        upload = form.csv_file.data
+        if upload is not None and getattr(upload, "filename", ""):
+            try:
+                text = upload.read().decode("utf-8-sig")
+            except UnicodeDecodeError:
+                errors.append("csv_file: the file is not UTF-8 text")
+        if not errors and not text.strip():
+            errors.append("csv_file: upload a CSV file or paste its text")
+        if not errors:
+            try:
+                result = import_roster(get_session(), course, text)
+            except RosterError as exc:
+                errors.extend(exc.errors)
+            else:
+                flash(
+                    f"Roster imported: {len(result.created)} new accounts, "
+                    f"{len(result.enrolled)} enrolled, {len(result.role_changed)} role changes, "
+                    f"{len(result.unchanged)} unchanged."
+                )
+                if result.created:
+                    flash(
+                        "New accounts have no password yet; set one with "
+                        "`nabla users passwd EMAIL`."
+                    )
+                return redirect(url_for("ta.course", course_code=course.code))
+    status = 400 if form.is_submitted() else 200
+    return (
+        render_template("instructor/roster_import.html", course=course, form=form, errors=errors),
+        status,
+    )

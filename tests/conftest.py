@@ -1,0 +1,267 @@
+"""Shared fixtures for the database-backed tests (tests/web, tests/services).
+
+Engine and sandbox tests use none of these; nothing heavy is imported at
+module level, so collecting them stays free of Flask and SQLAlchemy.
+
+Every test that uses a database runs once per backend. The backends come from
+``--nabla-db`` or ``NABLA_TEST_DATABASE`` (``sqlite``, ``postgresql`` or
+``sqlite,postgresql``; default: both). Each PostgreSQL run creates its own
+database ``nabla_test_<random>`` on ``NABLA_TEST_POSTGRES_URL`` (default: the
+local server, user postgres) and drops it at the end. When PostgreSQL is not
+reachable the PostgreSQL tests fail if CI is set or PostgreSQL was asked for
+explicitly; only a default local run skips them, with the reason shown.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--nabla-db",
+        default=None,
+        help="database backends for web/services tests: sqlite, postgresql or "
+        "sqlite,postgresql (default: $NABLA_TEST_DATABASE, else both)",
+    )
+
+
+def _requested_backends(config: pytest.Config) -> tuple[list[str], bool]:
+    raw = config.getoption("--nabla-db") or os.environ.get("NABLA_TEST_DATABASE")
+    explicit = bool(raw)
+    names = [part.strip() for part in (raw or ",".join(BACKENDS)).split(",") if part.strip()]
+    unknown = [name for name in names if name not in BACKENDS]
+    if unknown or not names:
+        raise pytest.UsageError(
+            f"NABLA_TEST_DATABASE/--nabla-db: unknown backend(s) {unknown}; "
+            f"use one or more of {', '.join(BACKENDS)}"
+        )
+    return names, explicit
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "db_backend" in metafunc.fixturenames:
+        names, _ = _requested_backends(metafunc.config)
+        metafunc.parametrize("db_backend", names, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def db_backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(request: pytest.FixtureRequest) -> str:
+    """The maintenance URL of a reachable PostgreSQL server (fails or skips if none)."""
+    from sqlalchemy import create_engine, text
+
+    url = os.environ.get("NABLA_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        _, explicit = _requested_backends(request.config)
+        message = f"PostgreSQL not reachable at {url}: {exc.__class__.__name__}: {exc}"
+        if os.environ.get("CI") or explicit:
+            pytest.fail(message + " (PostgreSQL tests must run in CI)", pytrace=False)
+        pytest.skip(message + "; set NABLA_TEST_DATABASE=sqlite to test SQLite only")
+    finally:
+        engine.dispose()
+    return url
+
+
+def create_postgres_database(server_url: str) -> str:
+    """Create a fresh database; return its URL."""
+    from sqlalchemy import create_engine, make_url, text
+
+    name = f"nabla_test_{secrets.token_hex(6)}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_postgres_database(server_url: str, url: str) -> None:
+    from sqlalchemy import create_engine, make_url, text
+
+    name = make_url(url).database
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def empty_database_url(
+    request: pytest.FixtureRequest, db_backend: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A URL of a new, empty database of the current backend (one per session)."""
+    if db_backend == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'nabla.sqlite3'}"
+        return
+    server_url = request.getfixturevalue("postgres_server_url")
+    url = create_postgres_database(server_url)
+    try:
+        yield url
+    finally:
+        drop_postgres_database(server_url, url)
+
+
+@pytest.fixture
+def fresh_database_url(
+    request: pytest.FixtureRequest, db_backend: str, tmp_path: Any
+) -> Iterator[str]:
+    """A new, empty database for this test alone (dropped afterwards)."""
+    if db_backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
+        return
+    server_url = request.getfixturevalue("postgres_server_url")
+    url = create_postgres_database(server_url)
+    try:
+        yield url
+    finally:
+        drop_postgres_database(server_url, url)
+
+
+@pytest.fixture(scope="session")
+def database_url(empty_database_url: str) -> str:
+    """The session's database, migrated to head with Alembic."""
+    from server import db
+
+    db.upgrade(empty_database_url)
+    return empty_database_url
+
+
+@pytest.fixture(scope="session")
+def db_engine(database_url: str) -> Iterator[Any]:
+    from server.db import make_engine
+
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def _delete_all_rows(engine: Any) -> None:
+    from sqlalchemy import text
+
+    from server.models import Base
+
+    tables = Base.metadata.sorted_tables
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            names = ", ".join(f'"{table.name}"' for table in tables)
+            connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        else:
+            for table in reversed(tables):
+                connection.execute(table.delete())
+
+
+@pytest.fixture(scope="session")
+def fast_password_hashing() -> Iterator[None]:
+    """Argon2's cheapest parameters: the tests check behaviour, not hash cost."""
+    from server.services import passwords
+
+    passwords.use_profile("cheapest")
+    yield
+    passwords.use_profile("default")
+
+
+@pytest.fixture
+def session(db_engine: Any, fast_password_hashing: None) -> Iterator[Any]:
+    """A Session on the test database; every row is deleted after the test."""
+    from server.db import make_sessionmaker
+
+    factory = make_sessionmaker(db_engine)
+    sess = factory()
+    try:
+        yield sess
+    finally:
+        sess.rollback()
+        sess.close()
+        _delete_all_rows(db_engine)
+
+
+# --- a small fake problem bank (the engine's ProblemSpec has these attributes) ----
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeSpec:
+    id: str
+    title: str
+    answer: str
+    statement: str
+    version_hash: str
+    source: str
+
+
+def make_fake_bank() -> dict[str, FakeSpec]:
+    specs = [
+        FakeSpec("mlp-relu", "An MLP with relu", "equations", "Backprop an MLP.", "h1", "id='mlp-relu'"),
+        FakeSpec("affine-np", "An affine layer in numpy", "numpy", "Write backward.", "h2", "id='affine-np'"),
+        FakeSpec("scalar-chain", "The scalar chain rule", "expression", "Differentiate.", "h3", "id='sc'"),
+    ]
+    return {spec.id: spec for spec in specs}
+
+
+@pytest.fixture
+def fake_bank() -> dict[str, FakeSpec]:
+    return make_fake_bank()
+
+
+# --- the Flask app ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def app(
+    database_url: str, db_engine: Any, fake_bank: dict, tmp_path: Any, fast_password_hashing: None
+) -> Iterator[Any]:
+    from server import create_app
+    from server.db import get_engine
+
+    application = create_app(
+        {
+            "TESTING": True,
+            "DATABASE_URL": database_url,
+            "SECRET_KEY": "test-secret-" + "x" * 32,
+            "INSTANCE_PATH": str(tmp_path / "instance"),
+            "NABLA_PROBLEM_BANK": fake_bank,
+        }
+    )
+    try:
+        yield application
+    finally:
+        get_engine(application).dispose()
+        _delete_all_rows(db_engine)
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+@pytest.fixture
+def app_session(app: Any) -> Iterator[Any]:
+    """A Session on the app's database for arranging and checking data."""
+    from server.db import get_engine, make_sessionmaker
+
+    sess = make_sessionmaker(get_engine(app))()
+    try:
+        yield sess
+    finally:
+        sess.rollback()
+        sess.close()
