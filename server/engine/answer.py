@@ -63,7 +63,7 @@ _DIM_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.FloorDiv: "//"}
 _LABEL_RE = re.compile(r"(\s*)(\d{1,6})\s*[.)]")
 
 # a number directly followed by a name or "(", e.g. 2x or 2(x+1) (not 1e5)
-_IMPLICIT_MUL_RE = re.compile(r"(?<![\w.])(\d+(?:\.\d*)?)(?![eE][-+]?\d)([A-Za-z_(][\w]*)")
+_IMPLICIT_MUL_RE = re.compile(r"(?<![\w.])(\d+(?:\.\d*)?)(?![eE][-+]?\d)([A-Za-z_]\w*)")
 _DIMS_RULE = "integers, dims ({dims}), loop variables and + - * //"
 
 
@@ -968,9 +968,9 @@ class _LineChecker:
                             f"(write np.{node.attr}(...) instead)")
         return self.err(node, f".{node.attr} is not allowed: the only attribute is .T")
 
-    def name(self, node: ast.Name, step_node: ast.expr | None):
+    def name(self, node: ast.Name, step_node: ast.expr | None, whole: ast.expr | None = None):
         n, name = self.names, node.id
-        col, text = self.col(node), self.text(node)
+        col, text = self.col(node), self.text(whole or node)
         if name in self.loops:
             return _VIntName(col, text, _DName(col, text, name, True))
         if name in n.forward or name in n.grads or name in n.readonly:
@@ -999,7 +999,7 @@ class _LineChecker:
                 if isinstance(node.slice, ast.Slice | ast.Tuple):
                     raise self.err(node.slice, f"{base.id} has one value per step: select the "
                                    f"step first, as in {base.id}[t]")
-                return self.name(base, node.slice)
+                return self.name(base, node.slice, node)
         x, items = self.all_of([lambda: self.expr(base), lambda: self.index_items(node)])
         return _VSub(self.col(node.slice), self.text(node), x, items)
 
