@@ -253,6 +253,8 @@ class _SpecBuilder:
         dims = self._ranges("dims")
         constants = self._ranges("constants")
         choices = self._choices()
+        if self.issues:  # later checks would only repeat these (an unusable dim, ...)
+            return None
         if answer == "expression":
             ranges = {**dims, **constants}
             variables: dict[str, VarDecl] = {}
@@ -521,6 +523,7 @@ class _ProgramCompiler:
         self.defined: list[str] = []
         self.used: set[str] = set()
         self.all_targets: set[str] = set()
+        self.poisoned: set[str] = set()
         self.src_lines = text.splitlines()
 
     def err(self, lineno: int, message: str) -> None:
@@ -674,6 +677,7 @@ class _ProgramCompiler:
             return None
         parsed = self._relation(node.value, lineno, target, indexed, loop)
         if parsed is None:
+            self.poisoned.add(target)  # reported once; later uses stay quiet
             return None
         op, args, region, region_text, shape = parsed
         self.defined.append(target)
@@ -896,6 +900,8 @@ class _ProgramCompiler:
                 return None
             self.used.add(name)
             return Operand(name=name, indexed=indexed)
+        if name in self.poisoned:
+            return None
         if name in self.all_targets:
             self.err(lineno, f"{name} is used before its definition")
         elif name in self.dims:

@@ -1,0 +1,73 @@
+"""One entry point per task, whatever the problem's answer type."""
+
+from __future__ import annotations
+
+from server.engine.instance import Instance, draw_instance
+from server.engine.solution import model_solution
+from server.engine.spec import ProblemSpec
+
+
+def draw(spec: ProblemSpec, seed: int):
+    """The instance of ``spec`` for ``seed`` (an Instance, or an
+    ExpressionInstance for answer = "expression")."""
+    if spec.answer == "expression":
+        from server.engine.expression import draw_expression_instance
+
+        return draw_expression_instance(spec, seed)
+    return draw_instance(spec, seed)
+
+
+def model_answer(spec: ProblemSpec, inst) -> str:
+    """The model answer, in the problem's answer language."""
+    if spec.answer == "expression":
+        return inst.reference
+    text = model_solution(spec, spec.program(inst.choice_index))
+    if spec.answer == "numpy":
+        return numpy_model_answer(spec, inst, text)
+    return text
+
+
+def numpy_model_answer(spec: ProblemSpec, inst: Instance, equations: str) -> str:
+    """The model equations as a ``backward`` function: dims are read off the
+    arguments' shapes, gradients start at zero, indexed ones are lists."""
+    program = spec.program(inst.choice_index)
+    names = list(program.leaves) + list(program.intermediates)
+    dims_lines = []
+    for dim in spec.dims:
+        for name in program.leaves:
+            shape = program.shapes[name]
+            for axis, d in enumerate(shape):
+                if d.terms == ((dim, 1),) and d.const == 0:
+                    dims_lines.append(f"    {dim} = {name}.shape[{axis}]")
+                    break
+            else:
+                continue
+            break
+    body = []
+    for name in names:
+        if spec.vars.get(name) is not None and spec.vars[name].role == "const":
+            continue
+        if name == spec.given:
+            continue
+        if name in program.indexed:
+            body.append(f"    d{name} = [None] * len({name})")
+        else:
+            zero = f"np.zeros_like({name}.T)" if spec.layout == "numerator" else f"np.zeros_like({name})"
+            body.append(f"    d{name} = {zero}")
+    code = []
+    for line in equations.splitlines():
+        stripped = line.lstrip()
+        indent = line[: len(line) - len(stripped)]
+        if stripped[:1].isdigit():
+            stripped = stripped.split(" ", 1)[1]
+        stripped = stripped.replace("diag(", "np.diagflat(").replace("ones_like(", "np.ones_like(")
+        code.append("    " + indent + stripped)
+    args = ", ".join(names + ["d" + spec.given])
+    ret = ", ".join(f'"d{a}": d{a}' for a in program.ask)
+    return "\n".join(
+        ["import numpy as np", "", "", f"def backward({args}, **_):"]
+        + dims_lines
+        + body
+        + code
+        + [f"    return {{{ret}}}", ""]
+    )
