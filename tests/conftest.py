@@ -256,7 +256,11 @@ def client(app: Any) -> Any:
 
 @pytest.fixture
 def app_session(app: Any) -> Iterator[Any]:
-    """A Session on the app's database for arranging and checking data."""
+    """A Session on the app's database for arranging and checking data.
+
+    On SQLite every transaction begins IMMEDIATE (it holds the write lock), so
+    commit or roll back before sending a request that writes.
+    """
     from server.db import get_engine, make_sessionmaker
 
     sess = make_sessionmaker(get_engine(app))()
@@ -265,3 +269,63 @@ def app_session(app: Any) -> Iterator[Any]:
     finally:
         sess.rollback()
         sess.close()
+
+
+# --- factories -------------------------------------------------------------------------
+
+DEFAULT_PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def make_user() -> Any:
+    def factory(
+        sess: Any, email: str = "student1@example.edu", name: str = "Student One",
+        password: str | None = DEFAULT_PASSWORD, is_admin: bool = False,
+    ) -> Any:
+        from server.services.accounts import create_user
+
+        return create_user(sess, email, name, password, is_admin=is_admin)
+
+    return factory
+
+
+@pytest.fixture
+def make_course() -> Any:
+    def factory(sess: Any, code: str = "CS101", title: str = "Backprop 101",
+                members: dict[Any, str] | None = None) -> Any:
+        from server.services.courses import create_course, enroll
+
+        course = create_course(sess, code, title)
+        for user, role in (members or {}).items():
+            enroll(sess, course, user, role)
+        return course
+
+    return factory
+
+
+@pytest.fixture
+def make_assignment(fake_bank: dict) -> Any:
+    def factory(sess: Any, course: Any, title: str = "Homework 1", *, problems=("mlp-relu",),
+                open_offset_h: float = -24, due_offset_h: float = 24,
+                late_offset_h: float | None = None, late_credit: int = 0,
+                max_attempts: int | None = None, score_policy: str = "best") -> Any:
+        import datetime as dt
+
+        from server.models import utcnow
+        from server.services.assignments import AssignmentDraft, ProblemChoice, create_assignment
+
+        now = utcnow()
+        hours = dt.timedelta(hours=1)
+        draft = AssignmentDraft(
+            title=title,
+            open_at=now + open_offset_h * hours,
+            due_at=now + due_offset_h * hours,
+            late_until=None if late_offset_h is None else now + late_offset_h * hours,
+            late_credit=late_credit,
+            max_attempts=max_attempts,
+            score_policy=score_policy,
+            problems=[ProblemChoice(pid, 1.0) for pid in problems],
+        )
+        return create_assignment(sess, course, draft, fake_bank)
+
+    return factory

@@ -1,0 +1,27 @@
+"""Small helpers for driving the app with the test client."""
+
+from __future__ import annotations
+
+import re
+
+_CSRF_RE = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"|'
+                      r'type="hidden" name="csrf_token" value="([^"]+)"|'
+                      r'name="csrf_token" value="([^"]+)"')
+
+
+def csrf_token(client, path: str) -> str:
+    """The CSRF token from the form on the page at ``path``."""
+    html = client.get(path).get_data(as_text=True)
+    match = _CSRF_RE.search(html)
+    assert match, f"no csrf_token on {path}"
+    return next(group for group in match.groups() if group)
+
+
+def login(client, email: str, password: str = "correct horse battery"):
+    token = csrf_token(client, "/login")
+    return client.post("/login", data={"email": email, "password": password, "csrf_token": token})
+
+
+def post_form(client, page: str, action: str, data: dict, **kwargs):
+    """Submit ``data`` to ``action`` with the CSRF token of the form on ``page``."""
+    return client.post(action, data={**data, "csrf_token": csrf_token(client, page)}, **kwargs)

@@ -1,0 +1,57 @@
+import os
+import stat
+
+import pytest
+
+from server import config
+
+
+def test_secret_key_is_generated_once_with_private_permissions(tmp_path):
+    env = {"NABLA_INSTANCE_PATH": str(tmp_path / "inst")}
+    first = config.load_settings(env)
+    second = config.load_settings(env)
+    assert first["SECRET_KEY"] == second["SECRET_KEY"] and len(first["SECRET_KEY"]) == 64
+    key_file = tmp_path / "inst" / config.SECRET_KEY_FILE
+    assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    assert list((tmp_path / "inst").iterdir()) == [key_file]  # no temporary files left
+
+
+def test_environment_secret_key_wins_and_no_file_is_written(tmp_path):
+    env = {"NABLA_INSTANCE_PATH": str(tmp_path), "NABLA_SECRET_KEY": "s" * 40}
+    assert config.load_settings(env)["SECRET_KEY"] == "s" * 40
+    assert not (tmp_path / config.SECRET_KEY_FILE).exists()
+
+
+def test_default_database_is_sqlite_in_the_instance_folder(tmp_path):
+    settings = config.load_settings({"NABLA_INSTANCE_PATH": str(tmp_path)})
+    assert settings["DATABASE_URL"] == f"sqlite:///{tmp_path}/nabla.sqlite3"
+    env = {"NABLA_INSTANCE_PATH": str(tmp_path), "NABLA_DATABASE_URL": "postgresql://x/y"}
+    assert config.load_settings(env)["DATABASE_URL"] == "postgresql://x/y"
+
+
+def test_cookie_settings_are_safe(tmp_path):
+    settings = config.load_settings({"NABLA_INSTANCE_PATH": str(tmp_path)})
+    assert settings["SESSION_COOKIE_HTTPONLY"] is True
+    assert settings["SESSION_COOKIE_SAMESITE"] == "Lax"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"NABLA_SECRET_KEY": "short"}, "NABLA_SECRET_KEY must be at least 32"),
+        ({"NABLA_TIMEZONE": "Mars/Olympus"}, "NABLA_TIMEZONE: unknown time zone"),
+        ({"NABLA_MAX_CONTENT_LENGTH": "lots"}, "NABLA_MAX_CONTENT_LENGTH must be an integer"),
+        ({"NABLA_SECURE_COOKIES": "maybe"}, "NABLA_SECURE_COOKIES must be true or false"),
+    ],
+)
+def test_bad_settings_name_the_variable(tmp_path, env, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.load_settings({"NABLA_INSTANCE_PATH": str(tmp_path), **env})
+
+
+def test_secret_key_is_never_logged(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    settings = config.load_settings({"NABLA_INSTANCE_PATH": str(tmp_path)})
+    assert settings["SECRET_KEY"] not in caplog.text
