@@ -260,6 +260,7 @@ def parse_scalar_expression(text: str, symbols: Iterable[str], *,
         msg = f"syntax error: {e.msg}"
         m = _IMPLICIT_MUL_RE.search(body)
         if m:
+            col = m.start(1) + len(flat) - len(flat.lstrip())
             msg += (f" (implicit multiplication is not accepted: write {m.group(1)}*{m.group(2)}, "
                     f"not {m.group(1)}{m.group(2)})")
         elif _ADJACENT_RE.search(body):
