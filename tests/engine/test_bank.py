@@ -44,7 +44,7 @@ def test_fifty_seeds_are_verified_deterministic_and_discriminating(spec):
         if len(values) <= hi - lo + 1 and _distinct_possible(spec.dims):
             assert len(set(values)) == len(values), (spec.id, seed, inst.dims)
         # kink margins and active/inactive relu units
-        for step, loop in program.steps():
+        for step, _loop in program.steps():
             fn = ELEMENTWISE.get(step.op)
             if fn is None or fn.kink is None:
                 continue

@@ -1,0 +1,485 @@
+"""Grading backward-equation answers against an instance's references.
+
+Every executed assignment (per step in loops) is compared with the reference
+value of its target at that point; running sums of accumulated gradients are
+matched contribution by contribution, so the order in which a student visits
+the steps does not matter. Each line is also re-evaluated with every gradient
+it reads replaced by its reference ("carry-forward"): one early slip is named
+once, and later lines that are right given correct inputs say so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from server.engine.answer import (
+    AnswerContext,
+    AnswerFormatError,
+    AnswerRuntimeError,
+    AssignEvent,
+    evaluate_rhs,
+    parse_equations,
+    run_equations,
+)
+from server.engine.instance import Instance
+from server.engine.ops import ELEMENTWISE
+from server.engine.spec import ProblemSpec, Program, shape_text
+
+VERDICTS = (
+    "correct", "incorrect", "transposed", "wrong_layout", "wrong_shape", "sign",
+    "missing_accumulation", "missing", "invalid",
+)
+
+
+@dataclass(frozen=True)
+class LineResult:
+    line: int
+    target: str
+    verdict: str
+    rule_correct: bool | None
+    message: str
+
+    def to_json(self) -> dict:
+        return {
+            "line": self.line, "target": self.target, "verdict": self.verdict,
+            "rule_correct": self.rule_correct, "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
+class GradientResult:
+    verdict: str
+    message: str = ""
+
+    def to_json(self) -> dict:
+        return {"verdict": self.verdict, "message": self.message}
+
+
+@dataclass(frozen=True)
+class GradeResult:
+    valid: bool
+    score: float
+    errors: list[dict] = field(default_factory=list)  # {"line", "message"}
+    equations: list[LineResult] = field(default_factory=list)
+    gradients: dict[str, GradientResult] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "valid": self.valid,
+            "score": self.score,
+            "errors": list(self.errors),
+            "equations": [e.to_json() for e in self.equations],
+            "gradients": {k: v.to_json() for k, v in self.gradients.items()},
+        }
+
+
+def invalid(errors: list[dict]) -> GradeResult:
+    return GradeResult(valid=False, score=0.0, errors=errors)
+
+
+# --------------------------------------------------------------------------- context
+
+
+def answer_context(spec: ProblemSpec, inst: Instance) -> AnswerContext:
+    """What an answer to this instance may name, with shapes in the layout."""
+    program = spec.program(inst.choice_index)
+    forward: dict = {}
+    gradients: dict = {}
+    for name in list(program.leaves) + list(program.intermediates):
+        shape = tuple(inst.shapes[name])
+        layout_shape = shape[::-1] if inst.layout == "numerator" else shape
+        per_step = name in program.indexed
+        forward[name] = [shape] * inst.steps if per_step else shape
+        if name == spec.given or spec.vars.get(name) is not None and spec.vars[name].role == "const":
+            continue
+        gradients["d" + name] = [layout_shape] * inst.steps if per_step else layout_shape
+    return AnswerContext(
+        forward=forward, gradients=gradients, readonly=frozenset({"d" + spec.given}), dims=dict(inst.dims)
+    )
+
+
+def _initial_grads(spec: ProblemSpec, inst: Instance) -> dict:
+    return {"d" + spec.given: inst.values["d" + spec.given]}
+
+
+def _forward_values(inst: Instance) -> dict:
+    return {k: v for k, v in inst.values.items() if not k.startswith("d") or k[1:] not in inst.values}
+
+
+# --------------------------------------------------------------------------- comparing
+
+
+def close(a: np.ndarray, b: np.ndarray, rtol: float) -> bool:
+    if a.shape != b.shape:
+        return False
+    return bool(np.linalg.norm(a - b) <= rtol * np.linalg.norm(b) + 1e-12)
+
+
+def _ref_at(inst: Instance, target: str, index: tuple[int, ...]) -> np.ndarray:
+    r = inst.reference[target]
+    return r[index[0]] if isinstance(r, list) else r
+
+
+def _label(target: str, index: tuple[int, ...], loop_env: Mapping[str, int] | None = None) -> str:
+    if index:
+        return f"{target}[{index[0]}]"
+    if loop_env:
+        return f"{target} (at {', '.join(f'{k} = {v}' for k, v in loop_env.items())})"
+    return target
+
+
+_REGION = re.compile(r"\[(\d+):(\d+), (\d+):(\d+)\]|\[(:|\d+:\d+), (:|\d+:\d+)\]")
+
+
+def _region_slices(region: str, shape: tuple[int, int]) -> tuple[slice, slice]:
+    parts = region.strip("[]").split(",")
+
+    def one(text: str, n: int) -> slice:
+        text = text.strip()
+        if text == ":":
+            return slice(0, n)
+        bits = [int(b) for b in text.split(":")]
+        return slice(bits[0], bits[1])
+
+    return one(parts[0], shape[0]), one(parts[1], shape[1])
+
+
+class _Layout:
+    """Explains shapes: what a gradient's shape must be, and why."""
+
+    def __init__(self, spec: ProblemSpec, program: Program, inst: Instance):
+        self.spec, self.program, self.inst = spec, program, inst
+
+    def rule(self, var: str) -> str:
+        shape = self.program.shapes.get(var)
+        if shape is None:
+            return ""
+        r, c = (str(s) for s in shape)
+        if self.inst.layout == "numerator":
+            if c == "1":
+                return f"in numerator layout the derivative with respect to a {r}×1 vector is 1×{r}"
+            return f"in numerator layout the derivative with respect to a {r}×{c} matrix is {c}×{r}"
+        return f"in denominator layout a gradient has the shape of its variable ({shape_text(shape)})"
+
+    def expected(self, var: str, actual: np.ndarray, expected: np.ndarray) -> str:
+        got = "×".join(map(str, actual.shape))
+        want = "×".join(map(str, expected.shape))
+        rule = self.rule(var)
+        return f"d{var} is {got} but should be {want}" + (f": {rule}" if rule else "")
+
+
+# --------------------------------------------------------------------------- grading
+
+
+def grade_equations(spec: ProblemSpec, inst: Instance, text: str) -> GradeResult:
+    program = spec.program(inst.choice_index)
+    ctx = answer_context(spec, inst)
+    try:
+        parsed = parse_equations(text, ctx)
+    except AnswerFormatError as exc:
+        lines = exc.source_lines or text.splitlines()
+        return invalid([{"line": e.line, "message": e.render(lines)} for e in exc.errors])
+    result = _Grader(spec, program, inst, parsed, text).run()
+    if result.score < 1 and spec.credit == "gradients":
+        result = _check_other_layout(spec, program, inst, text, result)
+    return result
+
+
+def flip_layout(inst: Instance) -> Instance:
+    """The same instance seen in the other layout (every gradient transposed)."""
+
+    def t(v):
+        return [x.T.copy() for x in v] if isinstance(v, list) else v.T.copy()
+
+    given = "d" + inst.given
+    return dataclasses.replace(
+        inst,
+        layout="denominator" if inst.layout == "numerator" else "numerator",
+        values={k: t(v) if k == given else v for k, v in inst.values.items()},
+        reference={k: t(v) for k, v in inst.reference.items()},
+        contributions={k: [(ln, step, c.T.copy()) for ln, step, c in items] for k, items in inst.contributions.items()},
+    )
+
+
+def _check_other_layout(spec, program, inst, text, result: GradeResult) -> GradeResult:
+    """An answer that is right in the other layout gets told exactly that."""
+    other = flip_layout(inst)
+    try:
+        parsed = parse_equations(text, answer_context(spec, other))
+    except AnswerFormatError:
+        return result
+    alt = _Grader(spec, program, other, parsed, text).run()
+    if alt.score <= result.score or alt.score < 1:
+        return result
+    message = (
+        f"this answer is right in {other.layout} layout, but the problem uses {inst.layout} layout: "
+        + _Layout(spec, program, inst).rule(program.ask[0])
+    )
+    gradients = {
+        k: v if v.verdict == "correct" else GradientResult("wrong_layout", message) for k, v in result.gradients.items()
+    }
+    return dataclasses.replace(result, gradients=gradients)
+
+
+class _Grader:
+    def __init__(self, spec, program, inst, parsed, text):
+        self.spec, self.program, self.inst, self.parsed = spec, program, inst, parsed
+        self.lines = text.splitlines()
+        self.rtol = spec.rtol
+        self.layout = _Layout(spec, program, inst)
+        self.values = _forward_values(inst)
+        self.matched: dict[tuple[str, tuple], list[int]] = {}  # contributions matched so far
+        self.per_line: dict[int, list[LineResult]] = {}
+        self.tainted: dict[str, int] = {}  # gradient -> line of the runtime error it depends on
+        self.first_wrong: int | None = None
+        self.accumulation_errors: dict[str, int] = {}
+        self.errors: list[dict] = []
+        self.assigned: set[str] = set()
+
+    # contributions of a target element, in the layout
+    def contributions(self, target: str, index: tuple) -> list[np.ndarray]:
+        label = f"{target}[{index[0]}]" if index else target
+        items = self.inst.contributions.get(label)
+        if items:
+            return [c for _, _, c in items]
+        return [_ref_at(self.inst, target, index)]
+
+    def lookup(self, name: str, index: tuple) -> np.ndarray:
+        if name == "d" + self.spec.given:
+            v = self.inst.values[name]
+        else:
+            v = self.inst.reference[name]
+        return v[index[0]] if isinstance(v, list) else v
+
+    def run(self) -> GradeResult:
+        try:
+            final = run_equations(
+                self.parsed, self.values, _initial_grads(self.spec, self.inst),
+                on_assign=self.on_assign, on_error=self.on_error,
+            )
+        except AnswerRuntimeError as exc:  # a whole-run limit (too many steps)
+            return invalid([{"line": exc.line, "message": exc.render(self.lines)}])
+        equations = [self.merge(line, results) for line, results in sorted(self.per_line.items())]
+        gradients = self.judge_gradients(final)
+        if self.spec.credit == "rules":
+            score = sum(1 for e in equations if e.rule_correct) / len(equations) if equations else 0.0
+        else:
+            total = sum(self.spec.weights.get(a, 1.0) for a in gradients)
+            score = sum(self.spec.weights.get(a[1:], 1.0) for a, g in gradients.items() if g.verdict == "correct")
+            score = score / total if total else 0.0
+        return GradeResult(True, round(score, 6), self.errors, equations, gradients)
+
+    def merge(self, line: int, results: list[LineResult]) -> LineResult:
+        wrong = [r for r in results if r.verdict != "correct"]
+        first = wrong[0] if wrong else results[0]
+        rule = all(r.rule_correct for r in results if r.rule_correct is not None) if results else None
+        if wrong and len(results) > 1 and len(wrong) < len(results):
+            message = first.message + f" (wrong at {len(wrong)} of {len(results)} steps)"
+        else:
+            message = first.message
+        return LineResult(line, first.target, first.verdict, rule, message)
+
+    def record(self, line: int, result: LineResult) -> None:
+        self.per_line.setdefault(line, []).append(result)
+        if result.verdict != "correct" and self.first_wrong is None:
+            self.first_wrong = line
+
+    # -- a runtime error on one line -------------------------------------------
+
+    def on_error(self, exc: AnswerRuntimeError) -> None:
+        target = exc.target or "?"
+        message = exc.render(self.lines).split("\n")[0].split(": ", 1)[-1]
+        hint = self.mask_hint(target)
+        if hint:
+            message += f"; {hint}"
+        verdict = "wrong_shape" if "shape" in exc.message or "×" in exc.message else "incorrect"
+        self.tainted[target] = exc.line
+        self.assigned.add(target)
+        self.record(exc.line, LineResult(exc.line, _label(target, exc.index), verdict, False, message))
+
+    def mask_hint(self, target: str) -> str:
+        """For the gradient of an element-wise function's input: where its derivative comes from."""
+        var = target[1:]
+        for number, (step, _) in enumerate(self.program.steps(), 1):
+            fn = ELEMENTWISE.get(step.op)
+            if fn and step.args[0].name == var:
+                what = "the mask" if step.op == "relu" else f"the derivative of {step.op}"
+                return f"{what} must come from {var}, the input of step {number} ({step.source})"
+        return ""
+
+    # -- one executed assignment --------------------------------------------------
+
+    def on_assign(self, ev: AssignEvent) -> None:
+        self.assigned.add(ev.target)
+        label = _label(ev.target, ev.index, ev.loop_env if not ev.index else None)
+        taint = next((self.tainted[g] for g, _ in ev.reads if g in self.tainted), None)
+        if taint is not None:
+            self.tainted[ev.target] = taint
+        elif ev.op == "=" and ev.target in self.tainted:
+            del self.tainted[ev.target]
+        rule_ok = self.rule_correct(ev)
+        verdict, message = self.judge_value(ev)
+        if verdict != "correct" and rule_ok:
+            source = taint or self.first_wrong
+            if verdict == "missing_accumulation":
+                pass
+            elif source is not None and source != ev.line:
+                message = f"right rule; the value carries the mistake from line {source}"
+        elif verdict == "correct" and rule_ok is False:
+            rule_ok = True  # right value by another route
+        self.record(ev.line, LineResult(ev.line, label, verdict, rule_ok, message))
+
+    def rule_correct(self, ev: AssignEvent) -> bool | None:
+        try:
+            rhs = evaluate_rhs(self.parsed, ev, self.values, self.lookup)
+        except AnswerRuntimeError:
+            return False
+        expected = self.contributions(ev.target, ev.index)
+        if ev.region is not None:
+            rows, cols = _region_slices(ev.region, ev.before.shape)
+            expected = [c[rows, cols] for c in expected]
+        if ev.op == "-=":
+            rhs = -rhs
+        candidates = list(expected) + [_ref_at(self.inst, ev.target, ev.index)] if ev.region is None else expected
+        return any(close(rhs, c, self.rtol) or (rhs.shape == (1, 1) and c.shape == (1, 1) and close(rhs, c, self.rtol))
+                   for c in candidates)
+
+    def judge_value(self, ev: AssignEvent) -> tuple[str, str]:
+        var = ev.target[1:]
+        ref = _ref_at(self.inst, ev.target, ev.index)
+        after = ev.after
+        key = (ev.target, ev.index)
+        contribs = self.contributions(ev.target, ev.index)
+        matched = self.matched.setdefault(key, [])
+        if after.shape != ref.shape:
+            if after.shape == ref.T.shape and close(after, ref.T, self.rtol):
+                return "transposed", f"d{var} is the transpose of the right value: " + self.layout.rule(var)
+            return "wrong_shape", self.layout.expected(var, after, ref)
+        if close(after, ref, self.rtol):
+            self.matched[key] = list(range(len(contribs)))
+            return "correct", ""
+        increment = after - ev.before if ev.op != "=" else after
+        unmatched = [i for i in range(len(contribs)) if i not in matched]
+        if ev.region is not None and ev.op == "=":
+            return self.judge_region_assignment(ev, var, contribs, matched, unmatched, ref)
+        for i in unmatched:
+            if close(increment, contribs[i], self.rtol):
+                if ev.op == "=" and matched:
+                    self.matched[key] = [i]
+                    self.accumulation_errors.setdefault(ev.target, ev.line)
+                    return "missing_accumulation", (
+                        f"'=' overwrites what earlier steps added to {ev.target}: {var} is used more than "
+                        f"once in the forward pass, so its gradient accumulates; use '+='"
+                    )
+                matched.append(i)
+                return "correct", ""
+        partial = sum((contribs[i] for i in matched), np.zeros_like(ref))
+        if matched and close(after, partial, self.rtol):
+            return "correct", ""
+        if ev.op == "=" and ev.before.any() and close(ev.before + after, ref, self.rtol):
+            self.accumulation_errors.setdefault(ev.target, ev.line)
+            return "missing_accumulation", f"use '+=' for {ev.target}: it already holds another contribution"
+        return self.diagnose(var, after - partial if ev.op != "=" else after, contribs, unmatched, ref)
+
+    def judge_region_assignment(self, ev, var, contribs, matched, unmatched, ref) -> tuple[str, str]:
+        """``dX[:, a:b] = value``: right only if nothing else was added to that region."""
+        rows, cols = _region_slices(ev.region, ev.before.shape)
+        written = ev.after[rows, cols]
+        partial = sum((contribs[i] for i in matched), np.zeros_like(ref))
+        for i in unmatched:
+            if close(written, contribs[i][rows, cols], self.rtol):
+                matched.append(i)
+                if np.any(partial[rows, cols]):
+                    self.accumulation_errors.setdefault(ev.target, ev.line)
+                    return "missing_accumulation", (
+                        f"'=' overwrites what earlier steps added to {ev.target}{ev.region}: the windows "
+                        f"overlap, so use '+='"
+                    )
+                return "correct", ""
+        return self.diagnose(var, written, [c[rows, cols] for c in contribs], unmatched, ref[rows, cols])
+
+    def diagnose(self, var: str, value: np.ndarray, contribs, unmatched, ref) -> tuple[str, str]:
+        targets = [contribs[i] for i in unmatched] or [ref]
+        for expected in targets + [ref]:
+            if value.shape == expected.shape and close(value, -expected, self.rtol):
+                return "sign", f"d{var} has the wrong sign"
+            if value.shape == expected.T.shape and value.shape != expected.shape and close(value, expected.T, self.rtol):
+                return "transposed", f"d{var} is transposed: " + self.layout.rule(var)
+            if value.shape == expected.shape and value.shape[0] == value.shape[1] and close(value, expected.T, self.rtol):
+                return "transposed", f"d{var} is transposed"
+        hint = self.derivative_hint(var, value)
+        return "incorrect", hint or f"d{var} does not match the expected value"
+
+    def derivative_hint(self, var: str, value: np.ndarray) -> str:
+        """Name a missing or misplaced element-wise derivative (a relu mask...)."""
+        for step, _ in self.program.steps():
+            fn = ELEMENTWISE.get(step.op)
+            if not fn or step.args[0].name != var or step.indexed:
+                continue
+            upstream = self.inst.reference.get("d" + step.target)
+            if upstream is None or isinstance(upstream, list):
+                return ""
+            if close(value, upstream, self.rtol):
+                what = f"the mask ({var} > 0)" if step.op == "relu" else f"the derivative of {step.op}"
+                return f"d{var} is missing {what}: '{step.source}' is element-wise"
+            for other, _ in self.program.steps():
+                if other is step or other.op != step.op or other.indexed:
+                    continue
+                a = self.inst.values[other.args[0].name]
+                z = self.inst.values[other.target]
+                deriv = ELEMENTWISE[step.op].derivative(a, z)
+                if deriv.shape[::-1] == upstream.shape or deriv.shape == upstream.shape:
+                    d = deriv.T if self.inst.layout == "numerator" else deriv
+                    if d.shape == upstream.shape and close(value, upstream * d, self.rtol):
+                        return f"the derivative must come from {var}, the input of '{step.source}', not {other.args[0].name}"
+        return ""
+
+    # -- final gradients ----------------------------------------------------------
+
+    def judge_gradients(self, final: Mapping[str, np.ndarray | list]) -> dict[str, GradientResult]:
+        out: dict[str, GradientResult] = {}
+        for a in self.program.ask:
+            g = "d" + a
+            ref = self.inst.reference[g]
+            if g not in self.assigned:
+                out[g] = GradientResult("missing", f"{g} is never assigned")
+                continue
+            if g in self.tainted:
+                out[g] = GradientResult("incorrect", f"{g} depends on line {self.tainted[g]}, which failed")
+                continue
+            values = final[g] if isinstance(final[g], list) else [final[g]]
+            refs = ref if isinstance(ref, list) else [ref]
+            verdicts = [self.final_verdict(a, v, r) for v, r in zip(values, refs)]
+            out[g] = next((v for v in verdicts if v.verdict != "correct"), verdicts[0])
+        wrong = [v for v in out.values() if v.verdict != "correct"]
+        transposed = [v for v in out.values() if v.verdict == "transposed"]
+        if len(out) > 1 and wrong and len(transposed) == len(wrong) and len(transposed) >= max(2, len(out) // 2 + 1):
+            other = "denominator" if self.inst.layout == "numerator" else "numerator"
+            message = f"this answer uses {other} layout; the problem uses {self.inst.layout} layout"
+            out = {k: GradientResult("wrong_layout", message) if v.verdict == "transposed" else v for k, v in out.items()}
+        return out
+
+    def final_verdict(self, var: str, value: np.ndarray, ref: np.ndarray) -> GradientResult:
+        g = "d" + var
+        if close(value, ref, self.rtol):
+            return GradientResult("correct")
+        if value.shape != ref.shape:
+            if value.shape == ref.T.shape and close(value, ref.T, self.rtol):
+                return GradientResult("transposed", f"{g} is transposed: " + self.layout.rule(var))
+            return GradientResult("wrong_shape", self.layout.expected(var, value, ref))
+        if close(value, -ref, self.rtol):
+            return GradientResult("sign", f"{g} has the wrong sign")
+        contribs = self.inst.contributions.get(g)
+        if g in self.accumulation_errors or (contribs and any(close(value, c, self.rtol) for _, _, c in contribs)):
+            line = self.accumulation_errors.get(g)
+            where = f" (line {line})" if line else ""
+            return GradientResult(
+                "missing_accumulation",
+                f"{g} holds only part of its gradient{where}: {var} is used more than once, so its contributions add up (+=)",
+            )
+        return GradientResult("incorrect", f"{g} does not match the expected value")
