@@ -205,7 +205,7 @@ class FakeSpec:
     title: str
     answer: str
     statement: str
-    version_hash: str
+    version: str
     source: str
 
 

@@ -23,7 +23,8 @@ class SpecLike(Protocol):
     title: str
     answer: str
     statement: str
-    version_hash: str
+    source: str  # the spec file's text
+    version: str  # a hash of the source: equal text, equal version
 
 
 def record_problem_version(
@@ -32,7 +33,7 @@ def record_problem_version(
     """The ProblemVersion for ``spec``, creating the problem and version rows if new.
 
     ``spec_text`` is the spec's source text; by default ``spec.source``.
-    The same hash always maps to the same version; a changed spec gets the
+    ``spec.version`` (a hash of the text) identifies the version: the same hash always maps to the same version; a changed spec gets the
     next version number. The title and answer type follow the latest spec.
     """
     text = spec.source if spec_text is None else spec_text
@@ -46,7 +47,7 @@ def record_problem_version(
     session.flush()
     version = session.scalar(
         select(ProblemVersion).where(
-            ProblemVersion.problem_id == spec.id, ProblemVersion.spec_hash == spec.version_hash
+            ProblemVersion.problem_id == spec.id, ProblemVersion.spec_hash == spec.version
         )
     )
     if version is not None:
@@ -58,7 +59,7 @@ def record_problem_version(
         problem=problem,
         version=(latest or 0) + 1,
         spec_text=text,
-        spec_hash=spec.version_hash,
+        spec_hash=spec.version,
     )
     session.add(version)
     session.flush()

@@ -77,8 +77,7 @@ class AssignmentForm(FlaskForm):
         description="Leave empty for unlimited attempts.",
     )
     score_policy = SelectField(
-        "Score that counts", choices=[("best", "best attempt"), ("last", "last attempt")],
-        default="best",
+        "Score that counts (best or last attempt)", choices=["best", "last"], default="best",
     )
     problems = FieldList(FormField(ProblemRowForm))
 

@@ -63,7 +63,7 @@ def test_changed_spec_gets_a_new_version_and_same_spec_reuses_it(session, fake_b
     spec = fake_bank["mlp-relu"]
     first = problems.record_problem_version(session, spec)
     assert problems.record_problem_version(session, spec).id == first.id
-    changed = dataclasses.replace(spec, version_hash="h1b", source="id='mlp-relu' # v2")
+    changed = dataclasses.replace(spec, version="h1b", source="id='mlp-relu' # v2")
     second = problems.record_problem_version(session, changed)
     assert (first.version, second.version) == (1, 2)
     assert session.query(ProblemVersion).count() == 2
@@ -141,3 +141,14 @@ def test_attempt_numbers_are_unique_in_the_database(session, make_user, make_cou
     _submit(session, student, ap, inst, None, None, status="invalid")  # NULLs never collide
     with pytest.raises(IntegrityError):
         _submit(session, student, ap, inst, 1, 0.0)
+
+
+def test_every_problem_of_the_real_bank_can_be_recorded(session):
+    from server.engine.bank import load_bank
+
+    bank = load_bank()
+    assert bank, "the problem bank is empty"
+    for spec in bank.values():
+        version = problems.record_problem_version(session, spec)
+        assert (version.problem.title, version.problem.answer_type) == (spec.title, spec.answer)
+        assert version.spec_text == spec.source and version.spec_hash == spec.version

@@ -18,6 +18,9 @@ def csrf_token(client, path: str) -> str:
 
 
 def login(client, email: str, password: str = "correct horse battery"):
+    """Log in as ``email`` (logging out whoever is logged in on this client first)."""
+    if client.get("/login").status_code == 302:
+        client.post("/logout", data={"csrf_token": csrf_token(client, "/profile")})
     token = csrf_token(client, "/login")
     return client.post("/login", data={"email": email, "password": password, "csrf_token": token})
 

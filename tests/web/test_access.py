@@ -1,0 +1,40 @@
+"""Every route declares who may use it (see server/web/access.py)."""
+
+import pytest
+
+from server.web.access import ACCESS_ATTRIBUTE
+
+pytestmark = pytest.mark.usefixtures("db_backend")
+
+
+def test_every_route_declares_its_access(app):
+    undeclared = []
+    declared = {}
+    for rule in app.url_map.iter_rules():
+        view = app.view_functions[rule.endpoint]
+        access = getattr(view, ACCESS_ATTRIBUTE, None)
+        if access is None:
+            undeclared.append(rule.rule)
+        declared[rule.endpoint] = access
+    assert undeclared == []
+    # spot checks that the declarations are the intended ones
+    assert declared["auth.login"] == "public"
+    assert declared["student.dashboard"] == "login"
+    assert declared["ta.course"] == "role:ta,instructor"
+    assert declared["instructor.new_assignment"] == "role:instructor"
+    assert declared["api.assignments"] == "token"
+
+
+def test_every_api_route_uses_tokens(app):
+    for rule in app.url_map.iter_rules():
+        if rule.rule.startswith("/api/"):
+            view = app.view_functions[rule.endpoint]
+            assert getattr(view, ACCESS_ATTRIBUTE) == "token", rule.rule
+
+
+def test_every_staff_route_is_per_course(app):
+    for rule in app.url_map.iter_rules():
+        if rule.rule.startswith(("/staff/", "/instructor/")):
+            view = app.view_functions[rule.endpoint]
+            assert getattr(view, ACCESS_ATTRIBUTE).startswith("role:"), rule.rule
+            assert "<course_code>" in rule.rule
