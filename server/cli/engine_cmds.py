@@ -121,3 +121,74 @@ def solution(problem: str, seed: int) -> None:
     if seed < 0:
         fail(f"seed must be a non-negative integer (got {seed})")
     click.echo(model_answer(spec, get_instance(spec, seed)))
+
+
+MAX_ANSWER_BYTES = 200_000
+
+
+@main.command()
+@click.argument("problem")
+@click.option("--seed", type=int, required=True, help="Instance seed.")
+@click.argument("files", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file per line.")
+def grade(problem: str, seed: int, files: tuple[str, ...], as_json: bool) -> None:
+    """Grade answer FILES against the instance of PROBLEM for SEED.
+
+    .txt files hold equations or an expression; .py files a numpy backward function."""
+    from server.engine.problem import grade_answer
+
+    spec = get_problem(problem)
+    if seed < 0:
+        fail(f"seed must be a non-negative integer (got {seed})")
+    inst = get_instance(spec, seed)
+    texts = []
+    for path in files:
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(MAX_ANSWER_BYTES + 1)
+        except OSError as exc:
+            fail(f"cannot read {path}: {exc.strerror}")
+        if len(data) > MAX_ANSWER_BYTES:
+            fail(f"{path} is larger than {MAX_ANSWER_BYTES} bytes")
+        try:
+            texts.append((path, data.decode("utf-8")))
+        except UnicodeDecodeError:
+            fail(f"{path} is not UTF-8 text")
+    for path, text in texts:
+        if path.endswith(".py") or spec.answer == "numpy":
+            if spec.answer != "numpy":
+                fail(f"{path}: {spec.id} expects {spec.answer} (a .txt file), not a numpy function")
+            from server.grading import grade_numpy
+
+            result = grade_numpy(spec, inst, text)
+        else:
+            result = grade_answer(spec, inst, text)
+        if as_json:
+            click.echo(json.dumps({"file": path, "problem": spec.id, "seed": seed, **result.to_json()}))
+        else:
+            click.echo(render_result(path, text, result))
+
+
+def render_result(path: str, text: str, result) -> str:
+    out = [f"== {path}"]
+    if not result.valid:
+        out.append("invalid answer (costs no attempt):")
+        out.extend("  " + e["message"].replace("\n", "\n  ") for e in result.errors)
+        return "\n".join(out)
+    by_line = {e.line: e for e in result.equations}
+    for number, line in enumerate(text.splitlines(), 1):
+        e = by_line.get(number)
+        if e is None:
+            out.append(f"     {line}")
+            continue
+        mark = "✓" if e.verdict == "correct" else ("~" if e.rule_correct else "✗")
+        out.append(f"  {mark}  {line}")
+        if e.verdict != "correct":
+            out.append(f"       {e.verdict}: {e.message}")
+    for name, g in result.gradients.items():
+        mark = "✓" if g.verdict == "correct" else "✗"
+        out.append(f"  {mark} {name}: {g.verdict}" + (f" — {g.message}" if g.message else ""))
+    for e in result.errors:
+        out.append(f"  ! line {e['line']}: {e['message']}")
+    out.append(f"score: {result.score:.3f}")
+    return "\n".join(out)

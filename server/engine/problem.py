@@ -71,3 +71,15 @@ def numpy_model_answer(spec: ProblemSpec, inst: Instance, equations: str) -> str
         + code
         + [f"    return {{{ret}}}", ""]
     )
+
+
+def grade_answer(spec: ProblemSpec, inst, text: str):
+    """Grade an equations or expression answer (numpy answers need the sandbox:
+    see server.grading)."""
+    if spec.answer == "expression":
+        from server.engine.expression import grade_expression
+
+        return grade_expression(spec, inst, text)
+    from server.engine.grade import grade_equations
+
+    return grade_equations(spec, inst, text)

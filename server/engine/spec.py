@@ -490,8 +490,14 @@ class _SpecBuilder:
     def _check_expression_spec(self, template, choices, ranges, given, ask) -> None:
         if len(ask) != 1:
             self.err(self.line_of("ask"), "an expression problem asks for exactly one variable")
+            return
         if self.data.get("vars"):
             self.err(self.line_of("vars"), "an expression problem has no [vars]; its symbols are the forward names")
+            return
+        from server.engine.expression import check_expression_spec
+
+        constants = {n: r for n, r in ranges.items()}
+        self.issues.extend(check_expression_spec(self.data, choices, constants, given, ask, self.line_of))
 
 
 def substitute_choices(template: str, picked: Mapping[str, str]) -> tuple[str, list[int]]:

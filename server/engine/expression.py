@@ -1,0 +1,175 @@
+"""Scalar-expression problems (answer = "expression"): the scalar rules.
+
+The spec's forward lines define scalar functions (``g1 = a*x**2``,
+``L = g1 * g2``) with integer constants drawn per student from
+``[constants]`` and functions picked by ``[choose]``. The reference is the
+sympy derivative of the given value with respect to the asked variable,
+checked against central differences; answers are parsed through the
+allowlist of ``symbolic`` and judged by sympy equivalence plus evaluation at
+random points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import sympy
+
+from server.engine.grade import GradeResult, GradientResult, invalid
+from server.engine.instance import BrokenProblemError, draw_dims
+from server.engine.spec import ProblemSpec, SpecIssue, substitute_choices
+from server.engine.symbolic import (
+    ExpressionFormatError,
+    expressions_equivalent,
+    parse_scalar_expression,
+)
+
+FD_POINTS = (0.45, 0.8, 1.3, 1.7)
+
+
+@dataclass(frozen=True)
+class ExpressionInstance:
+    problem: str
+    version: str
+    seed: int
+    constants: dict[str, int]
+    choices: dict[str, str]
+    choice_index: tuple[int, ...]
+    forward: str  # the definitions as the student sees them, constants filled in
+    given: str
+    ask: tuple[str, ...]
+    reference: str  # d(given)/d(ask[0]) as text
+    derivative: sympy.Expr | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def variable(self) -> str:
+        return self.ask[0]
+
+    def to_json(self, *, include_reference: bool = True) -> dict:
+        out = {
+            "problem": self.problem, "version": self.version, "seed": self.seed, "layout": "scalar",
+            "dims": {}, "constants": self.constants, "choices": self.choices,
+            "choice_index": list(self.choice_index), "forward": self.forward, "given": self.given,
+            "ask": list(self.ask), "values": {},
+        }
+        if include_reference:
+            out["reference"] = {"d" + self.variable: self.reference}
+        return out
+
+    @classmethod
+    def from_json(cls, data) -> ExpressionInstance:
+        ask = tuple(data["ask"])
+        return cls(
+            data["problem"], data["version"], int(data["seed"]), dict(data["constants"]), dict(data["choices"]),
+            tuple(data["choice_index"]), data["forward"], data["given"], ask, data["reference"]["d" + ask[0]],
+        )
+
+
+def compile_definitions(spec_lines: str, variable: str, constants) -> tuple[list[tuple[str, sympy.Expr]], list[str]]:
+    """Parse ``name = expression`` lines; returns the definitions and error messages."""
+    defined: list[tuple[str, sympy.Expr]] = []
+    errors: list[str] = []
+    for number, line in enumerate(spec_lines.splitlines(), 1):
+        if not line.strip() or line.strip().startswith("#"):
+            continue
+        name, sep, expr = line.partition("=")
+        name = name.strip()
+        if not sep or not name.isidentifier():
+            errors.append(f"forward line {number}: write 'name = expression'")
+            continue
+        if name == variable or name in constants or any(name == n for n, _ in defined):
+            errors.append(f"forward line {number}: duplicate definition of {name}")
+            continue
+        symbols = [variable, *constants, *(n for n, _ in defined)]
+        try:
+            value = parse_scalar_expression(expr, symbols, what="spec")
+        except ExpressionFormatError as exc:
+            errors.append(f"forward line {number}: {exc.message}")
+            continue
+        defined.append((name, value))
+    return defined, errors
+
+
+def _expand(defined, given: str) -> sympy.Expr:
+    env: dict[sympy.Symbol, sympy.Expr] = {}
+    for name, value in defined:
+        env[sympy.Symbol(name)] = value.xreplace(env)
+    return env[sympy.Symbol(given)]
+
+
+def check_expression_spec(spec_data: dict, choices, constants, given: str, ask: list[str], line_of) -> list[SpecIssue]:
+    """Validate every choice combination of an expression problem."""
+    import itertools
+
+    issues: list[SpecIssue] = []
+    variable = ask[0] if ask else "x"
+    for combo in itertools.product(*(range(len(v)) for v in choices.values())):
+        picked = {n: choices[n][i][1] for n, i in zip(choices, combo)}
+        text, _ = substitute_choices(spec_data["forward"], picked)
+        defined, errors = compile_definitions(text, variable, constants)
+        for e in errors:
+            issue = SpecIssue(line_of("forward"), e)
+            if issue not in issues:
+                issues.append(issue)
+        if not errors and given not in [n for n, _ in defined]:
+            issues.append(SpecIssue(line_of("given"), f"given names {given!r}, which the forward lines never define"))
+        if issues:
+            break
+    return issues
+
+
+def draw_expression_instance(spec: ProblemSpec, seed: int) -> ExpressionInstance:
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer (got {seed!r})")
+    rng = np.random.default_rng(seed)
+    choice_index = tuple(int(rng.integers(len(v))) for v in spec.choices.values())
+    picked = {n: spec.choices[n][i][1] for n, i in zip(spec.choices, choice_index)}
+    constants = draw_dims(spec.constants, rng)
+    variable = spec.ask[0]
+    text, _ = substitute_choices(spec.forward_template, picked)
+    defined, errors = compile_definitions(text, variable, constants)
+    if errors:
+        raise BrokenProblemError(spec.id, "forward", float("nan"))
+    subs = {sympy.Symbol(k): sympy.Integer(v) for k, v in constants.items()}
+    defined = [(n, e.xreplace(subs)) for n, e in defined]
+    x = sympy.Symbol(variable)
+    f = _expand(defined, spec.given)
+    derivative = sympy.diff(f, x)
+    _verify(spec, f, derivative, x)
+    shown = "\n".join(f"{n} = {sympy.sstr(e)}" for n, e in defined)
+    return ExpressionInstance(
+        spec.id, spec.version, seed, constants,
+        {n: spec.choices[n][i][0] for n, i in zip(spec.choices, choice_index)}, choice_index,
+        shown, spec.given, spec.ask, sympy.sstr(derivative), derivative,
+    )
+
+
+def _verify(spec: ProblemSpec, f: sympy.Expr, derivative: sympy.Expr, x: sympy.Symbol) -> None:
+    h = sympy.Rational(1, 10**8)
+    for p in FD_POINTS:
+        p = sympy.Rational(p).limit_denominator(100)
+        fd = (f.subs(x, p + h) - f.subs(x, p - h)).evalf(40) / (2 * h)
+        an = derivative.subs(x, p).evalf(40)
+        if not (an.is_real and fd.is_real):
+            continue
+        err = abs(float(fd) - float(an)) / max(abs(float(an)), 1e-3)
+        if err > 1e-6:
+            raise BrokenProblemError(spec.id, "d" + spec.given + "/d" + str(x), err)
+
+
+def grade_expression(spec: ProblemSpec, inst: ExpressionInstance, text: str) -> GradeResult:
+    target = "d" + inst.variable
+    try:
+        answer = parse_scalar_expression(text, [inst.variable])
+    except ExpressionFormatError as exc:
+        return invalid([{"line": 1, "message": exc.render(text)}])
+    # the reference is recomputed from the spec and seed, never parsed back from stored text
+    reference = inst.derivative if inst.derivative is not None else draw_expression_instance(spec, inst.seed).derivative
+    equal, reason = expressions_equivalent(answer, reference, [inst.variable], rtol=spec.rtol)
+    if equal:
+        return GradeResult(True, 1.0, gradients={target: GradientResult("correct")})
+    equal_neg, _ = expressions_equivalent(-answer, reference, [inst.variable], rtol=spec.rtol)
+    if equal_neg:
+        return GradeResult(True, 0.0, gradients={target: GradientResult("sign", f"{target} has the wrong sign")})
+    return GradeResult(True, 0.0, gradients={target: GradientResult("incorrect", reason)})

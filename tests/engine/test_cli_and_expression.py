@@ -1,0 +1,99 @@
+"""The nabla command for problems, instances, solutions and grading; expression answers."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from server.cli import main
+from server.engine.bank import load_bank
+from server.engine.expression import grade_expression
+from server.engine.problem import draw
+
+BANK = load_bank()
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_problems_list_json():
+    result = run("problems", "list", "--json")
+    assert result.exit_code == 0
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert {r["id"] for r in rows} == set(BANK)
+    assert all(set(r) == {"id", "title", "answer"} for r in rows)
+
+
+def test_problems_check_passes_the_bank_and_fails_a_bad_spec(tmp_path):
+    assert run("problems", "check", "mlp-relu", "scan-mlp").exit_code == 0
+    bad = tmp_path / "bad.toml"
+    bad.write_text((BANK["mlp-relu"].source).replace("z1 = W1 @ x", "z1 = W1 @ q"))
+    result = run("problems", "check", str(bad))
+    assert result.exit_code == 1
+    assert f"{bad}:" in result.output and "unknown name 'q'" in result.output
+
+
+def test_instance_json_has_the_contract_and_is_deterministic():
+    result = run("instance", "scan-mlp", "--seed", "4", "--seed", "5", "--json")
+    assert result.exit_code == 0
+    first, second = (json.loads(line) for line in result.output.splitlines())
+    for key in ("problem", "version", "seed", "layout", "dims", "choices", "forward", "given", "ask", "values", "reference"):
+        assert key in first
+    assert isinstance(first["values"]["z1"], list) and len(first["values"]["z1"]) == first["steps"]
+    assert "dO" in first["values"] and "dX" in first["reference"] and "dz1" in first["reference"]
+    again = json.loads(run("instance", "scan-mlp", "--seed", "4", "--json").output)
+    assert again == first and second["seed"] == 5
+
+
+def test_solution_and_grade_round_trip(tmp_path):
+    sol = run("solution", "mlp-relu", "--seed", "9")
+    assert sol.exit_code == 0 and "14. dx = dz1 @ W1" in sol.output
+    answer = tmp_path / "a.txt"
+    answer.write_text(sol.output)
+    wrong = tmp_path / "b.txt"
+    wrong.write_text(sol.output.replace("dW3 = z6 @ dz7", "dW3 = dz7.T @ z6.T"))
+    result = run("grade", "mlp-relu", "--seed", "9", str(answer), str(wrong), "--json")
+    assert result.exit_code == 0
+    a, b = (json.loads(line) for line in result.output.splitlines())
+    assert a["score"] == 1.0 and a["file"] == str(answer) and a["valid"] is True
+    assert b["gradients"]["dW3"]["verdict"] == "transposed"
+    text = run("grade", "mlp-relu", "--seed", "9", str(wrong))
+    assert "✗" in text.output and "score: 0.857" in text.output
+
+
+@pytest.mark.parametrize("args, words", [
+    (["grade", "nope", "--seed", "1", "x.txt"], "unknown problem 'nope'"),
+    (["grade", "mlp-relu", "--seed", "-3", "x.txt"], "seed must be a non-negative integer"),
+    (["grade", "mlp-relu", "--seed", "1", "/does/not/exist.txt"], "cannot read /does/not/exist.txt"),
+    (["instance", "mlp-relu", "--seed", "abc"], "is not a valid integer"),
+])
+def test_bad_cli_input_is_a_clear_error_with_exit_2(args, words):
+    result = run(*args)
+    assert result.exit_code == 2
+    assert words in result.output
+    assert "Traceback" not in result.output
+
+
+def test_expression_answers():
+    spec = BANK["rule-4a-generalized-chain"]
+    for seed in range(5):
+        inst = draw(spec, seed)
+        reference = inst.reference
+        assert grade_expression(spec, inst, reference).score == 1.0
+        assert grade_expression(spec, inst, reference.replace("**", "^")).score == 1.0
+        neg = grade_expression(spec, inst, f"-({reference})")
+        assert neg.gradients["dx"].verdict == "sign" and neg.score == 0
+        wrong = grade_expression(spec, inst, f"{reference} + x")
+        assert wrong.gradients["dx"].verdict == "incorrect" and wrong.valid
+        bad = grade_expression(spec, inst, "__import__('os')")
+        assert not bad.valid and bad.errors
+
+
+def test_expression_spec_errors_name_the_line(tmp_path):
+    from server.engine.spec import SpecError, parse_spec
+
+    text = BANK["rule-4a-generalized-chain"].source.replace("g1 = a * x**{p}", "g1 = a * y**{p}")
+    with pytest.raises(SpecError) as info:
+        parse_spec(text, "e.toml")
+    assert "unknown name" in str(info.value) and "e.toml:" in str(info.value)
