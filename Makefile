@@ -25,7 +25,9 @@ endif
 setup: $(STAMP)
 
 demo: $(STAMP)
+	$(BIN)/nabla db upgrade
 	$(BIN)/nabla demo
+	$(BIN)/nabla serve --bind 127.0.0.1:5000
 
 test: $(DEVSTAMP)
 	$(BIN)/ruff check server tests bench
