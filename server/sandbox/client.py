@@ -107,12 +107,12 @@ class _WorkerGone(Exception):
 class _Worker:
     """One worker process and the control socket to it."""
 
-    def __init__(self, pool_size: int, insecure: bool) -> None:
+    def __init__(self, pool_size: int, insecure: bool, extra_args: list[str]) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         uid_base = 1_900_000_000 + (os.getpid() % 100_000) * 64
         args = ["--control", str(theirs.fileno()), "--pool-size", str(pool_size),
                 "--uid-base", str(uid_base), "--uid-count", "64",
-                "--insecure", "1" if insecure else "0"]
+                "--insecure", "1" if insecure else "0", *extra_args]
         debug = os.environ.get(DEBUG_ENV) == "1"
         try:
             self.proc = subprocess.Popen(
@@ -235,7 +235,8 @@ _SIGNAL_TEXT = {
 class Sandbox:
     """Per-process entry point; thread-safe."""
 
-    def __init__(self, pool_size: int | None = None, insecure: bool | None = None) -> None:
+    def __init__(self, pool_size: int | None = None, insecure: bool | None = None,
+                 worker_args: list[str] | None = None) -> None:
         self.pool_size = pool_size or int(os.environ.get(POOL_ENV) or
                                           min(8, max(2, 2 * (os.cpu_count() or 1))))
         self.insecure = (os.environ.get(INSECURE_ENV) == "1") if insecure is None else insecure
@@ -243,6 +244,7 @@ class Sandbox:
         self._worker: _Worker | None = None
         self._unavailable: tuple[float, str] | None = None
         self.restarts = 0
+        self._worker_args = list(worker_args or [])  # tests: --simulate-missing LAYER,...
 
     # ---- worker lifecycle
     def _missing(self, hello: dict[str, object]) -> list[str]:
@@ -262,7 +264,7 @@ class Sandbox:
             if self._unavailable and time.monotonic() - self._unavailable[0] < 60:
                 raise SandboxUnavailable(self._unavailable[1])
             try:
-                w = _Worker(self.pool_size, self.insecure)
+                w = _Worker(self.pool_size, self.insecure, self._worker_args)
             except SandboxUnavailable as exc:
                 self._unavailable = (time.monotonic(), str(exc))
                 raise
