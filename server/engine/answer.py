@@ -680,6 +680,7 @@ class _LineChecker:
         self.number = number
         self.content = content
         self.content_col = content_col
+        self.ascii = content.isascii()
         self.bytes = content.encode("utf-8")
         self.loops = loops
         self.errors = errors
@@ -689,13 +690,18 @@ class _LineChecker:
     # -- helpers --
 
     def col(self, node: ast.AST) -> int:
+        if self.ascii:
+            return self.content_col + node.col_offset
         return self.content_col + _char_col(self.content, getattr(node, "col_offset", 0))
 
     def text(self, node: ast.AST) -> str:
-        start, end = getattr(node, "col_offset", None), getattr(node, "end_col_offset", None)
-        if start is None or end is None or getattr(node, "end_lineno", 1) != 1:
+        """The source of a node as written (shortened), for messages."""
+        if node.end_lineno != 1:
             return ast.unparse(node)
-        t = self.bytes[start:end].decode("utf-8", "replace")
+        if self.ascii:
+            t = self.content[node.col_offset:node.end_col_offset]
+        else:
+            t = self.bytes[node.col_offset:node.end_col_offset].decode("utf-8", "replace")
         return t if len(t) <= 40 else t[:39] + "…"
 
     def err(self, node: ast.AST, message: str) -> _Bad:
@@ -1138,7 +1144,8 @@ def parse_equations(text: str, ctx: AnswerContext) -> EquationProgram:
                                errors, statements)
         converted = None
         if node is not None:
-            if _ast_depth_exceeds(node, MAX_DEPTH + 2):
+            # Each level of nesting takes at least one character: short lines need no walk.
+            if len(ln.content) > MAX_DEPTH - 4 and _ast_depth_exceeds(node, MAX_DEPTH + 2):
                 errors.append(FormatError(ln.lineno, ln.content_col, "the expression is nested "
                                           f"too deeply (limit {MAX_DEPTH})"))
             else:
@@ -1209,21 +1216,28 @@ def _parse_line(ln: _Line, errors: list[FormatError]) -> ast.stmt | None:
 
 
 def _as_float_array(name: str, v) -> np.ndarray:
+    if type(v) is np.ndarray and v.dtype == np.float64 and v.ndim == 2:
+        return v
     a = np.asarray(v, dtype=np.float64)
     if a.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array, got shape {a.shape}")
     return a
 
 
-def _prepare(program: EquationProgram, values, grads):
-    ctx = program.ctx
+def _prepare_values(program: EquationProgram, values) -> dict[str, Any]:
     vals: dict[str, Any] = {}
-    for name, spec in ctx.forward.items():
+    for name, spec in program.ctx.forward.items():
         if name not in values:
             raise KeyError(f"no value given for forward variable {name}")
         v = values[name]
         vals[name] = ([_as_float_array(name, x) for x in v] if _indexed(spec)
                       else _as_float_array(name, v))
+    return vals
+
+
+def _prepare(program: EquationProgram, values, grads):
+    ctx = program.ctx
+    vals = _prepare_values(program, values)
     gs: dict[str, Any] = {}
     for name, v in grads.items():
         gs[name] = ([_as_float_array(name, x) for x in v] if isinstance(v, list | tuple)
@@ -1388,8 +1402,7 @@ def evaluate_rhs(
     if stmt_id is None or not 0 <= stmt_id < len(program.statements):
         raise ValueError(f"no assignment with id {stmt_id}")
     stmt = program.statements[stmt_id]
-    vals, _ = _prepare(program, values, {})
-    rt = _Run(vals, {}, program.ctx.dims, lookup=lookup_grad)
+    rt = _Run(_prepare_values(program, values), {}, program.ctx.dims, lookup=lookup_grad)
     rt.env = env
     # Step selection of indexed gradients needs their lengths: take them from the context.
     for name, spec in program.ctx.gradients.items():
