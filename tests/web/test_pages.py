@@ -222,3 +222,14 @@ def test_too_large_upload_is_413_not_500(app, client, course_people):
     token = csrf_token(client, IMPORT)
     response = client.post(IMPORT, data={"csv_text": "x" * 5000, "csrf_token": token})
     assert response.status_code == 413
+
+
+def test_form_times_are_read_in_the_site_time_zone(app, client, course_people, app_session):
+    app.config["NABLA_TIMEZONE"] = "America/New_York"
+    login(client, "instructor@example.edu")
+    response = post_form(client, NEW, NEW, _assignment_form(late_until="", late_credit="0"))
+    assert response.status_code == 302
+    app_session.expire_all()
+    created = app_session.query(Assignment).filter_by(title="Homework 3").one()
+    # 23:59 in New York on March 8, 2026 (EST, UTC-5) is 04:59 UTC on March 9.
+    assert created.due_at.isoformat() == "2026-03-09T04:59:00+00:00"
