@@ -149,7 +149,7 @@ def _region_slices(region: str, shape: tuple[int, int]) -> tuple[slice, slice]:
     return one(parts[0], shape[0]), one(parts[1], shape[1])
 
 
-class _Layout:
+class Layout:
     """Explains shapes: what a gradient's shape must be, and why."""
 
     def __init__(self, spec: ProblemSpec, program: Program, inst: Instance):
@@ -218,7 +218,7 @@ def _check_other_layout(spec, program, inst, text, result: GradeResult) -> Grade
         return result
     message = (
         f"this answer is right in {other.layout} layout, but the problem uses {inst.layout} layout: "
-        + _Layout(spec, program, inst).rule(program.ask[0])
+        + Layout(spec, program, inst).rule(program.ask[0])
     )
     gradients = {
         k: v if v.verdict == "correct" else GradientResult("wrong_layout", message) for k, v in result.gradients.items()
@@ -231,7 +231,7 @@ class _Grader:
         self.spec, self.program, self.inst, self.parsed = spec, program, inst, parsed
         self.lines = text.splitlines()
         self.rtol = spec.rtol
-        self.layout = _Layout(spec, program, inst)
+        self.layout = Layout(spec, program, inst)
         self.values = _forward_values(inst)
         self.matched: dict[tuple[str, tuple], list[int]] = {}  # contributions matched so far
         self.per_line: dict[int, list[LineResult]] = {}
@@ -466,20 +466,37 @@ class _Grader:
 
     def final_verdict(self, var: str, value: np.ndarray, ref: np.ndarray) -> GradientResult:
         g = "d" + var
-        if close(value, ref, self.rtol):
-            return GradientResult("correct")
-        if value.shape != ref.shape:
-            if value.shape == ref.T.shape and close(value, ref.T, self.rtol):
-                return GradientResult("transposed", f"{g} is transposed: " + self.layout.rule(var))
-            return GradientResult("wrong_shape", self.layout.expected(var, value, ref))
-        if close(value, -ref, self.rtol):
-            return GradientResult("sign", f"{g} has the wrong sign")
-        contribs = self.inst.contributions.get(g)
-        if g in self.accumulation_errors or (contribs and any(close(value, c, self.rtol) for _, _, c in contribs)):
-            line = self.accumulation_errors.get(g)
-            where = f" (line {line})" if line else ""
-            return GradientResult(
-                "missing_accumulation",
-                f"{g} holds only part of its gradient{where}: {var} is used more than once, so its contributions add up (+=)",
-            )
-        return GradientResult("incorrect", f"{g} does not match the expected value")
+        return judge_gradient(
+            var, value, ref, layout=self.layout, rtol=self.rtol,
+            contributions=[c for _, _, c in self.inst.contributions.get(g, [])],
+            accumulation_line=self.accumulation_errors.get(g, 0) if g in self.accumulation_errors else None,
+        )
+
+
+def judge_gradient(
+    var: str,
+    value: np.ndarray,
+    ref: np.ndarray,
+    *,
+    layout: Layout,
+    rtol: float,
+    contributions: list[np.ndarray] | None = None,
+    accumulation_line: int | None = None,
+) -> GradientResult:
+    """The verdict on one final gradient value against its reference."""
+    g = "d" + var
+    if close(value, ref, rtol):
+        return GradientResult("correct")
+    if value.shape != ref.shape:
+        if value.shape == ref.T.shape and close(value, ref.T, rtol):
+            return GradientResult("transposed", f"{g} is transposed: " + layout.rule(var))
+        return GradientResult("wrong_shape", layout.expected(var, value, ref))
+    if close(value, -ref, rtol):
+        return GradientResult("sign", f"{g} has the wrong sign")
+    if accumulation_line is not None or (contributions and len(contributions) > 1 and any(close(value, c, rtol) for c in contributions)):
+        where = f" (line {accumulation_line})" if accumulation_line else ""
+        return GradientResult(
+            "missing_accumulation",
+            f"{g} holds only part of its gradient{where}: {var} is used more than once, so its contributions add up (+=)",
+        )
+    return GradientResult("incorrect", f"{g} does not match the expected value")

@@ -165,15 +165,29 @@ def round_to(x: np.ndarray, decimals: int) -> np.ndarray:
     return np.rint(x * scale) / scale
 
 
-def draw_instance(spec: ProblemSpec, seed: int) -> Instance:
+def draw_instance(
+    spec: ProblemSpec,
+    seed: int,
+    *,
+    choice_index: tuple[int, ...] | None = None,
+    other_than: Mapping[str, int] | None = None,
+) -> Instance:
+    """The instance for ``seed``. ``choice_index`` forces the structure and
+    ``other_than`` asks for dims that differ from those (hidden instances that
+    check a numpy answer on the same structure at other sizes)."""
     if spec.answer == "expression":
         raise InstanceError(f"{spec.id} is an expression problem: use draw_expression_instance")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer (got {seed!r})")
     rng = np.random.default_rng(seed)
-    choice_index = tuple(int(rng.integers(len(v))) for v in spec.choices.values())
+    drawn = tuple(int(rng.integers(len(v))) for v in spec.choices.values())
+    choice_index = drawn if choice_index is None else tuple(choice_index)
     program = spec.program(choice_index)
     dims = draw_dims(spec.dims, rng)
+    for _ in range(20):
+        if not other_than or dims != dict(other_than):
+            break
+        dims = draw_dims(spec.dims, rng)
     sched = ref.schedule(program, dims)
     shapes = {name: tuple(d.eval(dims) for d in shape) for name, shape in program.shapes.items()}
     steps = max((ex.t + 1 for ex in sched if ex.t is not None), default=0)

@@ -1,0 +1,69 @@
+"""Numpy backward() answers graded through the sandbox, on the stored and hidden instances."""
+
+import numpy as np
+import pytest
+
+from server.engine.bank import load_bank
+from server.engine.instance import draw_instance
+from server.engine.problem import model_answer
+from server.grading import grade_numpy, hidden_instances
+
+SPEC = load_bank()["mlp-relu-numpy"]
+
+
+@pytest.fixture(scope="module")
+def inst():
+    return draw_instance(SPEC, 11)
+
+
+def test_model_answer_scores_one_on_several_seeds():
+    for seed in range(5):
+        inst = draw_instance(SPEC, seed)
+        result = grade_numpy(SPEC, inst, model_answer(SPEC, inst))
+        assert result.valid and result.score == 1.0, result.to_json()
+
+
+def test_hidden_instances_have_the_same_structure_and_other_dims(inst):
+    hidden = hidden_instances(SPEC, inst)
+    assert len(hidden) == 2
+    for h in hidden:
+        assert h.choice_index == inst.choice_index and h.dims != inst.dims
+
+
+def test_hard_coded_answer_fails_on_hidden_instances(inst):
+    literal = {k: np.array2string(v, separator=",", precision=17, threshold=10**6)
+               for k, v in inst.reference.items()}
+    body = ", ".join(f'"{g}": np.array({literal[g]})' for g in ("dx", "dW1", "db1", "dW2", "db2", "dW3", "db3"))
+    source = f"import numpy as np\n\ndef backward(**kw):\n    return {{{body}}}\n"
+    result = grade_numpy(SPEC, inst, source)
+    assert result.valid and result.score == 0.0
+    for g in result.gradients.values():
+        assert g.verdict != "correct" and "hidden check 1 of 2" in g.message
+
+
+def test_transposed_weight_gradient(inst):
+    source = model_answer(SPEC, inst).replace("dW3 = z6 @ dz7", "dW3 = (z6 @ dz7).T")
+    result = grade_numpy(SPEC, inst, source)
+    assert result.gradients["dW3"].verdict == "transposed"
+    assert result.score == pytest.approx(6 / 7, abs=1e-6)
+
+
+def test_missing_gradient_and_runtime_error(inst):
+    source = model_answer(SPEC, inst).replace('"dx": dx, ', "")
+    assert grade_numpy(SPEC, inst, source).gradients["dx"].verdict == "missing"
+    boom = "def backward(**kw):\n    return {'dx': kw['nope']}\n"
+    result = grade_numpy(SPEC, inst, boom)
+    assert result.gradients["dx"].verdict == "runtime_error"
+    assert "KeyError" in result.gradients["dx"].message
+    assert "/work/" not in result.gradients["dx"].message
+
+
+def test_syntax_error_is_invalid_with_its_line(inst):
+    result = grade_numpy(SPEC, inst, "import numpy as np\n\ndef backward(**kw)\n    return {}\n")
+    assert not result.valid and result.errors[0]["line"] == 3
+
+
+def test_infinite_loop_is_a_time_limit(inst):
+    result = grade_numpy(SPEC, inst, "def backward(**kw):\n    while True:\n        pass\n")
+    assert result.valid and result.score == 0
+    assert {g.verdict for g in result.gradients.values()} == {"time_limit"}
