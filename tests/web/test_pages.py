@@ -231,5 +231,7 @@ def test_form_times_are_read_in_the_site_time_zone(app, client, course_people, a
     assert response.status_code == 302
     app_session.expire_all()
     created = app_session.query(Assignment).filter_by(title="Homework 3").one()
-    # 23:59 in New York on March 8, 2026 (EST, UTC-5) is 04:59 UTC on March 9.
-    assert created.due_at.isoformat() == "2026-03-09T04:59:00+00:00"
+    # Daylight saving time starts in New York on March 8, 2026: 23:59 that day
+    # is EDT (UTC-4), so 03:59 UTC on March 9; the open time (March 1) is EST.
+    assert created.due_at.isoformat() == "2026-03-09T03:59:00+00:00"
+    assert created.open_at.isoformat() == "2026-03-01T14:00:00+00:00"
