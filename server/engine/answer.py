@@ -64,6 +64,7 @@ _LABEL_RE = re.compile(r"(\s*)(\d{1,6})\s*[.)]")
 
 # a number directly followed by a name or "(", e.g. 2x or 2(x+1) (not 1e5)
 _IMPLICIT_MUL_RE = re.compile(r"(?<![\w.])(\d+(?:\.\d*)?)(?![eE][-+]?\d)([A-Za-z_]\w*)")
+_FOR_VAR_RE = re.compile(r"for\s+([A-Za-z_]\w*)\s+in\b")
 _DIMS_RULE = "integers, dims ({dims}), loop variables and + - * //"
 
 
@@ -1106,7 +1107,9 @@ def _split_lines(text: str) -> Iterator[_Line]:
         content = content.rstrip()
         post = len(rest) - len(rest.lstrip())
         code = content.split("#", 1)[0].rstrip()
-        yield _Line(i, number, pre + post, content, start + post, code.endswith(":"))
+        # a block header; or a for loop whose colon is missing (its body is still checked)
+        header = code.endswith(":") or (code.startswith("for ") and ":" not in code)
+        yield _Line(i, number, pre + post, content, start + post, header)
 
 
 def parse_equations(text: str, ctx: AnswerContext) -> EquationProgram:
@@ -1124,8 +1127,7 @@ def parse_equations(text: str, ctx: AnswerContext) -> EquationProgram:
     errors: list[FormatError] = []
     statements: list[_Assign] = []
     root: list[_Assign | _For] = []
-    # stack of open blocks: (indent of header, body list, loop var, header line, has statements)
-    stack: list[list[Any]] = [[-1, root, None, 0, True]]
+    stack = [_Block(-1, root, None, 0, 0)]  # the open blocks, innermost last
 
     for ln in _split_lines(text):
         if len(errors) >= MAX_ERRORS:
@@ -1134,11 +1136,19 @@ def parse_equations(text: str, ctx: AnswerContext) -> EquationProgram:
             errors.append(FormatError(ln.lineno, ln.content_col + ln.content.index("\x00"),
                                       "the text contains a NUL character"))
             continue
-        while len(stack) > 1 and ln.indent <= stack[-1][0]:
+        # A line belongs to the innermost open loop whose header is indented less.  Inside
+        # a loop, unnumbered lines must line up; numbered lines may not (the labels "9." and
+        # "10." differ in width, and people align either the labels or the statements).
+        while len(stack) > 1 and ln.indent <= stack[-1].indent:
             _close_block(stack.pop(), errors)
         block = stack[-1]
-        block[4] = True
-        loops = tuple(b[2] for b in stack[1:] if b[2])
+        if block.body_indent is None:
+            block.body_indent, block.body_numbered = ln.indent, ln.number is not None
+        elif (len(stack) > 1 and ln.indent != block.body_indent and ln.number is None
+              and not block.body_numbered):
+            errors.append(FormatError(ln.lineno, ln.content_col, "the indentation does not "
+                                      f"match the lines above it in the loop of line {block.line}"))
+        loops = tuple(b.var for b in stack[1:] if b.var)
         node = _parse_line(ln, errors)
         checker = _LineChecker(names, ln.lineno, ln.number, ln.content, ln.content_col, loops,
                                errors, statements)
@@ -1157,15 +1167,16 @@ def parse_equations(text: str, ctx: AnswerContext) -> EquationProgram:
                     errors.append(FormatError(ln.lineno, ln.content_col,
                                               "the expression is too complex"))
         if converted is not None:
-            block[1].append(converted)
+            block.body.append(converted)
         if ln.header:
             var = None
             body: list[Any] = []
             if isinstance(converted, _For):
                 var, body = converted.var, converted.body
-            elif isinstance(node, ast.For) and isinstance(node.target, ast.Name):
-                var = node.target.id  # keep the body's names checkable despite a bad header
-            stack.append([ln.indent, body, var, ln.lineno, False])
+            else:  # keep the body's names checkable despite a bad header
+                m = _FOR_VAR_RE.match(ln.content)
+                var = m.group(1) if m else None
+            stack.append(_Block(ln.indent, body, var, ln.lineno, ln.content_col))
     while len(stack) > 1:
         _close_block(stack.pop(), errors)
     if errors:
@@ -1175,10 +1186,21 @@ def parse_equations(text: str, ctx: AnswerContext) -> EquationProgram:
     return EquationProgram(ctx, tuple(source_lines), tuple(root), tuple(statements), assigned)
 
 
-def _close_block(block: list[Any], errors: list[FormatError]) -> None:
-    if not block[4]:
-        errors.append(FormatError(block[3], 0, "this loop has no body: indent the statements "
-                                  "that belong to it"))
+@dataclass
+class _Block:
+    indent: int  # of the loop header
+    body: list[Any]
+    var: str | None  # the loop variable
+    line: int
+    col: int
+    body_indent: int | None = None  # of the first statement in the loop
+    body_numbered: bool = False
+
+
+def _close_block(block: _Block, errors: list[FormatError]) -> None:
+    if block.body_indent is None:
+        errors.append(FormatError(block.line, block.col, "this loop has no body: indent the "
+                                  "statements that belong to it"))
 
 
 def _parse_line(ln: _Line, errors: list[FormatError]) -> ast.stmt | None:

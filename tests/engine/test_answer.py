@@ -612,3 +612,34 @@ def test_evaluate_rhs_in_loops_and_after_runtime_errors():
     assert len(errors) == STEPS and errors[3].loop_env == {"t": 3}
     fixed = lambda name, index: np.ones((1, KO))  # noqa: E731
     assert evaluate_rhs(program, errors[3], v, fixed).shape == (1, H)
+
+
+# --- layout of lines and blocks -----------------------------------------------------------
+
+
+def test_block_structure():
+    ctx = scan_context()
+    v, dO = scan_instance(0)
+
+    def lines_run(text):
+        events: list[AssignEvent] = []
+        run_equations(parse_equations(text, ctx), v, {"dO": dO}, events.append)
+        return [(e.line, e.index) for e in events]
+
+    assert lines_run("for t in range(2): dz1[t] = dO[t] @ W2") == [(1, (0,)), (1, (1,))]
+    # a comment at column 0 does not close the loop; a blank line does not either
+    assert lines_run("for t in range(2):\n# note\n    dz1[t] = 1\n\n    dz2[t] = 2\ndW1 = 0") == [
+        (3, (0,)), (5, (0,)), (3, (1,)), (5, (1,)), (6, ())]
+    # numbered nested loops
+    text = "1. for t in range(2):\n2.     for s in range(t, 3):\n3.         dz1[s] += 1\n4. db1 = 1"
+    assert lines_run(text) == [(3, (0,)), (3, (1,)), (3, (2,)), (3, (1,)), (3, (2,)), (4, ())]
+
+
+def test_unaligned_lines_in_a_loop_are_refused():
+    e = only(refused("for t in range(3):\n    dz1[t] = 1\n  dz2[t] = 1", scan_context()))
+    assert e.line == 3 and "indentation does not match" in e.message
+
+
+def test_a_header_without_colon_does_not_cascade():
+    e = only(refused("for t in range(3)\n    dz1[t] = 1", scan_context()))
+    assert e.line == 1 and "expected ':'" in e.message
