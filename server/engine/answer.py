@@ -686,7 +686,6 @@ class _LineChecker:
         self.loops = loops
         self.errors = errors
         self.statements = statements
-        self.failed = False
 
     # -- helpers --
 
@@ -706,7 +705,6 @@ class _LineChecker:
         return t if len(t) <= 40 else t[:39] + "…"
 
     def err(self, node: ast.AST, message: str) -> _Bad:
-        self.failed = True
         self.errors.append(FormatError(self.line, self.col(node), message))
         return _Bad()
 

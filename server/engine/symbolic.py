@@ -91,6 +91,17 @@ class _Parser:
         col = len(self.source.encode("utf-8")[:offset].decode("utf-8", "ignore"))
         return self.col_map[min(col, len(self.col_map) - 1)]
 
+    def operator_col(self, node: ast.BinOp) -> int:
+        """Column of a binary operator: the first non-blank, non-")" after the left operand."""
+        start, end = node.left.end_col_offset, node.right.col_offset
+        if start is None or end is None or end < start or node.end_lineno != 1:
+            return self.where(node)
+        raw = self.source.encode("utf-8")
+        gap = raw[start:end].decode("utf-8", "ignore")
+        skipped = len(gap) - len(gap.lstrip(" )"))
+        col = len(raw[:start].decode("utf-8", "ignore")) + skipped
+        return self.col_map[min(col, len(self.col_map) - 1)]
+
     def fail(self, node: ast.AST, message: str) -> ExpressionFormatError:
         return ExpressionFormatError(message, self.where(node))
 
@@ -171,8 +182,8 @@ class _Parser:
         if type(op) not in builders:
             names = {ast.MatMult: "@", ast.FloorDiv: "//", ast.Mod: "%", ast.BitXor: "^",
                      ast.BitAnd: "&", ast.BitOr: "|", ast.LShift: "<<", ast.RShift: ">>"}
-            raise self.fail(node, f"the operator {names.get(type(op), '?')} is not allowed: "
-                            "use + - * / ** (or ^)")
+            raise ExpressionFormatError(f"the operator {names.get(type(op), '?')} is not allowed: "
+                                        "use + - * / ** (or ^)", self.operator_col(node))
         a, b = self.build(node.left), self.build(node.right)
         return self.check_size(builders[type(op)](a, b), node)
 
@@ -356,10 +367,10 @@ def _numeric(expr: sympy.Expr, point: dict[str, float], precise: bool = False
     return _real(value)
 
 
-def _simplifies_to_zero(diff: sympy.Expr, time_limit_s: float) -> bool | None:
-    """True/False if sympy decides within the time limit, None if it did not."""
+def _simplifies_to_zero(diff: sympy.Expr, time_limit_s: float) -> tuple[bool | None, str]:
+    """(True/False, "") if sympy decides within the time limit, else (None, why not)."""
     if not _BACKGROUND_SLOTS.acquire(blocking=False):
-        return None
+        return None, "simplification skipped: earlier ones are still running"
     result: list[bool] = []
 
     def work() -> None:
@@ -375,7 +386,7 @@ def _simplifies_to_zero(diff: sympy.Expr, time_limit_s: float) -> bool | None:
     thread = threading.Thread(target=work, name="nabla-simplify", daemon=True)
     thread.start()
     thread.join(time_limit_s)
-    return result[0] if result else None
+    return (result[0], "") if result else (None, "simplification timed out")
 
 
 def _close(a: complex, b: complex, rtol: float) -> bool:
@@ -423,11 +434,10 @@ def expressions_equivalent(answer: sympy.Expr, reference: sympy.Expr, symbols: S
         if not _close(va, vr, rtol):
             return False, f"at {at} the answer is {_fmt(va)} but the expected value is {_fmt(vr)}"
         agreed += 1
-    symbolic = _simplifies_to_zero(a - r, time_limit_s)
+    symbolic, why = _simplifies_to_zero(a - r, time_limit_s)
     if symbolic:
         return True, f"equal: simplify(answer - expected) = 0 and they agree at {agreed} points"
     if agreed >= 2:
-        why = "simplification timed out" if symbolic is None else \
-            "sympy could not simplify the difference to 0"
+        why = why or "sympy could not simplify the difference to 0"
         return True, f"equal: they agree at {agreed} random points ({why})"
     return False, "could not confirm equality: the expressions could not be compared numerically"
