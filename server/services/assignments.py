@@ -22,7 +22,7 @@ from server.models import (
     SubmissionStatus,
     User,
 )
-from server.services.errors import ValidationError
+from server.services.errors import NotFound, ValidationError
 from server.services.problems import record_problem_version
 
 MAX_TITLE_LENGTH = 200
@@ -154,6 +154,37 @@ def course_assignments(session: Session, course: Course) -> list[Assignment]:
             .order_by(Assignment.due_at, Assignment.id)
         )
     )
+
+
+def assignment_problem_for(
+    session: Session, user: User, assignment_id: int, problem_id: str
+) -> AssignmentProblem:
+    """Problem ``problem_id`` of assignment ``assignment_id``, if ``user`` is in its course.
+
+    Raises NotFound alike for an unknown assignment, an unknown problem and a
+    course the user is not enrolled in, so nothing leaks about other courses.
+    (Site admins see every course.)
+    """
+    assignment_problem = session.scalar(
+        select(AssignmentProblem)
+        .join(Assignment, Assignment.id == AssignmentProblem.assignment_id)
+        .options(selectinload(AssignmentProblem.assignment).selectinload(Assignment.course))
+        .where(AssignmentProblem.assignment_id == assignment_id,
+               AssignmentProblem.problem_id == problem_id)
+    )
+    if assignment_problem is not None and not user.is_admin:
+        enrolled = session.scalar(
+            select(Enrollment.id).where(
+                Enrollment.user_id == user.id,
+                Enrollment.course_id == assignment_problem.assignment.course_id,
+            )
+        )
+        if enrolled is None:
+            assignment_problem = None
+    if assignment_problem is None:
+        raise NotFound(f"problem: no problem {problem_id!r} in assignment {assignment_id} "
+                       "of your courses")
+    return assignment_problem
 
 
 # --- deadlines ---------------------------------------------------------------------

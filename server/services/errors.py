@@ -22,5 +22,9 @@ class NotFound(ServiceError):
     pass
 
 
+class Forbidden(ServiceError):
+    pass
+
+
 class Conflict(ServiceError):
     pass

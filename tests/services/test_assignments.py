@@ -152,3 +152,22 @@ def test_every_problem_of_the_real_bank_can_be_recorded(session):
         version = problems.record_problem_version(session, spec)
         assert (version.problem.title, version.problem.answer_type) == (spec.title, spec.answer)
         assert version.spec_text == spec.source and version.spec_hash == spec.version
+
+
+def test_assignment_problem_for_checks_enrollment(session, make_user, make_course,
+                                                  make_assignment):
+    from server.services.errors import NotFound
+
+    student = make_user(session, email="s@example.edu")
+    outsider = make_user(session, email="o@example.edu")
+    admin = make_user(session, email="a@example.edu", is_admin=True)
+    course = make_course(session, members={student: "student"})
+    assignment = make_assignment(session, course, problems=("mlp-relu", "affine-np"))
+    found = assignments.assignment_problem_for(session, student, assignment.id, "affine-np")
+    assert found.problem_id == "affine-np" and found.assignment is assignment
+    assert assignments.assignment_problem_for(session, admin, assignment.id, "mlp-relu")
+    for user, aid, pid in [(outsider, assignment.id, "mlp-relu"),
+                           (student, assignment.id, "scalar-chain"),
+                           (student, assignment.id + 100, "mlp-relu")]:
+        with pytest.raises(NotFound, match="problem: no problem"):
+            assignments.assignment_problem_for(session, user, aid, pid)
