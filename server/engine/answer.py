@@ -1087,9 +1087,9 @@ class _Line:
     header: bool
 
 
-def _split_lines(text: str) -> Iterator[_Line]:
-    for i, raw_line in enumerate(text.split("\n"), start=1):
-        raw = raw_line.rstrip("\r").expandtabs(4)
+def _split_lines(source_lines: list[str]) -> Iterator[_Line]:
+    for i, raw_line in enumerate(source_lines, start=1):
+        raw = raw_line.expandtabs(4)
         number = None
         pre = 0
         start = 0
@@ -1114,7 +1114,8 @@ def parse_equations(text: str, ctx: AnswerContext) -> EquationProgram:
     """Parse and check an equations answer.  Raises :class:`AnswerFormatError`."""
     if not isinstance(text, str):
         raise TypeError("text must be a str")
-    source_lines = text.split("\n")
+    # str.splitlines(), as the rest of Nabla numbers lines (\r\n, \r, \f, \u2028 ...)
+    source_lines = text.splitlines()
     if len(text) > MAX_TEXT_CHARS:
         raise AnswerFormatError([FormatError(1, 0, f"the answer is too long ({len(text)} "
                                              f"characters; limit {MAX_TEXT_CHARS})")])
@@ -1127,7 +1128,7 @@ def parse_equations(text: str, ctx: AnswerContext) -> EquationProgram:
     root: list[_Assign | _For] = []
     stack = [_Block(-1, root, None, 0, 0)]  # the open blocks, innermost last
 
-    for ln in _split_lines(text):
+    for ln in _split_lines(source_lines):
         if len(errors) >= MAX_ERRORS:
             break
         if "\x00" in ln.content:

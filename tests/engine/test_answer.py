@@ -643,3 +643,11 @@ def test_unaligned_lines_in_a_loop_are_refused():
 def test_a_header_without_colon_does_not_cascade():
     e = only(refused("for t in range(3)\n    dz1[t] = 1", scan_context()))
     assert e.line == 1 and "expected ':'" in e.message
+
+
+def test_lines_are_numbered_like_str_splitlines():
+    text = "dz7 = doutput\rdz6 = q\r\ndz5 = r\u2028dz4 = s"
+    errors = refused(text)
+    assert [e.line for e in errors] == [2, 3, 4]
+    assert [e.line for e in errors] == [i + 1 for i, line in enumerate(text.splitlines())
+                                        if "= doutput" not in line]
