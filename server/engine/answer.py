@@ -1387,7 +1387,7 @@ def _apply(s: _Assign, before: np.ndarray, rhs, rt: _Run, index):
     if s.op == "=":
         if _is_scalar(rhs):
             return np.full(before.shape, float(rhs)), None
-        return rhs, None
+        return rhs.copy(), None  # never alias another gradient or a caller's array
     sign = 1.0 if s.op == "+=" else -1.0
     if _is_scalar(rhs) or rhs.shape == (1, 1) or rhs.shape == before.shape:
         return before + sign * rhs, None

@@ -651,3 +651,12 @@ def test_lines_are_numbered_like_str_splitlines():
     assert [e.line for e in errors] == [2, 3, 4]
     assert [e.line for e in errors] == [i + 1 for i, line in enumerate(text.splitlines())
                                         if "= doutput" not in line]
+
+
+def test_results_do_not_alias_each_other_or_the_inputs():
+    values, dout = mlp_instance(0)
+    out = run_equations(parse_equations("dz7 = doutput\ndb3 = dz7\ndx = x.T", MLP), values,
+                        initial_grads(dout))
+    assert not np.shares_memory(out["dz7"], dout)
+    assert not np.shares_memory(out["db3"], out["dz7"])
+    assert not np.shares_memory(out["dx"], values["x"])
