@@ -146,4 +146,7 @@ def load_settings(
         "WTF_CSRF_TIME_LIMIT": None,
         # Refuse to serve a database behind the migrations (see server.db).
         "NABLA_CHECK_SCHEMA": _bool_setting(env, "NABLA_CHECK_SCHEMA", True),
+        # Behind a reverse proxy, how many proxies set X-Forwarded-For/-Proto
+        # (0: none, use the socket's address as the client IP).
+        "NABLA_TRUSTED_PROXIES": _int_setting(env, "NABLA_TRUSTED_PROXIES", 0),
     } | overrides

@@ -122,14 +122,19 @@ def users() -> None:
 @click.option("--admin", is_flag=True, help="Site administrator (staff rights in every course).")
 @click.option("--course", "course_code", help="Also enroll in this course (see --role).")
 @click.option(
-    "--role", type=click.Choice(["student", "ta", "instructor"]), default="student",
-    show_default=True, help="Role in --course.",
+    "--role", type=click.Choice(["student", "ta", "instructor"]),
+    help="Role in --course (default: student).",
 )
 def users_add(
-    email: str, name: str, password: str | None, admin: bool, course_code: str | None, role: str
+    email: str, name: str, password: str | None, admin: bool, course_code: str | None,
+    role: str | None,
 ) -> None:
     """Create a user (and optionally enroll them in a course)."""
     from server.services import accounts, courses
+
+    if role is not None and not course_code:
+        raise click.UsageError("--role needs --course CODE (roles are per course)")
+    role = role or "student"
 
     generated = password is None
     password = password if password is not None else accounts.generate_password()

@@ -57,6 +57,11 @@ def test_bad_input_is_a_one_line_error(cli, args, message):
     assert message in result.output and "Traceback" not in result.output
 
 
+def test_role_without_course_is_a_usage_error(cli):
+    result = cli("users", "add", "a@example.edu", "--name", "A", "--role", "ta")
+    assert result.exit_code == 2 and "--role needs --course" in result.output
+
+
 def test_duplicate_user_is_refused(cli):
     assert cli("users", "add", "a@example.edu", "--name", "A").exit_code == 0
     result = cli("users", "add", "a@example.edu", "--name", "A")

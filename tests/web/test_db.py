@@ -74,3 +74,27 @@ def test_app_engine_enforces_foreign_keys(app):
     with get_engine(app).connect() as connection, pytest.raises(IntegrityError):
         connection.execute(Enrollment.__table__.insert().values(
             user_id=999, course_id=999, role="student", created_at=text("CURRENT_TIMESTAMP")))
+
+
+def test_client_ip_comes_from_the_proxy_only_when_trusted(database_url, tmp_path,
+                                                          fast_password_hashing):
+    from flask import request
+
+    from server import create_app
+
+    seen = []
+    for proxies in (0, 1):
+        app = create_app({"DATABASE_URL": database_url, "SECRET_KEY": "s" * 40,
+                          "INSTANCE_PATH": str(tmp_path), "NABLA_TRUSTED_PROXIES": proxies})
+
+        @public
+        def whoami():
+            return request.remote_addr
+
+        app.add_url_rule("/_probe/ip", view_func=whoami)
+        response = app.test_client().get(
+            "/_probe/ip", headers={"X-Forwarded-For": "203.0.113.9"},
+            environ_base={"REMOTE_ADDR": "10.0.0.1"})
+        seen.append(response.get_data(as_text=True))
+        get_engine(app).dispose()
+    assert seen == ["10.0.0.1", "203.0.113.9"]
