@@ -119,9 +119,9 @@ class _Parser:
         if isinstance(node, ast.Constant):
             v = node.value
             if isinstance(v, bool) or not isinstance(v, int | float):
-                kind = "strings" if isinstance(v, str | bytes) else repr(v)
-                raise self.fail(node, f"{kind} are not allowed: only numbers, "
-                                f"{self.known()} and + - * / ** and functions")
+                kind = "strings are" if isinstance(v, str | bytes) else f"{v!r} is"
+                raise self.fail(node, f"{kind} not allowed: only numbers, "
+                                f"{self.known()}, + - * / ** and functions")
             if not abs(v) <= MAX_LITERAL:
                 raise self.fail(node, f"the number {v!r} is unreasonably large")
             if isinstance(v, int):
