@@ -42,7 +42,12 @@ def login() -> Response | str:
         return redirect(url_for("student.dashboard"))
     form = LoginForm(next=request.args.get("next", ""))
     if form.validate_on_submit():
-        user = accounts.authenticate(get_session(), form.email.data, form.password.data)
+        try:
+            user = accounts.authenticate(get_session(), form.email.data, form.password.data)
+        except accounts.LoginThrottled as exc:
+            status = 429
+            form.password.errors.append(str(exc).removeprefix("password: "))
+            return render_template("auth/login.html", form=form), status
         if user is None:
             form.password.errors.append("The email or the password is not right.")
         else:

@@ -87,3 +87,42 @@ def test_outdated_hash_parameters_are_upgraded_on_login(session, make_user):
     finally:
         passwords.use_profile("cheapest")
     assert session.get(User, user.id).password_hash == user.password_hash
+
+
+def test_repeated_wrong_passwords_lock_the_account_for_a_while(session, make_user):
+    import datetime as dt
+
+    user = make_user(session, password="the right password")
+    now = dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)
+    for _ in range(accounts.MAX_FAILED_LOGINS - 1):
+        assert accounts.authenticate(session, user.email, "wrong guess", now) is None
+    assert user.login_locked_until is None
+    # the right password still works before the limit, and resets the count
+    assert accounts.authenticate(session, user.email, "the right password", now) is user
+    assert user.failed_logins == 0
+    for _ in range(accounts.MAX_FAILED_LOGINS):
+        assert accounts.authenticate(session, user.email, "wrong guess", now) is None
+    assert user.login_locked_until == now + accounts.LOCK_BASE
+    with pytest.raises(accounts.LoginThrottled, match="try again in 1 minute"):
+        accounts.authenticate(session, user.email, "the right password", now)
+    later = now + accounts.LOCK_BASE + dt.timedelta(seconds=1)
+    assert accounts.authenticate(session, user.email, "wrong again", later) is None
+    assert user.login_locked_until == later + 2 * accounts.LOCK_BASE  # doubles
+    much_later = later + accounts.LOCK_MAX
+    assert accounts.authenticate(session, user.email, "the right password", much_later) is user
+    assert (user.failed_logins, user.login_locked_until) == (0, None)
+
+
+def test_lock_durations_grow_and_are_capped():
+    assert accounts.lock_duration(accounts.MAX_FAILED_LOGINS - 1) is None
+    durations = [accounts.lock_duration(n) for n in range(5, 40)]
+    assert durations[0] == accounts.LOCK_BASE
+    assert durations == sorted(durations) and max(durations) == accounts.LOCK_MAX
+
+
+def test_setting_a_password_unlocks(session, make_user):
+    user = make_user(session)
+    for _ in range(accounts.MAX_FAILED_LOGINS):
+        accounts.authenticate(session, user.email, "wrong guess")
+    accounts.set_password(session, user, "a fresh password")
+    assert accounts.authenticate(session, user.email, "a fresh password") is user

@@ -68,3 +68,22 @@ def test_app_refuses_a_database_at_an_older_revision(fresh_database_url, tmp_pat
                     "INSTANCE_PATH": str(tmp_path)})
     message = str(excinfo.value)
     assert "9999_future" in message and "nabla db upgrade" in message
+
+
+def test_upgrade_from_the_first_revision_keeps_existing_users(fresh_database_url):
+    from sqlalchemy import text
+
+    db.upgrade(fresh_database_url, "0001")
+    engine = db.make_engine(fresh_database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(
+                "INSERT INTO users (email, name, password_hash, is_admin, created_at) "
+                "VALUES ('old@example.edu', 'Old', NULL, false, CURRENT_TIMESTAMP)"))
+        db.upgrade(fresh_database_url)
+        with engine.connect() as connection:
+            row = connection.execute(text(
+                "SELECT failed_logins, login_locked_until FROM users")).one()
+    finally:
+        engine.dispose()
+    assert tuple(row) == (0, None)
