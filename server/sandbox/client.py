@@ -100,6 +100,23 @@ def scrub(text: object, limit: int = 4000) -> str:
     return text if len(text) <= limit else text[: limit - 16] + "\n... (truncated)"
 
 
+UID_FIRST = 1_900_000_000
+UID_BLOCK = 64
+_uid_blocks = 0
+
+
+def _next_uid_block() -> int:
+    """A block of unprivileged uids for one worker, distinct per process and start.
+
+    Pool children never share a uid with a live child of the same worker; blocks
+    of different server processes are spread by pid (seccomp, not uids, is what
+    keeps children of different workers from signalling each other).
+    """
+    global _uid_blocks
+    _uid_blocks += 1
+    return UID_FIRST + ((os.getpid() * 16 + _uid_blocks) % (1 << 20)) * UID_BLOCK
+
+
 class _WorkerGone(Exception):
     pass
 
@@ -109,9 +126,10 @@ class _Worker:
 
     def __init__(self, pool_size: int, insecure: bool, extra_args: list[str]) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        uid_base = 1_900_000_000 + (os.getpid() % 100_000) * 64
+        uid_base = _next_uid_block()
+        self.uids = range(uid_base, uid_base + UID_BLOCK)
         args = ["--control", str(theirs.fileno()), "--pool-size", str(pool_size),
-                "--uid-base", str(uid_base), "--uid-count", "64",
+                "--uid-base", str(uid_base), "--uid-count", str(UID_BLOCK),
                 "--insecure", "1" if insecure else "0", *extra_args]
         debug = os.environ.get(DEBUG_ENV) == "1"
         try:
@@ -288,6 +306,11 @@ class Sandbox:
                 self._worker = None
                 self.restarts += 1
         w.stop()
+
+    def uid_range(self) -> range | None:
+        """The uids the current worker gives its children."""
+        w = self._worker
+        return w.uids if w is not None else None
 
     def worker_pid(self) -> int | None:
         w = self._worker

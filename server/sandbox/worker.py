@@ -549,11 +549,14 @@ class Worker:
     # ---- start-up
     def prepare(self) -> None:
         insecure = bool(self.opts["insecure"])
+        # test hook: behave as on a machine where these layers are unavailable
+        simulate = set(str(self.opts.get("simulate_missing") or "").split(","))
         euid = os.geteuid()
-        uid_mode = "setuid" if euid == 0 else "none"
+        is_root = euid == 0 and "root" not in simulate
+        uid_mode = "setuid" if is_root else "none"
         host_uid = euid
         root = empty_root()
-        if euid != 0 and _enter_user_namespace(euid, os.getegid()):
+        if not is_root and "userns" not in simulate and _enter_user_namespace(euid, os.getegid()):
             uid_mode = "userns"
         netns = unshare_network()  # after the user namespace, which grants the right
         self.root_dir = root
@@ -562,8 +565,6 @@ class Worker:
             seccomp_error = None
         except (seccomp.SeccompUnavailable, OSError) as exc:
             self.filt, seccomp_error = None, str(exc)
-        # test hook: behave as on a machine where these layers are unavailable
-        simulate = set(str(self.opts.get("simulate_missing") or "").split(","))
         if "chroot" in simulate:
             uid_mode = "none"
         if "seccomp" in simulate:

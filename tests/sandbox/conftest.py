@@ -49,7 +49,7 @@ def server_files() -> Iterator[dict[str, Path]]:
 
 
 def sandbox_processes() -> list[tuple[int, int, int]]:
-    """(pid, ppid, uid) of every process running under a sandbox uid."""
+    """(pid, ppid, uid) of every live process running under a sandbox uid."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -60,15 +60,24 @@ def sandbox_processes() -> list[tuple[int, int, int]]:
             continue
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
         uid = int(fields["Uid"].split()[0])
+        if fields["State"].split()[0] == "Z":
+            continue  # dead, waiting to be reaped (by init after a worker died)
         if uid >= SANDBOX_UID_MIN:
             found.append((int(entry), int(fields["PPid"]), uid))
     return found
 
 
+def own_processes(sb, uids: range | None = None) -> list[tuple[int, int, int]]:
+    """Live processes under the uids of ``sb``'s worker (other test runs may share
+    the machine, with their own workers and uids)."""
+    uids = uids if uids is not None else sb.uid_range()
+    return [p for p in sandbox_processes() if uids is not None and p[2] in uids]
+
+
 def assert_no_stray_processes(sb) -> None:
-    """Every sandboxed process is a pool child of the current worker."""
+    """Every process under this worker's uids is one of its pool children."""
     worker = sb.worker_pid()
-    strays = [p for p in sandbox_processes() if p[1] != worker]
+    strays = [p for p in own_processes(sb) if p[1] != worker]
     assert not strays, f"sandboxed processes outlived their job: {strays}"
 
 

@@ -1,0 +1,201 @@
+"""Concurrency, worker death and restart, layer reporting, refusal without isolation."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import CORRECT, assert_no_stray_processes, call_args, expected, own_processes
+
+from server.sandbox import Sandbox, SandboxUnavailable, run_job, sandbox_status
+from server.sandbox.client import REQUIRED_LAYERS
+
+
+def test_status_reports_every_layer(sandbox):
+    status = sandbox_status()
+    assert status["available"] and status["missing"] == []
+    for layer in REQUIRED_LAYERS:
+        assert isinstance(status["layers"][layer], str) and status["layers"][layer]
+    assert "namespace" in status["layers"]["network"]
+    assert "uid" in status["layers"]["uid"]
+    assert status["worker_pid"] == sandbox.worker_pid()
+
+
+def test_concurrent_callers_get_their_own_results(sandbox):
+    errors: list[str] = []
+
+    def caller(tid: int) -> None:
+        for j in range(6):
+            call = call_args(seed=100 * tid + j, n=2 + tid % 3)
+            r = run_job(CORRECT, [call])
+            if r.status != "ok" or r.calls[0].status != "ok":
+                errors.append(f"{tid}/{j}: {r}")
+                continue
+            for k, v in expected(call).items():
+                if not np.allclose(r.calls[0].outputs[k], v):
+                    errors.append(f"{tid}/{j}: wrong {k}")
+
+    threads = [threading.Thread(target=caller, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[:3]
+    assert_no_stray_processes(sandbox)
+
+
+def test_concurrent_hostile_and_normal_jobs(sandbox):
+    results: dict[str, object] = {}
+
+    def go(name: str, src: str, tl: float) -> None:
+        results[name] = run_job(src, [call_args()], time_limit_s=tl)
+
+    spin = "def backward(**kw):\n    while True:\n        pass\n"
+    jobs = [("spin", spin, 0.5), ("ok1", CORRECT, 2), ("ok2", CORRECT, 2),
+            ("kill", "import os\ndef backward(**kw):\n    os.kill(-1, 9)\n    return {}\n", 2)]
+    threads = [threading.Thread(target=go, args=job) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert results["spin"].status == "time_limit"
+    assert results["ok1"].status == "ok" and results["ok2"].status == "ok"
+    assert results["kill"].calls[0].status == "runtime_error"
+
+
+def test_worker_death_during_a_job_gives_error_then_restarts():
+    sb = Sandbox(pool_size=2)
+    try:
+        assert sb.run_job(CORRECT, [call_args()]).status == "ok"
+        old, old_uids = sb.worker_pid(), sb.uid_range()
+        out: dict[str, object] = {}
+        sleeper = "import time\ndef backward(**kw):\n    time.sleep(30)\n"
+        t = threading.Thread(
+            target=lambda: out.update(r=sb.run_job(sleeper, [call_args()], time_limit_s=20)))
+        t.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        os.kill(old, signal.SIGKILL)
+        t.join(10)
+        assert not t.is_alive(), "the caller hung after the worker died"
+        assert time.monotonic() - started < 5
+        assert out["r"].status == "error"
+        assert "worker" in out["r"].message
+        # the next job starts a new worker and succeeds
+        r = sb.run_job(CORRECT, [call_args()])
+        assert r.status == "ok", r
+        assert sb.worker_pid() not in (None, old)
+        assert sb.restarts >= 1
+        # the dead worker's children died with it (parent-death signal)
+        time.sleep(0.2)
+        orphans = own_processes(sb, old_uids)
+        assert not orphans, orphans
+    finally:
+        sb.close()
+
+
+def test_worker_death_while_idle_is_invisible_to_the_next_job():
+    sb = Sandbox(pool_size=1)
+    try:
+        assert sb.run_job(CORRECT, [call_args()]).status == "ok"
+        old = sb.worker_pid()
+        os.kill(old, signal.SIGKILL)
+        time.sleep(0.1)
+        r = sb.run_job(CORRECT, [call_args()])
+        assert r.status == "ok", r
+        assert sb.worker_pid() != old
+    finally:
+        sb.close()
+
+
+def test_worker_stops_when_its_server_process_closes_it():
+    sb = Sandbox(pool_size=1)
+    assert sb.run_job(CORRECT, [call_args()]).status == "ok"
+    pid = sb.worker_pid()
+    sb.close()
+    with pytest.raises(ProcessLookupError):
+        for _ in range(50):
+            os.kill(pid, 0)
+            time.sleep(0.05)
+
+
+def test_a_forked_server_process_starts_its_own_worker(sandbox):
+    """gunicorn forks workers: a child process must not share the parent's worker."""
+    parent_worker = sandbox.worker_pid()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child process
+        code = 1
+        try:
+            r = run_job(CORRECT, [call_args()])
+            from server.sandbox import get_sandbox
+
+            mine = get_sandbox().worker_pid()
+            os.write(write, f"{r.status} {mine}".encode())
+            get_sandbox().close()
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    answer = os.read(read, 100).decode().split()
+    os.close(read)
+    assert os.WEXITSTATUS(status) == 0
+    assert answer[0] == "ok"
+    assert int(answer[1]) != parent_worker
+    assert sandbox.worker_pid() == parent_worker
+    assert run_job(CORRECT, [call_args()]).status == "ok"
+
+
+@pytest.mark.parametrize("missing", ["chroot", "seccomp"])
+def test_untrusted_code_is_refused_when_a_layer_is_missing(missing):
+    sb = Sandbox(pool_size=1, insecure=False, worker_args=["--simulate-missing", missing])
+    try:
+        with pytest.raises(SandboxUnavailable, match=missing):
+            sb.run_job(CORRECT, [call_args()])
+        status = sb.status()
+        assert status["available"] is False
+        assert missing in status["message"]
+    finally:
+        sb.close()
+
+
+def test_insecure_development_flag_runs_and_says_so():
+    sb = Sandbox(pool_size=1, insecure=True, worker_args=["--simulate-missing", "seccomp"])
+    try:
+        status = sb.status()
+        assert status["available"] is False
+        assert status["missing"] == ["seccomp"]
+        assert "INSECURE" in status["message"]
+        assert sb.run_job(CORRECT, [call_args()]).status == "ok"
+    finally:
+        sb.close()
+
+
+def test_unprivileged_user_namespace_fallback():
+    """As a non-root server would: user + network namespaces, chroot, no capabilities."""
+    sb = Sandbox(pool_size=1, worker_args=["--simulate-missing", "root"])
+    try:
+        status = sb.status()
+        assert status["available"], status
+        assert "user namespace" in status["layers"]["uid"]
+        src = ("import os\ndef backward(x, W, dy):\n"
+               "    for f in (lambda: os.chroot('..'), lambda: open('/etc/passwd'),\n"
+               "              lambda: __import__('socket').socket()):\n"
+               "        try:\n            f()\n            print('GOT')\n"
+               "        except OSError as e:\n            print('DENIED', e.errno)\n"
+               "    return {'x': x}\n")
+        r = sb.run_job(src, [call_args()])
+        assert r.status == "ok" and "GOT" not in r.stdout and r.stdout.count("DENIED") == 3
+    finally:
+        sb.close()
+    sb = Sandbox(pool_size=1, worker_args=["--simulate-missing", "root,userns"])
+    try:
+        with pytest.raises(SandboxUnavailable, match="chroot"):
+            sb.run_job(CORRECT, [call_args()])
+    finally:
+        sb.close()
