@@ -87,7 +87,13 @@ def _register_template_helpers(app: Flask) -> None:
     def localtime(value: dt.datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
         if value is None:
             return "—"
-        return value.astimezone(zone).strftime(fmt) + " " + (value.astimezone(zone).tzname() or "")
+        local = value.astimezone(zone)
+        return f"{local.strftime(fmt)} {local.tzname() or ''}".rstrip()
+
+    def has_endpoint(name: str) -> bool:
+        # Lets templates link to pages other blueprints may or may not provide
+        # yet (e.g. the student problem page, "student.problem").
+        return name in app.view_functions
 
     def percent(value: float | None) -> str:
         return "—" if value is None else f"{100 * value:.0f}%"
@@ -95,6 +101,7 @@ def _register_template_helpers(app: Flask) -> None:
     app.jinja_env.filters["localtime"] = localtime
     app.jinja_env.filters["percent"] = percent
     app.jinja_env.globals["timezone_name"] = app.config["NABLA_TIMEZONE"]
+    app.jinja_env.globals["has_endpoint"] = has_endpoint
 
 
 def _wants_json() -> bool:
@@ -126,6 +133,8 @@ def _register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def server_error(error: Exception) -> Any:
+        if app.debug:
+            raise error  # `nabla run`: show the interactive debugger
         app.logger.exception("unhandled error on %s %s", request.method, request.path)
         message = "Something went wrong on the server; the error was logged."
         if _wants_json():
