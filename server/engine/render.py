@@ -60,3 +60,75 @@ def render_expression_text(spec, inst) -> str:
     out.append(f"ask: d{inst.given}/d{inst.ask[0]}")
     out.append(f"reference: {inst.reference}")
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- MathML
+
+
+def forward_mathml(spec, program) -> list[dict]:
+    """The forward program as native MathML (sympy's presentation printer), one
+    entry per line: {"kind": "step" | "loop", "number", "source", "mathml"}."""
+    import sympy
+    from sympy.printing.mathml import mathml
+
+    from server.engine.spec import Loop
+
+    def symbol(name: str, indexed: bool, loop_var: str | None):
+        shown = f"{name}^({loop_var})" if indexed else name
+        r, c = program.shapes[name]
+        return sympy.MatrixSymbol(shown, sympy.Symbol(str(r)), sympy.Symbol(str(c)))
+
+    def operand(a, loop_var):
+        if a.name is None:
+            return sympy.nsimplify(a.const)
+        return symbol(a.name, a.indexed, loop_var)
+
+    def rhs(step, loop_var) -> str:
+        args = [operand(a, loop_var) for a in step.args]
+        op = step.op
+        if op == "slice":
+            inner = mathml(args[0], printer="presentation", order="none")
+            rows, cols = step.region_text
+            index = rows if cols == ":" else f"{rows}, {cols}"
+            return f"<mrow>{inner}<mo>[</mo><mi>{_escape(index)}</mi><mo>]</mo></mrow>"
+        if op == "matmul":
+            expr = sympy.MatMul(*args, evaluate=False)
+        elif op == "add":
+            expr = sympy.MatAdd(*args, evaluate=False) if all(isinstance(a, sympy.MatrixExpr) for a in args) else sympy.Add(*args, evaluate=False)
+        elif op == "sub":
+            expr = sympy.MatAdd(args[0], -args[1], evaluate=False) if all(isinstance(a, sympy.MatrixExpr) for a in args) else sympy.Add(args[0], -args[1], evaluate=False)
+        elif op == "mul":
+            if all(isinstance(a, sympy.MatrixExpr) for a in args):
+                expr = sympy.HadamardProduct(*args, evaluate=False)
+            else:
+                expr = sympy.MatMul(*args, evaluate=False)
+        elif op == "div":
+            expr = sympy.MatMul(sympy.Rational(1) / args[1], args[0], evaluate=False)
+        elif op == "neg":
+            expr = -args[0]
+        elif op == "transpose":
+            expr = sympy.Transpose(args[0])
+        else:
+            expr = sympy.Function(op)(args[0])
+        return mathml(expr, printer="presentation", order="none")
+
+    lines: list[dict] = []
+    number = 0
+    for item in program.items:
+        steps = item.body if isinstance(item, Loop) else (item,)
+        loop_var = item.var if isinstance(item, Loop) else None
+        if isinstance(item, Loop):
+            lines.append({"kind": "loop", "number": None, "source": item.header, "mathml": ""})
+        for step in steps:
+            number += 1
+            lhs = mathml(symbol(step.target, step.indexed, loop_var), printer="presentation", order="none")
+            body = f"<mrow>{lhs}<mo>=</mo>{rhs(step, loop_var)}</mrow>"
+            lines.append({
+                "kind": "step", "number": number, "source": step.source,
+                "mathml": f'<math xmlns="http://www.w3.org/1998/Math/MathML" display="block">{body}</math>',
+            })
+    return lines
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
