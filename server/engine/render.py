@@ -122,7 +122,7 @@ def forward_mathml(spec, program) -> list[dict]:
         for step in steps:
             number += 1
             lhs = mathml(symbol(step.target, step.indexed, loop_var), printer="presentation", order="none")
-            body = f"<mrow>{lhs}<mo>=</mo>{rhs(step, loop_var)}</mrow>"
+            body = f"<mrow>{lhs}<mo>=</mo>{rhs(step, loop_var)}</mrow>".replace("&InvisibleTimes;", "&#x2062;")
             lines.append({
                 "kind": "step", "number": number, "source": step.source,
                 "mathml": f'<math xmlns="http://www.w3.org/1998/Math/MathML" display="block">{body}</math>',
