@@ -145,6 +145,65 @@ def create_assignment(
     return assignment
 
 
+def update_assignment(
+    session: Session, assignment: Assignment, draft: AssignmentDraft, bank: Mapping[str, Any]
+) -> Assignment:
+    """Change an assignment: dates, late policy, attempts, policy, problems and weights.
+
+    A problem that students have already started (an instance exists) cannot
+    be removed: its submissions would lose their place. Problems already on
+    the assignment stay valid even if the bank no longer has them.
+    """
+    from server.models import Instance
+
+    current = {ap.problem_id: ap for ap in assignment.problems}
+    known: dict[str, Any] = {**dict.fromkeys(current), **bank}
+    draft = validate_draft(draft, known)
+    chosen = [choice.problem_id for choice in draft.problems]
+    removed = [ap for pid, ap in current.items() if pid not in chosen]
+    if removed:
+        started = set(
+            session.scalars(
+                select(AssignmentProblem.problem_id)
+                .join(Instance, Instance.assignment_problem_id == AssignmentProblem.id)
+                .where(AssignmentProblem.id.in_([ap.id for ap in removed]))
+            )
+        )
+        if started:
+            raise ValidationError(
+                "problems",
+                f"{', '.join(sorted(started))} cannot be removed: students have started "
+                "them (their submissions are kept)",
+            )
+    assignment.title = draft.title
+    assignment.open_at = draft.open_at
+    assignment.due_at = draft.due_at
+    assignment.late_until = draft.late_until
+    assignment.late_credit = draft.late_credit
+    assignment.max_attempts = draft.max_attempts
+    assignment.score_policy = draft.score_policy
+    for ap in removed:
+        assignment.problems.remove(ap)
+    session.flush()  # delete removed rows before re-adding the same problem is possible
+    for position, choice in enumerate(draft.problems):
+        ap = current.get(choice.problem_id)
+        if ap is None:
+            record_problem_version(session, bank[choice.problem_id])
+            ap = AssignmentProblem(problem_id=choice.problem_id)
+            assignment.problems.append(ap)
+        ap.weight = choice.weight
+        ap.position = position
+    session.flush()
+    return assignment
+
+
+def get_course_assignment(session: Session, course: Course, assignment_id: int) -> Assignment:
+    assignment = session.get(Assignment, assignment_id)
+    if assignment is None or assignment.course_id != course.id:
+        raise NotFound(f"assignment: no assignment {assignment_id} in {course.code}")
+    return assignment
+
+
 def course_assignments(session: Session, course: Course) -> list[Assignment]:
     return list(
         session.scalars(

@@ -5,14 +5,20 @@ from __future__ import annotations
 import datetime as dt
 from zoneinfo import ZoneInfo
 
-from flask import Blueprint, current_app, flash, redirect, render_template, url_for
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, url_for
 from werkzeug.wrappers import Response
 
 from server.db import get_session
-from server.models import Course
-from server.services.assignments import AssignmentDraft, ProblemChoice, create_assignment
+from server.models import Assignment, Course
+from server.services.assignments import (
+    AssignmentDraft,
+    ProblemChoice,
+    create_assignment,
+    get_course_assignment,
+    update_assignment,
+)
 from server.services.courses import RosterError, import_roster
-from server.services.errors import ValidationError
+from server.services.errors import NotFound, ValidationError
 from server.web.access import role_required
 from server.web.bank import get_bank
 from server.web.forms import AssignmentForm, RosterImportForm
@@ -28,53 +34,110 @@ def _to_utc(local: dt.datetime | None) -> dt.datetime | None:
     return local.replace(tzinfo=zone).astimezone(dt.UTC)
 
 
-def _assignment_form() -> AssignmentForm:
+def _to_local(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    zone = ZoneInfo(current_app.config["NABLA_TIMEZONE"])
+    return value.astimezone(zone).replace(tzinfo=None)
+
+
+def _assignment_form(assignment: Assignment | None = None) -> AssignmentForm:
+    """The form, with one row per bank problem (the assignment's own first, in order)."""
     bank = get_bank()
-    form = AssignmentForm()
+    if assignment is None:
+        form = AssignmentForm()
+        rows = [(pid, False, 1.0) for pid in sorted(bank)]
+    else:
+        form = AssignmentForm(
+            title=assignment.title,
+            open_at=_to_local(assignment.open_at),
+            due_at=_to_local(assignment.due_at),
+            late_until=_to_local(assignment.late_until),
+            late_credit=assignment.late_credit,
+            max_attempts=assignment.max_attempts,
+            score_policy=assignment.score_policy,
+        )
+        chosen = {ap.problem_id for ap in assignment.problems}
+        rows = [(ap.problem_id, True, ap.weight) for ap in assignment.problems]
+        rows += [(pid, False, 1.0) for pid in sorted(bank) if pid not in chosen]
     if not form.is_submitted():
-        for problem_id in sorted(bank):
-            form.problems.append_entry({"problem_id": problem_id, "include": False, "weight": 1.0})
+        for problem_id, include, weight in rows:
+            form.problems.append_entry(
+                {"problem_id": problem_id, "include": include, "weight": weight}
+            )
     return form
+
+
+def _draft_from(form: AssignmentForm) -> AssignmentDraft:
+    return AssignmentDraft(
+        title=form.title.data,
+        open_at=_to_utc(form.open_at.data),
+        due_at=_to_utc(form.due_at.data),
+        late_until=_to_utc(form.late_until.data),
+        late_credit=form.late_credit.data,
+        max_attempts=form.max_attempts.data,
+        score_policy=form.score_policy.data,
+        problems=[
+            ProblemChoice(row.problem_id.data, row.weight.data or 1.0)
+            for row in form.problems
+            if row.include.data
+        ],
+    )
+
+
+def _show_error(form: AssignmentForm, exc: ValidationError) -> None:
+    field = getattr(form, exc.field, None)
+    if field is not None and exc.field != "problems":
+        field.errors = [*field.errors, exc.reason]
+    else:
+        form.form_errors.append(str(exc))
+
+
+def _render_assignment_form(
+    course: Course, form: AssignmentForm, assignment: Assignment | None = None
+) -> tuple[str, int]:
+    return (
+        render_template(
+            "instructor/assignment_form.html",
+            course=course, form=form, bank=get_bank(), assignment=assignment,
+        ),
+        400 if form.is_submitted() else 200,
+    )
 
 
 @bp.route("/<course_code>/assignments/new", methods=["GET", "POST"])
 @role_required("instructor")
 def new_assignment(course: Course) -> Response | tuple[str, int]:
-    bank = get_bank()
     form = _assignment_form()
-    status = 200
     if form.validate_on_submit():
-        draft = AssignmentDraft(
-            title=form.title.data,
-            open_at=_to_utc(form.open_at.data),
-            due_at=_to_utc(form.due_at.data),
-            late_until=_to_utc(form.late_until.data),
-            late_credit=form.late_credit.data,
-            max_attempts=form.max_attempts.data,
-            score_policy=form.score_policy.data,
-            problems=[
-                ProblemChoice(row.problem_id.data, row.weight.data or 1.0)
-                for row in form.problems
-                if row.include.data
-            ],
-        )
         try:
-            assignment = create_assignment(get_session(), course, draft, bank)
+            assignment = create_assignment(get_session(), course, _draft_from(form), get_bank())
         except ValidationError as exc:
-            field = getattr(form, exc.field, None)
-            if field is not None and exc.field != "problems":
-                field.errors = [*field.errors, exc.reason]
-            else:
-                form.form_errors.append(str(exc))
+            _show_error(form, exc)
         else:
             flash(f"Assignment {assignment.title!r} created.")
             return redirect(url_for("ta.course", course_code=course.code))
-    if form.is_submitted():
-        status = 400
-    return (
-        render_template("instructor/assignment_form.html", course=course, form=form, bank=bank),
-        status,
-    )
+    return _render_assignment_form(course, form)
+
+
+@bp.route("/<course_code>/assignments/<int:assignment_id>/edit", methods=["GET", "POST"])
+@role_required("instructor")
+def edit_assignment(course: Course, assignment_id: int) -> Response | tuple[str, int]:
+    session = get_session()
+    try:
+        assignment = get_course_assignment(session, course, assignment_id)
+    except NotFound as exc:
+        abort(404, str(exc))
+    form = _assignment_form(assignment)
+    if form.validate_on_submit():
+        try:
+            update_assignment(session, assignment, _draft_from(form), get_bank())
+        except ValidationError as exc:  # raised before anything is changed
+            _show_error(form, exc)
+        else:
+            flash(f"Assignment {assignment.title!r} saved.")
+            return redirect(url_for("ta.course", course_code=course.code))
+    return _render_assignment_form(course, form, assignment)
 
 
 @bp.route("/<course_code>/roster/import", methods=["GET", "POST"])

@@ -250,3 +250,72 @@ def test_dashboard_links_problems_once_the_problem_page_exists(app, client, cour
     login(client, "student1@example.edu")
     page = client.get("/").get_data(as_text=True)
     assert "/problems/mlp-relu" in page and "/problems/affine-np" in page
+
+
+def _edit_url(app_session, title="Homework 1"):
+    assignment_id = app_session.query(Assignment.id).filter_by(title=title).scalar()
+    app_session.rollback()
+    return f"/instructor/CS101/assignments/{assignment_id}/edit", assignment_id
+
+
+def test_instructor_edits_an_assignment(app, client, course_people, app_session):
+    app.config["NABLA_TIMEZONE"] = "Europe/Berlin"
+    url, assignment_id = _edit_url(app_session)
+    login(client, "instructor@example.edu")
+    form = client.get(url).get_data(as_text=True)
+    assert 'value="Homework 1"' in form
+    # the assignment's problems come first, checked, with their weights
+    assert form.index("affine-np") < form.index("scalar-chain")
+    response = post_form(client, url, url, _assignment_form(
+        title="Homework 1 (extended)", due_at="2026-03-09T23:59",
+        **{"problems-0-problem_id": "affine-np", "problems-0-include": "y",
+           "problems-0-weight": "3"}))
+    assert response.status_code == 302, html.unescape(response.get_data(as_text=True))
+    app_session.expire_all()
+    edited = app_session.get(Assignment, assignment_id)
+    assert edited.title == "Homework 1 (extended)"
+    assert edited.due_at.isoformat() == "2026-03-09T22:59:00+00:00"  # Berlin is UTC+1
+    assert [(ap.problem_id, ap.weight, ap.position) for ap in edited.problems] == [
+        ("affine-np", 3.0, 0), ("mlp-relu", 2.5, 1), ("scalar-chain", 1.0, 2)]
+    app_session.rollback()
+    # the form shows the stored times back in the site's zone
+    assert 'value="2026-03-09T23:59"' in client.get(url).get_data(as_text=True)
+
+
+def test_a_started_problem_cannot_be_removed(client, course_people, app_session):
+    from server.models import Instance
+    from server.services.problems import latest_version
+
+    assignment = app_session.query(Assignment).filter_by(title="Homework 1").one()
+    ap = next(ap for ap in assignment.problems if ap.problem_id == "mlp-relu")
+    app_session.add(Instance(
+        user_id=course_people["student"].id, assignment_problem_id=ap.id,
+        problem_version_id=latest_version(app_session, "mlp-relu").id, seed=7,
+        dims_json="{}", choices_json="{}", values_json="{}", reference_json="{}"))
+    app_session.commit()
+    url = f"/instructor/CS101/assignments/{assignment.id}/edit"
+    login(client, "instructor@example.edu")
+    data = _assignment_form(**{"problems-1-include": None, "problems-2-include": None,
+                               "problems-0-include": "y"})
+    response = post_form(client, url, url, data)
+    assert response.status_code == 400
+    assert "mlp-relu cannot be removed: students have started them" in \
+        html.unescape(response.get_data(as_text=True))
+    app_session.expire_all()
+    kept = app_session.get(Assignment, assignment.id)
+    assert sorted(ap.problem_id for ap in kept.problems) == ["affine-np", "mlp-relu"]
+    assert kept.title == "Homework 1"
+
+
+def test_edit_of_another_courses_assignment_is_404(client, course_people, app_session,
+                                                   make_course, make_assignment):
+    other = make_course(app_session, "CS202", "Other",
+                        members={course_people["instructor"]: "student"})
+    foreign = make_assignment(app_session, other, "Foreign")
+    app_session.commit()
+    login(client, "instructor@example.edu")
+    assert client.get(f"/instructor/CS101/assignments/{foreign.id}/edit").status_code == 404
+    assert client.get(f"/instructor/CS202/assignments/{foreign.id}/edit").status_code == 403
+    login(client, "ta@example.edu")
+    url, _ = _edit_url(app_session)
+    assert client.get(url).status_code == 403
