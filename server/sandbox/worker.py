@@ -128,11 +128,7 @@ def enter_sandbox(
         os.dup2(job_fd, JOB_FD)
     os.closerange(JOB_FD + 1, 1 << 20)
     layers["descriptors"] = "only /dev/null and the job socket are open"
-    try:
-        with open("/proc/self/statm", "rb") as fh:
-            vm_bytes = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        vm_bytes = 512 << 20
+    vm_bytes = int(cfg.get("baseline_vm") or 0) or _vm_size()
     cfg["baseline_vm"] = vm_bytes
     as_hard = vm_bytes + int(cfg["max_memory_mb"]) * (1 << 20) + (64 << 20)
     try:
@@ -199,6 +195,15 @@ def enter_sandbox(
     if failures and not insecure:
         raise SetupError("missing " + "; ".join(failures))
     return layers
+
+
+def _vm_size() -> int:
+    """Current address-space size in bytes (the base that memory_mb is added to)."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 512 << 20
 
 
 def _drop_capabilities() -> None:
@@ -367,23 +372,44 @@ def _encode_result(result: object, limits: dict[str, object]) -> tuple[list, lis
     return specs, chunks
 
 
-def run_job(fd: int, filt_pid: int | None = None) -> None:
-    """Read one job from ``fd``, run it, stream result frames. Never returns normally."""
-    header, blob = _read_job(fd)
-    limits = header
+class _Finished(BaseException):
+    """Raised by done(): the final frame has been sent."""
+
+
+def _apply_job_limits(header: dict[str, object]) -> None:
+    """Lower the CPU and address-space limits to this job's values."""
     cpu = resource.getrusage(resource.RUSAGE_SELF)
     used = cpu.ru_utime + cpu.ru_stime
-    tl = float(header["time_limit_s"])
-    soft = int(used + tl) + 1
+    soft = int(used + float(header["time_limit_s"])) + 1
     hard_cpu = resource.getrlimit(resource.RLIMIT_CPU)[1]
     if hard_cpu == resource.RLIM_INFINITY or soft + 1 <= hard_cpu:
         resource.setrlimit(resource.RLIMIT_CPU, (soft, soft + 1))
-    baseline = int(header.get("baseline_vm") or _CFG.get("baseline_vm") or 0)
+    baseline = int(_CFG.get("baseline_vm") or 0)
     if baseline:
         want = baseline + int(header["memory_mb"]) * (1 << 20)
         hard_as = resource.getrlimit(resource.RLIMIT_AS)[1]
         if hard_as == resource.RLIM_INFINITY or want <= hard_as:
             resource.setrlimit(resource.RLIMIT_AS, (want, want))
+
+
+def run_job(fd: int) -> None:
+    """Read one job from ``fd``, run it, stream result frames, exit."""
+    header, blob = _read_job(fd)
+    _apply_job_limits(header)
+    execute_job(header, blob, lambda head, payload=None: _send_frame(fd, head, payload))
+    os._exit(0)
+
+
+def execute_job(header: dict[str, object], blob: bytes | bytearray, send) -> None:
+    """Run a decoded job; ``send(header, payload)`` emits each frame, the last is "done"."""
+    try:
+        _execute(header, blob, send)
+    except _Finished:
+        pass
+
+
+def _execute(header: dict[str, object], blob: bytes | bytearray, send) -> None:
+    limits = header
 
     arrays = []
     for dtype_str, shape, offset in header["arrays"]:
@@ -412,8 +438,8 @@ def run_job(fd: int, filt_pid: int | None = None) -> None:
         return {"out": out.take(), "err": err.take(), "out_n": out.total, "err_n": err.total}
 
     def done(status: str, message: str = "", tb: str = "") -> None:
-        _send_frame(fd, {"k": "done", "s": status, "m": message, "tb": tb, **streams()})
-        os._exit(0)
+        send({"k": "done", "s": status, "m": message, "tb": tb, **streams()})
+        raise _Finished
 
     source = header["source"]
     try:
@@ -457,33 +483,40 @@ def run_job(fd: int, filt_pid: int | None = None) -> None:
                 frame.update(s="invalid_result",
                              m=_clip(f"the result could not be read: {_describe(exc)}"))
         frame.update(streams())
-        _send_frame(fd, frame, payload)
+        send(frame, payload)
     done("ok")
 
 
 _WARMUP_SOURCE = """
 import numpy as np
-def backward(x, W, dy, xs):
-    z = x @ W
-    return {"dW": x.T @ (dy * (z > 0)), "dx": np.tanh(dy) @ W.T, "n": float(len(xs))}
+
+def backward(x, W, z, dy):
+    dz = dy * (z > 0)
+    return {"dW": x.T @ dz, "dx": dz @ W.T, "s": float(np.sum(dz))}
 """
 
 
 def _warm_up() -> None:
-    """Run a tiny job in-process so later page faults (CoW) happen before a job."""
-    rng = np.random.default_rng(0)
-    x, w = rng.standard_normal((4, 3)), rng.standard_normal((3, 2))
-    ns: dict[str, object] = {}
-    exec(compile(_WARMUP_SOURCE, "<warmup>", "exec"), ns)
-    res = ns["backward"](x=x, W=w, dy=np.ones((4, 2)), xs=[x, x])
-    _encode_result(res, {"max_output_arrays": 8, "max_array_elements": 100,
-                         "max_output_bytes": 1 << 20})
-    json.dumps({"a": [1.5, "x"]})
-    json.loads('{"a": [1, 2.5, "x"]}')
-    try:
-        raise ValueError("warm")
-    except ValueError as exc:
-        _student_traceback(exc)
+    """Run a small job through the real code path before taking a job, so that
+    the copy-on-write faults it causes are paid ahead of time (only pages that a
+    real job touches: no extra modules)."""
+    x = np.linspace(-1.0, 1.0, 12).reshape(4, 3)
+    w = np.linspace(-1.0, 1.0, 15).reshape(3, 5)
+    call = {"x": x, "W": w, "z": x @ w, "dy": np.ones((4, 5))}
+    limits = {"time_limit_s": 1.0, "memory_mb": 16, "max_output_arrays": 8,
+              "max_array_elements": 100, "max_output_bytes": 1 << 16, "max_stream_chars": 100}
+    data = wire.encode_job(_WARMUP_SOURCE, [call, call], "backward", limits)
+    hlen = wire.U64.unpack_from(data, 4)[0]
+    header = json.loads(data[12:12 + hlen])
+    blob = bytearray(data[12 + hlen + 8:])
+    sink: list[bytes] = []
+
+    def send(head: dict[str, object], payload: list[bytes] | None = None) -> None:
+        body = json.dumps(head).encode()
+        sink.append(wire.FRAME_HEAD.pack(wire.RESULT_MAGIC, len(body), 0) + body)
+        sink.append(b"".join(payload or []))
+
+    execute_job(header, blob, send)
 
 
 _CFG: dict[str, object] = {}
@@ -504,7 +537,6 @@ def child_main(cfg: dict[str, object], filt: seccomp.Filter | None, job_fd: int,
             _write_all(JOB_FD, FAILED + json.dumps({"error": str(exc)}).encode() + b"\n")
             os._exit(0)
         _warm_up()
-        gc.collect()
         _write_all(JOB_FD, READY + json.dumps({"layers": layers}).encode() + b"\n")
         run_job(JOB_FD)
     except BaseException:
@@ -575,7 +607,7 @@ class Worker:
             "insecure": insecure, "root_dir": root, "uid_mode": uid_mode, "uid": 0,
             "host_uid": host_uid, "worker_pid": os.getpid(), "netns": netns,
             "seccomp_error": seccomp_error, "max_memory_mb": self.opts["max_memory_mb"],
-            "max_cpu_s": self.opts["max_cpu_s"],
+            "max_cpu_s": self.opts["max_cpu_s"], "baseline_vm": _vm_size() + (16 << 20),
         }
         self.sel.register(self.ctrl, selectors.EVENT_READ, ("ctrl", None))
 

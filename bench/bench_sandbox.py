@@ -1,0 +1,200 @@
+"""Sandbox overhead: the pre-forked pool vs a fresh interpreter per job.
+
+    .venv/bin/python bench/bench_sandbox.py [--jobs 200] [--fresh-jobs 20]
+
+Prints, in one run on this machine:
+  * per-job latency of a trivial job through the pool (back to back, and with
+    the pool given time to refill between jobs), p50/p90/p99;
+  * the same job in a fresh interpreter per job with the same isolation
+    (python -I, import numpy, chroot, setuid, seccomp, netns), p50/p90;
+  * the unsafe in-process reference (exec + call, no isolation);
+  * throughput with 2 and 8 concurrent callers.
+Figures only; nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from server.sandbox import client, run_job, sandbox_status, wire  # noqa: E402
+
+SOURCE = """
+import numpy as np
+
+def backward(x, W1, z1, dy):
+    dz1 = dy * (z1 > 0)
+    return {"dW1": x.T @ dz1, "dx": dz1 @ W1.T}
+"""
+
+
+def make_call(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x, w1 = rng.standard_normal((4, 3)), rng.standard_normal((3, 5))
+    z1 = x @ w1
+    return {"x": x, "W1": w1, "z1": z1, "dy": rng.standard_normal((4, 5))}
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def summary(values: list[float]) -> str:
+    return (f"p50 {statistics.median(values):7.2f} ms   p90 {pct(values, 0.9):7.2f} ms   "
+            f"p99 {pct(values, 0.99):7.2f} ms   (n={len(values)})")
+
+
+def pool_latency(n: int, gap_s: float) -> list[float]:
+    call = make_call()
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        r = run_job(SOURCE, [call])
+        out.append((time.perf_counter() - t) * 1e3)
+        assert r.status == "ok" and r.calls[0].status == "ok", r
+        if gap_s:
+            time.sleep(gap_s)
+    return out
+
+
+class _ExitReport:
+    """Stands in for the worker's lease socket: reports how a one-shot process ended."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+
+    def settimeout(self, _t: float) -> None:
+        pass
+
+    def recv(self, _n: int) -> bytes:
+        code = self.proc.wait(5)
+        return json.dumps({"exit": code if code >= 0 else None,
+                           "signal": -code if code < 0 else None, "wall": False}).encode()
+
+
+def fresh_job(call: dict[str, np.ndarray], limits: dict[str, object]) -> client.JobResult:
+    started = time.perf_counter()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    args = ["--oneshot", str(theirs.fileno()), "--uid-base", str(client.UID_FIRST)]
+    proc = subprocess.Popen(client.worker_command(args), env=client.clean_environment(),
+                            cwd="/", pass_fds=[theirs.fileno()], close_fds=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    theirs.close()
+    job = wire.encode_job(SOURCE, [call], "backward", limits)
+
+    def result(status: str, **kw: object) -> client.JobResult:
+        return client.JobResult(status=status, elapsed_ms=(time.perf_counter() - started) * 1e3,
+                                **kw)
+
+    try:
+        deadline = time.monotonic() + float(limits["time_limit_s"])
+        sb = client.get_sandbox()
+        return sb._converse(None, _ExitReport(proc), ours, job, deadline, limits, 1, result)
+    finally:
+        ours.close()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def fresh_latency(n: int) -> list[float]:
+    call = make_call()
+    limits = {"time_limit_s": 5.0, "memory_mb": 512, "max_output_arrays": 64,
+              "max_array_elements": 1_000_000, "max_output_bytes": 64 << 20,
+              "max_stream_chars": 10_000}
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        r = fresh_job(call, limits)
+        out.append((time.perf_counter() - t) * 1e3)
+        assert r.status == "ok" and r.calls[0].status == "ok", r
+    return out
+
+
+def in_process_latency(n: int) -> list[float]:
+    call = make_call()
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        ns: dict[str, object] = {}
+        exec(compile(SOURCE, "answer.py", "exec"), ns)
+        ns["backward"](**{k: v.copy() for k, v in call.items()})
+        out.append((time.perf_counter() - t) * 1e3)
+    return out
+
+
+def throughput(callers: int, jobs_each: int) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def caller(seed: int) -> None:
+        call = make_call(seed)
+        mine = []
+        for _ in range(jobs_each):
+            t = time.perf_counter()
+            r = run_job(SOURCE, [call])
+            mine.append((time.perf_counter() - t) * 1e3)
+            assert r.status == "ok", r
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(callers)]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return callers * jobs_each / (time.perf_counter() - t), latencies
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--jobs", type=int, default=200)
+    ap.add_argument("--fresh-jobs", type=int, default=20)
+    ap.add_argument("--throughput-jobs", type=int, default=400)
+    opts = ap.parse_args()
+
+    status = sandbox_status()
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, "
+          f"python {sys.version.split()[0]}, numpy {np.__version__}, "
+          f"pool size {status.get('pool_size')}")
+    print("layers: " + ", ".join(k for k, v in (status.get("layers") or {}).items() if v)
+          + ("" if status["available"] else f"   (MISSING: {status['missing']})"))
+    pool_latency(20, 0)  # warm-up: worker start, first jobs
+
+    spaced = pool_latency(opts.jobs, 0.01)
+    back = pool_latency(opts.jobs, 0)
+    fresh = fresh_latency(opts.fresh_jobs)
+    inproc = in_process_latency(opts.jobs)
+    print()
+    print("per-job latency, trivial MLP-layer backward (one call):")
+    print(f"  pool, 10 ms between jobs        {summary(spaced)}")
+    print(f"  pool, back to back              {summary(back)}")
+    print(f"  fresh interpreter + same layers {summary(fresh)}")
+    print(f"  in-process, no isolation        {summary(inproc)}")
+    print(f"  speed-up of the pool (p50): {statistics.median(fresh) / statistics.median(spaced):.0f}x "
+          f"(10 ms gaps), {statistics.median(fresh) / statistics.median(back):.0f}x (back to back)")
+    print()
+    print("throughput (concurrent callers in one process, back to back):")
+    for callers in (2, 8):
+        rate, lat = throughput(callers, max(1, opts.throughput_jobs // callers))
+        print(f"  {callers} callers: {rate:6.0f} jobs/s   latency {summary(lat)}")
+    client.get_sandbox().close()
+
+
+if __name__ == "__main__":
+    main()
