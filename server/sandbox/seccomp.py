@@ -88,7 +88,7 @@ ALLOWED = (
     "brk", "mmap", "munmap", "mremap", "mprotect", "madvise", "mincore", "msync",
     # descriptors that are already open (the result socket, /dev/null)
     "read", "write", "readv", "writev", "pread64", "close", "close_range", "lseek",
-    "fstat", "stat", "lstat", "newfstatat", "statx", "statfs", "fstatfs", "fcntl",
+    "fstat", "stat", "lstat", "newfstatat", "statx", "statfs", "fstatfs",
     "dup", "dup2", "dup3", "pipe", "pipe2", "eventfd2",
     "sendto", "recvfrom", "sendmsg", "recvmsg", "shutdown", "getsockname",
     "getpeername", "getsockopt",
@@ -120,6 +120,10 @@ ERRNO_RULES = {
 # Allowed only when the given argument equals the child's own pid (or 0 for
 # prlimit64: "this process").
 SELF_ONLY = {"kill": 0, "tgkill": 0}
+# Allowed only for these values of one argument. fcntl: F_DUPFD, F_GETFD, F_SETFD,
+# F_GETFL, F_SETFL, F_DUPFD_CLOEXEC; not F_SETOWN/F_SETSIG, which would make the
+# kernel signal another process on I/O.
+ARG_ALLOWLIST = {"fcntl": (1, (0, 1, 2, 3, 4, 1030))}
 PID_PLACEHOLDER = 0x7FFFFFF0
 
 
@@ -228,6 +232,14 @@ def build_filter(arch: str | None = None) -> Filter:
             pid_slots.append(len(prog))
             prog.append((_JEQ_K, 0, 1, PID_PLACEHOLDER))
             prog.append((_RET_K, 0, 0, RET_ALLOW))
+            prog.append((_RET_K, 0, 0, RET_ERRNO | errno.EPERM))
+    for name, (arg, values) in ARG_ALLOWLIST.items():
+        if name in table:
+            prog.append((_JEQ_K, 0, 2 + 2 * len(values), table[name]))
+            prog.append((_LD_W_ABS, 0, 0, _arg_lo(arg)))
+            for value in values:
+                prog.append((_JEQ_K, 0, 1, value))
+                prog.append((_RET_K, 0, 0, RET_ALLOW))
             prog.append((_RET_K, 0, 0, RET_ERRNO | errno.EPERM))
     if "prlimit64" in table:  # prlimit64(0, ...) is setrlimit/getrlimit on itself
         prog.append((_JEQ_K, 0, 4, table["prlimit64"]))

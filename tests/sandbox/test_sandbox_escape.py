@@ -210,7 +210,7 @@ except BaseException as e:
     assert len(after - before) <= sandbox.pool_size  # only fresh pool children
 
 
-def test_ctypes_execve_ptrace_process_vm_readv_unshare(sandbox):
+def test_ctypes_execve_ptrace_process_vm_readv_unshare_fsetown(sandbox):
     body = """
 import ctypes
 libc = ctypes.CDLL(None, use_errno=True)
@@ -228,9 +228,17 @@ print("unshare", libc.unshare(0x10000000))
 print("setuid", libc.setuid(0))
 print("chroot", libc.chroot(b".."))
 print("fork", libc.fork())
+r, w = os.pipe()
+print("F_SETOWN", libc.fcntl(r, 8, os.getppid()))
+print("F_SETSIG", libc.fcntl(r, 10, 9))
+print("F_GETFL ok", libc.fcntl(r, 3) >= 0)
+print("pidfd_open", libc.syscall(434, os.getppid(), 0))
+print("prctl", libc.prctl(1, 0, 0, 0, 0))
 """
     r = attack(sandbox, body)
-    for name in ("execve", "ptrace", "process_vm_readv", "unshare", "setuid", "chroot", "fork"):
+    assert "F_GETFL ok True" in r.stdout, r
+    for name in ("execve", "ptrace", "process_vm_readv", "unshare", "setuid", "chroot", "fork",
+                 "F_SETOWN", "F_SETSIG", "pidfd_open", "prctl"):
         assert f"{name} -1\n" in r.stdout, r
     assert r.calls[0].status == "ok"
 

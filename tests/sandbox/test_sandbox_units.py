@@ -1,0 +1,106 @@
+"""Unit tests of the seccomp program builder and the result decoder."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+import numpy as np
+import pytest
+
+from server.sandbox import seccomp, wire
+
+
+def test_x86_64_numbers_agree_with_libseccomp():
+    path = ctypes.util.find_library("seccomp")
+    assert path, "libseccomp.so.2 is expected on this machine kind"
+    lib = ctypes.CDLL(path)
+    lib.seccomp_syscall_resolve_name_arch.argtypes = [ctypes.c_uint32, ctypes.c_char_p]
+    lib.seccomp_syscall_resolve_name_arch.restype = ctypes.c_int
+    arch = seccomp.AUDIT_ARCH["x86_64"]
+    for name, nr in seccomp.X86_64.items():
+        assert lib.seccomp_syscall_resolve_name_arch(arch, name.encode()) == nr, name
+
+
+def test_program_is_well_formed_and_denies_by_default():
+    filt = seccomp.build_filter("x86_64")
+    prog = filt.instructions
+    assert len(prog) < 4096
+    for i, (code, jt, jf, _k) in enumerate(prog):
+        if code & 0x07 == 0x05:  # BPF_JMP: both targets inside the program
+            assert i + 1 + max(jt, jf) < len(prog)
+    assert prog[-1] == (0x06, 0, 0, seccomp.RET_ERRNO | 1)  # default: EPERM
+    allowed = {k for code, _, _, k in prog if code == 0x15}
+    for name in ("socket", "execve", "execveat", "fork", "vfork", "clone", "ptrace",
+                 "process_vm_readv", "process_vm_writev", "connect", "memfd_create", "tkill"):
+        nr = seccomp.X86_64[name]
+        # a denied call is never compared-and-allowed
+        idx = [i for i, ins in enumerate(prog) if ins[0] == 0x15 and ins[3] == nr]
+        for i in idx:
+            assert prog[i + 1][3] != seccomp.RET_ALLOW, name
+    assert seccomp.X86_64["read"] in allowed
+    assert len(filt._pid_slots) == 2  # kill and tgkill compare against the child's pid
+
+
+def test_unsupported_architecture_is_refused_clearly():
+    with pytest.raises(seccomp.SeccompUnavailable, match="'mips' is not supported"):
+        seccomp.syscall_table("mips")
+
+
+def _frame(header: bytes, payload_len: int, magic: bytes = wire.RESULT_MAGIC) -> bytes:
+    return wire.FRAME_HEAD.pack(magic, len(header), payload_len)
+
+
+def test_frame_head_checks():
+    assert wire.parse_frame_head(_frame(b"{}", 8), 8) == (2, 8)
+    with pytest.raises(wire.WireError, match="magic"):
+        wire.parse_frame_head(_frame(b"{}", 0, b"NBX1"), 10)
+    with pytest.raises(wire.WireError, match="budget"):
+        wire.parse_frame_head(_frame(b"{}", 9), 8)
+    with pytest.raises(wire.WireError, match="header"):
+        wire.parse_frame_head(wire.FRAME_HEAD.pack(wire.RESULT_MAGIC, 1 << 30, 0), 8)
+    with pytest.raises(wire.WireError):
+        wire.parse_frame_header(b"[1, 2]")
+    with pytest.raises(wire.WireError):
+        wire.parse_frame_header(b"\xff\xfe")
+    with pytest.raises(wire.WireError):
+        wire.parse_frame_header(b"[" * 100_000 + b"]" * 100_000)
+
+
+def _decode(specs, payload=b"", **kw):
+    kw.setdefault("max_arrays", 4)
+    kw.setdefault("max_elements", 100)
+    return wire.decode_arrays(specs, payload, **kw)
+
+
+def test_decoder_accepts_real_arrays_and_returns_owned_float64():
+    raw = np.arange(6, dtype="<i4").tobytes() + np.array([True, False]).tobytes()
+    out = _decode([["a", "<i4", [2, 3]], ["b", "|b1", [2]]], raw)
+    assert out["a"].dtype == np.float64 and out["a"].shape == (2, 3)
+    assert out["a"].flags.writeable and out["a"].flags.owndata
+    np.testing.assert_array_equal(out["b"], [1.0, 0.0])
+
+
+@pytest.mark.parametrize(
+    "specs, payload, match",
+    [
+        ([["a", "|O", [1]]], b"x" * 8, "not a real numeric dtype"),
+        ([["a", "<c16", [1]]], b"x" * 16, "not a real numeric dtype"),
+        ([["a", ">f8", [1]]], b"x" * 8, "not a real numeric dtype"),
+        ([["a", "<f8", [1]]], b"x" * 4, "payload too short"),
+        ([["a", "<f8", [1]]], b"x" * 16, "payload longer"),
+        ([["a", "<f8", [-1]]], b"", "malformed shape"),
+        ([["a", "<f8", [True]]], b"x" * 8, "malformed shape"),
+        ([["a", "<f8", [1.0]]], b"x" * 8, "malformed shape"),
+        ([["a", "<f8", [10, 11]]], b"", "110 elements exceed the limit of 100"),
+        ([["a", "<f8", [100] * 40]], b"", "malformed shape"),
+        ([["a", "<f8", [0]], ["a", "<f8", [0]]], b"", "duplicate"),
+        ([[f"a{i}", "<f8", [0]] for i in range(5)], b"", "too many arrays"),
+        ([[1, "<f8", [0]]], b"", "short strings"),
+        ({"a": 1}, b"", "array list missing"),
+        ([["a", "<f8"]], b"", "malformed array entry"),
+    ],
+)
+def test_decoder_rejects(specs, payload, match):
+    with pytest.raises(wire.WireError, match=match):
+        _decode(specs, payload)
