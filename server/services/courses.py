@@ -69,6 +69,53 @@ def enroll(session: Session, course: Course, user: User, role: str) -> Enrollmen
     return enrollment
 
 
+def _enrollment(session: Session, course: Course, user_id: int) -> Enrollment:
+    from server.services.errors import NotFound
+
+    enrollment = session.scalar(
+        select(Enrollment).where(Enrollment.course_id == course.id, Enrollment.user_id == user_id)
+    )
+    if enrollment is None:
+        raise NotFound(f"user: user {user_id} is not enrolled in {course.code}")
+    return enrollment
+
+
+def _check_keeps_an_instructor(session: Session, course: Course, enrollment: Enrollment) -> None:
+    if enrollment.role != Role.INSTRUCTOR.value:
+        return
+    instructors = session.scalars(
+        select(Enrollment.id).where(
+            Enrollment.course_id == course.id, Enrollment.role == Role.INSTRUCTOR.value
+        )
+    ).all()
+    if len(instructors) <= 1:
+        raise Conflict(
+            f"role: {enrollment.user.email} is the only instructor of {course.code}; "
+            "make someone else instructor first"
+        )
+
+
+def change_role(session: Session, course: Course, user_id: int, role: str) -> Enrollment:
+    """Change an enrolled user's role; a course always keeps one instructor."""
+    role = clean_role(role)
+    enrollment = _enrollment(session, course, user_id)
+    if role != enrollment.role:
+        _check_keeps_an_instructor(session, course, enrollment)
+        enrollment.role = role
+        session.flush()
+    return enrollment
+
+
+def unenroll(session: Session, course: Course, user_id: int) -> User:
+    """Remove a user from a course. Their instances and submissions are kept."""
+    enrollment = _enrollment(session, course, user_id)
+    _check_keeps_an_instructor(session, course, enrollment)
+    user = enrollment.user
+    session.delete(enrollment)
+    session.flush()
+    return user
+
+
 def role_in_course(session: Session, user: User, course: Course) -> str | None:
     return session.scalar(
         select(Enrollment.role).where(

@@ -82,6 +82,10 @@ class AssignmentForm(FlaskForm):
     problems = FieldList(FormField(ProblemRowForm))
 
 
+class RoleForm(FlaskForm):
+    role = SelectField("Role", choices=["student", "ta", "instructor"])
+
+
 class RosterImportForm(FlaskForm):
     csv_file = FileField("CSV file")
     csv_text = TextAreaField(

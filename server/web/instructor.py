@@ -17,11 +17,11 @@ from server.services.assignments import (
     get_course_assignment,
     update_assignment,
 )
-from server.services.courses import RosterError, import_roster
-from server.services.errors import NotFound, ValidationError
+from server.services.courses import RosterError, change_role, import_roster, unenroll
+from server.services.errors import NotFound, ServiceError, ValidationError
 from server.web.access import role_required
 from server.web.bank import get_bank
-from server.web.forms import AssignmentForm, RosterImportForm
+from server.web.forms import AssignmentForm, RoleForm, RosterImportForm
 
 bp = Blueprint("instructor", __name__, url_prefix="/instructor")
 
@@ -177,3 +177,32 @@ def import_roster_view(course: Course) -> Response | tuple[str, int]:
         render_template("instructor/roster_import.html", course=course, form=form, errors=errors),
         status,
     )
+
+
+@bp.route("/<course_code>/roster/<int:user_id>/role", methods=["POST"])
+@role_required("instructor")
+def change_role_view(course: Course, user_id: int) -> Response:
+    form = RoleForm()
+    if not form.validate_on_submit():
+        flash(f"role: {'; '.join(form.role.errors) or 'missing'}", "error")
+    else:
+        try:
+            enrollment = change_role(get_session(), course, user_id, form.role.data)
+        except ServiceError as exc:
+            flash(str(exc), "error")
+        else:
+            flash(f"{enrollment.user.email} is now {enrollment.role} in {course.code}.")
+    return redirect(url_for("ta.course", course_code=course.code))
+
+
+@bp.route("/<course_code>/roster/<int:user_id>/remove", methods=["POST"])
+@role_required("instructor")
+def unenroll_view(course: Course, user_id: int) -> Response:
+    # The form is a button with a CSRF token; CSRFProtect checks it before the view runs.
+    try:
+        user = unenroll(get_session(), course, user_id)
+    except ServiceError as exc:
+        flash(str(exc), "error")
+    else:
+        flash(f"{user.email} was removed from {course.code}; their submissions are kept.")
+    return redirect(url_for("ta.course", course_code=course.code))

@@ -69,3 +69,24 @@ def test_empty_roster_is_an_error(session, make_course):
     course = make_course(session)
     with pytest.raises(courses.RosterError, match="no rows"):
         courses.import_roster(session, course, "email,name,role\n")
+
+
+def test_change_role_and_unenroll_keep_one_instructor(session, make_user, make_course):
+    from server.services.errors import NotFound
+
+    prof = make_user(session, email="prof@example.edu")
+    ta = make_user(session, email="ta@example.edu")
+    course = make_course(session, members={prof: "instructor", ta: "ta"})
+    with pytest.raises(Conflict, match="role: prof@example.edu is the only instructor"):
+        courses.change_role(session, course, prof.id, "ta")
+    with pytest.raises(Conflict, match="only instructor"):
+        courses.unenroll(session, course, prof.id)
+    courses.change_role(session, course, ta.id, "instructor")
+    courses.change_role(session, course, prof.id, "ta")  # now allowed
+    assert courses.role_in_course(session, prof, course) == "ta"
+    assert courses.unenroll(session, course, prof.id) is prof
+    assert courses.role_in_course(session, prof, course) is None
+    with pytest.raises(NotFound, match="not enrolled"):
+        courses.unenroll(session, course, prof.id)
+    with pytest.raises(ValidationError, match="role: 'boss'"):
+        courses.change_role(session, course, ta.id, "boss")

@@ -319,3 +319,39 @@ def test_edit_of_another_courses_assignment_is_404(client, course_people, app_se
     login(client, "ta@example.edu")
     url, _ = _edit_url(app_session)
     assert client.get(url).status_code == 403
+
+
+def test_instructor_changes_roles_and_removes_people(client, course_people, app_session):
+    student_id = course_people["student"].id
+    instructor_id = course_people["instructor"].id
+    login(client, "instructor@example.edu")
+    page = client.get("/staff/CS101/").get_data(as_text=True)
+    assert f"/instructor/CS101/roster/{student_id}/remove" in page
+    response = post_form(client, "/staff/CS101/", f"/instructor/CS101/roster/{student_id}/role",
+                         {"role": "ta"}, follow_redirects=True)
+    assert "student1@example.edu is now ta in CS101" in response.get_data(as_text=True)
+    assert _roles(app_session)["student1@example.edu"] == "ta"
+    bad = post_form(client, "/staff/CS101/", f"/instructor/CS101/roster/{student_id}/role",
+                    {"role": "emperor"}, follow_redirects=True)
+    assert "role: Not a valid choice" in bad.get_data(as_text=True)
+    alone = post_form(client, "/staff/CS101/", f"/instructor/CS101/roster/{instructor_id}/remove",
+                      {}, follow_redirects=True)
+    assert "is the only instructor of CS101" in alone.get_data(as_text=True)
+    removed = post_form(client, "/staff/CS101/", f"/instructor/CS101/roster/{student_id}/remove",
+                        {}, follow_redirects=True)
+    assert "student1@example.edu was removed from CS101" in removed.get_data(as_text=True)
+    assert "student1@example.edu" not in _roles(app_session)
+    gone = post_form(client, "/staff/CS101/", f"/instructor/CS101/roster/{student_id}/remove",
+                     {}, follow_redirects=True)
+    assert "is not enrolled in CS101" in gone.get_data(as_text=True)
+
+
+def test_ta_cannot_change_roles(client, course_people, app_session):
+    login(client, "ta@example.edu")
+    page = client.get("/staff/CS101/").get_data(as_text=True)
+    assert "/remove" not in page
+    student_id = course_people["student"].id
+    response = post_form(client, "/staff/CS101/", f"/instructor/CS101/roster/{student_id}/role",
+                         {"role": "instructor"})
+    assert response.status_code == 403
+    assert _roles(app_session)["student1@example.edu"] == "student"
