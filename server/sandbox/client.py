@@ -281,6 +281,10 @@ class Sandbox:
                 self.restarts += 1
             if self._unavailable and time.monotonic() - self._unavailable[0] < 60:
                 raise SandboxUnavailable(self._unavailable[1])
+            if not sys.platform.startswith("linux") or not hasattr(os, "pidfd_open"):
+                raise SandboxUnavailable(
+                    f"the sandbox needs Linux >= 5.3 (seccomp, namespaces, pidfd); this is "
+                    f"{sys.platform}: numpy answers cannot be run here")
             try:
                 w = _Worker(self.pool_size, self.insecure, self._worker_args)
             except SandboxUnavailable as exc:

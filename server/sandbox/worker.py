@@ -633,21 +633,41 @@ class Worker:
         busy = any(c.state == "leased" for c in self.children.values())
         target = max(1, self.pool_size // 2) if busy else self.pool_size
         while preparing < target and self.free_uids and time.monotonic() >= self.next_spawn:
-            self.spawn()
+            try:
+                self.spawn()
+            except OSError:  # fork or pidfd_open failed (EAGAIN, ENOMEM): retry later
+                self.failures += 1
+                self.next_spawn = time.monotonic() + min(5.0, 0.05 * 2 ** self.failures)
+                break
             preparing += 1
 
     def spawn(self) -> None:
-        uid = self.free_uids.pop(0)
+        uid = self.free_uids[0]
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         cfg = dict(self.cfg, uid=uid)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            raise
+        if pid:
+            self.free_uids.pop(0)
         if pid == 0:  # pragma: no cover - runs in the child
             try:
                 child_main(cfg, self.filt, theirs.fileno(), self.devnull)
             finally:
                 os._exit(70)
         theirs.close()
-        child = _Child(pid, os.pidfd_open(pid), ours, uid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            os.kill(pid, signal.SIGKILL)  # still our unreaped child: the pid cannot be reused
+            os.waitpid(pid, 0)
+            ours.close()
+            self.free_uids.append(uid)
+            raise
+        child = _Child(pid, pidfd, ours, uid)
         self.children[pid] = child
         self.sel.register(child.pidfd, selectors.EVENT_READ, ("pidfd", child))
         self.sel.register(ours, selectors.EVENT_READ, ("hello", child))
