@@ -1,0 +1,124 @@
+"""Storing a submission before it is graded: lateness, refusals, attempt numbers.
+
+A seam for the grading service (server/services/grading.py): it calls
+``store_submission`` first, so nothing a student sends is lost, then grades the
+pending row. This module never grades.
+
+Attempt numbers are allocated against the UNIQUE (user, assignment problem,
+attempt) constraint, so the limit holds in the database under concurrency:
+two requests that pick the same number collide, the loser looks again and
+takes the next free number or, if none is left, is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from server.models import AssignmentProblem, Instance, Submission, SubmissionStatus, User
+from server.models.base import dumps
+from server.services.assignments import submission_window
+from server.services.errors import Conflict
+
+MAX_ALLOCATION_TRIES = 8
+
+
+def used_attempts(session: Session, user_id: int, assignment_problem_id: int) -> list[int]:
+    return sorted(
+        session.scalars(
+            select(Submission.attempt).where(
+                Submission.user_id == user_id,
+                Submission.assignment_problem_id == assignment_problem_id,
+                Submission.attempt.is_not(None),
+            )
+        )
+    )
+
+
+def _lowest_free(used: list[int]) -> int:
+    # Released attempts (invalid answers) leave gaps; reuse them so attempt
+    # numbers never exceed the limit.
+    taken = set(used)
+    number = 1
+    while number in taken:
+        number += 1
+    return number
+
+
+def store_submission(
+    session: Session,
+    *,
+    user: User,
+    assignment_problem: AssignmentProblem,
+    instance: Instance,
+    answer: str,
+    kind: str,
+    now: dt.datetime,
+    client_ip: str | None = None,
+    costs_attempt: bool = True,
+) -> Submission:
+    """Store an answer, deciding its status before any grading.
+
+    * outside the submission window (not open yet, or past the late-until
+      date): status ``refused``, no attempt; ``result`` is ``{"refused": why}``;
+    * ``costs_attempt=False`` (the answer is already known to be invalid):
+      status ``invalid``, no attempt;
+    * every attempt used: ``refused`` with ``{"refused": "no attempts left ..."}``;
+    * otherwise ``pending`` with the lowest free attempt number, ``late`` set
+      inside the late period.
+
+    Refused and invalid submissions are stored too (staff see them).
+    """
+    assignment = assignment_problem.assignment
+    window = submission_window(assignment, now)
+
+    def new(status: SubmissionStatus, attempt: int | None, refused: str | None = None) -> Submission:
+        return Submission(
+            user_id=user.id,
+            assignment_problem_id=assignment_problem.id,
+            instance_id=instance.id,
+            answer=answer,
+            kind=kind,
+            status=status.value,
+            attempt=attempt,
+            late=window.late,
+            created_at=now,
+            client_ip=client_ip,
+            result_json=None if refused is None else dumps({"refused": refused}),
+        )
+
+    if not window.accepting:
+        return _insert(session, new(SubmissionStatus.REFUSED, None, window.message))
+    if not costs_attempt:
+        return _insert(session, new(SubmissionStatus.INVALID, None))
+    limit = assignment.max_attempts
+    for _ in range(MAX_ALLOCATION_TRIES):
+        used = used_attempts(session, user.id, assignment_problem.id)
+        if limit is not None and len(used) >= limit:
+            reason = f"no attempts left: all {limit} attempts at this problem are used"
+            return _insert(session, new(SubmissionStatus.REFUSED, None, reason))
+        submission = new(SubmissionStatus.PENDING, _lowest_free(used))
+        try:
+            with session.begin_nested():
+                session.add(submission)
+        except IntegrityError:  # the savepoint rollback discards the row
+            continue  # another request took this number first; look again
+        return submission
+    raise Conflict("attempt: too many submissions at the same moment; send it again")
+
+
+def _insert(session: Session, submission: Submission) -> Submission:
+    session.add(submission)
+    session.flush()
+    return submission
+
+
+def release_attempt(session: Session, submission: Submission) -> Submission:
+    """Mark a stored submission invalid and give its attempt back."""
+    submission.status = SubmissionStatus.INVALID.value
+    submission.attempt = None
+    session.flush()
+    return submission
