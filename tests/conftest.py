@@ -329,3 +329,48 @@ def make_assignment(fake_bank: dict) -> Any:
         return create_assignment(sess, course, draft, fake_bank)
 
     return factory
+
+
+@pytest.fixture
+def make_instance() -> Any:
+    """An instance row with the given (or empty) draw, without the engine."""
+
+    def factory(sess: Any, user: Any, assignment_problem: Any, *, dims: Any = None,
+                choices: Any = None, values: Any = None, reference: Any = None,
+                secret: bytes = b"test-secret-" + b"x" * 20) -> Any:
+        from server.services import problems
+        from server.services.instances import Draw, get_or_create_instance
+
+        version = problems.latest_version(sess, assignment_problem.problem_id)
+        draw = Draw(dims or {}, choices or {}, values or {}, reference or {})
+        return get_or_create_instance(sess, user, assignment_problem, version, secret,
+                                      lambda seed: draw)
+
+    return factory
+
+
+@pytest.fixture
+def make_submission(make_instance: Any) -> Any:
+    """A stored submission (through services.submissions), optionally already graded."""
+
+    def factory(sess: Any, user: Any, assignment_problem: Any, answer: str = "dx = 1", *,
+                now: Any = None, score: float | None = None, kind: str = "equations") -> Any:
+        import datetime as dt
+
+        from server.models import utcnow
+        from server.models.base import dumps
+        from server.services.submissions import store_submission
+
+        instance = make_instance(sess, user, assignment_problem)
+        submission = store_submission(
+            sess, user=user, assignment_problem=assignment_problem, instance=instance,
+            answer=answer, kind=kind, now=now or utcnow())
+        if score is not None and submission.status == "pending":
+            submission.status = "graded"
+            submission.score = score
+            submission.result_json = dumps({"valid": True})
+            submission.graded_at = (now or utcnow()) + dt.timedelta(milliseconds=5)
+            sess.flush()
+        return submission
+
+    return factory

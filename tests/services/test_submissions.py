@@ -114,3 +114,17 @@ def test_concurrent_submissions_never_exceed_the_limit(db_backend, db_engine, se
     assert session.query(Submission).count() == racers  # the refused ones are stored too
     if db_backend == "postgresql":
         assert len(looks) > racers  # collisions happened and were retried
+
+
+def test_factories_feed_the_dashboard_status(session, make_user, make_course, make_assignment,
+                                             make_submission):
+    from server.models import utcnow
+    from server.services.assignments import student_assignments
+
+    student = make_user(session, email="s2@example.edu")
+    course = make_course(session, "CS9", members={student: "student"})
+    (ap,) = make_assignment(session, course, max_attempts=3).problems
+    make_submission(session, student, ap, score=0.5)
+    make_submission(session, student, ap, score=0.75)
+    (status,) = student_assignments(session, student, utcnow())
+    assert status.problems[0].attempts_used == 2 and status.score == 0.75
