@@ -46,7 +46,7 @@ from server.sandbox import seccomp, wire
 _PRELOAD = (
     "numpy.fft", "numpy.random", "numpy.linalg", "numpy.polynomial", "numpy.ma",
     "numpy.ctypeslib", "numpy.strings", "numpy.char", "numpy.rec", "numpy.emath",
-    "numpy.lib.stride_tricks", "numpy.lib.recfunctions", "numpy.testing",
+    "numpy.lib.stride_tricks", "numpy.lib.recfunctions",
     "math", "cmath", "itertools", "functools", "collections", "collections.abc",
     "operator", "typing", "dataclasses", "copy", "random", "re", "string", "numbers",
     "fractions", "decimal", "statistics", "heapq", "bisect", "time", "enum",

@@ -464,8 +464,7 @@ def test_monkeypatched_numpy_does_not_reach_the_parent(sandbox):
 np.allclose = lambda *a, **k: True
 np.isclose = lambda a, b, *r, **k: np.ones(np.shape(a), dtype=bool)
 np.array_equal = lambda *a, **k: True
-np.testing.assert_allclose = lambda *a, **k: None
-np.ndarray.__eq__
+np.core = None
 """
     r = attack(sandbox, "return {'dW': x.T @ dy * 0 + 123.0}", prelude=prelude)
     got = r.calls[0].outputs["dW"]

@@ -186,6 +186,12 @@ def backward(x, W, dy):
     assert r.calls[0].outputs["n"] == 3
 
 
+def test_modules_not_preloaded_fail_cleanly(sandbox):
+    r = run_job("import numpy.testing\ndef backward(**kw):\n    return {}\n", [call_args()])
+    assert r.status == "runtime_error"
+    assert "numpy.testing" in r.message or "No module" in r.message, r
+
+
 def test_available_modules(sandbox):
     src = '''
 import math, itertools, functools, collections, random, re
