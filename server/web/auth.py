@@ -41,19 +41,19 @@ def login() -> Response | str:
     if current_user.is_authenticated:
         return redirect(url_for("student.dashboard"))
     form = LoginForm(next=request.args.get("next", ""))
+    status = 400 if form.is_submitted() else 200  # a field is missing or too long
     if form.validate_on_submit():
         try:
             user = accounts.authenticate(get_session(), form.email.data, form.password.data)
         except accounts.LoginThrottled as exc:
             status = 429
             form.password.errors.append(str(exc).removeprefix("password: "))
-            return render_template("auth/login.html", form=form), status
-        if user is None:
-            form.password.errors.append("The email or the password is not right.")
         else:
-            login_user(user)
-            return redirect(_safe_next(form.next.data) or url_for("student.dashboard"))
-    status = 401 if form.is_submitted() and form.errors else 200
+            if user is not None:
+                login_user(user)
+                return redirect(_safe_next(form.next.data) or url_for("student.dashboard"))
+            status = 401
+            form.password.errors.append("The email or the password is not right.")
     return render_template("auth/login.html", form=form), status
 
 

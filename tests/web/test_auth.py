@@ -164,3 +164,15 @@ def test_security_headers(client):
     response = client.get("/login")
     assert response.headers["X-Frame-Options"] == "DENY"
     assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+
+
+def test_empty_or_overlong_login_fields_are_400_with_the_field_named(client, student):
+    token = csrf_token(client, "/login")
+    empty = client.post("/login", data={"email": "", "password": "", "csrf_token": token})
+    assert empty.status_code == 400
+    page = empty.get_data(as_text=True)
+    assert "Email: This field is required." in page and "Password: This field is required." in page
+    long = client.post("/login", data={"email": "a" * 300 + "@example.edu", "password": "x",
+                                       "csrf_token": token})
+    assert long.status_code == 400
+    assert "Email: Field cannot be longer than 254 characters." in long.get_data(as_text=True)
