@@ -457,6 +457,9 @@ def _execute(header: dict[str, object], blob: bytes | bytearray, send) -> None:
         exec(code, module.__dict__)
     except MemoryError as exc:
         done("memory_limit", _describe(exc))
+    except ImportError as exc:
+        done("runtime_error", _describe(exc) + " (answers can use numpy and common standard "
+             "modules such as math, itertools, functools, collections)", _student_traceback(exc))
     except BaseException as exc:
         done("runtime_error", _describe(exc), _student_traceback(exc))
     fn = module.__dict__.get(header["function"])
