@@ -135,6 +135,20 @@ def _register_error_handlers(app: Flask) -> None:
     def server_error(error: Exception) -> Any:
         if app.debug:
             raise error  # `nabla run`: show the interactive debugger
+        if db.is_busy_error(error):
+            # SQLite waited its busy timeout for the write lock: a load spike,
+            # not a bug. Say so, and let the client retry.
+            app.logger.warning("database busy on %s %s", request.method, request.path)
+            message = "The server is busy; nothing was saved. Try again in a moment."
+            if _wants_json():
+                response = jsonify(error=message)
+            else:
+                response = app.make_response(
+                    render_template("error.html", code=503, title="Busy", message=message)
+                )
+            response.status_code = 503
+            response.headers["Retry-After"] = "2"
+            return response
         app.logger.exception("unhandled error on %s %s", request.method, request.path)
         message = "Something went wrong on the server; the error was logged."
         if _wants_json():

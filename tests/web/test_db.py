@@ -32,6 +32,16 @@ def probe_app(app):
         add("CONFLICT")  # e.g. a refused submission is stored, then 409
         abort(409, "no attempts left")
 
+    @public
+    def busy():
+        import sqlite3
+
+        from sqlalchemy.exc import OperationalError
+
+        add("BUSY")
+        raise OperationalError("BEGIN IMMEDIATE", {}, sqlite3.OperationalError("database is locked"))
+
+    app.add_url_rule("/_probe/busy", view_func=busy)
     app.add_url_rule("/_probe/ok", view_func=ok)
     app.add_url_rule("/_probe/boom", view_func=boom)
     app.add_url_rule("/_probe/conflict", view_func=conflict)
@@ -52,6 +62,9 @@ def test_success_commits_and_server_error_rolls_back(probe_app, app_session):
     assert response.status_code == 500
     assert "a bug in a view" not in response.get_data(as_text=True)  # no internals shown
     assert client.get("/_probe/conflict").status_code == 409
+    busy = client.get("/_probe/busy")
+    assert busy.status_code == 503 and busy.headers["Retry-After"] == "2"
+    assert "nothing was saved" in busy.get_data(as_text=True)
     assert _codes(app_session) == {"OK", "CONFLICT"}
 
 
