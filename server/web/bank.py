@@ -1,7 +1,8 @@
 """The problem bank as the web app sees it.
 
-The engine reads the bank (``server.engine.bank.load_bank``: id -> ProblemSpec).
-Tests and tools may hand the app a bank instead, with the config key
+The engine reads the bank (``server.engine.bank.load_bank``: id -> ProblemSpec,
+cached until a spec file changes, so edits show up without a restart). Tests
+and tools may hand the app a bank instead with the config key
 ``NABLA_PROBLEM_BANK`` (a mapping, or a callable returning one).
 """
 
@@ -10,21 +11,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flask import current_app
+from flask import abort, current_app
 
 
 def get_bank() -> Mapping[str, Any]:
-    cached = current_app.extensions.get("nabla_bank")
-    if cached is not None:
-        return cached
+    """The bank, or a 503 page that names the broken spec files."""
     configured = current_app.config.get("NABLA_PROBLEM_BANK")
-    if configured is None:
-        from server.engine.bank import load_bank
+    try:
+        if configured is None:
+            from server.engine.bank import load_bank
 
-        bank = load_bank()
-    elif callable(configured):
-        bank = configured()
-    else:
-        bank = configured
-    current_app.extensions["nabla_bank"] = bank
-    return bank
+            return load_bank()
+        return configured() if callable(configured) else configured
+    except Exception as exc:  # the engine's SpecError lists every bad file
+        current_app.logger.error("the problem bank could not be loaded: %s", exc)
+        abort(
+            503,
+            f"The problem bank could not be loaded: {exc}. "
+            "Fix the spec files (`nabla problems check` lists the errors).",
+        )

@@ -355,3 +355,26 @@ def test_ta_cannot_change_roles(client, course_people, app_session):
                          {"role": "instructor"})
     assert response.status_code == 403
     assert _roles(app_session)["student1@example.edu"] == "student"
+
+
+def test_a_broken_problem_bank_is_a_clear_503(app, client, course_people):
+    def broken_bank():
+        raise ValueError("problems/bad.toml: line 3: unknown name 'W9'")
+
+    app.config["NABLA_PROBLEM_BANK"] = broken_bank
+    login(client, "instructor@example.edu")
+    response = client.get(NEW)
+    assert response.status_code == 503
+    page = html.unescape(response.get_data(as_text=True))
+    assert "problems/bad.toml: line 3: unknown name 'W9'" in page
+    assert "nabla problems check" in page
+
+
+def test_the_real_bank_is_used_when_none_is_configured(app, client, course_people):
+    from server.engine.bank import load_bank
+
+    app.config.pop("NABLA_PROBLEM_BANK")
+    login(client, "instructor@example.edu")
+    page = client.get(NEW).get_data(as_text=True)
+    for problem_id in load_bank():
+        assert problem_id in page
