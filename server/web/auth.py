@@ -78,7 +78,6 @@ def _render_profile(
             "auth/profile.html",
             password_form=password_form or ChangePasswordForm(formdata=None),
             token_form=token_form or NewTokenForm(formdata=None),
-            revoke_form=ConfirmForm(formdata=None),
             tokens=tokens.active_tokens(get_session(), current_user),
             new_token=new_token,
         ),

@@ -9,7 +9,6 @@ from server.models import Course
 from server.services.assignments import course_assignments
 from server.services.courses import roster
 from server.web.access import role_required
-from server.web.forms import ConfirmForm, RoleForm
 
 bp = Blueprint("ta", __name__, url_prefix="/staff")
 
@@ -23,6 +22,4 @@ def course(course: Course) -> str:
         course=course,
         assignments=course_assignments(session, course),
         enrollments=roster(session, course),
-        role_form=RoleForm(formdata=None),
-        confirm_form=ConfirmForm(formdata=None),
     )
