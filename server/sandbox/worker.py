@@ -721,7 +721,9 @@ class Worker:
 
     def on_exit(self, child: _Child) -> None:
         try:
-            _, status, _ = os.wait4(child.pid, os.WNOHANG)
+            pid, status, _ = os.wait4(child.pid, os.WNOHANG)
+            if pid == 0:  # the pidfd said it exited: it is about to be a zombie
+                _, status, _ = os.wait4(child.pid, 0)
         except ChildProcessError:
             status = 0
         self.sel.unregister(child.pidfd)

@@ -488,3 +488,22 @@ def run_unsandboxed_text(expr: str) -> str:
     """Control: evaluate an attack expression with no sandbox (safe ones only)."""
     src = f"import os\ndef backward(**kw):\n    return repr({expr})\n"
     return str(run_unsandboxed(src, {}))
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ("import ctypes\nctypes.string_at(0)", "segmentation fault"),
+        ("os.abort()", "aborted"),
+        ("os._exit(0)", "exited (status 0)"),
+        ("os.close(3)", "exited (status 70)"),
+    ],
+)
+def test_crashes_only_kill_the_answers_process(sandbox, body, words):
+    r = attack(sandbox, body)
+    assert r.status == "runtime_error", r
+    assert words in r.message
+    assert run_job(CORRECT_SRC, [ARGS]).status == "ok"
+
+
+CORRECT_SRC = "def backward(x, W, dy):\n    return {'dW': x.T @ dy}\n"
