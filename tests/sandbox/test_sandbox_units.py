@@ -104,3 +104,9 @@ def test_decoder_accepts_real_arrays_and_returns_owned_float64():
 def test_decoder_rejects(specs, payload, match):
     with pytest.raises(wire.WireError, match=match):
         _decode(specs, payload)
+
+
+def test_libseccomp_name_resolution_matches_the_builtin_table():
+    """The path other architectures take gives the built-in numbers on x86_64."""
+    assert seccomp.machine() == "x86_64"
+    assert seccomp._table_from_libseccomp() == seccomp.X86_64
