@@ -388,7 +388,7 @@ class _SpecBuilder:
         fixed = {n: lo for n, (lo, hi) in dims.items() if lo == hi}
         for name, decl in raw.items():
             line = self.line_of(name, "vars")
-            if not name.isidentifier() or name.startswith("d") and name[1:] in raw:
+            if not name.isidentifier():
                 self.err(line, f"variable name {name!r} is not usable")
                 continue
             if name in dims:
@@ -565,6 +565,14 @@ class _ProgramCompiler:
         if self.issues:
             return None
         self._check_given_ask(given, ask, items)
+        if self.issues:
+            return None
+        names = set(self.vars) | set(self.defined)
+        for name in sorted(names):
+            if "d" + name in names:
+                self.issues.append(
+                    SpecIssue(None, f"the names {name!r} and {'d' + name!r} clash: d{name} is the gradient of {name}")
+                )
         if self.issues:
             return None
         leaves = tuple(n for n in self.vars if n in self.used)

@@ -93,3 +93,8 @@ def test_compound_line_inside_a_loop_suggests_indexed_steps():
     text = edited("z1[t] = W1 @ x[t]\n    z2[t] = z1[t] + b1", "z2[t] = relu(W1 @ x[t])", scan)
     msg = str(refuse(text))
     assert "z2_1[t] = W1 @ x[t]" in msg and "z2[t] = relu(z2_1[t])" in msg
+
+
+def test_a_name_that_clashes_with_a_gradient_name_is_refused():
+    text = edited("z2 = z1 + b1\nz3 = relu(z2)", "dz1 = z1 + b1\nz3 = relu(dz1)")
+    assert "'z1' and 'dz1' clash" in str(refuse(text))
