@@ -6,6 +6,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,8 +61,8 @@ def sandbox_processes() -> list[tuple[int, int, int]]:
             continue
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
         uid = int(fields["Uid"].split()[0])
-        if fields["State"].split()[0] == "Z":
-            continue  # dead, waiting to be reaped (by init after a worker died)
+        if fields["State"].split()[0] in ("Z", "X") or fields["PPid"].strip() == "0":
+            continue  # dead or exiting (the kernel shows PPid 0 once a task is not alive)
         if uid >= SANDBOX_UID_MIN:
             found.append((int(entry), int(fields["PPid"]), uid))
     return found
@@ -74,10 +75,19 @@ def own_processes(sb, uids: range | None = None) -> list[tuple[int, int, int]]:
     return [p for p in sandbox_processes() if uids is not None and p[2] in uids]
 
 
-def assert_no_stray_processes(sb) -> None:
-    """Every process under this worker's uids is one of its pool children."""
+def assert_no_stray_processes(sb, grace_s: float = 1.0) -> None:
+    """Every process under this worker's uids is one of its pool children.
+
+    A killed child takes a moment to tear down; anything still there after
+    ``grace_s`` (an escaped process would sleep far longer) is a failure.
+    """
     worker = sb.worker_pid()
-    strays = [p for p in own_processes(sb) if p[1] != worker]
+    deadline = time.monotonic() + grace_s
+    while True:
+        strays = [p for p in own_processes(sb) if p[1] != worker]
+        if not strays or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert not strays, f"sandboxed processes outlived their job: {strays}"
 
 
