@@ -7,6 +7,7 @@ docs/sandbox.md for the design and figures.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -199,8 +200,10 @@ class _Worker:
 class _Stream:
     """Reads frames from a child with a deadline and a byte budget."""
 
-    def __init__(self, sock: socket.socket, deadline: float, budget: int) -> None:
+    def __init__(self, sock: socket.socket, deadline: float, budget: int,
+                 max_payload: int) -> None:
         self.sock, self.deadline, self.budget = sock, deadline, budget
+        self.max_payload = max_payload
 
     def exact(self, n: int) -> bytes | None:
         """n bytes, or None at EOF; raises TimeoutError past the deadline."""
@@ -227,7 +230,8 @@ class _Stream:
         head = self.exact(wire.FRAME_HEAD.size)
         if head is None:
             return None
-        header_len, payload_len = wire.parse_frame_head(head, self.budget)
+        header_len, payload_len = wire.parse_frame_head(head, min(self.budget,
+                                                                  self.max_payload))
         self.budget -= payload_len + header_len
         raw = self.exact(header_len)
         if raw is None:
@@ -404,7 +408,7 @@ class Sandbox:
 
     def _converse(self, w, lease, child, job, deadline, limits, ncalls, result) -> JobResult:
         budget = ncalls * (limits["max_output_bytes"] + (1 << 20)) + (4 << 20)
-        stream = _Stream(child, deadline, budget)
+        stream = _Stream(child, deadline, budget, limits["max_output_bytes"])
         cap = limits["max_stream_chars"]
         out: list[str] = []
         err: list[str] = []
@@ -512,7 +516,8 @@ class Sandbox:
             try:
                 outputs = wire.decode_arrays(header.get("a"), payload,
                                              max_arrays=limits["max_output_arrays"],
-                                             max_elements=limits["max_array_elements"])
+                                             max_elements=limits["max_array_elements"],
+                                             max_bytes=limits["max_output_bytes"])
             except wire.WireError as exc:
                 return CallResult("invalid_result", message=str(exc))
             return CallResult("ok", outputs=outputs)
@@ -538,6 +543,7 @@ def get_sandbox() -> Sandbox:
         with _instance_lock:
             if _instance is None:
                 _instance = Sandbox()
+                atexit.register(_instance.close)
     return _instance
 
 

@@ -129,7 +129,8 @@ def parse_frame_header(raw: bytes) -> dict[str, object]:
 
 
 def decode_arrays(
-    specs: object, payload: bytes, *, max_arrays: int, max_elements: int
+    specs: object, payload: bytes, *, max_arrays: int, max_elements: int,
+    max_bytes: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Turn a call frame's array list + payload into float64 arrays.
 
@@ -142,6 +143,7 @@ def decode_arrays(
         raise WireError(f"too many arrays: {len(specs)} > {max_arrays}")
     out: dict[str, np.ndarray] = {}
     pos = 0
+    total = 0
     for spec in specs:
         if not (isinstance(spec, list) and len(spec) == 3):
             raise WireError("malformed array entry")
@@ -162,6 +164,9 @@ def decode_arrays(
         count = math.prod(shape)
         if count > max_elements:
             raise WireError(f"{name!r}: {count} elements exceed the limit of {max_elements}")
+        total += count * 8  # what the float64 copies will take
+        if max_bytes is not None and total > max_bytes:
+            raise WireError(f"the arrays returned exceed {max_bytes} bytes as float64")
         nbytes = count * dtype.itemsize
         if pos + nbytes > len(payload):
             raise WireError(f"{name!r}: payload too short")

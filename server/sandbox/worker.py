@@ -364,9 +364,10 @@ def _encode_result(result: object, limits: dict[str, object]) -> tuple[list, lis
             arr = arr.astype(np.float64)
         if not arr.flags.c_contiguous:  # (ascontiguousarray would turn 0-d into 1-d)
             arr = arr.copy(order="C")
-        total += arr.nbytes
+        total += arr.size * 8  # counted as the float64 arrays the server will hold
         if total > int(limits["max_output_bytes"]):
-            raise _Invalid(f"the arrays returned exceed {limits['max_output_bytes']} bytes")
+            raise _Invalid(f"the arrays returned exceed {limits['max_output_bytes']} bytes "
+                           "(as float64)")
         specs.append([name, arr.dtype.str, list(arr.shape)])
         chunks.append(arr.tobytes())
     return specs, chunks

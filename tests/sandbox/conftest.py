@@ -25,7 +25,8 @@ def sandbox():
     """The process-wide sandbox; the battery needs every layer active."""
     status = sandbox_status()
     assert status["available"], f"sandbox layers missing on this machine: {status}"
-    return get_sandbox()
+    yield get_sandbox()
+    get_sandbox().close()
 
 
 @pytest.fixture(scope="session")

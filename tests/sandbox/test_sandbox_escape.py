@@ -380,7 +380,10 @@ print("ENV", env, raw, "FDS", fds)
                          b"MKL_NUM_THREADS", b"NUMEXPR_NUM_THREADS", b"VECLIB_MAXIMUM_THREADS",
                          b"GOTO_NUM_THREADS"}
         for fd in os.listdir(f"/proc/{worker}/fd"):
-            target = os.readlink(f"/proc/{worker}/fd/{fd}")
+            try:
+                target = os.readlink(f"/proc/{worker}/fd/{fd}")
+            except FileNotFoundError:
+                continue  # closed meanwhile (a lease or a child's socket)
             assert not target.startswith("/") or target == "/dev/null", target
     finally:
         sb.close()
@@ -507,3 +510,15 @@ def test_crashes_only_kill_the_answers_process(sandbox, body, words):
 
 
 CORRECT_SRC = "def backward(x, W, dy):\n    return {'dW': x.T @ dy}\n"
+
+
+def test_a_forged_frame_cannot_make_the_server_buffer_more_than_the_output_limit(sandbox):
+    body = ("import struct, json\n"
+            "h = json.dumps({'k': 'call', 'i': 0, 's': 'ok', 'a': []}).encode()\n"
+            "os.write(3, struct.pack('<4sIQ', b'NBR1', len(h), 2 * 2**20) + h)\n"
+            "os.write(3, b'x' * 2**20)")
+    r = attack(sandbox, body, max_output_bytes=1 << 20)
+    assert r.calls[0].status == "invalid_result"
+    assert "budget" in r.calls[0].message
+    r = attack(sandbox, "return {'b': np.ones(2**18, dtype=bool)}", max_output_bytes=1 << 20)
+    assert r.calls[0].status == "invalid_result" and "as float64" in r.calls[0].message

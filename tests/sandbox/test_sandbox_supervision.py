@@ -199,3 +199,20 @@ def test_unprivileged_user_namespace_fallback():
             sb.run_job(CORRECT, [call_args()])
     finally:
         sb.close()
+
+
+def test_cli_sandbox_check(sandbox):
+    import json
+
+    from click.testing import CliRunner
+
+    from server.cli import main
+
+    res = CliRunner().invoke(main, ["sandbox", "check", "--jobs", "3"])
+    assert res.exit_code == 0, res.output
+    assert "all layers active" in res.output
+    assert "[ok     ] seccomp" in res.output and "MISSING" not in res.output
+    assert "median" in res.output and "failures: 0" in res.output
+    res = CliRunner().invoke(main, ["sandbox", "check", "--jobs", "2", "--json"])
+    data = json.loads(res.output)
+    assert data["status"]["available"] and data["overhead"]["jobs"] == 2

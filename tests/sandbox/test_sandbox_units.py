@@ -99,11 +99,12 @@ def test_decoder_accepts_real_arrays_and_returns_owned_float64():
         ([[1, "<f8", [0]]], b"", "short strings"),
         ({"a": 1}, b"", "array list missing"),
         ([["a", "<f8"]], b"", "malformed array entry"),
+        ([["a", "|b1", [50]]], b"x" * 50, "exceed 256 bytes as float64"),
     ],
 )
 def test_decoder_rejects(specs, payload, match):
     with pytest.raises(wire.WireError, match=match):
-        _decode(specs, payload)
+        _decode(specs, payload, max_bytes=256)
 
 
 def test_libseccomp_name_resolution_matches_the_builtin_table():
