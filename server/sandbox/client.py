@@ -182,7 +182,11 @@ class _Worker:
             for fd in fds:
                 os.close(fd)
             mine.close()
-            raise _WorkerGone(f"the worker closed the lease {msg!r} {fds}")
+            try:
+                reason = json.loads(msg).get("error") if msg else None
+            except (ValueError, AttributeError):
+                reason = None
+            raise _WorkerGone(reason or "the worker closed the lease")
         return mine, socket.socket(fileno=fds[0])
 
     def stop(self) -> None:

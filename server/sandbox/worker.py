@@ -713,6 +713,15 @@ class Worker:
                 self.setup_error = err or "the sandboxed child failed during set-up"
             self.next_spawn = time.monotonic() + min(5.0, 0.05 * 2 ** self.failures)
             self.kill(child)
+            if self.failures >= 3:  # do not keep callers waiting for children that fail
+                for lease, _ in self.waiting:
+                    try:
+                        lease.send(json.dumps({"error": f"children fail to start: {err}"})
+                                   .encode())
+                    except OSError:
+                        pass
+                    lease.close()
+                self.waiting = []
 
     def kill(self, child: _Child) -> None:
         try:

@@ -7,6 +7,8 @@ import ctypes.util
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from server.sandbox import seccomp, wire
 
@@ -111,3 +113,43 @@ def test_libseccomp_name_resolution_matches_the_builtin_table():
     """The path other architectures take gives the built-in numbers on x86_64."""
     assert seccomp.machine() == "x86_64"
     assert seccomp._table_from_libseccomp() == seccomp.X86_64
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner,
+                                                                 max_size=4),
+    max_leaves=20,
+)
+dtype_names = st.sampled_from(["<f8", "|b1", "<i4", "|O", "<c8", ">f8", "V8", "", "<f8\x00"])
+specs = st.lists(
+    st.one_of(json_values, st.tuples(st.text(max_size=4), dtype_names,
+                                     st.lists(st.integers(-3, 40), max_size=4)).map(list)),
+    max_size=5,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(specs=st.one_of(json_values, specs), payload=st.binary(max_size=300))
+def test_decoder_never_fails_other_than_with_wire_error(specs, payload):
+    try:
+        out = _decode(specs, payload, max_bytes=4096)
+    except wire.WireError:
+        return
+    for arr in out.values():
+        assert arr.dtype == np.float64 and arr.size <= 100
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.binary(max_size=200))
+def test_frame_parsing_never_fails_other_than_with_wire_error(raw):
+    head = (raw + bytes(wire.FRAME_HEAD.size))[: wire.FRAME_HEAD.size]
+    for blob in (head, wire.RESULT_MAGIC + head[4:]):
+        try:
+            wire.parse_frame_head(blob, 1000)
+        except wire.WireError:
+            pass
+    try:
+        wire.parse_frame_header(raw)
+    except wire.WireError:
+        pass
