@@ -216,3 +216,18 @@ def test_cli_sandbox_check(sandbox):
     res = CliRunner().invoke(main, ["sandbox", "check", "--jobs", "2", "--json"])
     data = json.loads(res.output)
     assert data["status"]["available"] and data["overhead"]["jobs"] == 2
+
+
+def test_without_a_network_namespace_seccomp_still_blocks_sockets():
+    sb = Sandbox(pool_size=1, worker_args=["--simulate-missing", "netns"])
+    try:
+        status = sb.status()
+        assert status["available"], status
+        assert status["layers"]["network"] == "seccomp denies socket()"
+        src = ("def backward(**kw):\n    import socket\n    try:\n        socket.socket()\n"
+               "        print('GOT')\n    except OSError as e:\n        print('DENIED', e.errno)\n"
+               "    return {}\n")
+        r = sb.run_job(src, [{}])
+        assert r.stdout.startswith("DENIED"), r
+    finally:
+        sb.close()
