@@ -21,7 +21,7 @@ import numpy as np
 
 from server.engine import reference as ref
 from server.engine.ops import ELEMENTWISE
-from server.engine.spec import ProblemSpec, Program
+from server.engine.spec import Loop, ProblemSpec, Program
 
 MAX_DRAWS = 400
 
@@ -130,6 +130,35 @@ class Instance:
         )
 
 
+def used_dims(program: Program) -> set[str]:
+    """Dims that this program variant actually uses (shapes, loops, slices)."""
+    names: set[str] = set()
+    for shape in program.shapes.values():
+        for d in shape:
+            names |= d.names
+    for item in program.items:
+        if isinstance(item, Loop):
+            names |= item.start.names | item.stop.names
+            for step in item.body:
+                for lo, hi in step.region or ():
+                    names |= lo.names | hi.names
+    return names
+
+
+def used_choices(spec: ProblemSpec, choice_index: tuple[int, ...]) -> dict[str, str]:
+    """The choices that shape this instance (a choice inside an unused block is left out)."""
+    picked = {n: spec.choices[n][i] for n, i in zip(spec.choices, choice_index)}
+    used: dict[str, str] = {}
+    texts = [spec.forward_template]
+    while texts:
+        text = texts.pop()
+        for name, (label, value) in picked.items():
+            if name not in used and "{" + name + "}" in text:
+                used[name] = label
+                texts.append(value)
+    return {n: used[n] for n in spec.choices if n in used}
+
+
 def _partials(items) -> list[np.ndarray]:
     out, total = [], None
     for _, _, c in items:
@@ -185,7 +214,7 @@ def draw_instance(
     program = spec.program(choice_index)
     dims = draw_dims(spec.dims, rng)
     for _ in range(20):
-        if not other_than or dims != dict(other_than):
+        if not other_than or any(dims.get(k) != v for k, v in other_than.items()):
             break
         dims = draw_dims(spec.dims, rng)
     sched = ref.schedule(program, dims)
@@ -316,8 +345,8 @@ def _build(spec, seed, program, choice_index, dims, shapes, steps, sched, values
         version=spec.version,
         seed=seed,
         layout=layout,
-        dims=dims,
-        choices={n: spec.choices[n][i][0] for n, i in zip(spec.choices, choice_index)},
+        dims={n: v for n, v in dims.items() if n in used_dims(program)},
+        choices=used_choices(spec, choice_index),
         choice_index=choice_index,
         forward=program.text,
         given=spec.given,
