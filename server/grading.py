@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
+from collections import OrderedDict
 
 import numpy as np
 
@@ -20,6 +22,9 @@ from server.engine.spec import ProblemSpec
 HIDDEN_INSTANCES = 2
 TIME_LIMIT_S = 2.0
 MEMORY_MB = 512
+HIDDEN_CACHE_SIZE = 2048
+_hidden_cache: OrderedDict[tuple, list[Instance]] = OrderedDict()
+_hidden_lock = threading.Lock()
 JOB_VERDICTS = {"time_limit", "memory_limit", "runtime_error"}
 
 
@@ -29,10 +34,23 @@ def hidden_seed(inst: Instance, k: int) -> int:
 
 
 def hidden_instances(spec: ProblemSpec, inst: Instance, count: int = HIDDEN_INSTANCES) -> list[Instance]:
-    return [
+    """Deterministic per stored instance, so a resubmission reuses the same
+    draws from a small cache instead of drawing and verifying them again."""
+    key = (spec.id, spec.version, inst.seed, inst.choice_index, tuple(sorted(inst.dims.items())), count)
+    with _hidden_lock:
+        cached = _hidden_cache.get(key)
+        if cached is not None:
+            _hidden_cache.move_to_end(key)
+            return cached
+    drawn = [
         draw_instance(spec, hidden_seed(inst, k), choice_index=inst.choice_index, other_than=inst.dims)
         for k in range(count)
     ]
+    with _hidden_lock:
+        _hidden_cache[key] = drawn
+        while len(_hidden_cache) > HIDDEN_CACHE_SIZE:
+            _hidden_cache.popitem(last=False)
+    return drawn
 
 
 def call_arguments(spec: ProblemSpec, inst: Instance) -> dict:
