@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from server.engine.instance import Instance, draw_instance
 from server.engine.solution import model_solution
 from server.engine.spec import ProblemSpec
@@ -43,6 +45,7 @@ def numpy_model_answer(spec: ProblemSpec, inst: Instance, equations: str) -> str
             else:
                 continue
             break
+    accumulated = set(re.findall(r"\bd(\w+)(?:\[[^\]]*\])?\s*\+=", equations))
     body = []
     for name in names:
         if spec.vars.get(name) is not None and spec.vars[name].role == "const":
@@ -51,7 +54,7 @@ def numpy_model_answer(spec: ProblemSpec, inst: Instance, equations: str) -> str
             continue
         if name in program.indexed:
             body.append(f"    d{name} = [None] * len({name})")
-        else:
+        elif name in accumulated:  # gradients start at zero
             zero = f"np.zeros_like({name}.T)" if spec.layout == "numerator" else f"np.zeros_like({name})"
             body.append(f"    d{name} = {zero}")
     code = []
@@ -61,6 +64,10 @@ def numpy_model_answer(spec: ProblemSpec, inst: Instance, equations: str) -> str
         if stripped[:1].isdigit():
             stripped = stripped.split(" ", 1)[1]
         stripped = stripped.replace("diag(", "np.diagflat(").replace("ones_like(", "np.ones_like(")
+        target, op, rhs = stripped.partition(" += ")
+        if op and not target.endswith("]"):
+            # a = a + b, not a += b: after "dz4 = dy", an in-place += on dz4 would change dy too
+            stripped = f"{target} = {target} + {rhs}"
         code.append("    " + indent + stripped)
     args = ", ".join(names + ["d" + spec.given])
     ret = ", ".join(f'"d{a}": d{a}' for a in program.ask)

@@ -67,3 +67,16 @@ def test_infinite_loop_is_a_time_limit(inst):
     result = grade_numpy(SPEC, inst, "def backward(**kw):\n    while True:\n        pass\n")
     assert result.valid and result.score == 0
     assert {g.verdict for g in result.gradients.values()} == {"time_limit"}
+
+
+@pytest.mark.parametrize("problem", [s.id for s in load_bank().values() if s.answer != "expression"])
+def test_model_numpy_answer_of_every_array_problem_scores_one(problem):
+    """The derived backward() (dims read off shapes, no in-place aliasing) for
+    every network in the bank, as if it were a numpy problem."""
+    import dataclasses
+
+    spec = dataclasses.replace(load_bank()[problem], answer="numpy")
+    for seed in (0, 1):
+        inst = draw_instance(spec, seed)
+        result = grade_numpy(spec, inst, model_answer(spec, inst))
+        assert result.score == 1.0, result.to_json()
