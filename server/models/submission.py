@@ -34,11 +34,16 @@ class Submission(Base):
     refused). The UNIQUE (user, assignment problem, attempt) constraint makes
     two concurrent submissions racing for the same attempt number collide in
     the database, so attempt limits hold without relying on Python-side checks.
+
+    ``client_key`` is the random key of the form (or the API's
+    ``Idempotency-Key``) that sent the answer: UNIQUE per user and problem, so
+    a double click or a retried request stores one submission, not two.
     """
 
     __tablename__ = "submissions"
     __table_args__ = (
         UniqueConstraint("user_id", "assignment_problem_id", "attempt"),
+        UniqueConstraint("user_id", "assignment_problem_id", "client_key"),
         CheckConstraint(f"status IN {STATUS_VALUES!r}", name="status"),
         CheckConstraint("attempt IS NULL OR attempt >= 1", name="attempt_positive"),
         Index("ix_submissions_assignment_problem_id", "assignment_problem_id"),
@@ -60,6 +65,7 @@ class Submission(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     graded_at: Mapped[dt.datetime | None]
     client_ip: Mapped[str | None] = mapped_column(String(45))
+    client_key: Mapped[str | None] = mapped_column(String(64))
 
     user: Mapped[User] = relationship()
     assignment_problem: Mapped[AssignmentProblem] = relationship()

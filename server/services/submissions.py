@@ -8,6 +8,11 @@ Attempt numbers are allocated against the UNIQUE (user, assignment problem,
 attempt) constraint, so the limit holds in the database under concurrency:
 two requests that pick the same number collide, the loser looks again and
 takes the next free number or, if none is left, is refused.
+
+A ``client_key`` (the random key of the answer form, or an API client's
+``Idempotency-Key``) is UNIQUE per user and problem: a double click or a
+retried request finds the submission the first click stored instead of
+storing (and grading) a second one.
 """
 
 from __future__ import annotations
@@ -48,6 +53,18 @@ def _lowest_free(used: list[int]) -> int:
     return number
 
 
+def find_by_client_key(
+    session: Session, user_id: int, assignment_problem_id: int, client_key: str
+) -> Submission | None:
+    return session.scalar(
+        select(Submission).where(
+            Submission.user_id == user_id,
+            Submission.assignment_problem_id == assignment_problem_id,
+            Submission.client_key == client_key,
+        )
+    )
+
+
 def store_submission(
     session: Session,
     *,
@@ -59,8 +76,35 @@ def store_submission(
     now: dt.datetime,
     client_ip: str | None = None,
     costs_attempt: bool = True,
+    client_key: str | None = None,
 ) -> Submission:
+    """Store an answer (see ``store_submission_once``); returns the submission."""
+    submission, _ = store_submission_once(
+        session, user=user, assignment_problem=assignment_problem, instance=instance,
+        answer=answer, kind=kind, now=now, client_ip=client_ip, costs_attempt=costs_attempt,
+        client_key=client_key,
+    )
+    return submission
+
+
+def store_submission_once(
+    session: Session,
+    *,
+    user: User,
+    assignment_problem: AssignmentProblem,
+    instance: Instance,
+    answer: str,
+    kind: str,
+    now: dt.datetime,
+    client_ip: str | None = None,
+    costs_attempt: bool = True,
+    client_key: str | None = None,
+) -> tuple[Submission, bool]:
     """Store an answer, deciding its status before any grading.
+
+    Returns ``(submission, created)``: ``created`` is False when a submission
+    with the same ``client_key`` was already stored (a double click); that
+    earlier submission is returned and nothing new is stored.
 
     * outside the submission window (not open yet, or past the late-until
       date): status ``refused``, no attempt; ``result`` is ``{"refused": why}``;
@@ -72,6 +116,10 @@ def store_submission(
 
     Refused and invalid submissions are stored too (staff see them).
     """
+    if client_key is not None:
+        earlier = find_by_client_key(session, user.id, assignment_problem.id, client_key)
+        if earlier is not None:
+            return earlier, False
     assignment = assignment_problem.assignment
     window = submission_window(assignment, now)
 
@@ -87,33 +135,46 @@ def store_submission(
             late=window.late,
             created_at=now,
             client_ip=client_ip,
+            client_key=client_key,
             result_json=None if refused is None else dumps({"refused": refused}),
         )
 
+    def insert(submission: Submission) -> tuple[Submission, bool] | None:
+        """The row stored, an earlier one with the same client key, or None (a collision)."""
+        try:
+            with session.begin_nested():
+                session.add(submission)
+        except IntegrityError:  # the savepoint rollback discards the row
+            if client_key is not None:
+                earlier = find_by_client_key(session, user.id, assignment_problem.id, client_key)
+                if earlier is not None:
+                    return earlier, False  # the same click, stored by a concurrent request
+            if submission.attempt is None:
+                raise
+            return None
+        return submission, True
+
     if not window.accepting:
-        return _insert(session, new(SubmissionStatus.REFUSED, None, window.message))
+        stored = insert(new(SubmissionStatus.REFUSED, None, window.message))
+        assert stored is not None  # attempt None: a collision raises instead
+        return stored
     if not costs_attempt:
-        return _insert(session, new(SubmissionStatus.INVALID, None))
+        stored = insert(new(SubmissionStatus.INVALID, None))
+        assert stored is not None
+        return stored
     limit = assignment.max_attempts
     for _ in range(MAX_ALLOCATION_TRIES):
         used = used_attempts(session, user.id, assignment_problem.id)
         if limit is not None and len(used) >= limit:
             reason = f"no attempts left: all {limit} attempts at this problem are used"
-            return _insert(session, new(SubmissionStatus.REFUSED, None, reason))
-        submission = new(SubmissionStatus.PENDING, _lowest_free(used))
-        try:
-            with session.begin_nested():
-                session.add(submission)
-        except IntegrityError:  # the savepoint rollback discards the row
-            continue  # another request took this number first; look again
-        return submission
+            stored = insert(new(SubmissionStatus.REFUSED, None, reason))
+            assert stored is not None
+            return stored
+        stored = insert(new(SubmissionStatus.PENDING, _lowest_free(used)))
+        if stored is not None:
+            return stored
+        # another request took this number first; look again
     raise Conflict("attempt: too many submissions at the same moment; send it again")
-
-
-def _insert(session: Session, submission: Submission) -> Submission:
-    session.add(submission)
-    session.flush()
-    return submission
 
 
 def release_attempt(session: Session, submission: Submission) -> Submission:

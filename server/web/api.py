@@ -1,19 +1,27 @@
 """The JSON API under /api/v1, authenticated with personal API tokens.
 
-Errors are JSON ``{"error": ...}`` (see app.py's error handlers).
+Errors are JSON ``{"error": ...}`` (see app.py's error handlers): 400 bad
+body, 401 no or bad token, 403 not yours, 404 unknown, 409 refused (closed,
+or no attempts left; the answer is stored), 413 too large, 422 invalid answer
+(stored, costs no attempt), 503 the grader failed (stored, costs no attempt).
+A submission in an error body is under ``"submission"``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, g, jsonify
+from flask import Blueprint, abort, g, jsonify, request
 from werkzeug.wrappers import Response
 
 from server.db import get_session
-from server.models import utcnow
+from server.models import SubmissionStatus, utcnow
+from server.services import grading, workspace
 from server.services.assignments import AssignmentStatus, student_assignments
+from server.services.errors import Forbidden, NotFound, ValidationError
 from server.web.access import token_required
+from server.web.bank import get_bank
+from server.web.student import instance_secret
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -62,3 +70,110 @@ def me() -> Response:
 def assignments() -> Response:
     statuses = student_assignments(get_session(), g.api_user, utcnow())
     return jsonify(assignments=[assignment_json(status) for status in statuses])
+
+
+def _error(status: int, message: str, **extra: Any) -> Response:
+    response = jsonify(error=message, **extra)
+    response.status_code = status
+    return response
+
+
+@bp.route("/assignments/<int:assignment_id>/problems/<problem_id>")
+@token_required
+def problem(assignment_id: int, problem_id: str) -> Response:
+    """My instance: dims, choices, forward, given, ask, values, layout, the statement."""
+    try:
+        ws = workspace.open_problem(get_session(), g.api_user, assignment_id, problem_id,
+                                    bank=get_bank(), secret=instance_secret(), now=utcnow())
+    except NotFound as exc:
+        abort(404, str(exc))
+    document = ws.document
+    return jsonify(
+        assignment=ws.assignment.id,
+        problem=ws.assignment_problem.problem_id,
+        title=ws.spec.title,
+        statement=ws.spec.statement.strip(),
+        answer_type=ws.spec.answer,
+        layout=document["layout"],
+        dims=document["dims"],
+        choices=document["choices"],
+        constants=document.get("constants", {}),
+        forward=document["forward"],
+        given="d" + document["given"],
+        ask=["d" + name for name in document["ask"]],
+        shapes=document.get("shapes", {}),
+        indexed=document.get("indexed", []),
+        steps=document.get("steps", 0),
+        values=document["values"],
+        phase=ws.window.phase.value,
+        due_at=_iso(ws.assignment.due_at),
+        late_until=_iso(ws.assignment.late_until),
+        attempts_used=ws.attempts_used,
+        attempts_left=ws.attempts_left,
+    )
+
+
+STATUS_CODES = {
+    SubmissionStatus.GRADED: 201,
+    SubmissionStatus.INVALID: 422,
+    SubmissionStatus.REFUSED: 409,
+    SubmissionStatus.ERROR: 503,
+    SubmissionStatus.PENDING: 202,
+}
+
+
+@bp.route("/assignments/<int:assignment_id>/problems/<problem_id>/submissions",
+          methods=["POST"])
+@token_required
+def submit(assignment_id: int, problem_id: str) -> Response:
+    """Store and grade ``{"answer": "..."}``; an ``Idempotency-Key`` header makes retries safe."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        abort(400, 'body: send a JSON object {"answer": "..."} '
+                   "with Content-Type: application/json")
+    if "answer" not in body:
+        abort(400, "answer: is required")
+    unknown = sorted(set(body) - {"answer"})
+    if unknown:
+        abort(400, f"body: unknown field(s) {', '.join(unknown)}; only 'answer' is read")
+    session = get_session()
+    try:
+        result = grading.submit_answer(
+            session, user=g.api_user, assignment_id=assignment_id, problem_id=problem_id,
+            answer=body["answer"], client_key=request.headers.get("Idempotency-Key"),
+            now=utcnow(), bank=get_bank(), secret=instance_secret(), commit=session.commit,
+            client_ip=request.remote_addr)
+    except NotFound as exc:
+        abort(404, str(exc))
+    except grading.AnswerTooLarge as exc:
+        abort(413, str(exc))
+    except ValidationError as exc:
+        abort(400, str(exc))
+    submission = result.submission
+    summary = grading.submission_summary(
+        submission, grading.attempts_left(session, submission, g.api_user.id))
+    if not result.created:  # the same Idempotency-Key again: what the first request stored
+        return jsonify(summary)
+    status = STATUS_CODES[SubmissionStatus(submission.status)]
+    if status >= 400:
+        first_error = (summary["errors"] or [{}])[0].get("message")
+        message = summary["message"] if first_error is None else f"{summary['message']}: {first_error}"
+        return _error(status, message, submission=summary)
+    response = jsonify(summary)
+    response.status_code = status
+    response.headers["Location"] = f"{bp.url_prefix}/submissions/{submission.id}"
+    return response
+
+
+@bp.route("/submissions/<int:submission_id>")
+@token_required
+def submission(submission_id: int) -> Response:
+    """One of my submissions, in the shape POST returns."""
+    session = get_session()
+    try:
+        sub = grading.own_submission(session, g.api_user, submission_id)
+    except NotFound as exc:
+        abort(404, str(exc))
+    except Forbidden as exc:
+        abort(403, str(exc))
+    return jsonify(grading.submission_summary(sub, grading.attempts_left(session, sub, sub.user_id)))

@@ -93,3 +93,12 @@ class RosterImportForm(FlaskForm):
         description="One line per person: email,name,role (role: student, ta or instructor; "
         "default student). A header line 'email,name,role' is allowed.",
     )
+
+
+class AnswerForm(FlaskForm):
+    """An answer to a problem; the text is checked by services.grading (clear messages)."""
+
+    answer = TextAreaField("Your answer")
+    # A random key per rendering of the form: a double click sends the same key
+    # twice and the second request finds the first one's submission.
+    submission_key = HiddenField()

@@ -1,17 +1,40 @@
-"""The student's pages: the dashboard (the problem page is added by grading)."""
+"""The student's pages: the dashboard, a problem, its downloads, and a submission's feedback."""
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template
+import json
+import secrets
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask_login import current_user
 
 from server.db import get_session
 from server.models import utcnow
+from server.services import grading, workspace
 from server.services.assignments import student_assignments
 from server.services.courses import STAFF_ROLES, courses_for_user
+from server.services.errors import Forbidden, NotFound, ValidationError
 from server.web.access import login_required
+from server.web.bank import get_bank
+from server.web.forms import AnswerForm
 
 bp = Blueprint("student", __name__)
+
+
+def instance_secret() -> bytes:
+    """The key of the per-student seeds (see services.instances.derive_seed)."""
+    return current_app.config["SECRET_KEY"].encode()
 
 
 @bp.route("/")
@@ -29,3 +52,106 @@ def dashboard() -> str:
         by_course=by_course,
         staff_roles=STAFF_ROLES,
     )
+
+
+def _open(assignment_id: int, problem_id: str) -> workspace.ProblemWorkspace:
+    try:
+        return workspace.open_problem(
+            get_session(), current_user, assignment_id, problem_id,
+            bank=get_bank(), secret=instance_secret(), now=utcnow())
+    except NotFound as exc:
+        abort(404, str(exc))
+
+
+def _render_problem(ws: workspace.ProblemWorkspace, form: AnswerForm | None = None,
+                    error: str | None = None, status: int = 200) -> tuple[str, int]:
+    if form is None:
+        form = AnswerForm(formdata=None, answer=ws.last_answer)
+    # A fresh key for every rendering: one key, one submission.
+    form.submission_key.data = secrets.token_urlsafe(16)
+    return render_template(
+        "student/problem.html",
+        ws=ws, form=form, error=error,
+        values=workspace.formatted_values(ws.spec, ws.document),
+        history=[(s, s.result) for s in ws.submissions],
+    ), status
+
+
+@bp.route("/assignments/<int:assignment_id>/problems/<problem_id>")
+@login_required
+def problem(assignment_id: int, problem_id: str) -> tuple[str, int]:
+    return _render_problem(_open(assignment_id, problem_id))
+
+
+@bp.route("/assignments/<int:assignment_id>/problems/<problem_id>", methods=["POST"])
+@login_required
+def submit(assignment_id: int, problem_id: str) -> Any:
+    # CSRFProtect has checked the form's token before this runs.
+    form = AnswerForm()
+    session = get_session()
+    try:
+        result = grading.submit_answer(
+            session, user=current_user, assignment_id=assignment_id, problem_id=problem_id,
+            answer=form.answer.data or "", client_key=form.submission_key.data,
+            now=utcnow(), bank=get_bank(), secret=instance_secret(), commit=session.commit,
+            client_ip=request.remote_addr)
+    except NotFound as exc:
+        abort(404, str(exc))
+    except ValidationError as exc:
+        # Nothing was stored; the page comes back with the text in the box.
+        code = 413 if isinstance(exc, grading.AnswerTooLarge) else 400
+        return _render_problem(_open(assignment_id, problem_id), form, str(exc), code)
+    submission = result.submission
+    if not result.created:
+        flash("This answer was already sent (a second click); it was stored once.")
+    elif submission.status == "refused":
+        flash(f"Not accepted: {submission.result['refused']}. Your text is kept below.", "error")
+        return redirect(url_for("student.problem", assignment_id=assignment_id,
+                                problem_id=problem_id))
+    return redirect(url_for("student.submission", submission_id=submission.id))
+
+
+@bp.route("/assignments/<int:assignment_id>/problems/<problem_id>/values.json")
+@login_required
+def values_json(assignment_id: int, problem_id: str) -> Response:
+    ws = _open(assignment_id, problem_id)
+    body = json.dumps(workspace.values_document(ws.instance), indent=1)
+    return _download(body.encode(), "application/json", f"{problem_id}-values.json")
+
+
+@bp.route("/assignments/<int:assignment_id>/problems/<problem_id>/values.npz")
+@login_required
+def values_npz(assignment_id: int, problem_id: str) -> Response:
+    ws = _open(assignment_id, problem_id)
+    if ws.spec.answer == "expression":
+        abort(404, "An expression problem has no array values to download.")
+    return _download(workspace.values_npz(ws.instance), "application/octet-stream",
+                     f"{problem_id}-values.npz")
+
+
+def _download(body: bytes, mimetype: str, filename: str) -> Response:
+    response = Response(body, mimetype=mimetype)
+    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
+
+
+@bp.route("/submissions/<int:submission_id>")
+@login_required
+def submission(submission_id: int) -> tuple[str, int]:
+    session = get_session()
+    try:
+        sub = grading.own_submission(session, current_user, submission_id)
+    except NotFound as exc:
+        abort(404, str(exc))
+    except Forbidden as exc:
+        abort(403, str(exc))
+    left = grading.attempts_left(session, sub, current_user.id)
+    return render_template(
+        "student/submission.html",
+        sub=sub, summary=grading.submission_summary(sub, left),
+        lines=grading.annotated_lines(sub.answer, sub.result),
+        general=grading.general_errors(sub.result),
+        assignment=sub.assignment_problem.assignment,
+        problem=sub.assignment_problem.problem,
+    ), 200

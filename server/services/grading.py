@@ -1,0 +1,524 @@
+"""Submitting an answer: store it, grade it with no database lock held, record the verdict.
+
+The three steps are separate functions, and ``submit_answer`` runs them in order:
+
+1. ``store_answer`` (flush only): checks the text, finds the student's
+   problem, draws their instance on first use, and stores the answer with
+   ``services.submissions`` (refused outside the window or without attempts
+   left, pending with an attempt number otherwise). It returns a
+   ``GradingJob``: plain data, so grading touches no ORM object.
+2. ``grade_job`` (no database): the engine for equations and expressions, the
+   sandbox for numpy code. Never raises: a failure of ours becomes an
+   ``error`` outcome.
+3. ``record_outcome`` (flush only): the status, the result JSON and the score
+   with the late credit applied. An invalid answer and an internal error give
+   the attempt back.
+
+The caller owns the transactions, as everywhere in ``services``; but
+``submit_answer`` needs the stored answer to be durable *before* grading (a
+numpy job may take two seconds, and on SQLite an open transaction holds the
+write lock), so it takes the caller's ``commit`` and calls it exactly once,
+between steps 1 and 2. If grading or recording fails after that, the answer is
+still stored (``pending``); staff see it and can regrade it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from server.models import (
+    Assignment,
+    AssignmentProblem,
+    Course,
+    Instance,
+    ProblemVersion,
+    Submission,
+    SubmissionStatus,
+    User,
+)
+from server.models.base import dumps
+from server.services.assignments import Window, assignment_problem_for, submission_window
+from server.services.errors import Forbidden, NotFound, ValidationError
+from server.services.instances import Draw, get_instance, get_or_create_instance
+from server.services.problems import record_problem_version
+from server.services.submissions import store_submission_once, used_attempts
+
+log = logging.getLogger(__name__)
+
+# A whole backward pass is a few hundred lines at most; a numpy module a few kB.
+MAX_ANSWER_CHARS = 20_000
+MAX_CLIENT_KEY_CHARS = 64
+ANSWER_KINDS = ("equations", "numpy", "expression")
+
+
+class AnswerTooLarge(ValidationError):
+    """The answer text is longer than MAX_ANSWER_CHARS (HTTP 413)."""
+
+
+# --- the answer text ---------------------------------------------------------------
+
+
+def clean_answer(answer: Any) -> str:
+    """The answer as stored: a non-empty string, line ends normalized to ``\\n``.
+
+    Raises ValidationError naming the field ``answer`` and the reason; such a
+    text is not stored (there is nothing gradable to keep).
+    """
+    if not isinstance(answer, str):
+        raise ValidationError("answer", f"must be a string, got {type(answer).__name__}")
+    text = answer.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.strip():
+        raise ValidationError("answer", "is empty")
+    if len(text) > MAX_ANSWER_CHARS:
+        raise AnswerTooLarge(
+            "answer", f"is {len(text)} characters long; the limit is {MAX_ANSWER_CHARS}")
+    if "\x00" in text:
+        raise ValidationError("answer", "contains a NUL character (\\x00)")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(
+            "answer", f"contains a character that is not valid Unicode at position {exc.start}"
+        ) from None
+    return text
+
+
+def clean_client_key(key: Any) -> str | None:
+    """The form's or the API client's idempotency key: printable ASCII, 8..64 characters."""
+    if key is None or key == "":
+        return None
+    if (not isinstance(key, str) or not 8 <= len(key) <= MAX_CLIENT_KEY_CHARS
+            or not key.isascii() or not key.isprintable()):
+        raise ValidationError(
+            "submission_key", f"must be 8 to {MAX_CLIENT_KEY_CHARS} printable ASCII characters")
+    return key
+
+
+# --- specs and instances -------------------------------------------------------------
+
+_SPEC_CACHE: OrderedDict[str, Any] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_CACHE_SIZE = 64
+
+
+def cached(cache: OrderedDict, key: Any, make: Callable[[], Any]) -> Any:
+    with _CACHE_LOCK:
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+    value = make()
+    with _CACHE_LOCK:
+        cache[key] = value
+        while len(cache) > _CACHE_SIZE:
+            cache.popitem(last=False)
+    return value
+
+
+def spec_for_version(bank: Mapping[str, Any], version: ProblemVersion) -> Any:
+    """The spec an instance was drawn from: the bank's if unchanged, else the stored text."""
+    current = bank.get(version.problem_id)
+    if current is not None and current.version == version.spec_hash:
+        return current
+
+    def parse() -> Any:
+        from server.engine.spec import parse_spec
+
+        return parse_spec(version.spec_text, f"<{version.problem_id} version {version.version}>")
+
+    return cached(_SPEC_CACHE, version.spec_hash, parse)
+
+
+def _draw_from(spec: Any) -> Callable[[int], Draw]:
+    def draw_for_seed(seed: int) -> Draw:
+        from server.engine.problem import draw
+
+        document = draw(spec, seed).to_json(include_reference=True)
+        # The whole engine document (with the reference and the per-step
+        # accumulation) goes in reference_json; it never leaves the server.
+        return Draw(dims=document["dims"], choices=document["choices"],
+                    values=document["values"], reference=document)
+
+    return draw_for_seed
+
+
+def ensure_instance(
+    session: Session, user: User, assignment_problem: AssignmentProblem,
+    bank: Mapping[str, Any], secret: bytes,
+) -> Instance:
+    """The student's instance row, drawn from the bank's current spec on first use."""
+    existing = get_instance(session, user, assignment_problem)
+    if existing is not None:
+        return existing
+    spec = bank.get(assignment_problem.problem_id)
+    if spec is None:
+        raise NotFound(f"problem: {assignment_problem.problem_id!r} is no longer in the "
+                       "problem bank; ask the course staff")
+    try:
+        with session.begin_nested():
+            version = record_problem_version(session, spec)
+    except IntegrityError:  # a concurrent first visit recorded the same new version
+        version = session.scalar(select(ProblemVersion).where(
+            ProblemVersion.problem_id == spec.id, ProblemVersion.spec_hash == spec.version))
+        if version is None:
+            raise
+    return get_or_create_instance(session, user, assignment_problem, version, secret,
+                                  _draw_from(spec))
+
+
+_EXPRESSION_CACHE: OrderedDict[tuple[str, int], Any] = OrderedDict()
+
+
+def engine_instance(spec: Any, document: Mapping[str, Any]) -> Any:
+    """The engine's instance from the stored document (reference included)."""
+    if spec.answer == "expression":
+        # The grader wants the sympy derivative, which JSON does not keep:
+        # redraw it from the seed (deterministic), once per process.
+        from server.engine.expression import draw_expression_instance
+
+        seed = int(document["seed"])
+        return cached(_EXPRESSION_CACHE, (spec.version, seed),
+                       lambda: draw_expression_instance(spec, seed))
+    from server.engine.instance import Instance as EngineInstance
+
+    return EngineInstance.from_json(document)
+
+
+# --- step 1: store -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class GradingJob:
+    """Everything grading needs, as plain data (no ORM objects, no session)."""
+
+    submission_id: int
+    spec: Any
+    document: Mapping[str, Any]  # the instance's engine JSON, reference included
+    answer: str
+
+
+@dataclasses.dataclass
+class Stored:
+    submission: Submission
+    created: bool  # False: a double click found the submission the first click stored
+    window: Window
+    job: GradingJob | None  # None: nothing to grade (refused, or already stored)
+
+
+def store_answer(
+    session: Session, *, user: User, assignment_id: int, problem_id: str, answer: Any,
+    now: dt.datetime, bank: Mapping[str, Any], secret: bytes, client_ip: str | None = None,
+    client_key: Any = None,
+) -> Stored:
+    """Check and store an answer (flush only). Raises ValidationError, NotFound."""
+    text = clean_answer(answer)
+    key = clean_client_key(client_key)
+    assignment_problem = assignment_problem_for(session, user, assignment_id, problem_id)
+    assignment = assignment_problem.assignment
+    window = submission_window(assignment, now)
+    instance = ensure_instance(session, user, assignment_problem, bank, secret)
+    answer_type = (assignment_problem.problem.answer_type
+                   if assignment_problem.problem is not None else "equations")
+    submission, created = store_submission_once(
+        session, user=user, assignment_problem=assignment_problem, instance=instance,
+        answer=text, kind=answer_type, now=now, client_ip=client_ip, client_key=key)
+    job = None
+    if created and submission.status == SubmissionStatus.PENDING:
+        spec = spec_for_version(bank, instance.problem_version)
+        job = GradingJob(submission.id, spec, json.loads(instance.reference_json), text)
+    return Stored(submission, created, window, job)
+
+
+# --- step 2: grade -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    status: str  # graded | invalid | error
+    result: dict[str, Any]  # GradeResult.to_json(), or {"error": message}
+    score: float | None  # the raw score, before late credit
+
+
+INTERNAL_ERROR = ("the grader failed on our side; this submission costs no attempt. "
+                  "Send it again in a moment (the course staff can see it)")
+
+
+def grade_job(job: GradingJob, *, run_job: Callable[..., Any] | None = None) -> Outcome:
+    """Grade a stored answer. Pure apart from the sandbox; never raises."""
+    try:
+        inst = engine_instance(job.spec, job.document)
+        if job.spec.answer == "numpy":
+            return _grade_numpy(job, inst, run_job)
+        from server.engine.problem import grade_answer
+
+        result = grade_answer(job.spec, inst, job.answer)
+    except Exception:
+        log.exception("grading submission %s failed", job.submission_id)
+        return Outcome(SubmissionStatus.ERROR.value, {"error": INTERNAL_ERROR}, None)
+    status = SubmissionStatus.GRADED if result.valid else SubmissionStatus.INVALID
+    return Outcome(status.value, result.to_json(), result.score if result.valid else None)
+
+
+def _grade_numpy(job: GradingJob, inst: Any, run_job: Callable[..., Any] | None) -> Outcome:
+    from server.grading import grade_numpy
+
+    if run_job is None:
+        from server.sandbox import run_job as sandbox_run_job
+
+        run_job = sandbox_run_job
+    statuses: list[str] = []
+
+    def observed_run_job(*args: Any, **kwargs: Any) -> Any:
+        job_result = run_job(*args, **kwargs)
+        statuses.append(job_result.status)
+        return job_result
+
+    result = grade_numpy(job.spec, inst, job.answer, run_job=observed_run_job)
+    if statuses and statuses[-1] == "error":
+        # The sandbox failed (not the student's code): not an invalid answer.
+        log.error("sandbox error grading submission %s: %s", job.submission_id,
+                  "; ".join(e.get("message", "") for e in result.errors))
+        return Outcome(SubmissionStatus.ERROR.value, {"error": INTERNAL_ERROR}, None)
+    status = SubmissionStatus.GRADED if result.valid else SubmissionStatus.INVALID
+    return Outcome(status.value, result.to_json(), result.score if result.valid else None)
+
+
+# --- step 3: record ------------------------------------------------------------------
+
+
+def record_outcome(
+    session: Session, submission: Submission, outcome: Outcome, *, window: Window,
+    now: dt.datetime,
+) -> Submission:
+    """Write the verdict (flush only). Invalid answers and our errors give the attempt back."""
+    submission.status = outcome.status
+    submission.graded_at = now
+    result = dict(outcome.result)
+    if outcome.status == SubmissionStatus.GRADED and outcome.score is not None:
+        result["credit"] = window.credit
+        submission.score = round(outcome.score * window.credit, 6)
+    else:
+        submission.score = None
+        submission.attempt = None
+    submission.result_json = dumps(result)
+    session.flush()
+    return submission
+
+
+# --- all three -----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class SubmitResult:
+    submission: Submission
+    created: bool
+    window: Window
+
+
+def submit_answer(
+    session: Session, *, user: User, assignment_id: int, problem_id: str, answer: Any,
+    now: dt.datetime, bank: Mapping[str, Any], secret: bytes, commit: Callable[[], None],
+    client_ip: str | None = None, client_key: Any = None,
+    run_job: Callable[..., Any] | None = None, clock: Callable[[], dt.datetime] | None = None,
+) -> SubmitResult:
+    """Store, commit (the caller's ``commit``), grade, record; see the module docstring.
+
+    Raises ValidationError (bad text, not stored) and NotFound (not the
+    user's problem) before anything is stored. Refused submissions are stored
+    and returned with status ``refused``.
+    """
+    stored = store_answer(
+        session, user=user, assignment_id=assignment_id, problem_id=problem_id, answer=answer,
+        now=now, bank=bank, secret=secret, client_ip=client_ip, client_key=client_key)
+    commit()  # the answer is safe now, and no lock is held while grading
+    if stored.job is not None:
+        outcome = grade_job(stored.job, run_job=run_job)
+        record_outcome(session, stored.submission, outcome, window=stored.window,
+                       now=(clock or _utcnow)())
+    return SubmitResult(stored.submission, stored.created, stored.window)
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+# --- reading submissions -------------------------------------------------------------
+
+
+def attempts_left(session: Session, submission_or_problem: Submission | AssignmentProblem,
+                  user_id: int) -> int | None:
+    """Attempts the user has left at this problem; None when unlimited."""
+    if isinstance(submission_or_problem, Submission):
+        assignment_problem = submission_or_problem.assignment_problem
+    else:
+        assignment_problem = submission_or_problem
+    limit = assignment_problem.assignment.max_attempts
+    if limit is None:
+        return None
+    return max(0, limit - len(used_attempts(session, user_id, assignment_problem.id)))
+
+
+def own_submission(session: Session, user: User, submission_id: int) -> Submission:
+    """One of ``user``'s submissions. NotFound if unknown, Forbidden if someone else's."""
+    submission = session.get(Submission, submission_id)
+    if submission is None:
+        raise NotFound(f"submission: there is no submission {submission_id}")
+    if submission.user_id != user.id:
+        raise Forbidden(f"submission: submission {submission_id} is not yours")
+    return submission
+
+
+def problem_submissions(session: Session, user: User,
+                        assignment_problem: AssignmentProblem) -> list[Submission]:
+    """The user's submissions of one problem, newest first."""
+    return list(session.scalars(
+        select(Submission)
+        .where(Submission.user_id == user.id,
+               Submission.assignment_problem_id == assignment_problem.id)
+        .order_by(Submission.created_at.desc(), Submission.id.desc())
+    ))
+
+
+def course_submissions(
+    session: Session, course: Course, assignment_id: int | None = None, *,
+    status: str | None = None, limit: int = 500,
+) -> list[Submission]:
+    """Every submission in a course (refused ones too), newest first, for staff."""
+    query = (
+        select(Submission)
+        .join(AssignmentProblem, AssignmentProblem.id == Submission.assignment_problem_id)
+        .join(Assignment, Assignment.id == AssignmentProblem.assignment_id)
+        .options(selectinload(Submission.user),
+                 selectinload(Submission.assignment_problem).selectinload(
+                     AssignmentProblem.problem))
+        .where(Assignment.course_id == course.id)
+        .order_by(Submission.created_at.desc(), Submission.id.desc())
+        .limit(limit)
+    )
+    if assignment_id is not None:
+        query = query.where(Assignment.id == assignment_id)
+    if status is not None:
+        query = query.where(Submission.status == status)
+    return list(session.scalars(query))
+
+
+def course_submission_counts(session: Session, course: Course) -> dict[int, dict[str, int]]:
+    """assignment id -> {status: count} for the staff course page."""
+    rows = session.execute(
+        select(Assignment.id, Submission.status, func.count(Submission.id))
+        .join(AssignmentProblem, AssignmentProblem.assignment_id == Assignment.id)
+        .join(Submission, Submission.assignment_problem_id == AssignmentProblem.id)
+        .where(Assignment.course_id == course.id)
+        .group_by(Assignment.id, Submission.status)
+    )
+    counts: dict[int, dict[str, int]] = {}
+    for assignment_id, status, count in rows:
+        counts.setdefault(assignment_id, {})[status] = count
+    return counts
+
+
+def course_submission(session: Session, course: Course, submission_id: int) -> Submission:
+    """A submission of the course (staff view); NotFound otherwise."""
+    submission = session.get(Submission, submission_id)
+    if (submission is None
+            or submission.assignment_problem.assignment.course_id != course.id):
+        raise NotFound(f"submission: no submission {submission_id} in {course.code}")
+    return submission
+
+
+
+# --- what a student is told about a submission ------------------------------------------
+
+
+def submission_summary(submission: Submission, attempts_left: int | None) -> dict[str, Any]:
+    """A submission as the API returns it (and the feedback page shows it).
+
+    The grading fields have the shape of ``nabla grade --json`` (``valid``,
+    ``errors``, ``equations``, ``gradients``); ``score`` is the credited score
+    (late credit applied), ``raw_score`` the grader's.
+    """
+    result = submission.result or {}
+    message = {
+        SubmissionStatus.PENDING: "stored; being graded",
+        SubmissionStatus.GRADED: "graded",
+        SubmissionStatus.INVALID: "not a valid answer: it costs no attempt",
+        SubmissionStatus.ERROR: result.get("error", INTERNAL_ERROR),
+        SubmissionStatus.REFUSED: result.get("refused", "refused"),
+    }.get(SubmissionStatus(submission.status), submission.status)
+    ap = submission.assignment_problem
+    return {
+        "id": submission.id,
+        "assignment": ap.assignment_id,
+        "problem": ap.problem_id,
+        "status": submission.status,
+        "message": message,
+        "attempt": submission.attempt,
+        "attempts_left": attempts_left,
+        "late": submission.late,
+        "score": submission.score,
+        "raw_score": result.get("score") if submission.status == SubmissionStatus.GRADED else None,
+        "credit": result.get("credit"),
+        "created_at": submission.created_at.isoformat(),
+        "graded_at": None if submission.graded_at is None else submission.graded_at.isoformat(),
+        "answer": submission.answer,
+        "valid": result.get("valid"),
+        "errors": result.get("errors", []),
+        "equations": result.get("equations", []),
+        "gradients": result.get("gradients", {}),
+    }
+
+
+VERDICT_MARKS = {"correct": "✓", "carried": "✗", "wrong": "✗"}
+
+
+def annotated_lines(answer: str, result: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """Every line of an answer with its verdict: ``correct``, ``wrong``, ``carried``
+    (right rule, value wrong because of an earlier line) or None (nothing to judge),
+    and the messages for it (deduplicated; loop bodies are judged once per step)."""
+    result = result or {}
+    by_line: dict[int, list[dict[str, Any]]] = {}
+    for item in result.get("equations", []):
+        by_line.setdefault(int(item.get("line", 0)), []).append(item)
+    errors: dict[int, list[str]] = {}
+    for error in result.get("errors", []):
+        errors.setdefault(int(error.get("line", 0)), []).append(error.get("message", ""))
+    lines = []
+    for number, text in enumerate(answer.split("\n"), 1):
+        items = by_line.get(number, [])
+        messages: list[str] = []
+        verdict = None
+        if errors.get(number):
+            verdict = "wrong"
+            messages.extend(errors[number])
+        elif items:
+            wrong = [i for i in items if i.get("verdict") != "correct"]
+            if not wrong:
+                verdict = "correct"
+            elif all(i.get("rule_correct") for i in wrong):
+                verdict = "carried"
+            else:
+                verdict = "wrong"
+            for item in wrong:
+                message = item.get("message") or item.get("verdict", "")
+                label = f"{item.get('target')}: " if len(items) > 1 else ""
+                if label + message not in messages:
+                    messages.append(label + message)
+        lines.append({"number": number, "text": text, "verdict": verdict,
+                      "mark": VERDICT_MARKS.get(verdict or "", ""), "messages": messages})
+    return lines
+
+
+def general_errors(result: Mapping[str, Any] | None) -> list[str]:
+    """Messages not tied to a line of the answer (line 0)."""
+    return [e.get("message", "") for e in (result or {}).get("errors", [])
+            if int(e.get("line", 0)) == 0]
