@@ -19,6 +19,8 @@ from server.engine.answer import (
     run_equations,
 )
 
+from .course import SEED_ANSWER
+
 # --- the two-hidden-layer MLP of DESIGN.md §3, numerator layout --------------------------
 
 N, H1, H2, K = 3, 5, 4, 2
@@ -33,22 +35,6 @@ FORWARD = {
 GRADIENTS = {"d" + k: (c, r) for k, (r, c) in FORWARD.items() if k != "output"}
 MLP = AnswerContext(FORWARD, GRADIENTS, frozenset({"doutput"}), DIMS)
 
-SEED_ANSWER = """\
-1. dz7 = doutput
-2. db3 = doutput
-3. dW3 = z6 @ dz7
-4. dz6 = dz7 @ W3
-5. dz5 = dz6 * (z5 > 0).T
-6. dz4 = dz5
-7. db2 = dz5
-8. dW2 = z3 @ dz4
-9. dz3 = dz4 @ W2
-10. dz2 = dz3 * (z2 > 0).T
-11. db1 = dz2
-12. dz1 = dz2
-13. dW1 = x @ dz1
-14. dx = dz1 @ W1
-"""
 ASKED = ["dx", "dW1", "db1", "dW2", "db2", "dW3", "db3"]
 
 
