@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from server.engine.astcheck import depth_exceeds
+
 Shape = tuple[int, int]
 ShapeSpec = Shape | list[Shape]
 
@@ -656,16 +658,6 @@ def _char_col(content: str, byte_offset: int) -> int:
     return len(content.encode("utf-8")[:byte_offset].decode("utf-8", "ignore"))
 
 
-def _ast_depth_exceeds(node: ast.AST, limit: int) -> bool:
-    stack = [(node, 1)]
-    while stack:
-        n, d = stack.pop()
-        if d > limit:
-            return True
-        stack.extend((c, d + 1) for c in ast.iter_child_nodes(n))
-    return False
-
-
 class _Bad(Exception):
     """Signals that a subtree was refused (the error is already recorded)."""
 
@@ -1154,7 +1146,7 @@ def parse_equations(text: str, ctx: AnswerContext) -> EquationProgram:
         converted = None
         if node is not None:
             # Each level of nesting takes at least one character: short lines need no walk.
-            if len(ln.content) > MAX_DEPTH - 4 and _ast_depth_exceeds(node, MAX_DEPTH + 2):
+            if len(ln.content) > MAX_DEPTH - 4 and depth_exceeds(node, MAX_DEPTH + 2):
                 errors.append(FormatError(ln.lineno, ln.content_col, "the expression is nested "
                                           f"too deeply (limit {MAX_DEPTH})"))
             else:

@@ -21,6 +21,8 @@ from fractions import Fraction
 
 import sympy
 
+from server.engine.astcheck import depth_exceeds
+
 MAX_TEXT_CHARS = 1_000
 MAX_DEPTH = 40  # nesting of the syntax tree
 MAX_EXPONENT = 100  # |constant exponent|
@@ -212,16 +214,6 @@ class _Parser:
         return self.check_size(FUNCTIONS[name](self.build(node.args[0])), node)
 
 
-def _depth_exceeds(node: ast.AST, limit: int) -> bool:
-    stack = [(node, 1)]
-    while stack:
-        n, d = stack.pop()
-        if d > limit:
-            return True
-        stack.extend((c, d + 1) for c in ast.iter_child_nodes(n))
-    return False
-
-
 def _replace_carets(line: str, shift: int) -> tuple[str, list[int]]:
     """Replace ``^`` by ``**``, mapping each source column back to a column of the text."""
     out, cmap = [], []
@@ -279,7 +271,7 @@ def parse_scalar_expression(text: str, symbols: Iterable[str], *,
         raise ExpressionFormatError(msg, col) from None
     except (MemoryError, RecursionError, ValueError, OverflowError):
         raise ExpressionFormatError(f"the {what} is too complex") from None
-    if _depth_exceeds(tree, MAX_DEPTH):
+    if depth_exceeds(tree, MAX_DEPTH):
         raise ExpressionFormatError(f"the {what} is nested too deeply (limit {MAX_DEPTH})")
     parser = _Parser(source, syms, what, col_map)
     try:
