@@ -5,12 +5,13 @@ from server.models.base import Base, utcnow
 from server.models.course import ROLE_VALUES, Course, Enrollment, Role
 from server.models.instance import Instance
 from server.models.problem import Problem, ProblemVersion
-from server.models.submission import Regrade, Submission, SubmissionStatus
+from server.models.submission import STATUS_VALUES, Regrade, Submission, SubmissionStatus
 from server.models.token import ApiToken
 from server.models.user import User
 
 __all__ = [
     "ROLE_VALUES",
+    "STATUS_VALUES",
     "ApiToken",
     "Assignment",
     "AssignmentProblem",

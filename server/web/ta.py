@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template
+from flask import Blueprint, abort, render_template, request
 
 from server.db import get_session
-from server.models import Course
-from server.services.assignments import course_assignments
+from server.models import STATUS_VALUES, Course
+from server.services import grading
+from server.services.assignments import course_assignments, get_course_assignment
 from server.services.courses import roster
+from server.services.errors import NotFound
 from server.web.access import role_required
 
 bp = Blueprint("ta", __name__, url_prefix="/staff")
@@ -22,4 +24,42 @@ def course(course: Course) -> str:
         course=course,
         assignments=course_assignments(session, course),
         enrollments=roster(session, course),
+        submission_counts=grading.course_submission_counts(session, course),
+    )
+
+
+@bp.route("/<course_code>/assignments/<int:assignment_id>/submissions")
+@role_required("ta", "instructor")
+def submissions(course: Course, assignment_id: int) -> str:
+    """Every submission of an assignment, refused and invalid ones included, newest first."""
+    session = get_session()
+    try:
+        assignment = get_course_assignment(session, course, assignment_id)
+    except NotFound as exc:
+        abort(404, str(exc))
+    status = request.args.get("status") or None
+    if status is not None and status not in STATUS_VALUES:
+        abort(400, f"status: {status!r} is not one of {', '.join(STATUS_VALUES)}")
+    return render_template(
+        "ta/submissions.html",
+        course=course, assignment=assignment, status=status, statuses=STATUS_VALUES,
+        submissions=grading.course_submissions(session, course, assignment.id, status=status),
+    )
+
+
+@bp.route("/<course_code>/submissions/<int:submission_id>")
+@role_required("ta", "instructor")
+def submission(course: Course, submission_id: int) -> str:
+    session = get_session()
+    try:
+        sub = grading.course_submission(session, course, submission_id)
+    except NotFound as exc:
+        abort(404, str(exc))
+    left = grading.attempts_left(session, sub, sub.user_id)
+    return render_template(
+        "ta/submission.html",
+        course=course, sub=sub, summary=grading.submission_summary(sub, left),
+        lines=grading.annotated_lines(sub.answer, sub.result),
+        general=grading.general_errors(sub.result),
+        assignment=sub.assignment_problem.assignment,
     )
