@@ -437,6 +437,18 @@ class _Grader:
                     d = deriv.T if self.inst.layout == "numerator" else deriv
                     if d.shape == upstream.shape and close(value, upstream * d, self.rtol):
                         return f"the derivative must come from {var}, the input of '{step.source}', not {other.args[0].name}"
+            a, z = self.inst.values[var], self.inst.values[step.target]
+            for name, other_fn in ELEMENTWISE.items():
+                if name == step.op:
+                    continue
+                with np.errstate(all="ignore"):
+                    d = other_fn.derivative(a, z)
+                d = d.T if self.inst.layout == "numerator" else d
+                if d.shape == upstream.shape and np.all(np.isfinite(d)) and close(value, upstream * d, self.rtol):
+                    return (
+                        f"wrong derivative: d{var} uses the derivative formula of {name}, "
+                        f"but '{step.source}' applies {step.op}"
+                    )
         return ""
 
     # -- final gradients ----------------------------------------------------------

@@ -199,3 +199,14 @@ def test_verdict_vocabulary_and_json_shape():
     for e in data["equations"]:
         assert e["verdict"] in VERDICTS
     assert set(data["gradients"]) == {"dx", "dW1", "db1", "dW2", "db2", "dW3", "db3"}
+
+
+def test_wrong_activation_derivative_is_named():
+    spec = BANK["rule-6-elementwise-function"]
+    inst = next(i for i in (draw_instance(spec, s) for s in range(40)) if "tanh" in i.forward)
+    z = inst.forward.split("=")[0].strip()
+    x = inst.forward.split("(")[1].split(")")[0]
+    text = f"d{x} = d{z} * ({z} * (1 - {z})).T"  # the sigmoid formula applied to tanh
+    result = grade_equations(spec, inst, text)
+    assert result.equations[0].verdict == "incorrect"
+    assert "derivative formula of sigmoid" in result.equations[0].message
