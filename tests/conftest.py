@@ -220,6 +220,18 @@ def fake_bank() -> dict[str, FakeSpec]:
     return make_fake_bank()
 
 
+@pytest.fixture(scope="session")
+def engine_bank() -> dict[str, Any]:
+    """The real problem bank (``problems/``), for tests that grade.
+
+    A test module that grades overrides ``fake_bank`` with it, so the app and
+    ``make_assignment`` use real specs there.
+    """
+    from server.engine.bank import load_bank
+
+    return load_bank()
+
+
 # --- the Flask app ---------------------------------------------------------------------
 
 

@@ -276,18 +276,18 @@ def _grade_numpy(job: GradingJob, inst: Any, run_job: Callable[..., Any] | None)
         from server.sandbox import run_job as sandbox_run_job
 
         run_job = sandbox_run_job
-    statuses: list[str] = []
+    jobs: list[Any] = []
 
     def observed_run_job(*args: Any, **kwargs: Any) -> Any:
         job_result = run_job(*args, **kwargs)
-        statuses.append(job_result.status)
+        jobs.append(job_result)
         return job_result
 
     result = grade_numpy(job.spec, inst, job.answer, run_job=observed_run_job)
-    if statuses and statuses[-1] == "error":
+    if jobs and jobs[-1].status == "error":
         # The sandbox failed (not the student's code): not an invalid answer.
         log.error("sandbox error grading submission %s: %s", job.submission_id,
-                  "; ".join(e.get("message", "") for e in result.errors))
+                  jobs[-1].message)
         return Outcome(SubmissionStatus.ERROR.value, {"error": INTERNAL_ERROR}, None)
     status = SubmissionStatus.GRADED if result.valid else SubmissionStatus.INVALID
     return Outcome(status.value, result.to_json(), result.score if result.valid else None)
