@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, contains_eager, selectinload
 
 from server.models import (
     Assignment,
@@ -224,22 +224,22 @@ def assignment_problem_for(
     course the user is not enrolled in, so nothing leaks about other courses.
     (Site admins see every course.)
     """
-    assignment_problem = session.scalar(
+    # One query (it runs on every submission): the problem with its assignment,
+    # and the enrollment check as EXISTS.
+    query = (
         select(AssignmentProblem)
         .join(Assignment, Assignment.id == AssignmentProblem.assignment_id)
-        .options(selectinload(AssignmentProblem.assignment).selectinload(Assignment.course))
+        .options(contains_eager(AssignmentProblem.assignment))
         .where(AssignmentProblem.assignment_id == assignment_id,
                AssignmentProblem.problem_id == problem_id)
     )
-    if assignment_problem is not None and not user.is_admin:
-        enrolled = session.scalar(
-            select(Enrollment.id).where(
-                Enrollment.user_id == user.id,
-                Enrollment.course_id == assignment_problem.assignment.course_id,
-            )
+    if not user.is_admin:
+        query = query.where(
+            select(Enrollment.id)
+            .where(Enrollment.user_id == user.id, Enrollment.course_id == Assignment.course_id)
+            .exists()
         )
-        if enrolled is None:
-            assignment_problem = None
+    assignment_problem = session.scalar(query)
     if assignment_problem is None:
         raise NotFound(f"problem: no problem {problem_id!r} in assignment {assignment_id} "
                        "of your courses")

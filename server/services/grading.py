@@ -177,6 +177,8 @@ def ensure_instance(
 
 
 _EXPRESSION_CACHE: OrderedDict[tuple[str, int], Any] = OrderedDict()
+# Instance rows never change: their engine objects are kept per process.
+_INSTANCE_CACHE: OrderedDict[tuple[str, str], Any] = OrderedDict()
 
 
 def engine_instance(spec: Any, document: Mapping[str, Any]) -> Any:
@@ -203,7 +205,8 @@ class GradingJob:
 
     submission_id: int
     spec: Any
-    document: Mapping[str, Any]  # the instance's engine JSON, reference included
+    instance_id: int
+    document_json: str  # the instance's engine JSON, reference included
     answer: str
 
 
@@ -213,6 +216,7 @@ class Stored:
     created: bool  # False: a double click found the submission the first click stored
     window: Window
     job: GradingJob | None  # None: nothing to grade (refused, or already stored)
+    attempts_used: int | None = None  # counting this one, if known without a query
 
 
 def store_answer(
@@ -227,16 +231,14 @@ def store_answer(
     assignment = assignment_problem.assignment
     window = submission_window(assignment, now)
     instance = ensure_instance(session, user, assignment_problem, bank, secret)
-    answer_type = (assignment_problem.problem.answer_type
-                   if assignment_problem.problem is not None else "equations")
-    submission, created = store_submission_once(
+    spec = spec_for_version(bank, instance.problem_version)
+    submission, created, attempts_used = store_submission_once(
         session, user=user, assignment_problem=assignment_problem, instance=instance,
-        answer=text, kind=answer_type, now=now, client_ip=client_ip, client_key=key)
+        answer=text, kind=spec.answer, now=now, client_ip=client_ip, client_key=key)
     job = None
     if created and submission.status == SubmissionStatus.PENDING:
-        spec = spec_for_version(bank, instance.problem_version)
-        job = GradingJob(submission.id, spec, json.loads(instance.reference_json), text)
-    return Stored(submission, created, window, job)
+        job = GradingJob(submission.id, spec, instance.id, instance.reference_json, text)
+    return Stored(submission, created, window, job, attempts_used)
 
 
 # --- step 2: grade -------------------------------------------------------------------
@@ -256,7 +258,10 @@ INTERNAL_ERROR = ("the grader failed on our side; this submission costs no attem
 def grade_job(job: GradingJob, *, run_job: Callable[..., Any] | None = None) -> Outcome:
     """Grade a stored answer. Pure apart from the sandbox; never raises."""
     try:
-        inst = engine_instance(job.spec, job.document)
+        # Keyed by the document itself, not the row id: SQLite may reuse the id
+        # of a deleted row.
+        inst = cached(_INSTANCE_CACHE, (job.spec.version, job.document_json),
+                      lambda: engine_instance(job.spec, json.loads(job.document_json)))
         if job.spec.answer == "numpy":
             return _grade_numpy(job, inst, run_job)
         from server.engine.problem import grade_answer
@@ -323,6 +328,7 @@ class SubmitResult:
     submission: Submission
     created: bool
     window: Window
+    attempts_left: int | None  # after this submission; None: unlimited
 
 
 def submit_answer(
@@ -341,11 +347,22 @@ def submit_answer(
         session, user=user, assignment_id=assignment_id, problem_id=problem_id, answer=answer,
         now=now, bank=bank, secret=secret, client_ip=client_ip, client_key=client_key)
     commit()  # the answer is safe now, and no lock is held while grading
+    used = stored.attempts_used
     if stored.job is not None:
         outcome = grade_job(stored.job, run_job=run_job)
         record_outcome(session, stored.submission, outcome, window=stored.window,
                        now=(clock or _utcnow)())
-    return SubmitResult(stored.submission, stored.created, stored.window)
+        if used is not None and stored.submission.attempt is None:
+            used -= 1  # invalid, or our error: the attempt was given back
+    submission = stored.submission
+    limit = submission.assignment_problem.assignment.max_attempts
+    if limit is None:
+        left = None
+    elif used is None:
+        left = attempts_left(session, submission, user.id)
+    else:
+        left = max(0, limit - used)
+    return SubmitResult(submission, stored.created, stored.window, left)
 
 
 def _utcnow() -> dt.datetime:

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from server.models import AssignmentProblem, Instance, ProblemVersion, User
 from server.models.base import dumps
@@ -50,7 +50,9 @@ class Draw:
 
 def get_instance(session: Session, user: User, assignment_problem: AssignmentProblem) -> Instance | None:
     return session.scalar(
-        select(Instance).where(
+        select(Instance)
+        .options(joinedload(Instance.problem_version))  # graders need it: one query, not two
+        .where(
             Instance.user_id == user.id,
             Instance.assignment_problem_id == assignment_problem.id,
         )

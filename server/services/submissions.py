@@ -18,6 +18,7 @@ storing (and grading) a second one.
 from __future__ import annotations
 
 import datetime as dt
+from typing import NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -29,6 +30,12 @@ from server.services.assignments import submission_window
 from server.services.errors import Conflict
 
 MAX_ALLOCATION_TRIES = 8
+
+
+class StoreResult(NamedTuple):
+    submission: Submission
+    created: bool  # False: an earlier submission with the same client key
+    attempts_used: int | None  # counting this one; None when not counted here
 
 
 def used_attempts(session: Session, user_id: int, assignment_problem_id: int) -> list[int]:
@@ -79,7 +86,7 @@ def store_submission(
     client_key: str | None = None,
 ) -> Submission:
     """Store an answer (see ``store_submission_once``); returns the submission."""
-    submission, _ = store_submission_once(
+    submission, _, _ = store_submission_once(
         session, user=user, assignment_problem=assignment_problem, instance=instance,
         answer=answer, kind=kind, now=now, client_ip=client_ip, costs_attempt=costs_attempt,
         client_key=client_key,
@@ -99,12 +106,14 @@ def store_submission_once(
     client_ip: str | None = None,
     costs_attempt: bool = True,
     client_key: str | None = None,
-) -> tuple[Submission, bool]:
+) -> StoreResult:
     """Store an answer, deciding its status before any grading.
 
-    Returns ``(submission, created)``: ``created`` is False when a submission
-    with the same ``client_key`` was already stored (a double click); that
-    earlier submission is returned and nothing new is stored.
+    Returns ``(submission, created, attempts_used)``: ``created`` is False
+    when a submission with the same ``client_key`` was already stored (a
+    double click); that earlier submission is returned and nothing new is
+    stored. ``attempts_used`` counts the user's attempts at the problem
+    including this one, when known without another query.
 
     * outside the submission window (not open yet, or past the late-until
       date): status ``refused``, no attempt; ``result`` is ``{"refused": why}``;
@@ -119,7 +128,7 @@ def store_submission_once(
     if client_key is not None:
         earlier = find_by_client_key(session, user.id, assignment_problem.id, client_key)
         if earlier is not None:
-            return earlier, False
+            return StoreResult(earlier, False, None)
     assignment = assignment_problem.assignment
     window = submission_window(assignment, now)
 
@@ -139,7 +148,7 @@ def store_submission_once(
             result_json=None if refused is None else dumps({"refused": refused}),
         )
 
-    def insert(submission: Submission) -> tuple[Submission, bool] | None:
+    def insert(submission: Submission, used: int | None = None) -> StoreResult | None:
         """The row stored, an earlier one with the same client key, or None (a collision)."""
         try:
             with session.begin_nested():
@@ -148,11 +157,12 @@ def store_submission_once(
             if client_key is not None:
                 earlier = find_by_client_key(session, user.id, assignment_problem.id, client_key)
                 if earlier is not None:
-                    return earlier, False  # the same click, stored by a concurrent request
+                    # the same click, stored by a concurrent request
+                    return StoreResult(earlier, False, None)
             if submission.attempt is None:
                 raise
             return None
-        return submission, True
+        return StoreResult(submission, True, used)
 
     if not window.accepting:
         stored = insert(new(SubmissionStatus.REFUSED, None, window.message))
@@ -167,10 +177,10 @@ def store_submission_once(
         used = used_attempts(session, user.id, assignment_problem.id)
         if limit is not None and len(used) >= limit:
             reason = f"no attempts left: all {limit} attempts at this problem are used"
-            stored = insert(new(SubmissionStatus.REFUSED, None, reason))
+            stored = insert(new(SubmissionStatus.REFUSED, None, reason), len(used))
             assert stored is not None
             return stored
-        stored = insert(new(SubmissionStatus.PENDING, _lowest_free(used)))
+        stored = insert(new(SubmissionStatus.PENDING, _lowest_free(used)), len(used) + 1)
         if stored is not None:
             return stored
         # another request took this number first; look again

@@ -7,7 +7,7 @@ import hashlib
 import secrets
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from server.models import ApiToken, User, utcnow
 from server.services.errors import NotFound, ValidationError
@@ -67,7 +67,11 @@ def user_for_token(session: Session, token: str) -> User | None:
     """The owner of an active token, recording its use; None if unknown or revoked."""
     if not token or len(token) > 200:
         return None
-    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
+    row = session.scalar(
+        select(ApiToken)
+        .options(joinedload(ApiToken.user))  # one query per API request, not two
+        .where(ApiToken.token_hash == hash_token(token))
+    )
     if row is None or row.revoked_at is not None:
         return None
     now = utcnow()

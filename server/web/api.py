@@ -150,8 +150,7 @@ def submit(assignment_id: int, problem_id: str) -> Response:
     except ValidationError as exc:
         abort(400, str(exc))
     submission = result.submission
-    summary = grading.submission_summary(
-        submission, grading.attempts_left(session, submission, g.api_user.id))
+    summary = grading.submission_summary(submission, result.attempts_left)
     if not result.created:  # the same Idempotency-Key again: what the first request stored
         return jsonify(summary)
     status = STATUS_CODES[SubmissionStatus(submission.status)]

@@ -388,3 +388,17 @@ def test_a_double_click_racing_with_itself_stores_once(db_backend, db_engine, se
     assert sorted(created for *_, created in outcomes) == [False, True]
     session.expire_all()
     assert session.query(Submission).count() == 1
+
+
+def test_cached_engine_instances_follow_the_stored_document_not_the_row_id(engine_bank):
+    # SQLite may give a new instance the id of a deleted one: grading must use
+    # the new document, not an engine instance cached for the old one.
+    from server.engine.problem import draw
+
+    spec = engine_bank["mlp-relu"]
+    for seed in (1, 2):
+        inst = draw(spec, seed)
+        n = inst.dims["N"]
+        job = grading.GradingJob(1, spec, 1, json.dumps(inst.to_json()), "dx = x")
+        (line,) = grading.grade_job(job).result["equations"]
+        assert f"dx is {n}×1 but should be 1×{n}" in line["message"], seed

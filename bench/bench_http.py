@@ -1,0 +1,313 @@
+"""Submissions over HTTP against the real server: `nabla serve` (gunicorn) on loopback.
+
+    .venv/bin/python bench/bench_http.py [--clients 4] [--requests 150] [--seconds 20]
+                                         [--workers 3] [--threads 4] [--postgres URL]
+
+Creates a fresh database (SQLite in a temporary folder; with --postgres, a new
+database on that server, dropped at the end), migrates it, adds the demo
+course (``nabla demo``'s data) plus one student per client and a "Benchmark"
+assignment with mlp-relu (equations) and mlp-relu-numpy (numpy) and 1000
+attempts per problem, and gives each student an API token. It then starts
+``nabla serve --bind 127.0.0.1:<free port>`` and, for each answer type,
+drives it with --clients concurrent clients (one keep-alive connection each),
+each POSTing its model answer to /api/v1/.../submissions until it has sent
+--requests or --seconds have passed. Every response must be 201 with score 1.
+
+Prints, per answer type: p50/p90/p99/max latency of the POST as the client
+sees it, and throughput (graded submissions per second over the phase).
+Figures only; nothing here asserts a time. The goals (2 cores): p50 <= 8 ms
+for equations and <= 12 ms for numpy; p99 <= 30 ms and <= 40 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import http.client
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+HOST = "127.0.0.1"  # loopback only
+PROBLEMS = {"equations": "mlp-relu", "numpy": "mlp-relu-numpy"}
+GOALS = {"equations": (8.0, 30.0), "numpy": (12.0, 40.0)}
+MAX_CLIENTS = 32
+MAX_REQUESTS = 900  # per client and phase: below the assignment's 1000 attempts
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+# --- the database ----------------------------------------------------------------------
+
+
+def create_postgres_database(server_url: str) -> str:
+    from sqlalchemy import create_engine, make_url, text
+
+    name = f"nabla_bench_{secrets.token_hex(4)}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_postgres_database(server_url: str, url: str) -> None:
+    from sqlalchemy import create_engine, make_url, text
+
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(
+                text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+def prepare_data(url: str, clients: int) -> tuple[int, list[str]]:
+    """Migrate, add the demo and the bench students; returns (assignment id, tokens)."""
+    from server import db
+    from server.cli.web_cmds import DEMO_COURSE, create_demo
+    from server.engine.bank import load_bank
+    from server.models import utcnow
+    from server.services import accounts, assignments, courses, tokens
+
+    db.upgrade(url)
+    engine = db.make_engine(url)
+    bank = load_bank()
+    try:
+        session = db.make_sessionmaker(engine)()
+        with session.begin():
+            now = utcnow()
+            create_demo(session, bank, now)
+            course = courses.get_course(session, DEMO_COURSE[0])
+            draft = assignments.AssignmentDraft(
+                title="Benchmark", open_at=now - dt.timedelta(days=1),
+                due_at=now + dt.timedelta(days=7), max_attempts=1000,
+                problems=[assignments.ProblemChoice(pid) for pid in PROBLEMS.values()])
+            assignment = assignments.create_assignment(session, course, draft, bank)
+            api_tokens = []
+            for number in range(1, clients + 1):
+                user = accounts.create_user(session, f"bench{number}@example.edu",
+                                            f"Bench Student {number}", None)
+                courses.enroll(session, course, user, "student")
+                api_tokens.append(tokens.create_token(session, user, "bench_http")[1])
+            assignment_id = assignment.id
+        session.close()
+    finally:
+        engine.dispose()
+    return assignment_id, api_tokens
+
+
+def model_answers() -> dict[str, str]:
+    """The model answer of each problem; neither has structural choices, so it holds for
+    every student's instance (the server's score of 1 confirms it)."""
+    from server.engine.bank import load_bank
+    from server.engine.problem import draw, model_answer
+
+    bank = load_bank()
+    answers = {}
+    for kind, pid in PROBLEMS.items():
+        spec = bank[pid]
+        assert not spec.choices, f"{pid} has choices: the answer would differ per student"
+        answers[kind] = model_answer(spec, draw(spec, 0))
+    return answers
+
+
+# --- the server ------------------------------------------------------------------------
+
+
+def start_server(env: dict[str, str], port: int, workers: int, threads: int,
+                 log_path: Path) -> subprocess.Popen:
+    nabla = Path(sys.executable).with_name("nabla")
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [str(nabla), "serve", "--bind", f"{HOST}:{port}", "--workers", str(workers),
+         "--threads", str(threads)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"nabla serve exited:\n{log_path.read_text()[-3000:]}")
+        try:
+            connection = http.client.HTTPConnection(HOST, port, timeout=2)
+            connection.request("GET", "/login")
+            if connection.getresponse().status == 200:
+                connection.close()
+                return process
+        except OSError:
+            time.sleep(0.2)
+    stop_server(process)
+    raise SystemExit("nabla serve did not answer within 60 s")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+# --- the clients -----------------------------------------------------------------------
+
+
+class Client:
+    def __init__(self, port: int, token: str) -> None:
+        self.connection = http.client.HTTPConnection(HOST, port, timeout=30)
+        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        self.connection.request(method, path, body=body, headers=self.headers)
+        response = self.connection.getresponse()
+        return response.status, response.read()
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def run_phase(port: int, api_tokens: list[str], path: str, answer: str, requests: int,
+              seconds: float) -> tuple[list[float], float, list[str]]:
+    """Every client POSTs the answer back to back; returns latencies (ms), wall time, errors."""
+    body = json.dumps({"answer": answer}).encode()
+    latencies: list[list[float]] = [[] for _ in api_tokens]
+    errors: list[str] = []
+    barrier = threading.Barrier(len(api_tokens) + 1)
+    deadline_box: list[float] = []
+
+    def drive(index: int, token: str) -> None:
+        client = Client(port, token)
+        try:
+            client.request("GET", path.removesuffix("/submissions"))  # warm: instance drawn
+            barrier.wait()
+            deadline = deadline_box[0]
+            mine = latencies[index]
+            while len(mine) < requests and time.monotonic() < deadline:
+                started = time.perf_counter()
+                status, raw = client.request("POST", path, body)
+                mine.append((time.perf_counter() - started) * 1e3)
+                if status != 201:
+                    errors.append(f"HTTP {status}: {raw[:200]!r}")
+                elif json.loads(raw)["score"] != 1.0:
+                    errors.append(f"score {json.loads(raw)['score']}")
+        except Exception as exc:  # reported with the figures
+            errors.append(f"{type(exc).__name__}: {exc}")
+            if barrier.n_waiting:
+                barrier.abort()
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=drive, args=(i, t)) for i, t in enumerate(api_tokens)]
+    for thread in threads:
+        thread.start()
+    deadline_box.append(time.monotonic() + seconds)
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    return [x for per_client in latencies for x in per_client], wall, errors
+
+
+def warm_up(port: int, api_tokens: list[str], paths: dict[str, str],
+            answers: dict[str, str]) -> None:
+    """A few submissions per process before measuring: imports, the sandbox pool, caches."""
+    for kind, path in paths.items():
+        run_phase(port, api_tokens, path, answers[kind], requests=5, seconds=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--requests", type=int, default=150, help="per client and answer type")
+    parser.add_argument("--seconds", type=float, default=20.0, help="per answer type, at most")
+    parser.add_argument("--workers", type=int, default=(os.cpu_count() or 2) + 1)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--postgres", metavar="SERVER_URL",
+                        help="use a new database on this PostgreSQL server instead of SQLite, "
+                             "e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    args = parser.parse_args()
+    if not 1 <= args.clients <= MAX_CLIENTS:
+        parser.error(f"--clients must be between 1 and {MAX_CLIENTS}")
+    if not 1 <= args.requests <= MAX_REQUESTS:
+        parser.error(f"--requests must be between 1 and {MAX_REQUESTS}")
+    if not 0 < args.seconds <= 300:
+        parser.error("--seconds must be in (0, 300]")
+
+    folder = Path(tempfile.mkdtemp(prefix="nabla-bench-http-"))
+    url = (create_postgres_database(args.postgres) if args.postgres
+           else f"sqlite:///{folder / 'bench.sqlite3'}")
+    process = None
+    keep_folder = False
+    try:
+        assignment_id, api_tokens = prepare_data(url, args.clients)
+        answers = model_answers()
+        env = {**os.environ, "NABLA_DATABASE_URL": url, "NABLA_INSTANCE_PATH": str(folder),
+               "NABLA_SECRET_KEY": secrets.token_hex(32)}
+        port = free_port()
+        process = start_server(env, port, args.workers, args.threads, folder / "server.log")
+        paths = {kind: f"/api/v1/assignments/{assignment_id}/problems/{pid}/submissions"
+                 for kind, pid in PROBLEMS.items()}
+        warm_up(port, api_tokens, paths, answers)
+
+        backend = "PostgreSQL" if args.postgres else "SQLite (WAL)"
+        print(f"nabla serve on {HOST}:{port}: {args.workers} workers x {args.threads} threads, "
+              f"{backend}; {args.clients} clients, keep-alive; "
+              f"{os.cpu_count()} CPUs, {platform.platform()}, "
+              f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC")
+        failed = False
+        for kind, path in paths.items():
+            latencies, wall, errors = run_phase(port, api_tokens, path, answers[kind],
+                                                args.requests, args.seconds)
+            good, bad = GOALS[kind]
+            p50, p99 = statistics.median(latencies), pct(latencies, 0.99)
+            print(f"{kind:<9} POST n={len(latencies):5d}  p50 {p50:6.2f} ms  "
+                  f"p90 {pct(latencies, 0.9):6.2f} ms  p99 {p99:6.2f} ms  "
+                  f"max {max(latencies):7.2f} ms  {len(latencies) / wall:7.1f} submissions/s"
+                  f"   (goal p50 <= {good:g}, p99 <= {bad:g} ms)")
+            if errors:
+                failed = True
+                print(f"  {len(errors)} errors, e.g. {errors[0]}")
+        if failed:
+            keep_folder = True
+            print(f"server log: {folder / 'server.log'}")
+            sys.exit(1)
+    finally:
+        if process is not None:
+            stop_server(process)
+        if args.postgres:
+            drop_postgres_database(args.postgres, url)
+        if not keep_folder:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
