@@ -162,8 +162,8 @@ def ensure_instance(
         return existing
     spec = bank.get(assignment_problem.problem_id)
     if spec is None:
-        raise NotFound(f"problem: {assignment_problem.problem_id!r} is no longer in the "
-                       "problem bank; ask the course staff")
+        raise NotFound(f"problem: {assignment_problem.problem_id!r} is not available in the "
+                       "problem bank right now; ask the course staff")
     try:
         with session.begin_nested():
             version = record_problem_version(session, spec)

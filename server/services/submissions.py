@@ -132,7 +132,8 @@ def store_submission_once(
     assignment = assignment_problem.assignment
     window = submission_window(assignment, now)
 
-    def new(status: SubmissionStatus, attempt: int | None, refused: str | None = None) -> Submission:
+    def new(status: SubmissionStatus, attempt: int | None,
+            refused: str | None = None) -> Submission:
         return Submission(
             user_id=user.id,
             assignment_problem_id=assignment_problem.id,

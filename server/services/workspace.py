@@ -128,7 +128,8 @@ def variable_rows(spec: Any, document: Mapping[str, Any]) -> list[VariableRow]:
         else:
             role = "intermediate"
         rows_, cols = shapes[name]
-        gradient_size = f"{cols}×{rows_}" if document["layout"] == "numerator" else f"{rows_}×{cols}"
+        numerator = document["layout"] == "numerator"
+        gradient_size = f"{cols}×{rows_}" if numerator else f"{rows_}×{cols}"
         rows.append(VariableRow(
             name=name,
             role=role,
@@ -208,9 +209,10 @@ def values_npz(instance: Instance) -> bytes:
 
     document = public_document(instance)
     arrays: dict[str, Any] = {}
+    indexed = set(document.get("indexed", []))
     for name, value in document["values"].items():
-        base = name[1:] if name.startswith("d") and name[1:] in document.get("indexed", []) else name
-        if base in document.get("indexed", []):
+        base = name[1:] if name.startswith("d") and name[1:] in indexed else name
+        if base in indexed:
             arrays[name] = np.stack([np.asarray(v, dtype=np.float64) for v in value])
         else:
             arrays[name] = np.asarray(value, dtype=np.float64)

@@ -20,7 +20,7 @@ from server.services import grading, workspace
 from server.services.assignments import AssignmentStatus, student_assignments
 from server.services.errors import Forbidden, NotFound, ValidationError
 from server.web.access import token_required
-from server.web.bank import get_bank
+from server.web.bank import get_bank_for_students
 from server.web.student import instance_secret
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -83,8 +83,9 @@ def _error(status: int, message: str, **extra: Any) -> Response:
 def problem(assignment_id: int, problem_id: str) -> Response:
     """My instance: dims, choices, forward, given, ask, values, layout, the statement."""
     try:
-        ws = workspace.open_problem(get_session(), g.api_user, assignment_id, problem_id,
-                                    bank=get_bank(), secret=instance_secret(), now=utcnow())
+        ws = workspace.open_problem(
+            get_session(), g.api_user, assignment_id, problem_id,
+            bank=get_bank_for_students(), secret=instance_secret(), now=utcnow())
     except NotFound as exc:
         abort(404, str(exc))
     document = ws.document
@@ -141,14 +142,17 @@ def submit(assignment_id: int, problem_id: str) -> Response:
         result = grading.submit_answer(
             session, user=g.api_user, assignment_id=assignment_id, problem_id=problem_id,
             answer=body["answer"], client_key=request.headers.get("Idempotency-Key"),
-            now=utcnow(), bank=get_bank(), secret=instance_secret(), commit=session.commit,
-            client_ip=request.remote_addr)
+            now=utcnow(), bank=get_bank_for_students(), secret=instance_secret(),
+            commit=session.commit, client_ip=request.remote_addr)
     except NotFound as exc:
         abort(404, str(exc))
     except grading.AnswerTooLarge as exc:
         abort(413, str(exc))
     except ValidationError as exc:
         abort(400, str(exc))
+    # Commit here: the teardown rolls back on a 5xx, and a 503 (our grader
+    # failed) must still record the submission's error and give its attempt back.
+    session.commit()
     submission = result.submission
     summary = grading.submission_summary(submission, result.attempts_left)
     if not result.created:  # the same Idempotency-Key again: what the first request stored
@@ -156,7 +160,9 @@ def submit(assignment_id: int, problem_id: str) -> Response:
     status = STATUS_CODES[SubmissionStatus(submission.status)]
     if status >= 400:
         first_error = (summary["errors"] or [{}])[0].get("message")
-        message = summary["message"] if first_error is None else f"{summary['message']}: {first_error}"
+        message = summary["message"]
+        if first_error is not None:
+            message = f"{message}: {first_error}"
         return _error(status, message, submission=summary)
     response = jsonify(summary)
     response.status_code = status
@@ -175,4 +181,5 @@ def submission(submission_id: int) -> Response:
         abort(404, str(exc))
     except Forbidden as exc:
         abort(403, str(exc))
-    return jsonify(grading.submission_summary(sub, grading.attempts_left(session, sub, sub.user_id)))
+    left = grading.attempts_left(session, sub, sub.user_id)
+    return jsonify(grading.submission_summary(sub, left))

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import abort, current_app
+from werkzeug.exceptions import HTTPException
 
 
 def get_bank() -> Mapping[str, Any]:
@@ -30,3 +31,18 @@ def get_bank() -> Mapping[str, Any]:
             f"The problem bank could not be loaded: {exc}. "
             "Fix the spec files (`nabla problems check` lists the errors).",
         )
+
+
+def get_bank_for_students() -> Mapping[str, Any]:
+    """The bank, or an empty one when it cannot be loaded.
+
+    A student's instance keeps the spec version it was drawn from (stored in
+    the database), so grading and the problem page do not need the bank once
+    the instance exists: a broken spec file in the bank must not stop students
+    from working and submitting. Only a first visit needs the bank, and then
+    says the problem is not available.
+    """
+    try:
+        return get_bank()
+    except HTTPException:
+        return {}

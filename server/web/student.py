@@ -26,7 +26,7 @@ from server.services.assignments import student_assignments
 from server.services.courses import STAFF_ROLES, courses_for_user
 from server.services.errors import Forbidden, NotFound, ValidationError
 from server.web.access import login_required
-from server.web.bank import get_bank
+from server.web.bank import get_bank_for_students
 from server.web.forms import AnswerForm
 
 bp = Blueprint("student", __name__)
@@ -58,7 +58,7 @@ def _open(assignment_id: int, problem_id: str) -> workspace.ProblemWorkspace:
     try:
         return workspace.open_problem(
             get_session(), current_user, assignment_id, problem_id,
-            bank=get_bank(), secret=instance_secret(), now=utcnow())
+            bank=get_bank_for_students(), secret=instance_secret(), now=utcnow())
     except NotFound as exc:
         abort(404, str(exc))
 
@@ -93,14 +93,15 @@ def submit(assignment_id: int, problem_id: str) -> Any:
         result = grading.submit_answer(
             session, user=current_user, assignment_id=assignment_id, problem_id=problem_id,
             answer=form.answer.data or "", client_key=form.submission_key.data,
-            now=utcnow(), bank=get_bank(), secret=instance_secret(), commit=session.commit,
-            client_ip=request.remote_addr)
+            now=utcnow(), bank=get_bank_for_students(), secret=instance_secret(),
+            commit=session.commit, client_ip=request.remote_addr)
     except NotFound as exc:
         abort(404, str(exc))
     except ValidationError as exc:
         # Nothing was stored; the page comes back with the text in the box.
         code = 413 if isinstance(exc, grading.AnswerTooLarge) else 400
         return _render_problem(_open(assignment_id, problem_id), form, str(exc), code)
+    session.commit()  # the verdict is recorded whatever happens while responding
     submission = result.submission
     if not result.created:
         flash("This answer was already sent (a second click); it was stored once.")

@@ -46,7 +46,8 @@ def test_bad_answer_text_names_the_field_and_the_reason(answer, reason):
 
 
 def test_line_ends_are_normalized():
-    assert grading.clean_answer("dz7 = doutput\r\ndb3 = doutput\r") == "dz7 = doutput\ndb3 = doutput\n"
+    cleaned = grading.clean_answer("dz7 = doutput\r\ndb3 = doutput\r")
+    assert cleaned == "dz7 = doutput\ndb3 = doutput\n"
 
 
 @pytest.mark.parametrize("key", ["short", "x" * 65, "nøn-ascii-key", "tab\there-key"])

@@ -72,7 +72,8 @@ def test_submit_and_read_back(client, app_session, engine_bank, api):
     response = _post(client, api, answer)
     assert response.status_code == 201
     body = response.json
-    assert (body["status"], body["attempt"], body["late"], body["score"]) == ("graded", 1, False, 1.0)
+    assert (body["status"], body["attempt"], body["late"], body["score"]) == (
+        "graded", 1, False, 1.0)
     assert body["valid"] is True and body["errors"] == [] and body["attempts_left"] == 1
     assert len(body["equations"]) == 14 and body["gradients"]["dW1"]["verdict"] == "correct"
     assert response.headers["Location"] == f"/api/v1/submissions/{body['id']}"
@@ -170,3 +171,18 @@ def test_tokens_and_ownership(client, app_session, api):
     assert response.status_code == 404 and response.is_json
     assert client.get(_url(api["hw"], "nope"), headers=_auth(api)).status_code == 404
     assert len(stored(app_session)) == 1
+
+
+def test_a_sandbox_failure_is_503_recorded_and_costs_no_attempt(client, app_session, api,
+                                                                  monkeypatch):
+    import server.sandbox
+    from server.sandbox import JobResult
+
+    monkeypatch.setattr(server.sandbox, "run_job",
+                        lambda *a, **k: JobResult(status="error", message="worker gone"))
+    response = _post(client, api, "def backward(**kw):\n    return {}\n",
+                     problem_id="mlp-relu-numpy")
+    assert response.status_code == 503 and "costs no attempt" in response.json["error"]
+    assert response.json["submission"]["attempts_left"] == 2
+    # Recorded despite the 5xx (the request teardown rolls back on server errors).
+    assert stored(app_session) == [("error", None, "def backward(**kw):\n    return {}\n")]

@@ -236,3 +236,21 @@ def test_staff_see_every_submission_including_refused(client, app_session, cours
     login(client, "student1@example.edu")
     assert client.get(f"/staff/CS101/submissions/{sub_id}").status_code == 403
     assert client.get(f"/staff/CS101/assignments/{course['hw']}/submissions").status_code == 403
+
+
+def test_a_broken_bank_does_not_stop_students_who_started(app, client, app_session, engine_bank,
+                                                         course):
+    login(client, "student1@example.edu")
+    assert client.get(_page(course["hw"], "mlp-relu")).status_code == 200  # drawn
+    answer = model_answer(app_session, engine_bank, "student1@example.edu", "mlp-relu")
+
+    def broken_bank():
+        raise ValueError("problems/mlp-relu.toml: line 3: unknown name 'W9'")
+
+    app.config["NABLA_PROBLEM_BANK"] = broken_bank
+    assert client.get(_page(course["hw"], "mlp-relu")).status_code == 200
+    feedback = _text(client.get(_submit(client, course["hw"], "mlp-relu", answer)
+                                .headers["Location"]))
+    assert "Score <strong>100%</strong>" in feedback  # graded with the stored spec version
+    response = client.get(_page(course["hw"], "mlp-relu-numpy"))  # never opened: not drawable
+    assert response.status_code == 404 and "not available" in _text(response)
