@@ -17,7 +17,11 @@ from werkzeug.wrappers import Response
 from server.db import get_session
 from server.models import SubmissionStatus, utcnow
 from server.services import grading, workspace
-from server.services.assignments import AssignmentStatus, student_assignments
+from server.services.assignments import (
+    AssignmentStatus,
+    assignment_problem_for,
+    student_assignments,
+)
 from server.services.errors import Forbidden, NotFound, ValidationError
 from server.web.access import token_required
 from server.web.bank import get_bank_for_students
@@ -168,6 +172,22 @@ def submit(assignment_id: int, problem_id: str) -> Response:
     response.status_code = status
     response.headers["Location"] = f"{bp.url_prefix}/submissions/{submission.id}"
     return response
+
+
+@bp.route("/assignments/<int:assignment_id>/problems/<problem_id>/submissions")
+@token_required
+def problem_submissions(assignment_id: int, problem_id: str) -> Response:
+    """My submissions of one problem, newest first, each in the shape POST returns."""
+    session = get_session()
+    try:
+        assignment_problem = assignment_problem_for(session, g.api_user, assignment_id, problem_id)
+    except NotFound as exc:
+        abort(404, str(exc))
+    left = grading.attempts_left(session, assignment_problem, g.api_user.id)
+    return jsonify(submissions=[
+        grading.submission_summary(sub, left)
+        for sub in grading.problem_submissions(session, g.api_user, assignment_problem)
+    ])
 
 
 @bp.route("/submissions/<int:submission_id>")

@@ -79,6 +79,13 @@ def test_submit_and_read_back(client, app_session, engine_bank, api):
     assert response.headers["Location"] == f"/api/v1/submissions/{body['id']}"
     again = client.get(response.headers["Location"], headers=_auth(api))
     assert again.status_code == 200 and again.json == body
+    _post(client, api, "dz7 = = 1")
+    listed = client.get(_url(api["hw"], tail="/submissions"), headers=_auth(api)).json
+    assert [(s["status"], s["attempt"]) for s in listed["submissions"]] == [
+        ("invalid", None), ("graded", 1)]
+    theirs = client.get(_url(api["hw"], tail="/submissions"),
+                        headers=_auth(api, "student2@example.edu")).json
+    assert theirs == {"submissions": []}
 
 
 def test_numpy_submission(client, app_session, engine_bank, api):
