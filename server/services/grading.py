@@ -525,17 +525,20 @@ def annotated_lines(answer: str, result: Mapping[str, Any] | None) -> list[dict[
                 verdict = "carried"
             else:
                 verdict = "wrong"
+            # A loop body is judged once per step: one message, with its targets.
+            targets: dict[str, list[str]] = {}
             for item in wrong:
                 message = item.get("message") or item.get("verdict", "")
-                label = f"{item.get('target')}: " if len(items) > 1 else ""
-                if label + message not in messages:
-                    messages.append(label + message)
+                targets.setdefault(message, []).append(str(item.get("target", "")))
+            for message, names in targets.items():
+                messages.append(f"{', '.join(names)}: {message}" if len(items) > 1 else message)
         lines.append({"number": number, "text": text, "verdict": verdict,
                       "mark": VERDICT_MARKS.get(verdict or "", ""), "messages": messages})
     return lines
 
 
-def general_errors(result: Mapping[str, Any] | None) -> list[str]:
-    """Messages not tied to a line of the answer (line 0)."""
+def general_errors(result: Mapping[str, Any] | None, answer: str = "") -> list[str]:
+    """Messages not tied to a line of the answer (line 0, or past its end)."""
+    count = len(answer.split("\n"))
     return [e.get("message", "") for e in (result or {}).get("errors", [])
-            if int(e.get("line", 0)) == 0]
+            if not 1 <= int(e.get("line", 0)) <= count]

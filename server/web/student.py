@@ -152,7 +152,7 @@ def submission(submission_id: int) -> tuple[str, int]:
         "student/submission.html",
         sub=sub, summary=grading.submission_summary(sub, left),
         lines=grading.annotated_lines(sub.answer, sub.result),
-        general=grading.general_errors(sub.result),
+        general=grading.general_errors(sub.result, sub.answer),
         assignment=sub.assignment_problem.assignment,
         problem=sub.assignment_problem.problem,
     ), 200

@@ -60,6 +60,6 @@ def submission(course: Course, submission_id: int) -> str:
         "ta/submission.html",
         course=course, sub=sub, summary=grading.submission_summary(sub, left),
         lines=grading.annotated_lines(sub.answer, sub.result),
-        general=grading.general_errors(sub.result),
+        general=grading.general_errors(sub.result, sub.answer),
         assignment=sub.assignment_problem.assignment,
     )

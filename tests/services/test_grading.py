@@ -403,3 +403,13 @@ def test_cached_engine_instances_follow_the_stored_document_not_the_row_id(engin
         job = grading.GradingJob(1, spec, 1, json.dumps(inst.to_json()), "dx = x")
         (line,) = grading.grade_job(job).result["equations"]
         assert f"dx is {n}×1 but should be 1×{n}" in line["message"], seed
+
+
+def test_feedback_groups_loop_steps_and_keeps_errors_past_the_last_line():
+    result = {"errors": [{"line": 0, "message": "time limit"}, {"line": 9, "message": "eof"}],
+              "equations": [
+                  {"line": 2, "target": f"dz1[{t}]", "verdict": "sign", "rule_correct": False,
+                   "message": "wrong sign"} for t in range(3)]}
+    lines = grading.annotated_lines("for t in range(3):\n    dz1[t] = -dz2[t]", result)
+    assert lines[1]["messages"] == ["dz1[0], dz1[1], dz1[2]: wrong sign"]
+    assert grading.general_errors(result, "a\nb") == ["time limit", "eof"]
