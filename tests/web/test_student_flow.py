@@ -254,3 +254,12 @@ def test_a_broken_bank_does_not_stop_students_who_started(app, client, app_sessi
     assert "Score <strong>100%</strong>" in feedback  # graded with the stored spec version
     response = client.get(_page(course["hw"], "mlp-relu-numpy"))  # never opened: not drawable
     assert response.status_code == 404 and "not available" in _text(response)
+
+
+def test_the_answer_box_keeps_a_leading_blank_line(client, app_session, course):
+    # HTML drops one newline right after <textarea>: the template adds one, so
+    # the box shows the stored text exactly and line numbers match the feedback.
+    login(client, "student1@example.edu")
+    _submit(client, course["hw"], "mlp-relu", "\ndz7 = doutput")
+    page = client.get(_page(course["hw"], "mlp-relu")).get_data(as_text=True)
+    assert 'autocomplete="off">\n\ndz7 = doutput</textarea>' in page
