@@ -28,3 +28,7 @@ class Forbidden(ServiceError):
 
 class Conflict(ServiceError):
     pass
+
+
+class Unavailable(ServiceError):
+    """Our side cannot do it now (a broken problem spec): not the user's fault."""

@@ -49,7 +49,7 @@ from server.models import (
 )
 from server.models.base import dumps
 from server.services.assignments import Window, assignment_problem_for, submission_window
-from server.services.errors import Forbidden, NotFound, ValidationError
+from server.services.errors import Forbidden, NotFound, Unavailable, ValidationError
 from server.services.instances import Draw, get_instance, get_or_create_instance
 from server.services.problems import record_problem_version
 from server.services.submissions import store_submission_once, used_attempts
@@ -143,7 +143,13 @@ def _draw_from(spec: Any) -> Callable[[int], Draw]:
     def draw_for_seed(seed: int) -> Draw:
         from server.engine.problem import draw
 
-        document = draw(spec, seed).to_json(include_reference=True)
+        try:
+            document = draw(spec, seed).to_json(include_reference=True)
+        except Exception as exc:  # InstanceError, BrokenProblemError: the spec's fault
+            log.exception("drawing %s for seed %s failed", spec.id, seed)
+            raise Unavailable(
+                f"problem: {spec.id!r} cannot be drawn right now ({exc.__class__.__name__}); "
+                "the course staff can see the error in the server log") from None
         # The whole engine document (with the reference and the per-step
         # accumulation) goes in reference_json; it never leaves the server.
         return Draw(dims=document["dims"], choices=document["choices"],

@@ -22,7 +22,7 @@ from server.services.assignments import (
     assignment_problem_for,
     student_assignments,
 )
-from server.services.errors import Forbidden, NotFound, ValidationError
+from server.services.errors import Conflict, Forbidden, NotFound, Unavailable, ValidationError
 from server.web.access import token_required
 from server.web.bank import get_bank_for_students
 from server.web.student import instance_secret
@@ -92,6 +92,8 @@ def problem(assignment_id: int, problem_id: str) -> Response:
             bank=get_bank_for_students(), secret=instance_secret(), now=utcnow())
     except NotFound as exc:
         abort(404, str(exc))
+    except Unavailable as exc:
+        abort(503, str(exc))
     document = ws.document
     return jsonify(
         assignment=ws.assignment.id,
@@ -154,6 +156,10 @@ def submit(assignment_id: int, problem_id: str) -> Response:
         abort(413, str(exc))
     except ValidationError as exc:
         abort(400, str(exc))
+    except Conflict as exc:  # too many racing submissions: nothing stored, send again
+        abort(409, str(exc))
+    except Unavailable as exc:
+        abort(503, str(exc))
     # Commit here: the teardown rolls back on a 5xx, and a 503 (our grader
     # failed) must still record the submission's error and give its attempt back.
     session.commit()

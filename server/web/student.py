@@ -24,7 +24,7 @@ from server.models import utcnow
 from server.services import grading, workspace
 from server.services.assignments import student_assignments
 from server.services.courses import STAFF_ROLES, courses_for_user
-from server.services.errors import Forbidden, NotFound, ValidationError
+from server.services.errors import Conflict, Forbidden, NotFound, Unavailable, ValidationError
 from server.web.access import login_required
 from server.web.bank import get_bank_for_students
 from server.web.forms import AnswerForm
@@ -61,6 +61,8 @@ def _open(assignment_id: int, problem_id: str) -> workspace.ProblemWorkspace:
             bank=get_bank_for_students(), secret=instance_secret(), now=utcnow())
     except NotFound as exc:
         abort(404, str(exc))
+    except Unavailable as exc:
+        abort(503, str(exc))
 
 
 def _render_problem(ws: workspace.ProblemWorkspace, form: AnswerForm | None = None,
@@ -97,9 +99,12 @@ def submit(assignment_id: int, problem_id: str) -> Any:
             commit=session.commit, client_ip=request.remote_addr)
     except NotFound as exc:
         abort(404, str(exc))
-    except ValidationError as exc:
+    except Unavailable as exc:
+        abort(503, str(exc))
+    except (ValidationError, Conflict) as exc:
         # Nothing was stored; the page comes back with the text in the box.
-        code = 413 if isinstance(exc, grading.AnswerTooLarge) else 400
+        code = (413 if isinstance(exc, grading.AnswerTooLarge)
+                else 409 if isinstance(exc, Conflict) else 400)
         return _render_problem(_open(assignment_id, problem_id), form, str(exc), code)
     session.commit()  # the verdict is recorded whatever happens while responding
     submission = result.submission

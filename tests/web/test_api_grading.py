@@ -193,3 +193,19 @@ def test_a_sandbox_failure_is_503_recorded_and_costs_no_attempt(client, app_sess
     assert response.json["submission"]["attempts_left"] == 2
     # Recorded despite the 5xx (the request teardown rolls back on server errors).
     assert stored(app_session) == [("error", None, "def backward(**kw):\n    return {}\n")]
+
+
+def test_a_problem_that_cannot_be_drawn_is_503_naming_it(client, app_session, api, monkeypatch,
+                                                         caplog):
+    import server.engine.problem
+    from server.engine.instance import InstanceError
+
+    def broken(spec, seed):
+        raise InstanceError(f"{spec.id}: no acceptable draw")
+
+    monkeypatch.setattr(server.engine.problem, "draw", broken)
+    response = client.get(_url(api["hw"]), headers=_auth(api))
+    assert response.status_code == 503 and "'mlp-relu' cannot be drawn" in response.json["error"]
+    response = _post(client, api, "dz7 = doutput")
+    assert response.status_code == 503 and stored(app_session) == []
+    assert "no acceptable draw" in caplog.text  # the details go to the log, for staff
