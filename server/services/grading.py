@@ -134,7 +134,16 @@ def spec_for_version(bank: Mapping[str, Any], version: ProblemVersion) -> Any:
     def parse() -> Any:
         from server.engine.spec import parse_spec
 
-        return parse_spec(version.spec_text, f"<{version.problem_id} version {version.version}>")
+        try:
+            return parse_spec(version.spec_text,
+                              f"<{version.problem_id} version {version.version}>")
+        except Exception as exc:  # the engine no longer accepts an old spec text
+            log.exception("stored spec %s version %s does not parse", version.problem_id,
+                          version.version)
+            raise Unavailable(
+                f"problem: version {version.version} of {version.problem_id!r}, which your "
+                f"instance was drawn from, cannot be read ({exc.__class__.__name__}); "
+                "the course staff can see the error in the server log") from None
 
     return cached(_SPEC_CACHE, version.spec_hash, parse)
 
