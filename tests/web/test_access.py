@@ -23,6 +23,13 @@ def test_every_route_declares_its_access(app):
     assert declared["ta.course"] == "role:ta,instructor"
     assert declared["instructor.new_assignment"] == "role:instructor"
     assert declared["api.assignments"] == "token"
+    for endpoint in ("student.problem", "student.submit", "student.submission",
+                     "student.values_json", "student.values_npz"):
+        assert declared[endpoint] == "login", endpoint
+    for endpoint in ("api.problem", "api.submit", "api.submission", "api.problem_submissions"):
+        assert declared[endpoint] == "token", endpoint
+    for endpoint in ("ta.submissions", "ta.submission"):
+        assert declared[endpoint] == "role:ta,instructor", endpoint
 
 
 def test_every_api_route_uses_tokens(app):
