@@ -544,9 +544,12 @@ def annotated_lines(answer: str, result: Mapping[str, Any] | None) -> list[dict[
             targets: dict[str, list[str]] = {}
             for item in wrong:
                 message = item.get("message") or item.get("verdict", "")
-                targets.setdefault(message, []).append(str(item.get("target", "")))
+                names = targets.setdefault(message, [])
+                if str(item.get("target", "")) not in names:
+                    names.append(str(item.get("target", "")))
             for message, names in targets.items():
-                messages.append(f"{', '.join(names)}: {message}" if len(items) > 1 else message)
+                labelled = len({str(i.get("target", "")) for i in items}) > 1
+                messages.append(f"{', '.join(names)}: {message}" if labelled else message)
         lines.append({"number": number, "text": text, "verdict": verdict,
                       "mark": VERDICT_MARKS.get(verdict or "", ""), "messages": messages})
     return lines
