@@ -83,6 +83,9 @@ def test_equations_flow_page_submit_feedback_history(client, app_session, engine
     assert 'class="line wrong"' in feedback and "the mask must come from z5" in feedback
     assert 'class="line carried"' in feedback and "rule on this line is right" in feedback
     assert "1 attempt left" in feedback and "✗ incorrect" in feedback
+    # Gradients in the order the problem asks for them.
+    order = [feedback.index(f"<code>{g}</code>") for g in ("dx", "dW1", "db1", "dW2", "db3")]
+    assert order == sorted(order)
 
     page = _text(client.get(_page(course["hw"], "mlp-relu")))
     assert "2 used, 1 left" in page and page.count("feedback</a>") == 2
