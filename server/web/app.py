@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 from flask import Flask, Response, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import IntegerConverter
 
 from server import db
 from server.config import PROJECT_ROOT, load_settings
@@ -22,6 +23,18 @@ SECURITY_HEADERS = {
     # No inline scripts, no third-party origins: every asset is served from here.
     "Content-Security-Policy": "default-src 'self'; object-src 'none'; frame-ancestors 'none'",
 }
+
+
+MAX_ROW_ID = 2**31 - 1
+
+
+class RowIdConverter(IntegerConverter):
+    """``<int:...>`` in this app: at most 2**31 - 1, the range of an INTEGER key on
+    every backend. A larger number in a URL is a 404, not a database error."""
+
+    def __init__(self, map: Any, fixed_digits: int = 0, min: int | None = None,
+                 max: int | None = None, signed: bool = False) -> None:
+        super().__init__(map, fixed_digits, min, MAX_ROW_ID if max is None else max, signed)
 
 
 def build_app(config: dict[str, Any] | None = None) -> Flask:
@@ -40,6 +53,7 @@ def build_app(config: dict[str, Any] | None = None) -> Flask:
         static_folder="static",
     )
     app.config.update(settings)
+    app.url_map.converters["int"] = RowIdConverter  # before any route is added
     proxies = int(app.config.get("NABLA_TRUSTED_PROXIES", 0))
     if proxies:
         from werkzeug.middleware.proxy_fix import ProxyFix

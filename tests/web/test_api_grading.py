@@ -209,3 +209,15 @@ def test_a_problem_that_cannot_be_drawn_is_503_naming_it(client, app_session, ap
     response = _post(client, api, "dz7 = doutput")
     assert response.status_code == 503 and stored(app_session) == []
     assert "no acceptable draw" in caplog.text  # the details go to the log, for staff
+
+
+@pytest.mark.parametrize("path", [
+    "/api/v1/submissions/{big}", "/api/v1/assignments/{big}/problems/mlp-relu",
+    "/api/v1/assignments/{big}/problems/mlp-relu/submissions"])
+def test_ids_beyond_the_database_range_are_404_not_500(client, api, path):
+    # (Werkzeug answers 405 rather than 404 where another method's rule has the
+    # same path; either way a JSON client error, never a database error.)
+    url = path.format(big=10**20)
+    for response in (client.get(url, headers=_auth(api)),
+                     client.post(url, headers=_auth(api), json={"answer": "dz7 = doutput"})):
+        assert response.status_code in (404, 405) and response.is_json

@@ -266,3 +266,12 @@ def test_the_answer_box_keeps_a_leading_blank_line(client, app_session, course):
     _submit(client, course["hw"], "mlp-relu", "\ndz7 = doutput")
     page = client.get(_page(course["hw"], "mlp-relu")).get_data(as_text=True)
     assert 'autocomplete="off">\n\ndz7 = doutput</textarea>' in page
+
+
+@pytest.mark.parametrize("path", ["/submissions/{big}", "/assignments/{big}/problems/mlp-relu",
+                                  "/staff/CS101/submissions/{big}",
+                                  "/staff/CS101/assignments/{big}/submissions"])
+def test_ids_beyond_the_database_range_are_404_not_500(client, course, path):
+    login(client, "ta@example.edu")
+    assert client.get(path.format(big=2**31)).status_code == 404
+    assert client.get(path.format(big=2**31 - 1)).status_code == 404  # in range, unknown
