@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from flask import Flask, Response, jsonify, render_template, request
+from flask import Flask, Response, abort, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import IntegerConverter
@@ -76,6 +76,7 @@ def build_app(config: dict[str, Any] | None = None) -> Flask:
     _register_blueprints(app)
     _register_template_helpers(app)
     _register_error_handlers(app)
+    app.before_request(_refuse_nul_characters)
     app.after_request(_security_headers)
     return app
 
@@ -168,6 +169,21 @@ def _register_error_handlers(app: Flask) -> None:
         if _wants_json():
             return jsonify(error=message), 500
         return render_template("error.html", code=500, title="Server error", message=message), 500
+
+
+# Fields whose services check NUL characters themselves and show the text back.
+NUL_CHECKED_BY_SERVICES = frozenset({"answer"})
+
+
+def _refuse_nul_characters() -> None:
+    """PostgreSQL text cannot hold a NUL character: refuse one in the URL, the query
+    string or a form at the door, naming the field, instead of failing in the database."""
+    if "\x00" in request.path:
+        abort(404, "There is no such page (the address contains a NUL character).")
+    for values in (request.args, request.form):
+        for key, value in values.items(multi=True):
+            if key not in NUL_CHECKED_BY_SERVICES and ("\x00" in key or "\x00" in value):
+                abort(400, f"{key.replace(chr(0), '?')}: contains a NUL character (\\x00)")
 
 
 def _security_headers(response: Response) -> Response:

@@ -153,6 +153,8 @@ def import_roster_view(course: Course) -> Response | tuple[str, int]:
                 text = upload.read().decode("utf-8-sig")
             except UnicodeDecodeError:
                 errors.append("csv_file: the file is not UTF-8 text")
+        if not errors and "\x00" in text:
+            errors.append("csv_file: contains a NUL character (\\x00); is it a text file?")
         if not errors and not text.strip():
             errors.append("csv_file: upload a CSV file or paste its text")
         if not errors:
