@@ -109,9 +109,13 @@ def clean_client_key(key: Any) -> str | None:
 _SPEC_CACHE: OrderedDict[str, Any] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
 _CACHE_SIZE = 64
+# Per process: the instances of a class working on a problem at the same time
+# (an expression draw costs ~20 ms of sympy; a cached one nothing).
+STUDENTS_CACHED = 256
 
 
-def cached(cache: OrderedDict, key: Any, make: Callable[[], Any]) -> Any:
+def cached(cache: OrderedDict, key: Any, make: Callable[[], Any], size: int = _CACHE_SIZE) -> Any:
+    """``cache[key]``, made on a miss; the least recently used entries beyond ``size`` go."""
     with _CACHE_LOCK:
         if key in cache:
             cache.move_to_end(key)
@@ -119,7 +123,7 @@ def cached(cache: OrderedDict, key: Any, make: Callable[[], Any]) -> Any:
     value = make()
     with _CACHE_LOCK:
         cache[key] = value
-        while len(cache) > _CACHE_SIZE:
+        while len(cache) > size:
             cache.popitem(last=False)
     return value
 
@@ -204,7 +208,7 @@ def engine_instance(spec: Any, document: Mapping[str, Any]) -> Any:
 
         seed = int(document["seed"])
         return cached(_EXPRESSION_CACHE, (spec.version, seed),
-                       lambda: draw_expression_instance(spec, seed))
+                       lambda: draw_expression_instance(spec, seed), size=STUDENTS_CACHED)
     from server.engine.instance import Instance as EngineInstance
 
     return EngineInstance.from_json(document)
@@ -275,7 +279,8 @@ def grade_job(job: GradingJob, *, run_job: Callable[..., Any] | None = None) -> 
         # Keyed by the document itself, not the row id: SQLite may reuse the id
         # of a deleted row.
         inst = cached(_INSTANCE_CACHE, (job.spec.version, job.document_json),
-                      lambda: engine_instance(job.spec, json.loads(job.document_json)))
+                      lambda: engine_instance(job.spec, json.loads(job.document_json)),
+                      size=STUDENTS_CACHED)
         if job.spec.answer == "numpy":
             return _grade_numpy(job, inst, run_job)
         from server.engine.problem import grade_answer
