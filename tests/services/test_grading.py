@@ -298,7 +298,7 @@ def test_expression_answers(session, engine_bank, people, make_assignment):
 
 @pytest.mark.usefixtures("db_backend")
 def test_students_see_only_their_submissions_and_staff_see_all(
-        session, engine_bank, people, make_assignment):
+        session, engine_bank, people, make_assignment, make_course):
     student, other, course = people
     hw = make_assignment(session, course, problems=("mlp-relu",), max_attempts=1)
     mine = _submit(session, engine_bank, student, hw, "mlp-relu", "dz7 = doutput").submission
@@ -313,6 +313,11 @@ def test_students_see_only_their_submissions_and_staff_see_all(
     assert grading.course_submission_counts(session, course) == {
         hw.id: {"graded": 1, "refused": 1}}
     assert grading.course_submissions(session, course, hw.id, status="refused") == [refused]
+    assert grading.course_submission(session, course, mine.id) is mine
+    elsewhere = make_course(session, "CS999")
+    with pytest.raises(NotFound):  # staff of another course do not see it
+        grading.course_submission(session, elsewhere, mine.id)
+    assert grading.course_submissions(session, elsewhere) == []
 
 
 # --- concurrency ----------------------------------------------------------------------------

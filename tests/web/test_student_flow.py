@@ -239,6 +239,9 @@ def test_staff_see_every_submission_including_refused(client, app_session, cours
     login(client, "student1@example.edu")
     assert client.get(f"/staff/CS101/submissions/{sub_id}").status_code == 403
     assert client.get(f"/staff/CS101/assignments/{course['hw']}/submissions").status_code == 403
+    login(client, "outsider@example.edu")  # not in the course: it does not exist for them
+    assert client.get(f"/staff/CS101/submissions/{sub_id}").status_code == 404
+    assert client.get(f"/staff/OTHER/submissions/{sub_id}").status_code == 403
 
 
 def test_a_broken_bank_does_not_stop_students_who_started(app, client, app_session, engine_bank,
