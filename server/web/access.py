@@ -114,3 +114,15 @@ def token_required(view: F) -> F:
 
     _declare(wrapped, "token")
     return wrapped  # type: ignore[return-value]
+
+
+def end_transaction() -> None:
+    """Commit the request's transaction now, before rendering a page.
+
+    On SQLite every transaction holds the database's single write lock (see
+    server.db), and rendering a page can take longer than its queries: ending
+    the transaction first lets other requests (a submission) proceed meanwhile.
+    Load what the template needs before calling this; a lazy load while
+    rendering would open a new transaction.
+    """
+    get_session().commit()

@@ -25,7 +25,7 @@ from server.services import grading, workspace
 from server.services.assignments import student_assignments
 from server.services.courses import STAFF_ROLES, courses_for_user
 from server.services.errors import Conflict, Forbidden, NotFound, Unavailable, ValidationError
-from server.web.access import login_required
+from server.web.access import end_transaction, login_required
 from server.web.bank import get_bank_for_students
 from server.web.forms import AnswerForm
 
@@ -71,6 +71,8 @@ def _render_problem(ws: workspace.ProblemWorkspace, form: AnswerForm | None = No
         form = AnswerForm(formdata=None, answer=ws.last_answer)
     # A fresh key for every rendering: one key, one submission.
     form.submission_key.data = secrets.token_urlsafe(16)
+    ws.assignment.course  # noqa: B018  (loaded for the template, before the commit)
+    end_transaction()
     return render_template(
         "student/problem.html",
         ws=ws, form=form, error=error,
@@ -153,11 +155,14 @@ def submission(submission_id: int) -> tuple[str, int]:
     except Forbidden as exc:
         abort(403, str(exc))
     left = grading.attempts_left(session, sub, current_user.id)
+    assignment = sub.assignment_problem.assignment
+    assignment.course, sub.assignment_problem.problem  # noqa: B018  (for the template)
+    end_transaction()
     return render_template(
         "student/submission.html",
         sub=sub, summary=grading.submission_summary(sub, left),
         lines=grading.annotated_lines(sub.answer, sub.result),
         general=grading.general_errors(sub.result, sub.answer),
-        assignment=sub.assignment_problem.assignment,
+        assignment=assignment,
         problem=sub.assignment_problem.problem,
     ), 200

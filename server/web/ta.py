@@ -10,7 +10,7 @@ from server.services import grading
 from server.services.assignments import course_assignments, get_course_assignment
 from server.services.courses import roster
 from server.services.errors import NotFound
-from server.web.access import role_required
+from server.web.access import end_transaction, role_required
 
 bp = Blueprint("ta", __name__, url_prefix="/staff")
 
@@ -19,12 +19,13 @@ bp = Blueprint("ta", __name__, url_prefix="/staff")
 @role_required("ta", "instructor")
 def course(course: Course) -> str:
     session = get_session()
+    assignments = course_assignments(session, course)
+    enrollments = roster(session, course)
+    counts = grading.course_submission_counts(session, course)
+    end_transaction()
     return render_template(
-        "ta/course.html",
-        course=course,
-        assignments=course_assignments(session, course),
-        enrollments=roster(session, course),
-        submission_counts=grading.course_submission_counts(session, course),
+        "ta/course.html", course=course, assignments=assignments, enrollments=enrollments,
+        submission_counts=counts,
     )
 
 
@@ -40,10 +41,12 @@ def submissions(course: Course, assignment_id: int) -> str:
     status = request.args.get("status") or None
     if status is not None and status not in STATUS_VALUES:
         abort(400, f"status: {status!r} is not one of {', '.join(STATUS_VALUES)}")
+    submissions = grading.course_submissions(session, course, assignment.id, status=status)
+    end_transaction()
     return render_template(
         "ta/submissions.html",
         course=course, assignment=assignment, status=status, statuses=STATUS_VALUES,
-        submissions=grading.course_submissions(session, course, assignment.id, status=status),
+        submissions=submissions,
     )
 
 
@@ -56,6 +59,8 @@ def submission(course: Course, submission_id: int) -> str:
     except NotFound as exc:
         abort(404, str(exc))
     left = grading.attempts_left(session, sub, sub.user_id)
+    sub.user, sub.assignment_problem.problem  # noqa: B018  (for the template)
+    end_transaction()
     return render_template(
         "ta/submission.html",
         course=course, sub=sub, summary=grading.submission_summary(sub, left),

@@ -278,3 +278,31 @@ def test_ids_beyond_the_database_range_are_404_not_500(client, course, path):
     login(client, "ta@example.edu")
     assert client.get(path.format(big=2**31)).status_code == 404
     assert client.get(path.format(big=2**31 - 1)).status_code == 404  # in range, unknown
+
+
+def test_pages_end_their_transaction_before_rendering(app, client, app_session, course):
+    # On SQLite a transaction holds the write lock: a page must not keep it
+    # while its template renders, nor open one from the template (a lazy load).
+    from flask import before_render_template, template_rendered
+
+    from server.db import get_session
+
+    login(client, "student1@example.edu")
+    location = _submit(client, course["hw"], "mlp-relu", "dz7 = doutput").headers["Location"]
+    sub_id = location.rsplit("/", 1)[1]
+    open_at = []
+
+    def check(sender, template, context, **extra):
+        mine = template.name.startswith(("student/problem", "student/submission", "ta/"))
+        if mine and get_session().in_transaction():
+            open_at.append(template.name)
+
+    pages = {"student": [_page(course["hw"], "mlp-relu"), location],
+             "ta": ["/staff/CS101/", f"/staff/CS101/assignments/{course['hw']}/submissions",
+                    f"/staff/CS101/submissions/{sub_id}"]}
+    with before_render_template.connected_to(check, app), template_rendered.connected_to(check, app):
+        for who, urls in pages.items():
+            login(client, f"{who}1@example.edu" if who == "student" else "ta@example.edu")
+            for url in urls:
+                assert client.get(url).status_code == 200, url
+    assert open_at == []
