@@ -23,7 +23,7 @@ from server.services.assignments import (
     student_assignments,
 )
 from server.services.errors import Conflict, Forbidden, NotFound, Unavailable, ValidationError
-from server.web.access import token_required
+from server.web.access import end_transaction, token_required
 from server.web.bank import get_bank_for_students
 from server.web.student import instance_secret
 
@@ -94,6 +94,7 @@ def problem(assignment_id: int, problem_id: str) -> Response:
         abort(404, str(exc))
     except Unavailable as exc:
         abort(503, str(exc))
+    end_transaction()  # the rest is JSON from loaded data
     document = ws.document
     return jsonify(
         assignment=ws.assignment.id,
@@ -190,10 +191,9 @@ def problem_submissions(assignment_id: int, problem_id: str) -> Response:
     except NotFound as exc:
         abort(404, str(exc))
     left = grading.attempts_left(session, assignment_problem, g.api_user.id)
-    return jsonify(submissions=[
-        grading.submission_summary(sub, left)
-        for sub in grading.problem_submissions(session, g.api_user, assignment_problem)
-    ])
+    submissions = grading.problem_submissions(session, g.api_user, assignment_problem)
+    end_transaction()
+    return jsonify(submissions=[grading.submission_summary(sub, left) for sub in submissions])
 
 
 @bp.route("/submissions/<int:submission_id>")
@@ -208,4 +208,6 @@ def submission(submission_id: int) -> Response:
     except Forbidden as exc:
         abort(403, str(exc))
     left = grading.attempts_left(session, sub, sub.user_id)
+    sub.assignment_problem  # noqa: B018  (the summary names its problem)
+    end_transaction()
     return jsonify(grading.submission_summary(sub, left))
