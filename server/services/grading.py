@@ -37,6 +37,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
+from server.db import write_transaction
 from server.models import (
     Assignment,
     AssignmentProblem,
@@ -182,6 +183,9 @@ def ensure_instance(
     if spec is None:
         raise NotFound(f"problem: {assignment_problem.problem_id!r} is not available in the "
                        "problem bank right now; ask the course staff")
+    # A first visit writes (the version, the instance); get_or_create_instance
+    # looks for the instance again inside the write transaction.
+    write_transaction(session)
     try:
         with session.begin_nested():
             version = record_problem_version(session, spec)
@@ -325,6 +329,7 @@ def record_outcome(
     now: dt.datetime,
 ) -> Submission:
     """Write the verdict (flush only). Invalid answers and our errors give the attempt back."""
+    write_transaction(session)
     submission.status = outcome.status
     submission.graded_at = now
     result = dict(outcome.result)

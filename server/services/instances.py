@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
+from server.db import write_transaction
 from server.models import AssignmentProblem, Instance, ProblemVersion, User
 from server.models.base import dumps
 
@@ -72,8 +73,12 @@ def get_or_create_instance(
 
     Two concurrent first visits race on the UNIQUE (user, assignment problem)
     constraint; the loser's insert is rolled back to a savepoint and the
-    winner's row is returned, so both see the same instance.
+    winner's row is returned, so both see the same instance. The lookup is
+    inside the write transaction (``write_transaction``), so on SQLite a
+    reader that found no instance earlier looks again after the other visit
+    committed.
     """
+    write_transaction(session)
     existing = get_instance(session, user, assignment_problem)
     if existing is not None:
         return existing

@@ -24,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from server.db import write_transaction
 from server.models import AssignmentProblem, Instance, Submission, SubmissionStatus, User
 from server.models.base import dumps
 from server.services.assignments import submission_window
@@ -124,7 +125,12 @@ def store_submission_once(
       inside the late period.
 
     Refused and invalid submissions are stored too (staff see them).
+
+    Everything the decision depends on is read inside the write transaction
+    (``write_transaction``: on SQLite it holds the write lock from here to the
+    caller's commit, so keep that short).
     """
+    write_transaction(session)
     if client_key is not None:
         earlier = find_by_client_key(session, user.id, assignment_problem.id, client_key)
         if earlier is not None:
@@ -136,7 +142,9 @@ def store_submission_once(
             refused: str | None = None) -> Submission:
         return Submission(
             user_id=user.id,
-            assignment_problem_id=assignment_problem.id,
+            # The object, not only its id: the response reads the problem and its
+            # assignment from it, with no query (and no transaction) to load them.
+            assignment_problem=assignment_problem,
             instance_id=instance.id,
             answer=answer,
             kind=kind,
@@ -190,6 +198,7 @@ def store_submission_once(
 
 def release_attempt(session: Session, submission: Submission) -> Submission:
     """Mark a stored submission invalid and give its attempt back."""
+    write_transaction(session)
     submission.status = SubmissionStatus.INVALID.value
     submission.attempt = None
     session.flush()

@@ -9,6 +9,7 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload
 
+from server.db import write_transaction
 from server.models import ApiToken, User, utcnow
 from server.services.errors import NotFound, ValidationError
 
@@ -78,6 +79,7 @@ def user_for_token(session: Session, token: str) -> User | None:
     # At most one write a minute per token: a script polling the API should
     # not turn every read into a write.
     if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
+        write_transaction(session)
         row.last_used_at = now
         session.flush()
     return row.user

@@ -119,9 +119,11 @@ def token_required(view: F) -> F:
 def end_transaction() -> None:
     """Commit the request's transaction now, before rendering a page.
 
-    On SQLite every transaction holds the database's single write lock (see
-    server.db), and rendering a page can take longer than its queries: ending
-    the transaction first lets other requests (a submission) proceed meanwhile.
+    On SQLite a transaction that writes holds the database's single write lock
+    (see server.db; a GET that drew an instance, or a POST), and rendering a
+    page can take longer than its queries: ending the transaction first lets
+    other requests (a submission) proceed meanwhile. A reader's transaction
+    holds no lock, but its snapshot keeps the WAL from being checkpointed.
     Load what the template needs before calling this; a lazy load while
     rendering would open a new transaction.
     """

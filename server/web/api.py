@@ -14,7 +14,7 @@ from typing import Any
 from flask import Blueprint, abort, g, jsonify, request
 from werkzeug.wrappers import Response
 
-from server.db import get_session
+from server.db import get_session, reads_first
 from server.models import SubmissionStatus, utcnow
 from server.services import grading, workspace
 from server.services.assignments import (
@@ -133,6 +133,7 @@ STATUS_CODES = {
 @bp.route("/assignments/<int:assignment_id>/problems/<problem_id>/submissions",
           methods=["POST"])
 @token_required
+@reads_first  # the write lock for storing the answer and for its verdict only (server.db)
 def submit(assignment_id: int, problem_id: str) -> Response:
     """Store and grade ``{"answer": "..."}``; an ``Idempotency-Key`` header makes retries safe."""
     body = request.get_json(silent=True)

@@ -19,7 +19,7 @@ from flask import (
 )
 from flask_login import current_user
 
-from server.db import get_session
+from server.db import get_session, reads_first
 from server.models import utcnow
 from server.services import grading, workspace
 from server.services.assignments import student_assignments
@@ -89,6 +89,7 @@ def problem(assignment_id: int, problem_id: str) -> tuple[str, int]:
 
 @bp.route("/assignments/<int:assignment_id>/problems/<problem_id>", methods=["POST"])
 @login_required
+@reads_first  # the write lock for storing the answer and for its verdict only (server.db)
 def submit(assignment_id: int, problem_id: str) -> Any:
     # CSRFProtect has checked the form's token before this runs.
     form = AnswerForm()
