@@ -4,15 +4,23 @@ The engine reads the bank (``server.engine.bank.load_bank``: id -> ProblemSpec,
 cached until a spec file changes, so edits show up without a restart). Tests
 and tools may hand the app a bank instead with the config key
 ``NABLA_PROBLEM_BANK`` (a mapping, or a callable returning one).
+
+The engine's check for changed files lists the folder and stats every spec
+(about 40 system calls); the app does it at most once a second per process,
+not on every request: an edited spec shows up within a second.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from flask import abort, current_app
 from werkzeug.exceptions import HTTPException
+
+RECHECK_SECONDS = 1.0
+_loaded: tuple[float, Mapping[str, Any]] | None = None  # (time.monotonic(), bank)
 
 
 def get_bank() -> Mapping[str, Any]:
@@ -20,9 +28,7 @@ def get_bank() -> Mapping[str, Any]:
     configured = current_app.config.get("NABLA_PROBLEM_BANK")
     try:
         if configured is None:
-            from server.engine.bank import load_bank
-
-            return load_bank()
+            return _engine_bank()
         return configured() if callable(configured) else configured
     except Exception as exc:  # the engine's SpecError lists every bad file
         current_app.logger.error("the problem bank could not be loaded: %s", exc)
@@ -31,6 +37,19 @@ def get_bank() -> Mapping[str, Any]:
             f"The problem bank could not be loaded: {exc}. "
             "Fix the spec files (`nabla problems check` lists the errors).",
         )
+
+
+def _engine_bank() -> Mapping[str, Any]:
+    global _loaded
+    loaded = _loaded  # one read: another thread may replace it meanwhile
+    now = time.monotonic()
+    if loaded is not None and now - loaded[0] < RECHECK_SECONDS:
+        return loaded[1]
+    from server.engine.bank import load_bank
+
+    bank = load_bank()  # raises for a broken bank: nothing is kept then
+    _loaded = (now, bank)
+    return bank
 
 
 def get_bank_for_students() -> Mapping[str, Any]:
