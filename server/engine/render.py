@@ -132,3 +132,17 @@ def forward_mathml(spec, program) -> list[dict]:
 
 def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def statement_html(text: str) -> str:
+    """A problem statement as HTML: escaped, paragraphs at blank lines, and
+    `backticks` as code. Nothing else of Markdown, and no raw HTML from the spec."""
+    import html
+    import re
+
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text.strip()) if p.strip()]
+    out = []
+    for p in paragraphs:
+        escaped = html.escape(" ".join(p.split()))
+        out.append("<p>" + re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped) + "</p>")
+    return "\n".join(out)

@@ -27,3 +27,13 @@ def test_operand_order_and_loop_notation_are_kept():
     # z1(t) + b1, in the order written
     assert z2["mathml"].index("<mi>z</mi><mi>1</mi>") < z2["mathml"].index("<mi>b</mi>")
     assert "<mi>(t)</mi>" in z2["mathml"]
+
+
+def test_statement_html_escapes_and_marks_code():
+    from server.engine.render import statement_html
+
+    html = statement_html("Compute `dx` <b>now</b>.\n\nSecond `a < b` paragraph.")
+    assert html == (
+        "<p>Compute <code>dx</code> &lt;b&gt;now&lt;/b&gt;.</p>\n"
+        "<p>Second <code>a &lt; b</code> paragraph.</p>"
+    )
