@@ -14,7 +14,8 @@ each POSTing its model answer to /api/v1/.../submissions until it has sent
 --requests or --seconds have passed. Every response must be 201 with score 1.
 
 Prints, per answer type: p50/p90/p99/max latency of the POST as the client
-sees it, and throughput (graded submissions per second over the phase).
+sees it, and throughput (graded submissions per second over the phase); and
+the 1-minute load average before and after (other work on the machine).
 Figures only; nothing here asserts a time. The goals (2 cores): p50 <= 8 ms
 for equations and <= 12 ms for numpy; p99 <= 30 ms and <= 40 ms.
 """
@@ -282,7 +283,8 @@ def main() -> None:
         print(f"nabla serve on {HOST}:{port}: {args.workers} workers x {args.threads} threads, "
               f"{backend}; {args.clients} clients, keep-alive; "
               f"{os.cpu_count()} CPUs, {platform.platform()}, "
-              f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC")
+              f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; "
+              f"load average {os.getloadavg()[0]:.2f}")
         failed = False
         for kind, path in paths.items():
             latencies, wall, errors = run_phase(port, api_tokens, path, answers[kind],
@@ -296,6 +298,8 @@ def main() -> None:
             if errors:
                 failed = True
                 print(f"  {len(errors)} errors, e.g. {errors[0]}")
+        print(f"load average {os.getloadavg()[0]:.2f} (other work on the machine shifts "
+              "the figures)")
         if failed:
             keep_folder = True
             print(f"server log: {folder / 'server.log'}")
