@@ -31,6 +31,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
     from flask import Flask, Response
 
+log = logging.getLogger(__name__)
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 5000
 POOL_PING_IDLE_SECONDS = 2.0
@@ -74,6 +76,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if is_sqlite:
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
+        event.listen(engine, "before_cursor_execute", _sqlite_warn_reader_writes)
     elif not kwargs.get("pool_pre_ping"):
         event.listen(engine.pool, "checkin", _on_checkin)
         event.listen(engine.pool, "checkout", _ping_if_idle)
@@ -141,6 +144,19 @@ def _sqlite_on_begin(connection: Any) -> None:
     else:
         raise ValueError(f"{SQLITE_BEGIN}: {mode!r} is not IMMEDIATE or DEFERRED")
     connection.info[_BEGUN] = (mode, dbapi_connection.total_changes)
+
+
+def _sqlite_warn_reader_writes(connection: Any, _cursor: Any, statement: str, _parameters: Any,
+                               context: Any, _executemany: bool) -> None:
+    # A write in a reader's transaction works only while nobody else commits
+    # (see the module docstring): name the statement, so the code that
+    # writes can be given its write_transaction().
+    if context is None or not (context.isinsert or context.isupdate or context.isdelete):
+        return
+    if connection.info.get(_BEGUN, ("IMMEDIATE", 0))[0] == "DEFERRED":
+        log.warning("a write in a DEFERRED (reader) transaction may fail with SQLITE_BUSY; "
+                    "call server.db.write_transaction(session) before writing: %s",
+                    statement.split("\n", 1)[0][:120])
 
 
 def _begin_immediate(connection: Any, dbapi_connection: Any) -> None:

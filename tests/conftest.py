@@ -383,3 +383,25 @@ def make_submission(make_instance: Any) -> Any:
         return submission
 
     return factory
+
+
+# --- SQLite readers do not write -----------------------------------------------------
+
+
+@pytest.fixture
+def reader_writes_expected() -> None:
+    """Requested by a test that writes in a reader's transaction on purpose."""
+
+
+@pytest.fixture(autouse=True)
+def _no_writes_in_sqlite_readers(request: pytest.FixtureRequest, caplog: Any) -> Iterator[None]:
+    """Fail a test whose code wrote in a DEFERRED transaction (server.db warns): a GET
+    or a ``@reads_first`` view that writes must call ``write_transaction`` first, or
+    it fails under load (SQLITE_BUSY_SNAPSHOT)."""
+    yield
+    if "reader_writes_expected" in request.fixturenames:
+        return
+    records = caplog.get_records("setup") + caplog.get_records("call")  # not the teardown's
+    writes = [record.getMessage() for record in records
+              if record.name == "server.db" and "DEFERRED (reader)" in record.getMessage()]
+    assert not writes, f"writes in a reader's transaction: {writes}"

@@ -4,7 +4,7 @@ import pytest
 from flask import abort
 from sqlalchemy import text
 
-from server.db import get_engine, get_session, make_engine
+from server.db import get_engine, get_session, make_engine, write_transaction
 from server.models import Course
 from server.web.access import public
 
@@ -14,6 +14,7 @@ pytestmark = pytest.mark.usefixtures("db_backend")
 @pytest.fixture
 def probe_app(app):
     def add(code):
+        write_transaction(get_session())  # GETs begin as readers (server.db)
         get_session().add(Course(code=code, title="probe"))
         get_session().flush()
 

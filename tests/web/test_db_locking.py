@@ -108,8 +108,8 @@ def test_a_get_that_only_reads_does_not_wait_for_the_write_lock(
     assert elapsed < 1.0  # not the 5 s busy timeout
 
 
-def test_write_transaction_restarts_a_reader_whose_snapshot_is_stale(sqlite_only, db_engine,
-                                                                     session):
+def test_write_transaction_restarts_a_reader_whose_snapshot_is_stale(
+        sqlite_only, db_engine, session, caplog, reader_writes_expected):
     factory = make_sessionmaker(db_engine)
     with factory() as reader, factory() as careless:
         for sess in (reader, careless):
@@ -123,6 +123,8 @@ def test_write_transaction_restarts_a_reader_whose_snapshot_is_stale(sqlite_only
         with pytest.raises(OperationalError):
             careless.flush()
         careless.rollback()
+        (warning,) = [r.getMessage() for r in caplog.records if r.name == "server.db"]
+        assert "INSERT INTO courses" in warning and "write_transaction" in warning
         # ...while write_transaction ends the reader and begins a writer.
         write_transaction(reader)
         assert transaction_mode(reader) == "IMMEDIATE"
@@ -136,7 +138,8 @@ def test_write_transaction_restarts_a_reader_whose_snapshot_is_stale(sqlite_only
     assert {c.code for c in session.scalars(select(Course))} == {"MEANWHILE", "READER"}
 
 
-def test_write_transaction_keeps_a_reader_that_already_wrote(sqlite_only, db_engine, session):
+def test_write_transaction_keeps_a_reader_that_already_wrote(sqlite_only, db_engine, session,
+                                                            reader_writes_expected):
     # Its first statement was a write, so it holds the lock: committing there
     # would split the request's changes in two.
     with make_sessionmaker(db_engine)() as sess:
