@@ -1,7 +1,7 @@
 """Submissions over HTTP against the real server: `nabla serve` (gunicorn) on loopback.
 
     .venv/bin/python bench/bench_http.py [--clients 4] [--requests 150] [--seconds 20]
-                                         [--workers 3] [--threads 4] [--postgres URL]
+                                         [--workers 2xCPUs] [--threads 2] [--postgres URL]
 
 Creates a fresh database (SQLite in a temporary folder; with --postgres, a new
 database on that server, dropped at the end), migrates it, adds the demo
@@ -250,8 +250,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--requests", type=int, default=150, help="per client and answer type")
     parser.add_argument("--seconds", type=float, default=20.0, help="per answer type, at most")
-    parser.add_argument("--workers", type=int, default=(os.cpu_count() or 2) + 1)
-    parser.add_argument("--threads", type=int, default=4)
+    # The defaults of `nabla serve`.
+    parser.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1))
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--postgres", metavar="SERVER_URL",
                         help="use a new database on this PostgreSQL server instead of SQLite, "
                              "e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
