@@ -51,6 +51,9 @@ def _requested_backends(config: pytest.Config) -> tuple[list[str], bool]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "db_backend" in metafunc.fixturenames:
         names, _ = _requested_backends(metafunc.config)
+        only = metafunc.definition.get_closest_marker("backends")
+        if only is not None:  # a test about one backend's behaviour runs on that one only
+            names = [name for name in names if name in only.args]
         metafunc.parametrize("db_backend", names, indirect=True, scope="session")
 
 

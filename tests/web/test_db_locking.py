@@ -23,11 +23,8 @@ from server.services import tokens
 from server.web.access import public
 from server.web.app import csrf
 
-
-@pytest.fixture
-def sqlite_only(db_backend):
-    if db_backend != "sqlite":
-        pytest.skip("SQLite's locking; PostgreSQL has row locks and MVCC writers")
+# SQLite's locking only: PostgreSQL has row locks and MVCC writers
+sqlite_only = pytest.mark.backends("sqlite")
 
 
 @pytest.fixture
@@ -85,8 +82,9 @@ def test_requests_begin_as_readers_or_writers_by_method(mode_app, db_backend, ap
     assert app_session.scalar(select(Course.code)) == "WROTE"  # committed at the end
 
 
+@sqlite_only
 def test_a_get_that_only_reads_does_not_wait_for_the_write_lock(
-        sqlite_only, app, client, app_session, make_user, make_course, make_assignment):
+        app, client, app_session, make_user, make_course, make_assignment):
     student = make_user(app_session)
     course = make_course(app_session, members={student: "student"})
     make_assignment(app_session, course)
@@ -108,8 +106,9 @@ def test_a_get_that_only_reads_does_not_wait_for_the_write_lock(
     assert elapsed < 1.0  # not the 5 s busy timeout
 
 
+@sqlite_only
 def test_write_transaction_restarts_a_reader_whose_snapshot_is_stale(
-        sqlite_only, db_engine, session, caplog, reader_writes_expected):
+        db_engine, session, caplog, reader_writes_expected):
     factory = make_sessionmaker(db_engine)
     with factory() as reader, factory() as careless:
         for sess in (reader, careless):
@@ -138,7 +137,8 @@ def test_write_transaction_restarts_a_reader_whose_snapshot_is_stale(
     assert {c.code for c in session.scalars(select(Course))} == {"MEANWHILE", "READER"}
 
 
-def test_write_transaction_keeps_a_reader_that_already_wrote(sqlite_only, db_engine, session,
+@sqlite_only
+def test_write_transaction_keeps_a_reader_that_already_wrote(db_engine, session,
                                                             reader_writes_expected):
     # Its first statement was a write, so it holds the lock: committing there
     # would split the request's changes in two.
@@ -153,7 +153,7 @@ def test_write_transaction_keeps_a_reader_that_already_wrote(sqlite_only, db_eng
     assert session.scalar(select(func.count(Course.id))) == 0  # one transaction, undone
 
 
-def test_a_writer_that_cannot_get_the_lock_gives_up_with_a_busy_error(sqlite_only, tmp_path,
+def test_a_writer_that_cannot_get_the_lock_gives_up_with_a_busy_error(tmp_path,
                                                                       monkeypatch):
     monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 200)
     engine = make_engine(f"sqlite:///{tmp_path / 'busy.sqlite3'}")
@@ -184,7 +184,7 @@ def test_a_writer_that_cannot_get_the_lock_gives_up_with_a_busy_error(sqlite_onl
         engine.dispose()
 
 
-def test_writers_queue_for_the_lock_instead_of_failing(sqlite_only, tmp_path):
+def test_writers_queue_for_the_lock_instead_of_failing(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'queue.sqlite3'}")
     try:
         with engine.begin() as connection:
@@ -213,10 +213,9 @@ def test_writers_queue_for_the_lock_instead_of_failing(sqlite_only, tmp_path):
         engine.dispose()
 
 
+@pytest.mark.backends("postgresql")  # a server that can drop connections
 def test_pooled_connections_are_pinged_after_idling_and_replaced_if_dead(
         db_backend, database_url, monkeypatch):
-    if db_backend != "postgresql":
-        pytest.skip("a server that can drop connections")
     pings = []
     real_ping = db._ping
     monkeypatch.setattr(db, "_ping", lambda conn: pings.append(1) or real_ping(conn))
