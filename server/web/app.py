@@ -13,6 +13,7 @@ from werkzeug.routing import IntegerConverter
 
 from server import db
 from server.config import PROJECT_ROOT, load_settings
+from server.engine.render import statement_html
 
 csrf = CSRFProtect()
 
@@ -115,6 +116,7 @@ def _register_template_helpers(app: Flask) -> None:
 
     app.jinja_env.filters["localtime"] = localtime
     app.jinja_env.filters["percent"] = percent
+    app.jinja_env.filters["statement_html"] = statement_html
     app.jinja_env.globals["timezone_name"] = app.config["NABLA_TIMEZONE"]
     app.jinja_env.globals["has_endpoint"] = has_endpoint
 

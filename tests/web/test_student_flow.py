@@ -81,7 +81,7 @@ def test_equations_flow_page_submit_feedback_history(client, app_session, engine
     response = _submit(client, course["hw"], "mlp-relu", wrong)
     feedback = _text(client.get(response.headers["Location"]))
     assert 'class="line wrong"' in feedback and "the mask must come from z5" in feedback
-    assert 'class="line carried"' in feedback and "rule on this line is right" in feedback
+    assert 'class="line carried"' in feedback and "carries the mistake from line" in feedback
     assert "1 attempt left" in feedback and "✗ incorrect" in feedback
     # Gradients in the order the problem asks for them.
     order = [feedback.index(f"<code>{g}</code>") for g in ("dx", "dW1", "db1", "dW2", "db3")]
