@@ -109,13 +109,10 @@ def drop_postgres_database(server_url: str, url: str) -> None:
         admin.dispose()
 
 
-@pytest.fixture(scope="session")
-def empty_database_url(
-    request: pytest.FixtureRequest, db_backend: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """A URL of a new, empty database of the current backend (one per session)."""
+def _new_database(request: pytest.FixtureRequest, db_backend: str, sqlite_path: Any) -> Iterator[str]:
+    """A URL of a new, empty database of the backend, dropped afterwards."""
     if db_backend == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'nabla.sqlite3'}"
+        yield f"sqlite:///{sqlite_path}"
         return
     server_url = request.getfixturevalue("postgres_server_url")
     url = create_postgres_database(server_url)
@@ -123,6 +120,14 @@ def empty_database_url(
         yield url
     finally:
         drop_postgres_database(server_url, url)
+
+
+@pytest.fixture(scope="session")
+def empty_database_url(
+    request: pytest.FixtureRequest, db_backend: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A URL of a new, empty database of the current backend (one per session)."""
+    yield from _new_database(request, db_backend, tmp_path_factory.mktemp("db") / "nabla.sqlite3")
 
 
 @pytest.fixture
@@ -130,15 +135,7 @@ def fresh_database_url(
     request: pytest.FixtureRequest, db_backend: str, tmp_path: Any
 ) -> Iterator[str]:
     """A new, empty database for this test alone (dropped afterwards)."""
-    if db_backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
-        return
-    server_url = request.getfixturevalue("postgres_server_url")
-    url = create_postgres_database(server_url)
-    try:
-        yield url
-    finally:
-        drop_postgres_database(server_url, url)
+    yield from _new_database(request, db_backend, tmp_path / "fresh.sqlite3")
 
 
 @pytest.fixture(scope="session")

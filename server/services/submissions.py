@@ -18,7 +18,7 @@ storing (and grading) a second one.
 from __future__ import annotations
 
 import datetime as dt
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -73,25 +73,10 @@ def find_by_client_key(
     )
 
 
-def store_submission(
-    session: Session,
-    *,
-    user: User,
-    assignment_problem: AssignmentProblem,
-    instance: Instance,
-    answer: str,
-    kind: str,
-    now: dt.datetime,
-    client_ip: str | None = None,
-    costs_attempt: bool = True,
-    client_key: str | None = None,
-) -> Submission:
-    """Store an answer (see ``store_submission_once``); returns the submission."""
-    submission, _, _ = store_submission_once(
-        session, user=user, assignment_problem=assignment_problem, instance=instance,
-        answer=answer, kind=kind, now=now, client_ip=client_ip, costs_attempt=costs_attempt,
-        client_key=client_key,
-    )
+def store_submission(session: Session, **fields: Any) -> Submission:
+    """Store an answer; ``store_submission_once`` with the same keyword
+    arguments, returning only the submission."""
+    submission, _, _ = store_submission_once(session, **fields)
     return submission
 
 
