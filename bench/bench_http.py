@@ -64,31 +64,6 @@ def pct(values: list[float], q: float) -> float:
 # --- the database ----------------------------------------------------------------------
 
 
-def create_postgres_database(server_url: str) -> str:
-    from sqlalchemy import create_engine, make_url, text
-
-    name = f"nabla_bench_{secrets.token_hex(4)}"
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        admin.dispose()
-    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_postgres_database(server_url: str, url: str) -> None:
-    from sqlalchemy import create_engine, make_url, text
-
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(
-                text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
-
-
 def prepare_data(url: str, clients: int) -> tuple[int, list[str]]:
     """Migrate, add the demo and the bench students; returns (assignment id, tokens)."""
     from server import db
@@ -264,8 +239,10 @@ def main() -> None:
     if not 0 < args.seconds <= 300:
         parser.error("--seconds must be in (0, 300]")
 
+    from server import db
+
     folder = Path(tempfile.mkdtemp(prefix="nabla-bench-http-"))
-    url = (create_postgres_database(args.postgres) if args.postgres
+    url = (db.create_postgres_database(args.postgres, "nabla_bench") if args.postgres
            else f"sqlite:///{folder / 'bench.sqlite3'}")
     process = None
     keep_folder = False
@@ -309,7 +286,7 @@ def main() -> None:
         if process is not None:
             stop_server(process)
         if args.postgres:
-            drop_postgres_database(args.postgres, url)
+            db.drop_postgres_database(args.postgres, url)
         if not keep_folder:
             shutil.rmtree(folder, ignore_errors=True)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -83,39 +82,15 @@ def postgres_server_url(request: pytest.FixtureRequest) -> str:
     return url
 
 
-def create_postgres_database(server_url: str) -> str:
-    """Create a fresh database; return its URL."""
-    from sqlalchemy import create_engine, make_url, text
-
-    name = f"nabla_test_{secrets.token_hex(6)}"
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        admin.dispose()
-    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_postgres_database(server_url: str, url: str) -> None:
-    from sqlalchemy import create_engine, make_url, text
-
-    name = make_url(url).database
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
-
-
 def _new_database(request: pytest.FixtureRequest, db_backend: str, sqlite_path: Any) -> Iterator[str]:
     """A URL of a new, empty database of the backend, dropped afterwards."""
     if db_backend == "sqlite":
         yield f"sqlite:///{sqlite_path}"
         return
+    from server.db import create_postgres_database, drop_postgres_database
+
     server_url = request.getfixturevalue("postgres_server_url")
-    url = create_postgres_database(server_url)
+    url = create_postgres_database(server_url, "nabla_test")
     try:
         yield url
     finally:
