@@ -1,56 +1,25 @@
 """Grading numpy ``backward`` answers: the engine's references, run through the sandbox.
 
 The student's function runs in one sandbox job on the stored instance and on
-``HIDDEN_INSTANCES`` fresh instances of the same structure with other dims and
-values, so hard-coded numbers and shapes fail. Feedback says which instance
-failed, never its values.
+hidden instances of the same structure with other dims and values (their seeds
+drawn per submission), so hard-coded numbers and shapes fail. Feedback says
+which instance failed, never its values.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
-import threading
-from collections import OrderedDict
+from collections.abc import Sequence
 
 import numpy as np
 
 from server.engine.grade import GradeResult, GradientResult, Layout, invalid, judge_gradient
-from server.engine.instance import Instance, draw_instance
+from server.engine.instance import Instance, draw_hidden_instances, legacy_hidden_seeds
 from server.engine.spec import ProblemSpec
 
-HIDDEN_INSTANCES = 2
 TIME_LIMIT_S = 2.0
 MEMORY_MB = 512
-HIDDEN_CACHE_SIZE = 2048
-_hidden_cache: OrderedDict[tuple, list[Instance]] = OrderedDict()
-_hidden_lock = threading.Lock()
 JOB_VERDICTS = {"time_limit", "memory_limit", "runtime_error"}
-
-
-def hidden_seed(inst: Instance, k: int) -> int:
-    digest = hashlib.sha256(f"{inst.problem}:{inst.seed}:hidden:{k}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
-
-
-def hidden_instances(spec: ProblemSpec, inst: Instance, count: int = HIDDEN_INSTANCES) -> list[Instance]:
-    """Deterministic per stored instance, so a resubmission reuses the same
-    draws from a small cache instead of drawing and verifying them again."""
-    key = (spec.id, spec.version, inst.seed, inst.choice_index, tuple(sorted(inst.dims.items())), count)
-    with _hidden_lock:
-        cached = _hidden_cache.get(key)
-        if cached is not None:
-            _hidden_cache.move_to_end(key)
-            return cached
-    drawn = [
-        draw_instance(spec, hidden_seed(inst, k), choice_index=inst.choice_index, other_than=inst.dims)
-        for k in range(count)
-    ]
-    with _hidden_lock:
-        _hidden_cache[key] = drawn
-        while len(_hidden_cache) > HIDDEN_CACHE_SIZE:
-            _hidden_cache.popitem(last=False)
-    return drawn
 
 
 def call_arguments(spec: ProblemSpec, inst: Instance) -> dict:
@@ -58,10 +27,16 @@ def call_arguments(spec: ProblemSpec, inst: Instance) -> dict:
     return {name: value for name, value in inst.values.items()}
 
 
-def grade_numpy(spec: ProblemSpec, inst: Instance, source: str, *, run_job=None) -> GradeResult:
+def grade_numpy(spec: ProblemSpec, inst: Instance, source: str, *,
+                hidden_seeds: Sequence[int] | None = None, run_job=None) -> GradeResult:
+    """Grade ``source`` on ``inst`` and the hidden instances of ``hidden_seeds``
+    (the server draws them per submission; without them, the instance's own
+    deterministic ones, as for ``nabla grade``)."""
     if run_job is None:
         from server.sandbox import run_job
-    instances = [inst] + hidden_instances(spec, inst)
+    if hidden_seeds is None:
+        hidden_seeds = legacy_hidden_seeds(inst)
+    instances = [inst] + draw_hidden_instances(spec, inst, hidden_seeds)
     result = run_job(
         source,
         [call_arguments(spec, i) for i in instances],

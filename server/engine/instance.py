@@ -14,7 +14,8 @@ means the problem itself is broken and raises ``BrokenProblemError``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -240,6 +241,26 @@ def draw_instance(
         _verify(spec, sched, leaves, seeds, back.grads, values, no_grad)
         return _build(spec, seed, program, choice_index, dims, shapes, steps, sched, values, seeds, back, no_grad)
     raise InstanceError(f"{spec.id}: no acceptable draw for seed {seed} in {MAX_DRAWS} tries (last: {reason})")
+
+
+HIDDEN_INSTANCES = 2  # hidden checks per answer, besides the student's own instance
+
+
+def draw_hidden_instances(spec: ProblemSpec, inst: Instance, seeds: Sequence[int]) -> list[Instance]:
+    """The hidden instances an answer is also checked on: the structure of
+    ``inst`` (its choices) with other dims and values, one per seed. The server
+    draws the seeds per submission, so nothing learned about one submission's
+    hidden instances helps the next."""
+    return [draw_instance(spec, int(s), choice_index=inst.choice_index, other_than=inst.dims)
+            for s in seeds]
+
+
+def legacy_hidden_seeds(inst: Instance, count: int = HIDDEN_INSTANCES) -> list[int]:
+    """The hidden seeds of submissions stored before seeds were drawn per
+    submission (they were a function of the instance alone); regrades of those
+    reproduce them."""
+    return [int.from_bytes(hashlib.sha256(f"{inst.problem}:{inst.seed}:hidden:{k}".encode())
+                           .digest()[:4], "big") & 0x7FFFFFFF for k in range(count)]
 
 
 def _draw_value(spec: ProblemSpec, name: str, shape, rng) -> np.ndarray:

@@ -66,6 +66,9 @@ class Submission(Base):
     graded_at: Mapped[dt.datetime | None]
     client_ip: Mapped[str | None] = mapped_column(String(45))
     client_key: Mapped[str | None] = mapped_column(String(64))
+    # Seeds of the hidden instances this answer is checked on (JSON list), drawn
+    # per submission when it is stored, kept so that a regrade reproduces them.
+    hidden_seeds_json: Mapped[str | None] = mapped_column(Text)
 
     user: Mapped[User] = relationship()
     assignment_problem: Mapped[AssignmentProblem] = relationship()
@@ -74,6 +77,10 @@ class Submission(Base):
     @property
     def result(self) -> Any:
         return None if self.result_json is None else json.loads(self.result_json)
+
+    @property
+    def hidden_seeds(self) -> list[int] | None:
+        return None if self.hidden_seeds_json is None else json.loads(self.hidden_seeds_json)
 
 
 class Regrade(Base):

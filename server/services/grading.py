@@ -48,14 +48,16 @@ from server.models import (
     SubmissionStatus,
     User,
 )
+from server.models.base import dumps
 from server.services.assignments import Window, assignment_problem_for, submission_window
 from server.services.errors import Forbidden, NotFound, Unavailable, ValidationError
-from server.services.instances import Draw, get_instance, get_or_create_instance
+from server.services.instances import Draw, derive_seed, get_instance, get_or_create_instance
 from server.services.problems import record_problem_version
 from server.services.submissions import store_submission_once, used_attempts
 
 log = logging.getLogger(__name__)
 
+HIDDEN_INSTANCES = 2  # checks besides the student's own instance (numpy and equations)
 # A whole backward pass is a few hundred lines at most; a numpy module a few kB.
 MAX_ANSWER_CHARS = 20_000
 MAX_CLIENT_KEY_CHARS = 64
@@ -230,6 +232,7 @@ class GradingJob:
     instance_id: int
     document_json: str  # the instance's engine JSON, reference included
     answer: str
+    hidden_seeds: tuple[int, ...] = ()  # the hidden instances this answer is checked on
 
 
 @dataclasses.dataclass
@@ -259,8 +262,30 @@ def store_answer(
         answer=text, kind=spec.answer, now=now, client_ip=client_ip, client_key=key)
     job = None
     if created and submission.status == SubmissionStatus.PENDING:
-        job = GradingJob(submission.id, spec, instance.id, instance.reference_json, text)
+        seeds = draw_hidden_seeds(secret, submission.id, instance.seed)
+        submission.hidden_seeds_json = dumps(seeds)
+        session.flush()
+        job = GradingJob(submission.id, spec, instance.id, instance.reference_json, text,
+                         tuple(seeds))
     return Stored(submission, created, window, job, attempts_used)
+
+
+def draw_hidden_seeds(secret: bytes, submission_id: int, instance_seed: int) -> list[int]:
+    """Seeds of a submission's hidden instances, from the server secret and the
+    submission: different for every submission, unguessable without the secret."""
+    return [derive_seed(secret, "hidden", submission_id, instance_seed, k)
+            for k in range(HIDDEN_INSTANCES)]
+
+
+def hidden_seeds_of(submission: Submission, document: Mapping[str, Any]) -> list[int]:
+    """The hidden seeds a stored submission was (or is to be) checked with."""
+    seeds = submission.hidden_seeds
+    if seeds is not None:
+        return seeds
+    from server.engine.instance import Instance as EngineInstance
+    from server.engine.instance import legacy_hidden_seeds
+
+    return legacy_hidden_seeds(EngineInstance.from_json(document))
 
 
 # --- step 2: grade -------------------------------------------------------------------
@@ -311,7 +336,8 @@ def _grade_numpy(job: GradingJob, inst: Any, run_job: Callable[..., Any] | None)
         jobs.append(job_result)
         return job_result
 
-    result = grade_numpy(job.spec, inst, job.answer, run_job=observed_run_job)
+    result = grade_numpy(job.spec, inst, job.answer, hidden_seeds=job.hidden_seeds,
+                         run_job=observed_run_job)
     if jobs and jobs[-1].status == "error":
         # The sandbox failed (not the student's code): not an invalid answer.
         log.error("sandbox error grading submission %s: %s", job.submission_id,

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from server.engine.bank import load_bank
-from server.engine.instance import draw_instance
+from server.engine.instance import draw_hidden_instances, draw_instance, legacy_hidden_seeds
 from server.engine.problem import model_answer
-from server.grading import grade_numpy, hidden_instances
+from server.grading import grade_numpy
 
 SPEC = load_bank()["mlp-relu-numpy"]
 
@@ -24,7 +24,7 @@ def test_model_answer_scores_one_on_several_seeds():
 
 
 def test_hidden_instances_have_the_same_structure_and_other_dims(inst):
-    hidden = hidden_instances(SPEC, inst)
+    hidden = draw_hidden_instances(SPEC, inst, legacy_hidden_seeds(inst))
     assert len(hidden) == 2
     for h in hidden:
         assert h.choice_index == inst.choice_index and h.dims != inst.dims

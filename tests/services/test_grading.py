@@ -264,6 +264,41 @@ def test_numpy_answers_run_in_the_sandbox(session, engine_bank, people, make_ass
 
 
 @pytest.mark.usefixtures("db_backend")
+def test_hidden_instances_are_drawn_per_submission_and_stored(session, engine_bank, people,
+                                                              make_assignment):
+    student, _, course = people
+    hw = make_assignment(session, course, problems=("mlp-relu-numpy",), max_attempts=5)
+    answer = _model_answer(session, engine_bank, student, hw, "mlp-relu-numpy")
+    seen_dims = []
+
+    def recording_sandbox(source, calls, **kwargs):
+        from server.sandbox import run_job
+
+        seen_dims.append([tuple(call["W1"].shape) for call in calls])
+        return run_job(source, calls, **kwargs)
+
+    first = _submit(session, engine_bank, student, hw, "mlp-relu-numpy", answer,
+                    run_job=recording_sandbox).submission
+    second = _submit(session, engine_bank, student, hw, "mlp-relu-numpy", answer,
+                     run_job=recording_sandbox).submission
+    assert first.score == second.score == 1.0
+    assert len(first.hidden_seeds) == len(second.hidden_seeds) == grading.HIDDEN_INSTANCES
+    assert first.hidden_seeds != second.hidden_seeds
+    assert first.hidden_seeds == grading.draw_hidden_seeds(SECRET, first.id, first.instance.seed)
+    # The same own instance, other hidden instances for each submission.
+    assert seen_dims[0][0] == seen_dims[1][0]
+    from server.engine.instance import Instance as EngineInstance
+    from server.engine.instance import draw_hidden_instances
+
+    spec = engine_bank["mlp-relu-numpy"]
+    own = EngineInstance.from_json(json.loads(first.instance.reference_json))
+    for sub, dims in zip((first, second), seen_dims):
+        hidden = draw_hidden_instances(spec, own, grading.hidden_seeds_of(
+            sub, json.loads(sub.instance.reference_json)))
+        assert [tuple(h.values["W1"].shape) for h in hidden] == dims[1:]
+
+
+@pytest.mark.usefixtures("db_backend")
 def test_a_sandbox_failure_costs_no_attempt(session, engine_bank, people, make_assignment,
                                             caplog):
     from server.sandbox import JobResult
