@@ -103,7 +103,8 @@ def fresh_job(call: dict[str, np.ndarray], limits: dict[str, object]) -> client.
     try:
         deadline = time.monotonic() + float(limits["time_limit_s"])
         sb = client.get_sandbox()
-        return sb._converse(None, _ExitReport(proc), ours, job, deadline, limits, 1, result)
+        return sb._converse(None, _ExitReport(proc), ours, job, deadline, limits, 1, result,
+                            SOURCE)
     finally:
         ours.close()
         if proc.poll() is None:
@@ -115,7 +116,7 @@ def fresh_latency(n: int) -> list[float]:
     call = make_call()
     limits = {"time_limit_s": 5.0, "memory_mb": 512, "max_output_arrays": 64,
               "max_array_elements": 1_000_000, "max_output_bytes": 64 << 20,
-              "max_stream_chars": 10_000}
+              "max_stream_chars": 10_000, "outputs": None}
     out = []
     for _ in range(n):
         t = time.perf_counter()

@@ -18,8 +18,10 @@ printed output, values or shapes that came from the run.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from server.engine.grade import GradeResult, GradientResult, Layout, invalid, judge_gradient
@@ -65,10 +67,16 @@ def grade_numpy(spec: ProblemSpec, inst: Instance, source: str, *,
         from server.sandbox import run_job
     if hidden_seeds is None:
         hidden_seeds = legacy_hidden_seeds(inst)
-    instances = [inst] + draw_hidden_instances(spec, inst, hidden_seeds)
     asked = ["d" + a for a in inst.ask]
-    results = run_each(run_job, source, [call_arguments(spec, i) for i in instances],
-                       outputs=asked, concurrent=concurrent)
+    jobs = _Jobs(run_job, source, asked, concurrent)
+    # The own instance's child starts first; each hidden instance is drawn while
+    # the children before it run, then gets its own child.
+    instances = [inst]
+    jobs.start(call_arguments(spec, inst), last=not hidden_seeds)
+    for k, seed in enumerate(hidden_seeds):
+        instances += draw_hidden_instances(spec, inst, [seed])
+        jobs.start(call_arguments(spec, instances[-1]), last=k == len(hidden_seeds) - 1)
+    results = jobs.results()
     if any(r.status == "error" for r in results):  # our fault: costs the student nothing
         return invalid([{"line": 0, "message": OUR_FAILURE}])
     if any(r.status == "invalid" for r in results):  # decided in this process, not a child's
@@ -95,33 +103,48 @@ def grade_numpy(spec: ProblemSpec, inst: Instance, source: str, *,
     return GradeResult(True, round(score, 6), errors, gradients=verdicts)
 
 
-def run_each(run_job: Callable[..., object], source: str, calls: list[dict], *,
-             outputs: Sequence[str], concurrent: bool = True) -> list:
-    """One sandbox job per call (a child never holds another call's inputs), the
-    first in this thread and the others in threads of their own when ``concurrent``."""
-    options = {"function": FUNCTION, "time_limit_s": TIME_LIMIT_S, "memory_mb": MEMORY_MB,
-               "outputs": list(outputs)}
-    if not concurrent or len(calls) < 2:
-        return [run_job(source, [call], **options) for call in calls]
-    results: list[object] = [None] * len(calls)
-    raised: list[BaseException] = []
+class _Jobs:
+    """One sandbox job per instance: a child never holds another instance's inputs.
+    Concurrently, every job but the last runs on a thread of a per-process pool
+    (the last in the caller's thread)."""
 
-    def run(index: int) -> None:
-        try:
-            results[index] = run_job(source, [calls[index]], **options)
-        except BaseException as exc:  # re-raised in the caller's thread
-            raised.append(exc)
+    def __init__(self, run_job: Callable[..., object], source: str, outputs: Sequence[str],
+                 concurrent: bool) -> None:
+        self.run_job, self.source, self.concurrent = run_job, source, concurrent
+        self.options = {"function": FUNCTION, "time_limit_s": TIME_LIMIT_S,
+                        "memory_mb": MEMORY_MB, "outputs": list(outputs)}
+        self.pending: list[Future | object] = []
 
-    threads = [threading.Thread(target=run, args=(i,), daemon=True)
-               for i in range(1, len(calls))]
-    for thread in threads:
-        thread.start()
-    run(0)
-    for thread in threads:
-        thread.join()
-    if raised:
-        raise raised[0]
-    return results
+    def start(self, call: dict, *, last: bool) -> None:
+        if self.concurrent and not last:
+            self.pending.append(_executor().submit(self.run_job, self.source, [call],
+                                                   **self.options))
+        else:
+            self.pending.append(self.run_job(self.source, [call], **self.options))
+
+    def results(self) -> list:
+        return [job.result() if isinstance(job, Future) else job for job in self.pending]
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    """Threads that wait for sandboxed children (they hold the GIL only briefly)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="nabla-numpy-job")
+        return _pool
+
+
+def _forget_pool_after_fork() -> None:  # a forked server process starts its own threads
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 @dataclass(frozen=True)

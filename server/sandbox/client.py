@@ -283,8 +283,9 @@ class Sandbox:
 
     def __init__(self, pool_size: int | None = None, insecure: bool | None = None,
                  worker_args: list[str] | None = None) -> None:
+        # A numpy grade leases one child per instance (three) at once.
         self.pool_size = pool_size or int(os.environ.get(POOL_ENV) or
-                                          min(8, max(2, 2 * (os.cpu_count() or 1))))
+                                          min(12, 3 * (os.cpu_count() or 1)))
         self.insecure = (os.environ.get(INSECURE_ENV) == "1") if insecure is None else insecure
         self._lock = threading.Lock()
         self._worker: _Worker | None = None
