@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 STUDENT_FILE = "answer.py"
-MAX_SOURCE_CHARS = 1 << 20
+MAX_SOURCE_CHARS = 256 << 10  # the service stores at most 20 000 characters
 # Scopes of their own: a name bound inside them is not a module-level binding.
 _NESTED_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda,
                   ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
@@ -40,7 +40,7 @@ class SourceProblem(NamedTuple):
     message: str
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=64)
 def check_source(source: str, function: str) -> SourceProblem | None:
     """None if ``source`` compiles and binds ``function`` at module level, else why
     not (message ``"line 3: SyntaxError: ..."``). Cached: a grade checks one source
