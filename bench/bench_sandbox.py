@@ -8,6 +8,8 @@ Prints, in one run on this machine:
   * the same job in a fresh interpreter per job with the same isolation
     (python -I, import numpy, chroot, setuid, seccomp, netns), p50/p90;
   * the unsafe in-process reference (exec + call, no isolation);
+  * three calls in one job beside three one-call jobs at once (one child per
+    call, as the grader runs a student's own and hidden instances);
   * throughput with 2 and 8 concurrent callers.
 Figures only; nothing here asserts a time.
 """
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -55,6 +58,31 @@ def pct(values: list[float], q: float) -> float:
 def summary(values: list[float]) -> str:
     return (f"p50 {statistics.median(values):7.2f} ms   p90 {pct(values, 0.9):7.2f} ms   "
             f"p99 {pct(values, 0.99):7.2f} ms   (n={len(values)})")
+
+
+def worker_cpu_s() -> float:
+    """CPU seconds of the sandbox worker and its reaped children (fork, set-up,
+    warm-up, job, exit) so far."""
+    pid = client.get_sandbox().worker_pid()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def split_latency(n: int, gap_s: float, ncalls: int = 3) -> list[float]:
+    """``ncalls`` calls as ``ncalls`` one-call jobs at once (one child each, as the
+    grader runs a student's instance and the hidden ones), all but one on threads."""
+    calls = [make_call(seed) for seed in range(ncalls)]
+    out = []
+    with ThreadPoolExecutor(ncalls) as pool:
+        for _ in range(n):
+            t = time.perf_counter()
+            others = [pool.submit(run_job, SOURCE, [c]) for c in calls[1:]]
+            results = [run_job(SOURCE, calls[:1])] + [f.result() for f in others]
+            out.append((time.perf_counter() - t) * 1e3)
+            assert all(r.status == "ok" and r.calls[0].status == "ok" for r in results), results
+            if gap_s:
+                time.sleep(gap_s)
+    return out
 
 
 def pool_latency(n: int, gap_s: float, ncalls: int = 1) -> list[float]:
@@ -177,9 +205,14 @@ def main() -> None:
           + ("" if status["available"] else f"   (MISSING: {status['missing']})"))
     pool_latency(20, 0)  # warm-up: worker start, first jobs
 
+    time.sleep(1)
+    cpu_before = worker_cpu_s()
     spaced = pool_latency(opts.jobs, 0.01)
+    time.sleep(1)  # the last children are torn down and reaped
+    cpu_per_job = (worker_cpu_s() - cpu_before) / opts.jobs * 1e3
     back = pool_latency(opts.jobs, 0)
     three = pool_latency(opts.jobs, 0.01, ncalls=3)
+    split = split_latency(opts.jobs, 0.01)
     fresh = fresh_latency(opts.fresh_jobs)
     inproc = in_process_latency(opts.jobs)
     print()
@@ -189,6 +222,9 @@ def main() -> None:
     print(f"  fresh interpreter + same layers {summary(fresh)}")
     print(f"  in-process, no isolation        {summary(inproc)}")
     print(f"  pool, 3 calls/job, 10 ms gaps   {summary(three)}")
+    print(f"  pool, 3 one-call jobs at once   {summary(split)}  (10 ms gaps; one child per call)")
+    print(f"  CPU per pooled job (worker + child: fork, set-up, warm-up, job, exit): "
+          f"{cpu_per_job:.1f} ms")
     print(f"  speed-up of the pool (p50): {statistics.median(fresh) / statistics.median(spaced):.0f}x "
           f"(10 ms gaps), {statistics.median(fresh) / statistics.median(back):.0f}x (back to back)")
     print()

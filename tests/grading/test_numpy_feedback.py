@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 
 import numpy as np
 import numpy_attacks as attacks
@@ -97,7 +98,9 @@ def test_control_the_harvest_finds_what_its_callers_hold():
     def runner(arrays):
         return namespace["harvest"]([])
 
-    found = runner({"other": other})
+    with warnings.catch_warnings():  # it touches every object of this (test) process
+        warnings.simplefilter("ignore")
+        found = runner({"other": other})
     assert [[1, 2], [0.123, 4.5]] in found
 
 

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,10 +38,10 @@ def nabla_serve(database_url: str, folder: Path, *, threads: int = 2) -> Iterato
         deadline = time.monotonic() + 30
         while True:
             try:
-                with urllib.request.urlopen(base + "/login", timeout=2) as response:
+                with urllib.request.urlopen(base + "/login", timeout=5) as response:
                     status, body = response.status, response.read().decode()
                 break
-            except (urllib.error.URLError, ConnectionError):
+            except OSError:  # URLError, a refused connection, a slow first answer
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise AssertionError("nabla serve did not answer:\n"
                                          + log_path.read_text()[-3000:]) from None
