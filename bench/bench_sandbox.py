@@ -195,6 +195,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=200)
     ap.add_argument("--fresh-jobs", type=int, default=20)
     ap.add_argument("--throughput-jobs", type=int, default=400)
+    ap.add_argument("--gap-ms", type=float, default=10.0,
+                    help="pause between spaced jobs (lets the pool refill)")
     opts = ap.parse_args()
 
     status = sandbox_status()
@@ -207,26 +209,28 @@ def main() -> None:
 
     time.sleep(1)
     cpu_before = worker_cpu_s()
-    spaced = pool_latency(opts.jobs, 0.01)
+    gap = opts.gap_ms / 1e3
+    spaced = pool_latency(opts.jobs, gap)
     time.sleep(1)  # the last children are torn down and reaped
     cpu_per_job = (worker_cpu_s() - cpu_before) / opts.jobs * 1e3
     back = pool_latency(opts.jobs, 0)
-    three = pool_latency(opts.jobs, 0.01, ncalls=3)
-    split = split_latency(opts.jobs, 0.01)
+    three = pool_latency(opts.jobs, gap, ncalls=3)
+    split = split_latency(opts.jobs, gap)
     fresh = fresh_latency(opts.fresh_jobs)
     inproc = in_process_latency(opts.jobs)
     print()
     print("per-job latency, trivial MLP-layer backward (one call):")
-    print(f"  pool, 10 ms between jobs        {summary(spaced)}")
+    g = f"{opts.gap_ms:g} ms"
+    print(f"  pool, {g + ' between jobs':<25} {summary(spaced)}")
     print(f"  pool, back to back              {summary(back)}")
     print(f"  fresh interpreter + same layers {summary(fresh)}")
     print(f"  in-process, no isolation        {summary(inproc)}")
-    print(f"  pool, 3 calls/job, 10 ms gaps   {summary(three)}")
-    print(f"  pool, 3 one-call jobs at once   {summary(split)}  (10 ms gaps; one child per call)")
+    print(f"  pool, 3 calls/job, {g + ' gaps':<12} {summary(three)}")
+    print(f"  pool, 3 one-call jobs at once   {summary(split)}  ({g} gaps; one child per call)")
     print(f"  CPU per pooled job (worker + child: fork, set-up, warm-up, job, exit): "
           f"{cpu_per_job:.1f} ms")
     print(f"  speed-up of the pool (p50): {statistics.median(fresh) / statistics.median(spaced):.0f}x "
-          f"(10 ms gaps), {statistics.median(fresh) / statistics.median(back):.0f}x (back to back)")
+          f"({g} gaps), {statistics.median(fresh) / statistics.median(back):.0f}x (back to back)")
     print()
     print("throughput (concurrent callers in one process, back to back):")
     for callers in (2, 8):
