@@ -1,7 +1,12 @@
 """Grading a numpy backward() answer for mlp-relu-numpy in-process: the stored
-instance plus two hidden ones in one sandbox job. Prints p50/p99 per grade and
+instance plus two hidden ones, each in its own sandboxed child (concurrently,
+and for comparison one after the other). Prints p50/p99 per grade and
 throughput with 2 and 8 concurrent callers, beside the same answer graded with
 the equations grader (no sandbox) as a baseline.
+
+Every grade draws its own hidden instances from fresh seeds, as the server does
+per submission. "First grade" is the first grade of an instance the process
+has not seen; "resubmission" grades one of 50 instances again.
 
     .venv/bin/python bench/bench_numpy_grading.py [--grades 300]
 """
@@ -9,6 +14,7 @@ the equations grader (no sandbox) as a baseline.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import threading
 import time
@@ -20,6 +26,15 @@ from server.engine.grade import grade_equations
 from server.engine.instance import draw_instance
 from server.engine.problem import model_answer
 from server.grading import grade_numpy
+
+_seeds = itertools.count(10_000)
+_seeds_lock = threading.Lock()
+
+
+def fresh_seeds() -> list[int]:
+    """Two hidden seeds never used before (the server draws them per submission)."""
+    with _seeds_lock:
+        return [next(_seeds), next(_seeds)]
 
 
 def main() -> None:
@@ -33,39 +48,50 @@ def main() -> None:
     eq_insts = [draw_instance(eq_spec, i) for i in range(50)]
     eq_texts = [model_answer(eq_spec, inst) for inst in eq_insts]
     for i in range(10):  # warm the worker and its pool
-        grade_numpy(spec, insts[i], sources[i])
+        grade_numpy(spec, insts[i], sources[i], hidden_seeds=fresh_seeds())
 
-    def one(i):
+    def one(i: int, concurrent: bool = True) -> float:
         t = time.perf_counter()
-        result = grade_numpy(spec, insts[i % 50], sources[i % 50])
+        result = grade_numpy(spec, insts[i % 50], sources[i % 50], hidden_seeds=fresh_seeds(),
+                             concurrent=concurrent)
         assert result.score == 1.0, result.to_json()
         return (time.perf_counter() - t) * 1e3
 
-    cold_insts = [draw_instance(spec, 1000 + i) for i in range(100)]
     cold = []
-    for inst in cold_insts:  # first grade of an instance: its hidden instances are drawn and verified
+    for k in range(100):
+        inst = draw_instance(spec, 1000 + k)
+        source = model_answer(spec, inst)
         t = time.perf_counter()
-        grade_numpy(spec, inst, model_answer(spec, inst))
+        grade_numpy(spec, inst, source, hidden_seeds=fresh_seeds())
         cold.append((time.perf_counter() - t) * 1e3)
-    xs = [one(i) for i in range(args.grades)]
+    # Concurrent and sequential children, alternating so that both see the same load.
+    together: list[float] = []
+    apart: list[float] = []
+    for i in range(args.grades):
+        together.append(one(i))
+        apart.append(one(i, concurrent=False))
     base = []
     for i in range(args.grades):
         t = time.perf_counter()
         grade_equations(eq_spec, eq_insts[i % 50], eq_texts[i % 50])
         base.append((time.perf_counter() - t) * 1e3)
-    print(f"numpy answer, stored + 2 hidden instances, one sandbox job ({args.grades} grades, sequential)")
-    print(f"  first grade of an instance (hidden draws)  p50 {statistics.median(cold):7.3f} ms   "
-          f"p99 {np.percentile(cold, 99):7.3f} ms")
-    print(f"  grade_numpy, resubmission      p50 {statistics.median(xs):7.3f} ms   p99 {np.percentile(xs, 99):7.3f} ms")
-    print(f"  baseline: the same network as equations, in-process, no sandbox: "
-          f"p50 {statistics.median(base):.3f} ms  p99 {np.percentile(base, 99):.3f} ms")
+    print(f"numpy answer, stored + 2 hidden instances, one child each ({args.grades} grades)")
+    row("first grade of an instance", cold)
+    row("resubmission, children concurrent", together)
+    row("resubmission, children one after another", apart)
+    row("baseline: the same network as equations, in-process, no sandbox", base)
     for callers in (2, 8):
-        lat, wall = concurrent(one, callers, max(args.grades // callers, 10))
+        lat, wall = concurrent_callers(one, callers, max(args.grades // callers, 10))
         print(f"  {callers} concurrent callers: {len(lat) / wall:6.1f} grades/s   "
               f"p50 {statistics.median(lat):.3f} ms   p99 {np.percentile(lat, 99):.3f} ms")
 
 
-def concurrent(one, callers: int, per: int) -> tuple[list[float], float]:
+def row(label: str, values: list[float]) -> None:
+    print(f"  {label:<66} p50 {statistics.median(values):7.3f} ms   "
+          f"p99 {np.percentile(values, 99):7.3f} ms")
+
+
+def concurrent_callers(one, callers: int, per: int) -> tuple[list[float], float]:
     """Latencies from ``callers`` threads each grading ``per`` times, and the wall time."""
     lat: list[float] = []
     lock = threading.Lock()
@@ -82,6 +108,7 @@ def concurrent(one, callers: int, per: int) -> tuple[list[float], float]:
     for th in threads:
         th.join()
     return lat, time.perf_counter() - t
+
 
 if __name__ == "__main__":
     main()

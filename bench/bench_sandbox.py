@@ -8,6 +8,8 @@ Prints, in one run on this machine:
   * the same job in a fresh interpreter per job with the same isolation
     (python -I, import numpy, chroot, setuid, seccomp, netns), p50/p90;
   * the unsafe in-process reference (exec + call, no isolation);
+  * three calls in one job beside three one-call jobs at once (one child per
+    call, as the grader runs a student's own and hidden instances);
   * throughput with 2 and 8 concurrent callers.
 Figures only; nothing here asserts a time.
 """
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -55,6 +58,31 @@ def pct(values: list[float], q: float) -> float:
 def summary(values: list[float]) -> str:
     return (f"p50 {statistics.median(values):7.2f} ms   p90 {pct(values, 0.9):7.2f} ms   "
             f"p99 {pct(values, 0.99):7.2f} ms   (n={len(values)})")
+
+
+def worker_cpu_s() -> float:
+    """CPU seconds of the sandbox worker and its reaped children (fork, set-up,
+    warm-up, job, exit) so far."""
+    pid = client.get_sandbox().worker_pid()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def split_latency(n: int, gap_s: float, ncalls: int = 3) -> list[float]:
+    """``ncalls`` calls as ``ncalls`` one-call jobs at once (one child each, as the
+    grader runs a student's instance and the hidden ones), all but one on threads."""
+    calls = [make_call(seed) for seed in range(ncalls)]
+    out = []
+    with ThreadPoolExecutor(ncalls) as pool:
+        for _ in range(n):
+            t = time.perf_counter()
+            others = [pool.submit(run_job, SOURCE, [c]) for c in calls[1:]]
+            results = [run_job(SOURCE, calls[:1])] + [f.result() for f in others]
+            out.append((time.perf_counter() - t) * 1e3)
+            assert all(r.status == "ok" and r.calls[0].status == "ok" for r in results), results
+            if gap_s:
+                time.sleep(gap_s)
+    return out
 
 
 def pool_latency(n: int, gap_s: float, ncalls: int = 1) -> list[float]:
@@ -103,7 +131,8 @@ def fresh_job(call: dict[str, np.ndarray], limits: dict[str, object]) -> client.
     try:
         deadline = time.monotonic() + float(limits["time_limit_s"])
         sb = client.get_sandbox()
-        return sb._converse(None, _ExitReport(proc), ours, job, deadline, limits, 1, result)
+        return sb._converse(None, _ExitReport(proc), ours, job, deadline, limits, 1, result,
+                            SOURCE)
     finally:
         ours.close()
         if proc.poll() is None:
@@ -115,7 +144,7 @@ def fresh_latency(n: int) -> list[float]:
     call = make_call()
     limits = {"time_limit_s": 5.0, "memory_mb": 512, "max_output_arrays": 64,
               "max_array_elements": 1_000_000, "max_output_bytes": 64 << 20,
-              "max_stream_chars": 10_000}
+              "max_stream_chars": 10_000, "outputs": None}
     out = []
     for _ in range(n):
         t = time.perf_counter()
@@ -166,6 +195,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=200)
     ap.add_argument("--fresh-jobs", type=int, default=20)
     ap.add_argument("--throughput-jobs", type=int, default=400)
+    ap.add_argument("--gap-ms", type=float, default=10.0,
+                    help="pause between spaced jobs (lets the pool refill)")
     opts = ap.parse_args()
 
     status = sandbox_status()
@@ -176,20 +207,30 @@ def main() -> None:
           + ("" if status["available"] else f"   (MISSING: {status['missing']})"))
     pool_latency(20, 0)  # warm-up: worker start, first jobs
 
-    spaced = pool_latency(opts.jobs, 0.01)
+    time.sleep(1)
+    cpu_before = worker_cpu_s()
+    gap = opts.gap_ms / 1e3
+    spaced = pool_latency(opts.jobs, gap)
+    time.sleep(1)  # the last children are torn down and reaped
+    cpu_per_job = (worker_cpu_s() - cpu_before) / opts.jobs * 1e3
     back = pool_latency(opts.jobs, 0)
-    three = pool_latency(opts.jobs, 0.01, ncalls=3)
+    three = pool_latency(opts.jobs, gap, ncalls=3)
+    split = split_latency(opts.jobs, gap)
     fresh = fresh_latency(opts.fresh_jobs)
     inproc = in_process_latency(opts.jobs)
     print()
     print("per-job latency, trivial MLP-layer backward (one call):")
-    print(f"  pool, 10 ms between jobs        {summary(spaced)}")
+    g = f"{opts.gap_ms:g} ms"
+    print(f"  pool, {g + ' between jobs':<25} {summary(spaced)}")
     print(f"  pool, back to back              {summary(back)}")
     print(f"  fresh interpreter + same layers {summary(fresh)}")
     print(f"  in-process, no isolation        {summary(inproc)}")
-    print(f"  pool, 3 calls/job, 10 ms gaps   {summary(three)}")
+    print(f"  pool, 3 calls/job, {g + ' gaps':<12} {summary(three)}")
+    print(f"  pool, 3 one-call jobs at once   {summary(split)}  ({g} gaps; one child per call)")
+    print(f"  CPU per pooled job (worker + child: fork, set-up, warm-up, job, exit): "
+          f"{cpu_per_job:.1f} ms")
     print(f"  speed-up of the pool (p50): {statistics.median(fresh) / statistics.median(spaced):.0f}x "
-          f"(10 ms gaps), {statistics.median(fresh) / statistics.median(back):.0f}x (back to back)")
+          f"({g} gaps), {statistics.median(fresh) / statistics.median(back):.0f}x (back to back)")
     print()
     print("throughput (concurrent callers in one process, back to back):")
     for callers in (2, 8):

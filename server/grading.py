@@ -1,25 +1,51 @@
 """Grading numpy ``backward`` answers: the engine's references, run through the sandbox.
 
-The student's function runs in one sandbox job on the stored instance and on
-hidden instances of the same structure with other dims and values (their seeds
-drawn per submission), so hard-coded numbers and shapes fail. Feedback says
-which instance failed, never its values.
+The answer is checked on the student's own instance and on hidden instances of
+the same structure with other dims and values (their seeds drawn per
+submission), so hard-coded numbers and shapes fail. Each instance runs in its
+own sandboxed child that is sent that instance's inputs only; the children of
+one grade run concurrently.
+
+Who decides what (docs/sandbox.md, "Outcomes"): whether the answer is invalid
+(it does not compile, or binds no ``backward`` at module level) is decided
+here, before anything runs. Once a child has the job, the outcome costs an
+attempt whatever the child sends: it can deliver arrays (judged here against
+the references) or an error. For the own instance the error is shown whole
+(message, traceback); for a hidden check only which check failed, a builtin
+exception's type name and a line of the student's file, never a message,
+printed output, values or shapes that came from the run.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
-
-import numpy as np
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 from server.engine.grade import GradeResult, GradientResult, Layout, invalid, judge_gradient
 from server.engine.instance import Instance, draw_hidden_instances, legacy_hidden_seeds
 from server.engine.spec import ProblemSpec
+from server.sandbox.source import check_source
 
+FUNCTION = "backward"
 TIME_LIMIT_S = 2.0
 MEMORY_MB = 512
-JOB_VERDICTS = {"time_limit", "memory_limit", "runtime_error"}
+LIMIT_MESSAGES = {
+    "time_limit": f"time limit: backward() ran longer than {TIME_LIMIT_S:g} s",
+    "memory_limit": f"memory limit: backward() used more than {MEMORY_MB} MB",
+}
+OUR_FAILURE = ("the grader could not run your code; try again "
+               "(this attempt is not counted against you)")
+# What a hidden check may say about a verdict: nothing computed from the
+# student's arrays (a shape they return can carry any number).
+HIDDEN_VERDICT_TEXT = {
+    "incorrect": "does not match the expected value",
+    "wrong_shape": "has the wrong shape",
+    "sign": "has the wrong sign",
+    "missing_accumulation": "holds only part of its gradient (its contributions add up: +=)",
+}
 
 
 def call_arguments(spec: ProblemSpec, inst: Instance) -> dict:
@@ -28,73 +54,185 @@ def call_arguments(spec: ProblemSpec, inst: Instance) -> dict:
 
 
 def grade_numpy(spec: ProblemSpec, inst: Instance, source: str, *,
-                hidden_seeds: Sequence[int] | None = None, run_job=None) -> GradeResult:
+                hidden_seeds: Sequence[int] | None = None, run_job=None,
+                concurrent: bool = True) -> GradeResult:
     """Grade ``source`` on ``inst`` and the hidden instances of ``hidden_seeds``
     (the server draws them per submission; without them, the instance's own
-    deterministic ones, as for ``nabla grade``)."""
+    deterministic ones, as for ``nabla grade``). ``run_job`` runs one sandbox job
+    (``server.sandbox.run_job`` by default); it is called once per instance."""
+    problem = check_source(source, FUNCTION)
+    if problem is not None:
+        return invalid([{"line": problem.line or 0, "message": problem.message}])
     if run_job is None:
         from server.sandbox import run_job
     if hidden_seeds is None:
         hidden_seeds = legacy_hidden_seeds(inst)
-    instances = [inst] + draw_hidden_instances(spec, inst, hidden_seeds)
-    result = run_job(
-        source,
-        [call_arguments(spec, i) for i in instances],
-        function="backward",
-        time_limit_s=TIME_LIMIT_S,
-        memory_mb=MEMORY_MB,
-    )
     asked = ["d" + a for a in inst.ask]
-    if result.status == "invalid":
-        return invalid([{"line": _line_of(result.message), "message": result.message}])
-    if result.status == "error":  # our fault: costs the student nothing
-        return invalid([{"line": 0, "message": _job_message(result)}])
-    if result.status in JOB_VERDICTS:
-        verdict = result.status
-        message = _job_message(result)
-        return GradeResult(True, 0.0, [{"line": 0, "message": message}],
-                           gradients={g: GradientResult(verdict, message) for g in asked})
+    jobs = _Jobs(run_job, source, asked, concurrent)
+    # The own instance's child starts first; each hidden instance is drawn while
+    # the children before it run, then gets its own child.
+    instances = [inst]
+    jobs.start(call_arguments(spec, inst), last=not hidden_seeds)
+    for k, seed in enumerate(hidden_seeds):
+        instances += draw_hidden_instances(spec, inst, [seed])
+        jobs.start(call_arguments(spec, instances[-1]), last=k == len(hidden_seeds) - 1)
+    results = jobs.results()
+    if any(r.status == "error" for r in results):  # our fault: costs the student nothing
+        return invalid([{"line": 0, "message": OUR_FAILURE}])
+    if any(r.status == "invalid" for r in results):  # decided in this process, not a child's
+        first = next(r for r in results if r.status == "invalid")
+        return invalid([{"line": first.line or 0, "message": first.message}])
     program = spec.program(inst.choice_index)
+    checks = [_Check(number, len(instances) - 1, instance, result, source)
+              for number, (instance, result) in enumerate(zip(instances, results))]
     verdicts: dict[str, GradientResult] = {}
-    for number, (instance, call) in enumerate(zip(instances, result.calls)):
-        where = "your instance" if number == 0 else f"hidden check {number} of {len(instances) - 1}"
-        for g in asked:
-            if g in verdicts and verdicts[g].verdict != "correct":
-                continue
-            verdicts[g] = _judge_call(g, instance, call, where, Layout(spec, program, instance), spec.numpy_rtol)
+    shown: list[_Check] = []  # checks whose failure decided a verdict: their error is shown once
+    for g in asked:
+        for check in checks:
+            verdict = check.judge(g, Layout(spec, program, check.instance), spec.numpy_rtol)
+            if verdict.verdict != "correct" or check is checks[-1]:
+                verdicts[g] = verdict
+                if check.failure is not None and check not in shown:
+                    shown.append(check)
+                break
+    verdicts = name_other_layout(verdicts, inst.layout)
     total = sum(spec.weights.get(g[1:], 1.0) for g in asked)
-    score = sum(spec.weights.get(g[1:], 1.0) for g in asked if verdicts[g].verdict == "correct") / total
-    return GradeResult(True, round(score, 6), [], gradients=verdicts)
+    score = sum(spec.weights.get(g[1:], 1.0) for g in asked
+                if verdicts[g].verdict == "correct") / total
+    errors = [check.failure.error for check in shown]  # type: ignore[union-attr]
+    return GradeResult(True, round(score, 6), errors, gradients=verdicts)
 
 
-def _judge_call(g: str, instance: Instance, call, where: str, layout: Layout, rtol: float) -> GradientResult:
-    if call.status == "runtime_error":
-        return GradientResult("runtime_error", f"on {where}: {call.traceback or call.message}")
-    if call.status != "ok":
-        return GradientResult("invalid_result", f"on {where}: {call.message}")
-    if g not in call.outputs:
-        return GradientResult("missing", f"backward() returned no {g!r} (on {where})")
-    value = np.asarray(call.outputs[g], dtype=float)
-    ref = instance.reference[g]
-    if isinstance(ref, list):
-        return GradientResult("incorrect", f"{g} is indexed over steps; return a list")
-    verdict = judge_gradient(g[1:], value, ref, layout=layout, rtol=rtol,
-                             contributions=[c for _, _, c in instance.contributions.get(g, [])])
-    if verdict.verdict == "correct" or where == "your instance":
-        return verdict
-    return GradientResult(verdict.verdict, f"on {where} (other dims and values): {verdict.message}")
+class _Jobs:
+    """One sandbox job per instance: a child never holds another instance's inputs.
+    Concurrently, every job but the last runs on a thread of a per-process pool
+    (the last in the caller's thread)."""
+
+    def __init__(self, run_job: Callable[..., object], source: str, outputs: Sequence[str],
+                 concurrent: bool) -> None:
+        self.run_job, self.source, self.concurrent = run_job, source, concurrent
+        self.options = {"function": FUNCTION, "time_limit_s": TIME_LIMIT_S,
+                        "memory_mb": MEMORY_MB, "outputs": list(outputs)}
+        self.pending: list[Future | object] = []
+
+    def start(self, call: dict, *, last: bool) -> None:
+        if self.concurrent and not last:
+            self.pending.append(_executor().submit(self.run_job, self.source, [call],
+                                                   **self.options))
+        else:
+            self.pending.append(self.run_job(self.source, [call], **self.options))
+
+    def results(self) -> list:
+        return [job.result() if isinstance(job, Future) else job for job in self.pending]
 
 
-def _job_message(result) -> str:
-    if result.status == "time_limit":
-        return f"time limit: backward() ran longer than {TIME_LIMIT_S:g} s"
-    if result.status == "memory_limit":
-        return f"memory limit: backward() used more than {MEMORY_MB} MB"
-    if result.status == "runtime_error":
-        return result.message or "your module failed to load"
-    return "the grader could not run your code; try again (this attempt is not counted against you)"
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
 
 
-def _line_of(message: str) -> int:
-    match = re.search(r"line (\d+)", message or "")
-    return int(match.group(1)) if match else 0
+def _executor() -> ThreadPoolExecutor:
+    """Threads that wait for sandboxed children (they hold the GIL only briefly)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="nabla-numpy-job")
+        return _pool
+
+
+def _forget_pool_after_fork() -> None:  # a forked server process starts its own threads
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """A check on which no gradient could be judged."""
+
+    verdict: str  # runtime_error | time_limit | memory_limit | invalid_result
+    error: dict  # the errors entry: {"line", "message"}
+    note: str  # what each gradient says
+
+
+class _Check:
+    """One instance's job: the own instance (number 0) or hidden check ``number``."""
+
+    def __init__(self, number: int, hidden: int, instance: Instance, result, source: str):
+        self.instance, self.result = instance, result
+        self.own = number == 0
+        self.name = "your instance" if self.own else f"hidden check {number} of {hidden}"
+        self.call = result.calls[0] if result.status == "ok" and result.calls else None
+        self.failure = self._failure()
+
+    def _failure(self) -> _Failure | None:
+        result, call = self.result, self.call
+        prefix = "" if self.own else f"{self.name} (other dims and values): "
+        if result.status in LIMIT_MESSAGES:
+            text = LIMIT_MESSAGES[result.status]
+            return _Failure(result.status, {"line": 0, "message": prefix + text},
+                            f"not computed{self._on}: {text}")
+        if call is not None and call.status == "ok":
+            return None
+        if call is not None and call.status == "invalid_result":
+            text = (call.message if self.own
+                    else "backward() did not return a dict of real-valued arrays")
+            return _Failure("invalid_result", {"line": 0, "message": prefix + text},
+                            f"not judged{self._on}: the returned value could not be read "
+                            "(see the errors)")
+        # A runtime error: in a call, while the module loaded, or the process ended.
+        facts = call if call is not None else result
+        raised = bool(facts.error_type or facts.line or call is not None)
+        kind = facts.error_type or "an exception"
+        at = f" at line {facts.line}" if facts.line else ""
+        summary = (f"backward() raised {kind}{at}" if raised
+                   else "the answer's process stopped before returning a result")
+        text = (facts.traceback or facts.message or summary) if self.own else summary
+        where = f"see the error at line {facts.line}" if facts.line else "see the errors"
+        return _Failure("runtime_error", {"line": facts.line or 0, "message": prefix + text},
+                        f"not computed{self._on}: the run failed ({where})")
+
+    @property
+    def _on(self) -> str:
+        return "" if self.own else f" on {self.name}"
+
+    def judge(self, g: str, layout: Layout, rtol: float) -> GradientResult:
+        if self.failure is not None:
+            return GradientResult(self.failure.verdict, self.failure.note)
+        outputs = self.call.outputs  # type: ignore[union-attr]
+        if g not in outputs:
+            return GradientResult("missing", f"backward() returned no {g!r}{self._on}")
+        ref = self.instance.reference[g]
+        if isinstance(ref, list):
+            return GradientResult("incorrect", f"{g} is indexed over steps; return a list")
+        contributions = [c for _, _, c in self.instance.contributions.get(g, [])]
+        verdict = judge_gradient(g[1:], outputs[g], ref, layout=layout, rtol=rtol,
+                                 contributions=contributions)
+        if verdict.verdict == "correct" or self.own:
+            return verdict
+        text = HIDDEN_VERDICT_TEXT.get(verdict.verdict)
+        if verdict.verdict == "transposed":  # the layout rule names dims, not numbers
+            message = verdict.message
+        elif verdict.verdict == "wrong_shape":
+            message = f"{g} {text}: {layout.rule(g[1:])}"
+        else:
+            message = f"{g} {text or 'is wrong'}"
+        return GradientResult(verdict.verdict, f"on {self.name} (other dims and values): "
+                                               f"{message}")
+
+
+def name_other_layout(verdicts: dict[str, GradientResult], layout: str
+                      ) -> dict[str, GradientResult]:
+    """An answer whose wrong gradients are all transposed (most of them) is in the
+    other layout: say that, as the equations grader does, instead of "transposed"
+    under every gradient."""
+    wrong = [v for v in verdicts.values() if v.verdict != "correct"]
+    transposed = [v for v in wrong if v.verdict == "transposed"]
+    if not (len(verdicts) > 1 and wrong and len(transposed) == len(wrong)
+            and len(transposed) >= max(2, len(verdicts) // 2 + 1)):
+        return verdicts
+    other = "denominator" if layout == "numerator" else "numerator"
+    message = f"this answer uses {other} layout; the problem uses {layout} layout"
+    return {g: GradientResult("wrong_layout", message) if v.verdict == "transposed" else v
+            for g, v in verdicts.items()}

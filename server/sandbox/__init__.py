@@ -17,6 +17,7 @@ from server.sandbox.client import (
     run_job,
     sandbox_status,
 )
+from server.sandbox.source import check_source, exception_name, source_line
 
 __all__ = [
     "CALL_STATUSES",
@@ -25,7 +26,10 @@ __all__ = [
     "JobResult",
     "Sandbox",
     "SandboxUnavailable",
+    "check_source",
+    "exception_name",
     "get_sandbox",
     "run_job",
     "sandbox_status",
+    "source_line",
 ]

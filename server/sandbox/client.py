@@ -17,11 +17,13 @@ import sys
 import sysconfig
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from server.sandbox import wire
+from server.sandbox.source import check_source, exception_name, source_line
 
 JOB_STATUSES = ("ok", "invalid", "time_limit", "memory_limit", "runtime_error", "error")
 CALL_STATUSES = ("ok", "runtime_error", "invalid_result")
@@ -47,14 +49,30 @@ class SandboxUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class CallResult:
+    """One call's outcome as the child reported it: all of it untrusted data.
+
+    ``error_type`` is the exception's type name only if it is a builtin (or
+    numpy) exception's name, else ''; ``line`` is a line number of the source,
+    else None. ``message`` and ``traceback`` are the child's text (scrubbed,
+    capped): show them only to whoever may see the call's inputs.
+    """
+
     status: str  # "ok" | "runtime_error" | "invalid_result"
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
     message: str = ""
     traceback: str = ""
+    error_type: str = ""
+    line: int | None = None
 
 
 @dataclass(frozen=True)
 class JobResult:
+    """A job's outcome. ``invalid`` and ``error`` are decided in this process (the
+    source does not compile or lacks the function; the sandbox failed before the job
+    reached a child, or its worker died); every other status once the child had
+    the job, whatever the child sent. ``error_type``/``line`` as in CallResult, for
+    an error while the module loaded."""
+
     status: str  # one of JOB_STATUSES
     calls: list[CallResult] = field(default_factory=list)
     stdout: str = ""
@@ -62,6 +80,8 @@ class JobResult:
     elapsed_ms: float = 0.0
     message: str = ""
     traceback: str = ""
+    error_type: str = ""
+    line: int | None = None
 
 
 def clean_environment() -> dict[str, str]:
@@ -263,8 +283,9 @@ class Sandbox:
 
     def __init__(self, pool_size: int | None = None, insecure: bool | None = None,
                  worker_args: list[str] | None = None) -> None:
+        # A numpy grade leases one child per instance (three) at once.
         self.pool_size = pool_size or int(os.environ.get(POOL_ENV) or
-                                          min(8, max(2, 2 * (os.cpu_count() or 1))))
+                                          min(12, 3 * (os.cpu_count() or 1)))
         self.insecure = (os.environ.get(INSECURE_ENV) == "1") if insecure is None else insecure
         self._lock = threading.Lock()
         self._worker: _Worker | None = None
@@ -372,23 +393,34 @@ class Sandbox:
         max_array_elements: int = 1_000_000,
         max_output_bytes: int = 64 << 20,
         max_stream_chars: int = MAX_STREAM_CHARS,
+        outputs: Sequence[str] | None = None,
     ) -> JobResult:
+        """``outputs``: the names of the returned dict to keep (others are ignored,
+        whatever their values); None keeps every name."""
         started = time.perf_counter()
         if not (0 < time_limit_s <= 60):
             raise ValueError(f"time_limit_s must be in (0, 60], got {time_limit_s}")
         if not (16 <= memory_mb <= 4096):
             raise ValueError(f"memory_mb must be in [16, 4096], got {memory_mb}")
+        if outputs is not None and not all(isinstance(n, str) for n in outputs):
+            raise TypeError("outputs must be a sequence of names (str)")
         limits = {
             "time_limit_s": float(time_limit_s), "memory_mb": int(memory_mb),
             "max_output_arrays": int(max_output_arrays),
             "max_array_elements": int(max_array_elements),
             "max_output_bytes": int(max_output_bytes), "max_stream_chars": int(max_stream_chars),
+            "outputs": None if outputs is None else list(outputs),
         }
         job = wire.encode_job(source, list(calls), function, limits)
 
         def result(status: str, **kw: object) -> JobResult:
             return JobResult(status=status, elapsed_ms=(time.perf_counter() - started) * 1e3,
                              **kw)  # type: ignore[arg-type]
+
+        # Decided here, before any child is involved: compile() runs nothing.
+        problem = check_source(source, function)
+        if problem is not None:
+            return result("invalid", message=problem.message, line=problem.line)
 
         lease = child = None
         for attempt in range(2):  # a job not yet handed to a child is safe to retry
@@ -405,12 +437,19 @@ class Sandbox:
         assert lease is not None and child is not None
         deadline = time.monotonic() + time_limit_s
         try:
-            return self._converse(w, lease, child, job, deadline, limits, len(calls), result)
+            return self._converse(w, lease, child, job, deadline, limits, len(calls), result,
+                                  source)
         finally:
             child.close()
             lease.close()  # the worker kills the child if it still runs
 
-    def _converse(self, w, lease, child, job, deadline, limits, ncalls, result) -> JobResult:
+    def _converse(self, w, lease, child, job, deadline, limits, ncalls, result,
+                  source) -> JobResult:
+        """Send the job, read its frames. From here on the student's code may run:
+        the outcome is the student's (time_limit, memory_limit, runtime_error, or
+        ok with per-call results), whatever the child sends; only a worker that
+        died during the job is ours (``error``). Children cannot kill the worker
+        (seccomp allows signals to themselves only; docs/sandbox.md)."""
         budget = ncalls * (limits["max_output_bytes"] + (1 << 20)) + (4 << 20)
         stream = _Stream(child, deadline, budget, limits["max_output_bytes"])
         cap = limits["max_stream_chars"]
@@ -464,7 +503,7 @@ class Sandbox:
                     break
                 if header.get("i") != len(calls) or len(calls) >= ncalls:
                     raise wire.WireError("call results out of order")
-                calls.append(self._call_result(header, payload, limits))
+                calls.append(self._call_result(header, payload, limits, source))
         except TimeoutError:
             return result("time_limit", calls=calls, message=_time_message(limits), **texts())
         except wire.WireError as exc:
@@ -475,29 +514,37 @@ class Sandbox:
             return result("ok", calls=calls, **texts())
         if done is not None:
             status = done.get("s")
-            if status not in ("ok", "invalid", "runtime_error", "memory_limit"):
+            if status not in ("ok", "runtime_error", "memory_limit"):
                 fill_missing("malformed final frame")
                 return result("ok", calls=calls, **texts())
             if status == "ok":
                 fill_missing("no result was reported for this call")
+                return result("ok", calls=calls, **texts())
             if status == "memory_limit":
                 msg = f"memory limit of {limits['memory_mb']} MB exceeded ({scrub(done.get('m'))})"
             else:
                 msg = scrub(done.get("m"))
             return result(status, calls=calls, message=msg, traceback=scrub(done.get("tb")),
-                          **texts())
-        # EOF without a final frame: the worker tells how the child ended
-        lease.settimeout(REPORT_TIMEOUT_S)
+                          **_error_facts(done, source), **texts())
+        # EOF without a final frame: the worker tells how the child ended, at the
+        # latest when its deadline kill has happened (the child may close its
+        # socket and live on).
+        lease.settimeout(max(0.0, deadline - time.monotonic()) + REPORT_TIMEOUT_S)
         try:
             raw = lease.recv(4096)
             report = json.loads(raw) if raw else None
         except (OSError, ValueError):
             report = None
         if not isinstance(report, dict):
+            try:  # the lease closes as the worker exits: give it a moment to be reaped
+                w.proc.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                pass
             if not w.alive():
                 self._discard(w)
-            return result("error", calls=calls, **texts(),
-                          message="the sandbox worker stopped during the job; it is restarted")
+                return result("error", calls=calls, **texts(),
+                              message="the sandbox worker stopped during the job; it is restarted")
+            report = {}
         sig, code = report.get("signal"), report.get("exit")
         if report.get("wall") or sig == signal.SIGXCPU:
             return result("time_limit", calls=calls, message=_time_message(limits), **texts())
@@ -508,27 +555,37 @@ class Sandbox:
                 text = f"was killed by signal {sig}"
             return result("runtime_error", calls=calls, message=f"the answer's process {text}",
                           **texts())
+        ended = f"exited (status {code})" if type(code) is int else "ended"
         return result("runtime_error", calls=calls, **texts(),
-                      message=f"the answer's process exited (status {code}) before "
-                              "returning all results")
+                      message=f"the answer's process {ended} before returning all results")
 
     @staticmethod
     def _call_result(header: dict[str, object], payload: bytes,
-                     limits: dict[str, int]) -> CallResult:
+                     limits: dict[str, object], source: str) -> CallResult:
         status = header.get("s")
         if status == "ok":
             try:
                 outputs = wire.decode_arrays(header.get("a"), payload,
                                              max_arrays=limits["max_output_arrays"],
                                              max_elements=limits["max_array_elements"],
-                                             max_bytes=limits["max_output_bytes"])
+                                             max_bytes=limits["max_output_bytes"],
+                                             names=limits["outputs"])
             except wire.WireError as exc:
                 return CallResult("invalid_result", message=str(exc))
             return CallResult("ok", outputs=outputs)
-        if status in ("runtime_error", "invalid_result"):
+        if status == "runtime_error":
             return CallResult(status, message=scrub(header.get("m")),
-                              traceback=scrub(header.get("tb")))
+                              traceback=scrub(header.get("tb")), **_error_facts(header, source))
+        if status == "invalid_result":
+            return CallResult(status, message=scrub(header.get("m")))
         return CallResult("invalid_result", message="malformed call result")
+
+
+def _error_facts(header: dict[str, object], source: str) -> dict[str, object]:
+    """The two facts of a reported error that may be shown for any call: a builtin
+    exception's type name and a line of the student's file (else '' and None)."""
+    return {"error_type": exception_name(header.get("type")),
+            "line": source_line(header.get("line"), source)}
 
 
 def _time_message(limits: dict[str, object]) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Collection
 
 import numpy as np
 
@@ -130,12 +131,13 @@ def parse_frame_header(raw: bytes) -> dict[str, object]:
 
 def decode_arrays(
     specs: object, payload: bytes, *, max_arrays: int, max_elements: int,
-    max_bytes: int | None = None,
+    max_bytes: int | None = None, names: Collection[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Turn a call frame's array list + payload into float64 arrays.
 
     Raises WireError with a student-readable reason for anything that is not a
-    bounded dict of real numeric arrays.
+    bounded dict of real numeric arrays. With ``names``, arrays by other names
+    are checked and skipped (the child is asked to send only those).
     """
     if not isinstance(specs, list):
         raise WireError("array list missing")
@@ -170,8 +172,9 @@ def decode_arrays(
         nbytes = count * dtype.itemsize
         if pos + nbytes > len(payload):
             raise WireError(f"{name!r}: payload too short")
-        arr = np.frombuffer(payload, dtype=dtype, count=count, offset=pos).reshape(shape)
-        out[name] = arr.astype(np.float64)  # always a fresh, owned, writeable copy
+        if names is None or name in names:
+            arr = np.frombuffer(payload, dtype=dtype, count=count, offset=pos).reshape(shape)
+            out[name] = arr.astype(np.float64)  # always a fresh, owned, writeable copy
         pos += nbytes
     if pos != len(payload):
         raise WireError("payload longer than its arrays")

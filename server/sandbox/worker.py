@@ -128,6 +128,11 @@ def enter_sandbox(
         os.dup2(job_fd, JOB_FD)
     os.closerange(JOB_FD + 1, 1 << 20)
     layers["descriptors"] = "only /dev/null and the job socket are open"
+    try:  # under memory pressure the kernel kills a child first, never the worker or server
+        with open("/proc/self/oom_score_adj", "w") as fh:
+            fh.write("1000")
+    except OSError:
+        pass
     vm_bytes = int(cfg.get("baseline_vm") or 0) or _vm_size()
     cfg["baseline_vm"] = vm_bytes
     as_hard = vm_bytes + int(cfg["max_memory_mb"]) * (1 << 20) + (64 << 20)
@@ -310,8 +315,7 @@ def _describe(exc: BaseException) -> str:
 
 def _student_traceback(exc: BaseException) -> str:
     try:
-        frames = [f for f in traceback.extract_tb(exc.__traceback__)
-                  if f.filename == STUDENT_FILE]
+        frames = _student_frames(exc)
         omitted = max(0, len(frames) - TRACEBACK_FRAMES)
         frames = frames[-TRACEBACK_FRAMES:]
         lines = ["Traceback (most recent call last):\n"]
@@ -322,6 +326,25 @@ def _student_traceback(exc: BaseException) -> str:
         return _clip("".join(lines))
     except BaseException:
         return _describe(exc)
+
+
+def _student_frames(exc: BaseException) -> list[traceback.FrameSummary]:
+    return [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == STUDENT_FILE]
+
+
+def _error_fields(exc: BaseException, message: str | None = None) -> dict[str, object]:
+    """A runtime error as a frame reports it: the exception's type name, the line of
+    the student's file it was raised at (the innermost one), the message and the
+    traceback. The server trusts none of it (docs/sandbox.md)."""
+    try:
+        frames = _student_frames(exc)
+        line = frames[-1].lineno if frames else getattr(exc, "lineno", None)
+        kind = type(exc).__name__
+    except BaseException:
+        line, kind = None, ""
+    return {"s": "runtime_error", "type": kind, "line": line if type(line) is int else None,
+            "m": message if message is not None else _describe(exc),
+            "tb": _student_traceback(exc)}
 
 
 def _as_array(name: str, value: object) -> np.ndarray:
@@ -348,12 +371,17 @@ def _as_array(name: str, value: object) -> np.ndarray:
 def _encode_result(result: object, limits: dict[str, object]) -> tuple[list, list[bytes]]:
     if type(result) is not dict:
         raise _Invalid(f"the function must return a dict of arrays, got {type(result).__name__}")
-    if len(result) > int(limits["max_output_arrays"]):
-        raise _Invalid(f"{len(result)} arrays returned, the limit is {limits['max_output_arrays']}")
+    wanted = limits.get("outputs")
+    if wanted is not None:  # only the names asked for; anything else is ignored
+        items = [(name, result[name]) for name in wanted if name in result]
+    else:
+        items = list(result.items())
+    if len(items) > int(limits["max_output_arrays"]):
+        raise _Invalid(f"{len(items)} arrays returned, the limit is {limits['max_output_arrays']}")
     specs: list[list[object]] = []
     chunks: list[bytes] = []
     total = 0
-    for name, value in result.items():
+    for name, value in items:
         if type(name) is not str:
             raise _Invalid(f"dict keys must be gradient names (str), got {type(name).__name__}")
         arr = _as_array(name, value)
@@ -438,18 +466,18 @@ def _execute(header: dict[str, object], blob: bytes | bytearray, send) -> None:
     def streams() -> dict[str, object]:
         return {"out": out.take(), "err": err.take(), "out_n": out.total, "err_n": err.total}
 
-    def done(status: str, message: str = "", tb: str = "") -> None:
-        send({"k": "done", "s": status, "m": message, "tb": tb, **streams()})
+    def done(**fields: object) -> None:
+        send({"k": "done", **fields, **streams()})
         raise _Finished
 
+    # The server compiled the source and found the function before sending the
+    # job (server/sandbox/source.py): what follows are runtime errors, whatever
+    # this process reports, since from exec() on the student's code has run.
     source = header["source"]
     try:
         code = compile(source, STUDENT_FILE, "exec", dont_inherit=True)
-    except (SyntaxError, ValueError) as exc:
-        line = getattr(exc, "lineno", None)
-        where = f"line {line}: " if line else ""
-        msg = getattr(exc, "msg", None) or str(exc)
-        done("invalid", _clip(f"{where}{type(exc).__name__}: {msg}"))
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        done(**_error_fields(exc))
     linecache.cache[STUDENT_FILE] = (len(source), None, source.splitlines(True), STUDENT_FILE)
     module = types.ModuleType("answer")
     module.__dict__["__builtins__"] = builtins
@@ -457,24 +485,26 @@ def _execute(header: dict[str, object], blob: bytes | bytearray, send) -> None:
     try:
         exec(code, module.__dict__)
     except MemoryError as exc:
-        done("memory_limit", _describe(exc))
+        done(s="memory_limit", m=_describe(exc))
     except ImportError as exc:
-        done("runtime_error", _describe(exc) + " (answers can use numpy and common standard "
-             "modules such as math, itertools, functools, collections)", _student_traceback(exc))
+        done(**_error_fields(exc, _describe(exc) + " (answers can use numpy and common standard "
+                             "modules such as math, itertools, functools, collections)"))
     except BaseException as exc:
-        done("runtime_error", _describe(exc), _student_traceback(exc))
+        done(**_error_fields(exc))
     fn = module.__dict__.get(header["function"])
     if not callable(fn):
-        done("invalid", f"no function named {header['function']!r} is defined")
+        what = "not defined" if fn is None else f"not a function (its type is {type(fn).__name__})"
+        done(s="runtime_error", type="TypeError", line=None,
+             m=f"TypeError: {header['function']!r} is {what} once the module has run")
     for index, call in enumerate(header["calls"]):
         frame: dict[str, object] = {"k": "call", "i": index}
         payload: list[bytes] = []
         try:
             result = fn(**build_kwargs(call))
         except MemoryError as exc:
-            done("memory_limit", _describe(exc))
+            done(s="memory_limit", m=_describe(exc))
         except BaseException as exc:
-            frame.update(s="runtime_error", m=_describe(exc), tb=_student_traceback(exc))
+            frame.update(_error_fields(exc))
         else:
             try:
                 specs, payload = _encode_result(result, limits)
@@ -482,13 +512,13 @@ def _execute(header: dict[str, object], blob: bytes | bytearray, send) -> None:
             except _Invalid as exc:
                 frame.update(s="invalid_result", m=_clip(str(exc)))
             except MemoryError as exc:
-                done("memory_limit", _describe(exc))
+                done(s="memory_limit", m=_describe(exc))
             except BaseException as exc:  # a hostile __array__, __len__, ...
                 frame.update(s="invalid_result",
                              m=_clip(f"the result could not be read: {_describe(exc)}"))
         frame.update(streams())
         send(frame, payload)
-    done("ok")
+    done(s="ok")
 
 
 _WARMUP_SOURCE = """

@@ -333,15 +333,17 @@ def _grade_numpy(job: GradingJob, inst: Any, run_job: Callable[..., Any] | None)
 
     def observed_run_job(*args: Any, **kwargs: Any) -> Any:
         job_result = run_job(*args, **kwargs)
-        jobs.append(job_result)
+        jobs.append(job_result)  # one job per instance, from several threads
         return job_result
 
     result = grade_numpy(job.spec, inst, job.answer, hidden_seeds=job.hidden_seeds,
                          run_job=observed_run_job)
-    if jobs and jobs[-1].status == "error":
-        # The sandbox failed (not the student's code): not an invalid answer.
+    failed = [j for j in jobs if j.status == "error"]
+    if failed:
+        # The sandbox failed (not the student's code, which cannot cause an
+        # ``error``: server/sandbox/client.py): not an invalid answer.
         log.error("sandbox error grading submission %s: %s", job.submission_id,
-                  jobs[-1].message)
+                  failed[0].message)
         return Outcome(SubmissionStatus.ERROR.value, {"error": INTERNAL_ERROR}, None)
     status = SubmissionStatus.GRADED if result.valid else SubmissionStatus.INVALID
     return Outcome(status.value, result.to_json(), result.score if result.valid else None)

@@ -54,8 +54,8 @@ def test_missing_gradient_and_runtime_error(inst):
     boom = "def backward(**kw):\n    return {'dx': kw['nope']}\n"
     result = grade_numpy(SPEC, inst, boom)
     assert result.gradients["dx"].verdict == "runtime_error"
-    assert "KeyError" in result.gradients["dx"].message
-    assert "/work/" not in result.gradients["dx"].message
+    assert "KeyError" in result.errors[0]["message"]  # shown once (tests/grading/test_numpy_feedback.py)
+    assert "/work/" not in result.errors[0]["message"]
 
 
 def test_syntax_error_is_invalid_with_its_line(inst):

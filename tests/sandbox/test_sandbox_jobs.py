@@ -66,19 +66,24 @@ def test_syntax_error_is_invalid_with_line_number(sandbox):
     assert r.calls == []
 
 
-def test_missing_function_is_invalid(sandbox):
+def test_missing_function_is_invalid_and_a_non_function_a_runtime_error(sandbox):
     r = run_job("def forward(x):\n    return {}\n", [call_args()])
     assert r.status == "invalid"
     assert "backward" in r.message
+    # The name is bound at module level, so the module ran: a runtime error.
     r = run_job("backward = 3\n", [call_args()])
-    assert r.status == "invalid"
+    assert r.status == "runtime_error"
+    assert (r.error_type, r.line) == ("TypeError", None)
+    assert "'backward' is not a function (its type is int)" in r.message
 
 
 def test_import_time_error_is_runtime_error_with_student_traceback(sandbox):
-    src = "import numpy as np\n\nx = 1\ny = np.zeros(3) @ np.zeros(4)\n"
+    src = ("import numpy as np\n\nx = 1\ny = np.zeros(3) @ np.zeros(4)\n"
+           "def backward(**kw):\n    return {}\n")
     r = run_job(src, [call_args()])
     assert r.status == "runtime_error"
     assert "ValueError" in r.message
+    assert (r.error_type, r.line) == ("ValueError", 4)
     assert 'File "answer.py", line 4' in r.traceback
     assert str(REPO_ROOT) not in r.traceback + r.message
     assert "site-packages" not in r.traceback
