@@ -6,9 +6,9 @@ import datetime as dt
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from flask import Flask, Response, abort, jsonify, render_template, request
+from flask import Flask, Request, Response, abort, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import BadRequest, HTTPException
 from werkzeug.routing import IntegerConverter
 
 from server import db
@@ -38,6 +38,21 @@ class RowIdConverter(IntegerConverter):
         super().__init__(map, fixed_digits, min, MAX_ROW_ID if max is None else max, signed)
 
 
+class NablaRequest(Request):
+    """A JSON body nested deeper than Python's recursion limit (100 000 ``[``) makes
+    the json module raise RecursionError, which is not a ValueError: werkzeug lets
+    it through as a 500, even with ``silent=True``. It is a 400 here, for every
+    view that reads JSON (the API, and Flask-WTF forms, which read a JSON body)."""
+
+    def get_json(self, force: bool = False, silent: bool = False,
+                 cache: bool = True) -> Any:
+        try:
+            return super().get_json(force=force, silent=silent, cache=cache)
+        except RecursionError:
+            raise BadRequest("body: the JSON is nested too deeply to be read; "
+                             'send a JSON object {"answer": "..."}') from None
+
+
 def build_app(config: dict[str, Any] | None = None) -> Flask:
     """Create the app. ``config`` overrides settings read from the environment.
 
@@ -54,6 +69,7 @@ def build_app(config: dict[str, Any] | None = None) -> Flask:
         static_folder="static",
     )
     app.config.update(settings)
+    app.request_class = NablaRequest
     app.url_map.converters["int"] = RowIdConverter  # before any route is added
     proxies = int(app.config.get("NABLA_TRUSTED_PROXIES", 0))
     if proxies:

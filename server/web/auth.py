@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from urllib.parse import urlsplit
+
 from flask import Blueprint, Flask, flash, redirect, render_template, request, url_for
 from flask_login import LoginManager, current_user, login_user, logout_user
+from werkzeug.urls import iri_to_uri
 from werkzeug.wrappers import Response
 
 from server.db import get_session
@@ -28,11 +32,28 @@ def _load_user(login_id: str):  # noqa: ANN202  (Flask-Login's protocol)
     return accounts.load_user_for_login_session(get_session(), login_id)
 
 
-def _safe_next(target: str | None) -> str | None:
-    """Only a path on this site (no scheme, no host, no '//' or backslash tricks)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+# Browsers drop tabs and newlines anywhere in a URL and read a backslash as a
+# slash: "/\t/evil" and "/\\evil" both mean //evil, another site.
+_UNSAFE_IN_NEXT = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+def safe_next(target: str | None) -> str | None:
+    """The Location to send for ``next``: a path on this site, or None.
+
+    The value checked is the final one, as werkzeug will send it
+    (``iri_to_uri``, which itself drops tabs and newlines as urlsplit does):
+    no control characters or backslashes before or after, no scheme, no host,
+    one leading slash (before and after: iri_to_uri turns "///x" into "/x").
+    """
+    if not target or _UNSAFE_IN_NEXT.search(target) or target.startswith("//"):
         return None
-    return target
+    final = iri_to_uri(target)
+    if _UNSAFE_IN_NEXT.search(final):
+        return None
+    parts = urlsplit(final)
+    if parts.scheme or parts.netloc or not final.startswith("/") or final.startswith("//"):
+        return None
+    return final
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -51,7 +72,7 @@ def login() -> Response | str:
         else:
             if user is not None:
                 login_user(user)
-                return redirect(_safe_next(form.next.data) or url_for("student.dashboard"))
+                return redirect(safe_next(form.next.data) or url_for("student.dashboard"))
             status = 401
             form.password.errors.append("The email or the password is not right.")
     return render_template("auth/login.html", form=form), status
