@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 from pathlib import Path
 from typing import Any
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_DIR.parent
+# A source checkout (the repository, or an editable install of it) has its
+# pyproject.toml beside server/; an installed wheel has not (PROJECT_ROOT is
+# then site-packages).
+IS_CHECKOUT = (PROJECT_ROOT / "pyproject.toml").is_file()
 SECRET_KEY_FILE = "secret_key"
 DEFAULT_SQLITE_NAME = "nabla.sqlite3"
 
@@ -24,10 +30,16 @@ class ConfigError(RuntimeError):
 
 
 def instance_path(environ: dict[str, str] | None = None) -> Path:
-    """The instance folder: ``NABLA_INSTANCE_PATH`` or ``<project>/instance``."""
+    """The instance folder: ``NABLA_INSTANCE_PATH``; else ``<checkout>/instance`` in a
+    source checkout, or ``<prefix>/var/nabla-instance`` when installed from a wheel
+    (Flask's convention for installed applications; ``<prefix>`` is the venv)."""
     env = os.environ if environ is None else environ
     raw = env.get("NABLA_INSTANCE_PATH")
-    return Path(raw).resolve() if raw else PROJECT_ROOT / "instance"
+    if raw:
+        return Path(raw).resolve()
+    if IS_CHECKOUT:
+        return PROJECT_ROOT / "instance"
+    return Path(sys.prefix) / "var" / "nabla-instance"
 
 
 def default_database_url(instance: Path) -> str:
