@@ -6,16 +6,19 @@ import datetime as dt
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from flask import Flask, Request, Response, abort, jsonify, render_template, request
+from flask import Flask, Request, Response, abort, current_app, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import BadRequest, HTTPException
 from werkzeug.routing import IntegerConverter
 
 from server import db
-from server.config import PROJECT_ROOT, load_settings
+from server.config import PACKAGE_DIR, load_settings, parse_rate
 from server.engine.render import statement_html
+from server.services.limits import Limiter, Rate, make_limiter
 
 csrf = CSRFProtect()
+LIMITER_EXTENSION = "nabla_limiter"
+RATE_SETTINGS = ("NABLA_SUBMIT_RATE", "NABLA_LOGIN_RATE", "NABLA_LOGIN_ADDRESS_RATE")
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -53,6 +56,17 @@ class NablaRequest(Request):
                              'send a JSON object {"answer": "..."}') from None
 
 
+def limiter() -> Limiter:
+    """The app's shared counters (database or Redis; server.services.limits)."""
+    return current_app.extensions[LIMITER_EXTENSION]
+
+
+def rate(name: str) -> Rate | None:
+    """A rate setting (NABLA_SUBMIT_RATE, ...) of the current app; None: no limit."""
+    value = current_app.config[name]
+    return None if value is None else Rate(*value)
+
+
 def build_app(config: dict[str, Any] | None = None) -> Flask:
     """Create the app. ``config`` overrides settings read from the environment.
 
@@ -61,17 +75,21 @@ def build_app(config: dict[str, Any] | None = None) -> Flask:
     """
     settings = load_settings(overrides=config)
 
+    for name in RATE_SETTINGS:  # a config override may be written "20/minute" too
+        if isinstance(settings.get(name), str):
+            settings[name] = parse_rate(name, settings[name])
+
     app = Flask(
         "server",
         instance_path=settings["INSTANCE_PATH"],
-        root_path=str(PROJECT_ROOT / "server"),
+        root_path=str(PACKAGE_DIR),
         template_folder="templates",
         static_folder="static",
     )
     app.config.update(settings)
     app.request_class = NablaRequest
     app.url_map.converters["int"] = RowIdConverter  # before any route is added
-    proxies = int(app.config.get("NABLA_TRUSTED_PROXIES", 0))
+    proxies = int(app.config.get("NABLA_PROXIES", 0))
     if proxies:
         from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -85,6 +103,9 @@ def build_app(config: dict[str, Any] | None = None) -> Flask:
         except Exception:
             engine.dispose()
             raise
+    app.extensions[LIMITER_EXTENSION] = make_limiter(
+        db.get_engine(app), app.config.get("NABLA_REDIS_URL"),
+        app.config.get("NABLA_REDIS_PREFIX", "nabla:"))
 
     from server.web.auth import init_login
 

@@ -10,10 +10,11 @@ from flask_login import LoginManager, current_user, login_user, logout_user
 from werkzeug.urls import iri_to_uri
 from werkzeug.wrappers import Response
 
-from server.db import get_session
+from server.db import get_session, reads_first
 from server.services import accounts, tokens
 from server.services.errors import ServiceError, ValidationError
 from server.web.access import login_required, public
+from server.web.app import limiter, rate
 from server.web.forms import ChangePasswordForm, ConfirmForm, LoginForm, NewTokenForm
 
 bp = Blueprint("auth", __name__)
@@ -56,18 +57,32 @@ def safe_next(target: str | None) -> str | None:
     return final
 
 
+def login_rates() -> accounts.LoginRates:
+    defaults = accounts.LoginRates()  # settings given in code may leave one out (None)
+    return accounts.LoginRates(rate("NABLA_LOGIN_RATE") or defaults.per_email_and_address,
+                               rate("NABLA_LOGIN_ADDRESS_RATE") or defaults.per_address)
+
+
 @bp.route("/login", methods=["GET", "POST"])
 @public
-def login() -> Response | str:
+@reads_first  # a login writes only to rehash a password (the throttle counts elsewhere)
+def login() -> Response | tuple[str, int, dict[str, str]]:
     if current_user.is_authenticated:
         return redirect(url_for("student.dashboard"))
     form = LoginForm(next=request.args.get("next", ""))
     status = 400 if form.is_submitted() else 200  # a field is missing or too long
+    headers = {}
     if form.validate_on_submit():
         try:
-            user = accounts.authenticate(get_session(), form.email.data, form.password.data)
+            # request.remote_addr is the socket's peer, or with NABLA_PROXIES
+            # the address the trusted proxies saw (ProxyFix): never a header
+            # the client chose.
+            user = accounts.authenticate(
+                get_session(), form.email.data, form.password.data, limiter=limiter(),
+                address=request.remote_addr, rates=login_rates())
         except accounts.LoginThrottled as exc:
             status = 429
+            headers["Retry-After"] = str(exc.retry_after)
             form.password.errors.append(str(exc).removeprefix("password: "))
         else:
             if user is not None:
@@ -75,7 +90,7 @@ def login() -> Response | str:
                 return redirect(safe_next(form.next.data) or url_for("student.dashboard"))
             status = 401
             form.password.errors.append("The email or the password is not right.")
-    return render_template("auth/login.html", form=form), status
+    return render_template("auth/login.html", form=form), status, headers
 
 
 @bp.route("/logout", methods=["POST"])

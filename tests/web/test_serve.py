@@ -1,56 +1,23 @@
 """`nabla serve` starts gunicorn with server:create_app() and serves pages."""
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
+
+from .live import HOST, LiveServer
 
 pytestmark = pytest.mark.usefixtures("db_backend")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_nabla_serve_answers_http(database_url, tmp_path, session):
-    port = _free_port()
-    nabla = Path(sys.executable).with_name("nabla")
-    env = {**os.environ, "NABLA_DATABASE_URL": database_url,
-           "NABLA_INSTANCE_PATH": str(tmp_path)}
-    env.pop("NABLA_SECRET_KEY", None)
-    process = subprocess.Popen(
-        [str(nabla), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "2"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+def test_nabla_serve_answers_http(database_url, tmp_path, session, monkeypatch):
+    monkeypatch.delenv("NABLA_SECRET_KEY", raising=False)
+    server = LiveServer({"NABLA_DATABASE_URL": database_url, "NABLA_INSTANCE_PATH": str(tmp_path)},
+                        workers=1, threads=2)
     try:
-        deadline = time.monotonic() + 30
-        status = None
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=2) as r:
-                    status, body = r.status, r.read().decode()
-                break
-            except (urllib.error.URLError, ConnectionError):
-                if process.poll() is not None:
-                    break
-                time.sleep(0.2)
-        assert status == 200, process.stdout.read1().decode() if process.poll() else "timeout"
+        assert server.wait_until_up(30) == 200
+        with urllib.request.urlopen(f"http://{HOST}:{server.port}/login", timeout=2) as r:
+            body = r.read().decode()
         assert "csrf_token" in body
         assert (tmp_path / "secret_key").exists()  # created once, before the workers
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        process.stdout.close()
+        server.stop()
