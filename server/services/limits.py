@@ -11,10 +11,12 @@ burst of twice the limit across a window boundary, as a plain fixed window
 does, and costs one small row (or key) per window.
 
 Taking a slot is one atomic conditional increment: "add one to the current
-window's count if it is below ``limit - ceil(previous * (1 - f))``". On the
-database that is an ``INSERT ... ON CONFLICT DO UPDATE ... WHERE count <
-ceiling RETURNING count`` (SQLite and PostgreSQL alike; PostgreSQL locks the
-row, SQLite has one writer); in Redis a Lua script. Two workers can never
+window's count if it is below ``limit - ceil(previous * (1 - f))``" (in whole
+milliseconds, so that Python, SQL and Lua compute the same integers). On the
+database that is one statement, ``INSERT ... SELECT ... WHERE room ON
+CONFLICT DO UPDATE ... WHERE count < ceiling RETURNING count`` (SQLite and
+PostgreSQL alike; PostgreSQL locks the row, SQLite has one writer); in Redis
+a Lua script. Two workers can never
 both take the last slot, and a refused request does not count, so the
 ``Retry-After`` it is given is true: waiting that long lets the next one in
 (unless others took the slot meanwhile).
@@ -38,9 +40,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, delete, select, text, update
 
 from server.models import RateCounter
+from server.services.errors import Unavailable
 
 SWEEP_SECONDS = 60.0  # the database store deletes expired windows at most this often
 
@@ -84,11 +87,17 @@ def duration_text(seconds: int) -> str:
 class CounterStore:
     """Counts per (key, window start). Subclasses implement the three operations."""
 
-    def acquire(self, key: str, window: int, previous: int, limit: int, weight: float,
-                ttl: int) -> tuple[bool, int, int]:
-        """Atomically add one to (key, window) if its count is below
-        ``ceiling(limit, count(key, previous), weight)``; returns (added, previous
-        count, current count after)."""
+    def acquire(self, key: str, window: int, previous: int, limit: int, remaining_ms: int,
+                period_ms: int, ttl: int) -> tuple[bool, int, int]:
+        """Atomically add one to (key, window) if its count is below the ceiling
+        ``limit - ceil(count(key, previous) * remaining_ms / period_ms)`` (in
+        integers); returns (added, previous count, current count): the counts when
+        refused (when added, they may be zeros).
+
+        ``current + 1 + previous * w <= limit`` with the previous window's weight
+        ``w = remaining_ms / period_ms`` is, for an integer ``current``,
+        ``current < limit - ceil(previous * w)``.
+        """
         raise NotImplementedError
 
     def give_back(self, key: str, window: int) -> None:
@@ -96,7 +105,7 @@ class CounterStore:
         raise NotImplementedError
 
     def clear(self, key: str, windows: tuple[int, ...]) -> None:
-        """Forget the counts of ``key`` in these windows."""
+        """Forget the counts of ``key`` in these windows (at least)."""
         raise NotImplementedError
 
 
@@ -104,13 +113,26 @@ class CounterStore:
 EPSILON = 1e-9
 
 
-def ceiling(limit: int, previous_count: int, weight: float) -> int:
-    """The current window's count must stay below this for one more event.
-
-    ``current + 1 + previous * weight <= limit`` for an integer ``current`` is
-    ``current < limit - ceil(previous * weight)``.
-    """
-    return limit - math.ceil(previous_count * weight - EPSILON)
+# One statement: the room left (the ceiling) from the previous window's count,
+# an insert of the first count if there is room, else an increment of the
+# current one if it is below the ceiling. Integer division in both databases.
+_ACQUIRE_SQL = text("""
+WITH args AS (
+    SELECT CAST(:key AS VARCHAR(200)) AS k, CAST(:window AS BIGINT) AS w,
+           CAST(:previous AS BIGINT) AS pw, CAST(:limit AS BIGINT) AS lim,
+           CAST(:remaining AS BIGINT) AS rem, CAST(:period AS BIGINT) AS per,
+           CAST(:expires AS BIGINT) AS exp),
+room AS (
+    SELECT args.*, args.lim - (COALESCE((SELECT p.count FROM rate_counters p
+                                         WHERE p.key = args.k AND p.window_start = args.pw), 0)
+                               * args.rem + args.per - 1) / args.per AS top
+    FROM args)
+INSERT INTO rate_counters (key, window_start, count, expires_at)
+SELECT k, w, 1, exp FROM room WHERE top > 0
+ON CONFLICT (key, window_start) DO UPDATE SET count = rate_counters.count + 1
+WHERE rate_counters.count < (SELECT top FROM room)
+RETURNING count
+""")
 
 
 class DatabaseCounters(CounterStore):
@@ -121,43 +143,28 @@ class DatabaseCounters(CounterStore):
         self.clock = clock
         self._swept_at = 0.0
         self._sweep_lock = threading.Lock()
-        dialect = engine.dialect.name
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        elif dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:
-            raise ValueError(f"rate counters need SQLite or PostgreSQL, not {dialect}")
-        self._insert = insert
+        if engine.dialect.name not in ("sqlite", "postgresql"):
+            raise ValueError(f"rate counters need SQLite or PostgreSQL, not {engine.dialect.name}")
 
-    def acquire(self, key: str, window: int, previous: int, limit: int, weight: float,
-                ttl: int) -> tuple[bool, int, int]:
-        table = RateCounter.__table__
+    def acquire(self, key: str, window: int, previous: int, limit: int, remaining_ms: int,
+                period_ms: int, ttl: int) -> tuple[bool, int, int]:
         self._sweep_now_and_then()
-        # On SQLite this transaction begins IMMEDIATE (server.db): it holds the
-        # write lock from the read of the counts to the increment.
+        # On SQLite the transaction begins IMMEDIATE (server.db); on PostgreSQL
+        # the conflicting row is locked and its count checked as it is now.
         with self.engine.begin() as connection:
+            after = connection.execute(_ACQUIRE_SQL, {
+                "key": key, "window": window, "previous": previous, "limit": limit,
+                "remaining": remaining_ms, "period": period_ms, "expires": window + ttl,
+            }).scalar()
+        if after is not None:
+            return True, 0, after
+        table = RateCounter.__table__
+        with self.engine.connect() as connection:  # refused: the counts, for Retry-After
             counts = dict(connection.execute(
                 select(table.c.window_start, table.c.count)
                 .where(table.c.key == key, table.c.window_start.in_((previous, window)))
             ).all())
-            before, current = counts.get(previous, 0), counts.get(window, 0)
-            top = ceiling(limit, before, weight)
-            if current >= top:
-                return False, before, current
-            statement = self._insert(table).values(
-                key=key, window_start=window, count=1, expires_at=window + ttl)
-            statement = statement.on_conflict_do_update(
-                index_elements=[table.c.key, table.c.window_start],
-                set_={"count": table.c.count + 1},
-                # Checked again on the row itself: on PostgreSQL another
-                # transaction may have counted since the SELECT above.
-                where=table.c.count < top,
-            ).returning(table.c.count)
-            after = connection.execute(statement).scalar()
-        if after is None:
-            return False, before, top
-        return True, before, after
+        return False, counts.get(previous, 0), counts.get(window, 0)
 
     def give_back(self, key: str, window: int) -> None:
         table = RateCounter.__table__
@@ -186,17 +193,19 @@ class DatabaseCounters(CounterStore):
             self._sweep_lock.release()
 
 
-# KEYS: the current window, the previous window; ARGV: limit, weight, ttl in seconds.
+# KEYS: the current window, the previous window; ARGV: limit, remaining ms, period ms,
+# ttl in seconds. (Lua numbers are doubles: exact for these integers.)
 _ACQUIRE_LUA = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 local previous = tonumber(redis.call('GET', KEYS[2]) or '0')
-local top = tonumber(ARGV[1]) - math.ceil(previous * tonumber(ARGV[2]) - 1e-9)
+local period = tonumber(ARGV[3])
+local top = tonumber(ARGV[1]) - math.floor((previous * tonumber(ARGV[2]) + period - 1) / period)
 if current >= top then
   return {0, previous, current}
 end
 current = redis.call('INCR', KEYS[1])
 if current == 1 then
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
 end
 return {1, previous, current}
 """
@@ -209,11 +218,34 @@ return 0
 """
 
 
+class CountersUnavailable(Unavailable):
+    """The counters' store cannot be reached: nothing can be counted, so nothing is
+    let through (the views answer 503 with Retry-After)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(
+            "The server cannot reach its rate counters (Redis) right now, so nothing was "
+            f"done ({error.__class__.__name__}); try again in a moment.")
+
+
+def _redis_errors(method: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        import redis
+
+        try:
+            return method(*args, **kwargs)
+        except redis.RedisError as exc:
+            raise CountersUnavailable(exc) from exc
+
+    return wrapped
+
+
 class RedisCounters(CounterStore):
     """Counters in Redis: one key per (key, window), expiring after two periods.
 
     Keys are ``<prefix>{<key>}:<window start>``; the braces keep a key's windows
-    in one hash slot on a Redis Cluster.
+    in one hash slot on a Redis Cluster. A Redis that cannot be reached raises
+    CountersUnavailable.
     """
 
     def __init__(self, client: Any, prefix: str = "nabla:") -> None:
@@ -233,16 +265,19 @@ class RedisCounters(CounterStore):
     def _key(self, key: str, window: int) -> str:
         return f"{self.prefix}{{{key}}}:{window}"
 
-    def acquire(self, key: str, window: int, previous: int, limit: int, weight: float,
-                ttl: int) -> tuple[bool, int, int]:
+    @_redis_errors
+    def acquire(self, key: str, window: int, previous: int, limit: int, remaining_ms: int,
+                period_ms: int, ttl: int) -> tuple[bool, int, int]:
         added, before, current = self._acquire(
             keys=[self._key(key, window), self._key(key, previous)],
-            args=[limit, repr(weight), ttl])
+            args=[limit, remaining_ms, period_ms, ttl])
         return bool(added), int(before), int(current)
 
+    @_redis_errors
     def give_back(self, key: str, window: int) -> None:
         self._give_back(keys=[self._key(key, window)])
 
+    @_redis_errors
     def clear(self, key: str, windows: tuple[int, ...]) -> None:
         self.client.delete(*(self._key(key, window) for window in windows))
 
@@ -257,16 +292,18 @@ class Limiter:
         self.store = store
         self.clock = clock
 
-    def _windows(self, rate: Rate, now: float) -> tuple[int, int, float]:
+    def _windows(self, rate: Rate, now: float) -> tuple[int, int, int]:
+        """(this window's start, the previous one's, milliseconds left in this one)."""
         window = int(now // rate.period) * rate.period
-        return window, window - rate.period, (now - window) / rate.period
+        remaining_ms = max(0, (window + rate.period) * 1000 - math.floor(now * 1000))
+        return window, window - rate.period, remaining_ms
 
     def take(self, key: str, rate: Rate, now: float | None = None) -> Decision:
         """Count one event for ``key`` if the rate allows it; a refused one is not counted."""
         now = self.clock() if now is None else now
-        window, previous, elapsed = self._windows(rate, now)
+        window, previous, remaining_ms = self._windows(rate, now)
         added, before, current = self.store.acquire(
-            key, window, previous, rate.limit, 1.0 - elapsed, 2 * rate.period)
+            key, window, previous, rate.limit, remaining_ms, rate.period * 1000, 2 * rate.period)
         if added:
             return Decision(True)
         return Decision(False, retry_after(rate, before, current, now))

@@ -14,7 +14,7 @@ from werkzeug.routing import IntegerConverter
 from server import db
 from server.config import PACKAGE_DIR, load_settings, parse_rate
 from server.engine.render import statement_html
-from server.services.limits import Limiter, Rate, make_limiter
+from server.services.limits import CountersUnavailable, Limiter, Rate, make_limiter
 
 csrf = CSRFProtect()
 LIMITER_EXTENSION = "nabla_limiter"
@@ -185,6 +185,12 @@ def _register_error_handlers(app: Flask) -> None:
             code,
         )
 
+    @app.errorhandler(CountersUnavailable)
+    def counters_unavailable(error: CountersUnavailable) -> Any:
+        app.logger.error("rate counters unavailable on %s %s: %s", request.method,
+                         request.path, error.__cause__)
+        return _busy_response(str(error))
+
     @app.errorhandler(Exception)
     def server_error(error: Exception) -> Any:
         if app.debug:
@@ -193,21 +199,25 @@ def _register_error_handlers(app: Flask) -> None:
             # SQLite waited its busy timeout for the write lock: a load spike,
             # not a bug. Say so, and let the client retry.
             app.logger.warning("database busy on %s %s", request.method, request.path)
-            message = "The server is busy; nothing was saved. Try again in a moment."
-            if _wants_json():
-                response = jsonify(error=message)
-            else:
-                response = app.make_response(
-                    render_template("error.html", code=503, title="Busy", message=message)
-                )
-            response.status_code = 503
-            response.headers["Retry-After"] = "2"
-            return response
+            return _busy_response("The server is busy; nothing was saved. "
+                                  "Try again in a moment.")
         app.logger.exception("unhandled error on %s %s", request.method, request.path)
         message = "Something went wrong on the server; the error was logged."
         if _wants_json():
             return jsonify(error=message), 500
         return render_template("error.html", code=500, title="Server error", message=message), 500
+
+
+def _busy_response(message: str) -> Response:
+    """503 with Retry-After: our side cannot do it now, and nothing was done."""
+    if _wants_json():
+        response = jsonify(error=message)
+    else:
+        response = current_app.make_response(
+            render_template("error.html", code=503, title="Busy", message=message))
+    response.status_code = 503
+    response.headers["Retry-After"] = "2"
+    return response
 
 
 # Fields whose services check NUL characters themselves and show the text back.

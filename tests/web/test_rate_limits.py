@@ -171,3 +171,16 @@ def test_behind_a_trusted_proxy_the_forwarded_address_counts(app, course, app_se
     ok = _login(student, "student1@example.edu", "correct horse battery", proxy,
                 **{"X-Forwarded-For": "198.51.100.8"})
     assert ok.status_code == 302
+
+
+@pytest.mark.parametrize("app_settings", [{"NABLA_REDIS_URL": "redis://127.0.0.1:1/0",
+                                           "NABLA_SUBMIT_RATE": "3/minute"}])
+def test_an_unreachable_redis_is_a_503_that_lets_nothing_through(client, app_session, course,
+                                                                  app_settings):
+    refused = _api(client, course, INVALID)
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "2"
+    assert refused.json["error"].startswith("The server cannot reach its rate counters (Redis)")
+    login = _login(client, "student1@example.edu", "correct horse battery", CLASSMATE)
+    assert login.status_code == 503
+    assert "cannot reach its rate counters" in html.unescape(login.get_data(as_text=True))
+    assert _stored(app_session) == 0
