@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_http.py [--clients 4] [--requests 150] [--seconds 20]
                                          [--workers 2xCPUs] [--threads 2] [--postgres URL]
+                                         [--redis URL]
 
 Creates a fresh database (SQLite in a temporary folder; with --postgres, a new
 database on that server, dropped at the end), migrates it, adds the demo
@@ -12,6 +13,10 @@ attempts per problem, and gives each student an API token. It then starts
 drives it with --clients concurrent clients (one keep-alive connection each),
 each POSTing its model answer to /api/v1/.../submissions until it has sent
 --requests or --seconds have passed. Every response must be 201 with score 1.
+The server runs with NABLA_SUBMIT_RATE at BENCH_SUBMIT_RATE: its counters are
+taken on every submission (in the database, or in Redis with --redis) but
+never refuse one, so the figures stay comparable with those measured before
+the rate limit existed.
 
 Prints, per answer type: p50/p90/p99/max latency of the POST as the client
 sees it, and throughput (graded submissions per second over the phase); and
@@ -48,6 +53,7 @@ PROBLEMS = {"equations": "mlp-relu", "numpy": "mlp-relu-numpy"}
 GOALS = {"equations": (8.0, 30.0), "numpy": (12.0, 40.0)}
 MAX_CLIENTS = 32
 MAX_REQUESTS = 900  # per client and phase: below the assignment's 1000 attempts
+BENCH_SUBMIT_RATE = "1000000/minute"  # counted, never reached
 
 
 def free_port() -> int:
@@ -231,6 +237,9 @@ def main() -> None:
     parser.add_argument("--postgres", metavar="SERVER_URL",
                         help="use a new database on this PostgreSQL server instead of SQLite, "
                              "e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--redis", metavar="URL",
+                        help="keep the rate counters in Redis (NABLA_REDIS_URL), e.g. "
+                             "redis://127.0.0.1:6379/0, instead of the database")
     args = parser.parse_args()
     if not 1 <= args.clients <= MAX_CLIENTS:
         parser.error(f"--clients must be between 1 and {MAX_CLIENTS}")
@@ -250,7 +259,9 @@ def main() -> None:
         assignment_id, api_tokens = prepare_data(url, args.clients)
         answers = model_answers()
         env = {**os.environ, "NABLA_DATABASE_URL": url, "NABLA_INSTANCE_PATH": str(folder),
-               "NABLA_SECRET_KEY": secrets.token_hex(32)}
+               "NABLA_SECRET_KEY": secrets.token_hex(32), "NABLA_SUBMIT_RATE": BENCH_SUBMIT_RATE,
+               "NABLA_REDIS_URL": args.redis or "",
+               "NABLA_REDIS_PREFIX": f"nabla-bench:{secrets.token_hex(4)}:"}
         port = free_port()
         process = start_server(env, port, args.workers, args.threads, folder / "server.log")
         paths = {kind: f"/api/v1/assignments/{assignment_id}/problems/{pid}/submissions"
@@ -258,6 +269,7 @@ def main() -> None:
         warm_up(port, api_tokens, paths, answers)
 
         backend = "PostgreSQL" if args.postgres else "SQLite (WAL)"
+        backend += ", counters in " + ("Redis" if args.redis else "the database")
         print(f"nabla serve on {HOST}:{port}: {args.workers} workers x {args.threads} threads, "
               f"{backend}; {args.clients} clients, keep-alive; "
               f"{os.cpu_count()} CPUs, {platform.platform()}, "

@@ -9,14 +9,26 @@ folder with 0600 permissions; it is never logged or printed.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import secrets
+import sys
 from pathlib import Path
 from typing import Any
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_DIR.parent
+# A source checkout (the repository, or an editable install of it) has its
+# pyproject.toml beside server/; an installed wheel has not (PROJECT_ROOT is
+# then site-packages).
+IS_CHECKOUT = (PROJECT_ROOT / "pyproject.toml").is_file()
 SECRET_KEY_FILE = "secret_key"
 DEFAULT_SQLITE_NAME = "nabla.sqlite3"
+DEFAULT_SUBMIT_RATE = "20/minute"
+DEFAULT_LOGIN_RATE = "5/15minutes"
+DEFAULT_LOGIN_ADDRESS_RATE = "50/15minutes"
+log = logging.getLogger(__name__)
 
 
 class ConfigError(RuntimeError):
@@ -24,10 +36,16 @@ class ConfigError(RuntimeError):
 
 
 def instance_path(environ: dict[str, str] | None = None) -> Path:
-    """The instance folder: ``NABLA_INSTANCE_PATH`` or ``<project>/instance``."""
+    """The instance folder: ``NABLA_INSTANCE_PATH``; else ``<checkout>/instance`` in a
+    source checkout, or ``<prefix>/var/nabla-instance`` when installed from a wheel
+    (Flask's convention for installed applications; ``<prefix>`` is the venv)."""
     env = os.environ if environ is None else environ
     raw = env.get("NABLA_INSTANCE_PATH")
-    return Path(raw).resolve() if raw else PROJECT_ROOT / "instance"
+    if raw:
+        return Path(raw).resolve()
+    if IS_CHECKOUT:
+        return PROJECT_ROOT / "instance"
+    return Path(sys.prefix) / "var" / "nabla-instance"
 
 
 def default_database_url(instance: Path) -> str:
@@ -94,6 +112,48 @@ def _bool_setting(env: dict[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
+_PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+_RATE_RE = re.compile(
+    r"^\s*(\d+)\s*(?:/|per\s)\s*(\d+)?\s*(second|minute|hour|day)s?\s*$", re.IGNORECASE)
+
+
+def parse_rate(name: str, raw: str) -> tuple[int, int] | None:
+    """``"20/minute"``, ``"20 per minute"``, ``"5/15minutes"``, ``"100/hour"`` or a bare
+    integer (per minute) as (limit, period in seconds); ``"off"`` as None (no limit)."""
+    text = raw.strip()
+    if text.lower() in {"off", "none", "unlimited"}:
+        return None
+    if text.isdigit():
+        limit, period = int(text), 60
+    else:
+        match = _RATE_RE.match(text)
+        if match is None:
+            raise ConfigError(
+                f"{name} must look like '20/minute', '5/15minutes', '100/hour', an integer "
+                f"(per minute) or 'off', got {raw!r}")
+        count, unit = int(match.group(2) or 1), _PERIODS[match.group(3).lower()]
+        limit, period = int(match.group(1)), count * unit
+    if limit < 1 or period < 1:
+        raise ConfigError(f"{name}: the limit and the period must be at least 1, got {raw!r}")
+    return limit, period
+
+
+def _rate_setting(env: dict[str, str], name: str, default: str,
+                  may_be_off: bool = True) -> tuple[int, int] | None:
+    rate = parse_rate(name, env.get(name) or default)
+    if rate is None and not may_be_off:
+        raise ConfigError(f"{name} cannot be off: logins are always throttled")
+    return rate
+
+
+def _proxies_setting(env: dict[str, str]) -> int:
+    """``NABLA_PROXIES``; ``NABLA_TRUSTED_PROXIES`` is its deprecated old name."""
+    if env.get("NABLA_PROXIES", "") == "" and env.get("NABLA_TRUSTED_PROXIES", "") != "":
+        log.warning("NABLA_TRUSTED_PROXIES is deprecated: rename it to NABLA_PROXIES")
+        return _int_setting(env, "NABLA_TRUSTED_PROXIES", 0)
+    return _int_setting(env, "NABLA_PROXIES", 0)
+
+
 def database_url(environ: dict[str, str] | None = None) -> str:
     env = os.environ if environ is None else environ
     return env.get("NABLA_DATABASE_URL") or default_database_url(instance_path(env))
@@ -147,6 +207,16 @@ def load_settings(
         # Refuse to serve a database behind the migrations (see server.db).
         "NABLA_CHECK_SCHEMA": _bool_setting(env, "NABLA_CHECK_SCHEMA", True),
         # Behind a reverse proxy, how many proxies set X-Forwarded-For/-Proto
-        # (0: none, use the socket's address as the client IP).
-        "NABLA_TRUSTED_PROXIES": _int_setting(env, "NABLA_TRUSTED_PROXIES", 0),
+        # (0: none, use the socket's address as the client IP: a client's own
+        # X-Forwarded-For is then ignored, for the login throttle too).
+        "NABLA_PROXIES": _proxies_setting(env),
+        # Shared counters (login throttle, submission rate) live in Redis when
+        # this is set, else in the database (server.services.limits).
+        "NABLA_REDIS_URL": env.get("NABLA_REDIS_URL") or None,
+        "NABLA_REDIS_PREFIX": env.get("NABLA_REDIS_PREFIX") or "nabla:",
+        # (limit, period in seconds), or None for no limit.
+        "NABLA_SUBMIT_RATE": _rate_setting(env, "NABLA_SUBMIT_RATE", DEFAULT_SUBMIT_RATE),
+        "NABLA_LOGIN_RATE": _rate_setting(env, "NABLA_LOGIN_RATE", DEFAULT_LOGIN_RATE, False),
+        "NABLA_LOGIN_ADDRESS_RATE": _rate_setting(
+            env, "NABLA_LOGIN_ADDRESS_RATE", DEFAULT_LOGIN_ADDRESS_RATE, False),
     } | overrides

@@ -40,14 +40,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from server.config import PROJECT_ROOT
+from server.config import PACKAGE_DIR, PROJECT_ROOT
 
 if TYPE_CHECKING:
     from alembic.config import Config
     from flask import Flask, Response
 
 log = logging.getLogger(__name__)
-MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
+# Installed from a wheel, the migrations are package data (setup.py); in a
+# checkout they are the repository's migrations/ folder.
+MIGRATIONS_DIR = (PACKAGE_DIR / "migrations" if (PACKAGE_DIR / "migrations" / "env.py").is_file()
+                  else PROJECT_ROOT / "migrations")
 SQLITE_BUSY_TIMEOUT_MS = 5000
 POOL_PING_IDLE_SECONDS = 2.0
 _CHECKED_IN_AT = "nabla_checked_in_at"  # pool record info: time.monotonic() at check-in

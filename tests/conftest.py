@@ -10,6 +10,12 @@ database ``nabla_test_<random>`` on ``NABLA_TEST_POSTGRES_URL`` (default: the
 local server, user postgres) and drops it at the end. When PostgreSQL is not
 reachable the PostgreSQL tests fail if CI is set or PostgreSQL was asked for
 explicitly; only a default local run skips them, with the reason shown.
+
+A test that asks for ``counter_store`` runs with the shared counters (login
+throttle, submission rate) in the database (on each database backend) and in
+Redis (``NABLA_TEST_REDIS_URL``, default 127.0.0.1:6379, once, on the first
+database backend). Redis must be there: a Redis test fails without it, it never
+skips. Each test uses its own key prefix and deletes its keys afterwards.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from typing import Any
 import pytest
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 BACKENDS = ("sqlite", "postgresql")
+COUNTER_STORES = ("database", "redis")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -53,12 +61,69 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         only = metafunc.definition.get_closest_marker("backends")
         if only is not None:  # a test about one backend's behaviour runs on that one only
             names = [name for name in names if name in only.args]
+        if "counter_store" in metafunc.fixturenames:
+            # Counters in each database, and in Redis (once: beside the first database).
+            combos = [(name, "database") for name in names] + [(names[0], "redis")] * bool(names)
+            metafunc.parametrize(("db_backend", "counter_store"), combos, indirect=True,
+                                 scope="session", ids=[f"{a}-{b}" for a, b in combos])
+            return
         metafunc.parametrize("db_backend", names, indirect=True, scope="session")
 
 
 @pytest.fixture(scope="session")
 def db_backend(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+@pytest.fixture(scope="session")
+def counter_store(request: pytest.FixtureRequest) -> str:
+    """Where the shared counters live in this test: "database" or "redis"."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A reachable Redis server (the test fails if there is none: CI has one)."""
+    import redis
+
+    url = os.environ.get("NABLA_TEST_REDIS_URL", DEFAULT_REDIS_URL)
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis not reachable at {url}: {exc}; start redis-server, or set "
+                    "NABLA_TEST_REDIS_URL", pytrace=False)
+    finally:
+        client.close()
+    return url
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own; its keys are deleted afterwards."""
+    import secrets
+
+    import redis
+
+    prefix = f"nabla-test:{os.getpid()}:{secrets.token_hex(4)}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def counter_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """App settings for the test's ``counter_store`` (the database if it asks for none)."""
+    if "counter_store" in request.fixturenames and \
+            request.getfixturevalue("counter_store") == "redis":
+        return {"NABLA_REDIS_URL": request.getfixturevalue("redis_url"),
+                "NABLA_REDIS_PREFIX": request.getfixturevalue("redis_prefix")}
+    return {"NABLA_REDIS_URL": None}
 
 
 @pytest.fixture(scope="session")
@@ -211,8 +276,16 @@ def engine_bank() -> dict[str, Any]:
 
 
 @pytest.fixture
+def app_settings() -> dict[str, Any]:
+    """Extra settings for the ``app`` fixture; a test module overrides it (e.g. a
+    module that submits more than NABLA_SUBMIT_RATE allows sets its own rate)."""
+    return {}
+
+
+@pytest.fixture
 def app(
-    database_url: str, db_engine: Any, fake_bank: dict, tmp_path: Any, fast_password_hashing: None
+    database_url: str, db_engine: Any, fake_bank: dict, tmp_path: Any, fast_password_hashing: None,
+    app_settings: dict[str, Any], counter_settings: dict[str, Any],
 ) -> Iterator[Any]:
     from server import create_app
     from server.db import get_engine
@@ -224,6 +297,8 @@ def app(
             "SECRET_KEY": "test-secret-" + "x" * 32,
             "INSTANCE_PATH": str(tmp_path / "instance"),
             "NABLA_PROBLEM_BANK": fake_bank,
+            **counter_settings,
+            **app_settings,
         }
     )
     try:

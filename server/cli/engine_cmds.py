@@ -66,7 +66,8 @@ def problems_list(as_json: bool) -> None:
 @click.argument("refs", nargs=-1)
 @click.option("--seeds", default=CHECK_SEEDS, show_default=True, help="Draws to verify per problem.")
 def problems_check(refs: tuple[str, ...], seeds: int) -> None:
-    """Validate specs (paths or ids; default: the whole bank) and verify draws.
+    """Validate specs (spec files, folders of them, or ids; default: the whole bank)
+    and verify draws.
 
     Exit status 1 if any spec is invalid or broken, with line-specific messages."""
     from server.engine.bank import UnknownProblemError, find_problem, spec_files
@@ -74,7 +75,7 @@ def problems_check(refs: tuple[str, ...], seeds: int) -> None:
     from server.engine.problem import draw
     from server.engine.spec import SpecError
 
-    targets = list(refs) or [str(p) for p in spec_files()]
+    targets = _spec_targets(refs) if refs else [str(p) for p in spec_files()]
     bad = 0
     for ref in targets:
         try:
@@ -89,6 +90,24 @@ def problems_check(refs: tuple[str, ...], seeds: int) -> None:
     if bad:
         click.echo(f"{bad} of {len(targets)} specs failed", err=True)
         sys.exit(1)
+
+
+def _spec_targets(refs: tuple[str, ...]) -> list[str]:
+    """Each ref as given, a folder replaced by the spec files in it."""
+    from pathlib import Path
+
+    from server.engine.bank import spec_files
+
+    targets = []
+    for ref in refs:
+        if not Path(ref).is_dir():
+            targets.append(ref)
+            continue
+        found = spec_files(Path(ref))
+        if not found:
+            fail(f"{ref}: no spec files (*.toml) in this folder", 1)
+        targets.extend(str(path) for path in found)
+    return targets
 
 
 @main.command()

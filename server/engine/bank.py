@@ -1,4 +1,8 @@
-"""The built-in problem bank: one spec file per problem in ``problems/``."""
+"""The built-in problem bank: one spec file per problem in ``problems/``.
+
+In a checkout that is the repository's ``problems/`` folder (the one TAs
+edit); a wheel carries it as package data, ``server/bank/`` (see setup.py).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ from pathlib import Path
 
 from server.engine.spec import ProblemSpec, SpecError, SpecIssue, load_spec
 
-BANK_DIR = Path(__file__).resolve().parents[2] / "problems"
+_PACKAGED_BANK = Path(__file__).resolve().parents[1] / "bank"
+_CHECKOUT_BANK = Path(__file__).resolve().parents[2] / "problems"
+BANK_DIR = _PACKAGED_BANK if _PACKAGED_BANK.is_dir() else _CHECKOUT_BANK
 
 _cache: dict[tuple, dict[str, ProblemSpec]] = {}
 

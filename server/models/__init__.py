@@ -2,6 +2,7 @@
 
 from server.models.assignment import Assignment, AssignmentProblem, ScorePolicy
 from server.models.base import Base, utcnow
+from server.models.counter import RateCounter
 from server.models.course import ROLE_VALUES, Course, Enrollment, Role
 from server.models.instance import Instance
 from server.models.problem import Problem, ProblemVersion
@@ -21,6 +22,7 @@ __all__ = [
     "Instance",
     "Problem",
     "ProblemVersion",
+    "RateCounter",
     "Regrade",
     "Role",
     "ScorePolicy",

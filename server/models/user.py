@@ -24,10 +24,6 @@ class User(Base):
     # NULL until a password is set: a user imported from a roster cannot log in yet.
     password_hash: Mapped[str | None] = mapped_column(String(255))
     is_admin: Mapped[bool] = mapped_column(default=False)
-    # Consecutive failed logins, and the time before which logins are refused
-    # (see services.accounts.authenticate).
-    failed_logins: Mapped[int] = mapped_column(default=0, server_default="0")
-    login_locked_until: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     enrollments: Mapped[list[Enrollment]] = relationship(

@@ -1,35 +1,52 @@
-"""Users: creation, authentication and passwords."""
+"""Users: creation, authentication (with login throttling) and passwords.
+
+Login throttling counts failed logins per (email, client address) and per
+client address in shared counters (server.services.limits: the database, or
+Redis), never per account: wrong passwords sent from one address lock out
+that address only, so nobody can keep a classmate or the instructor out of
+their account from elsewhere. The email is counted as typed (normalized), not
+as an account: unknown emails get the same responses, the same counters and
+the same password-hashing work as known ones, so throttling does not tell
+which emails exist.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
-import math
+import dataclasses
+import hashlib
 import re
 import secrets
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from server.models import User, utcnow
+from server.db import write_transaction
+from server.models import User
 from server.services import passwords
 from server.services.errors import Conflict, ServiceError, ValidationError
+from server.services.limits import Limiter, Rate, duration_text
 
-# After this many consecutive wrong passwords, logins to the account are
-# refused for LOCK_BASE, doubling with every further failure up to LOCK_MAX.
-# That stops password guessing without locking a student out for long.
-MAX_FAILED_LOGINS = 5
-LOCK_BASE = dt.timedelta(minutes=1)
-LOCK_MAX = dt.timedelta(minutes=15)
+
+@dataclasses.dataclass(frozen=True)
+class LoginRates:
+    """Failed logins allowed per (email, address) and per address (all emails).
+
+    A whole class behind one NAT address shares the address limit, so it is
+    generous; correct logins never count against it.
+    """
+
+    per_email_and_address: Rate = Rate(5, 15 * 60)
+    per_address: Rate = Rate(50, 15 * 60)
 
 
 class LoginThrottled(ServiceError):
-    def __init__(self, retry_after: dt.timedelta) -> None:
+    def __init__(self, retry_after: int, whole_address: bool) -> None:
         self.retry_after = retry_after
-        minutes = max(1, math.ceil(retry_after.total_seconds() / 60))
+        what = "from your address" if whole_address else "for this email from your address"
         super().__init__(
-            f"password: too many wrong passwords for this account; try again in "
-            f"{minutes} minute{'s' if minutes != 1 else ''}"
-        )
+            f"password: too many failed logins {what}; try again in "
+            f"{duration_text(retry_after)}")
+
 
 # Deliberately loose: one @, something on both sides, a dot in the domain, no
 # spaces. Whether the address receives mail is not our concern.
@@ -95,50 +112,66 @@ def create_user(
     return user
 
 
-def lock_duration(failed_logins: int) -> dt.timedelta | None:
-    """How long logins are refused after ``failed_logins`` consecutive failures."""
-    if failed_logins < MAX_FAILED_LOGINS:
-        return None
-    return min(LOCK_BASE * 2 ** min(failed_logins - MAX_FAILED_LOGINS, 10), LOCK_MAX)
+def _login_keys(email: str, address: str) -> tuple[str, str]:
+    typed = (email or "").strip().lower()
+    digest = hashlib.sha256(typed.encode("utf-8", "replace")).hexdigest()[:32]
+    return f"login:email:{digest}:{address}", f"login:address:{address}"
+
+
+class _LoginThrottle:
+    """Slots taken before a password is checked, so that concurrent guesses
+    cannot all slip in before the first failure is counted."""
+
+    def __init__(self, limiter: Limiter, rates: LoginRates, email: str, address: str,
+                 now: float | None) -> None:
+        self.limiter, self.rates, self.now = limiter, rates, now
+        self.email_key, self.address_key = _login_keys(email, address)
+
+    def take(self) -> None:
+        """Count this login as failed until it succeeds; raise LoginThrottled when over."""
+        by_address = self.limiter.take(self.address_key, self.rates.per_address, self.now)
+        if not by_address.allowed:
+            raise LoginThrottled(by_address.retry_after, whole_address=True)
+        by_email = self.limiter.take(self.email_key, self.rates.per_email_and_address, self.now)
+        if not by_email.allowed:
+            self.limiter.give_back(self.address_key, self.rates.per_address, self.now)
+            raise LoginThrottled(by_email.retry_after, whole_address=False)
+
+    def succeeded(self) -> None:
+        self.limiter.clear(self.email_key, self.rates.per_email_and_address, self.now)
+        self.limiter.give_back(self.address_key, self.rates.per_address, self.now)
 
 
 def authenticate(
-    session: Session, email: str, password: str, now: dt.datetime | None = None
+    session: Session, email: str, password: str, *, limiter: Limiter | None = None,
+    address: str | None = None, rates: LoginRates | None = None, now: float | None = None,
 ) -> User | None:
     """The user with this email and password, or None (never says which was wrong).
 
-    Raises LoginThrottled while the account is locked after repeated failures
-    (the failure count is written even though the login fails: the caller
-    commits it).
+    With a ``limiter``, failed logins are counted per (email, ``address``) and
+    per ``address`` (``rates``), and LoginThrottled is raised, before any
+    password is checked, while either is over its rate. A correct password
+    clears the (email, address) count. ``now``: Unix time (tests). The
+    counters write in their own transactions: on SQLite, ``session`` must not
+    hold the write lock (the login view's session is a reader).
     """
-    now = now or utcnow()
+    throttle = None
+    if limiter is not None:
+        throttle = _LoginThrottle(limiter, rates or LoginRates(), email,
+                                  address or "unknown", now)
+        throttle.take()
     user = get_user_by_email(session, email)
-    if user is not None and user.login_locked_until is not None and user.login_locked_until > now:
-        raise LoginThrottled(user.login_locked_until - now)
+    # An unknown email is checked against a dummy hash: the same work, the same time.
     if not passwords.verify_password(user.password_hash if user else None, password):
-        if user is not None:
-            _record_failed_login(session, user, now)
         return None
     assert user is not None and user.password_hash is not None
-    if user.failed_logins or user.login_locked_until is not None:
-        user.failed_logins = 0
-        user.login_locked_until = None
+    if throttle is not None:
+        throttle.succeeded()
     if passwords.needs_rehash(user.password_hash):
+        write_transaction(session)
         user.password_hash = passwords.hash_password(password)
-    session.flush()
-    return user
-
-
-def _record_failed_login(session: Session, user: User, now: dt.datetime) -> None:
-    # One UPDATE ... SET n = n + 1, so concurrent guesses are all counted.
-    session.execute(
-        update(User).where(User.id == user.id).values(failed_logins=User.failed_logins + 1)
-    )
-    session.refresh(user, ["failed_logins"])
-    duration = lock_duration(user.failed_logins)
-    if duration is not None:
-        user.login_locked_until = now + duration
         session.flush()
+    return user
 
 
 def set_password(session: Session, user: User, new_password: str) -> None:
@@ -146,8 +179,6 @@ def set_password(session: Session, user: User, new_password: str) -> None:
     if problem:
         raise ValidationError("new_password", problem)
     user.password_hash = passwords.hash_password(new_password)
-    user.failed_logins = 0
-    user.login_locked_until = None
     session.flush()
 
 

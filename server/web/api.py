@@ -3,7 +3,8 @@
 Errors are JSON ``{"error": ...}`` (see app.py's error handlers): 400 bad
 body, 401 no or bad token, 403 not yours, 404 unknown, 409 refused (closed,
 or no attempts left; the answer is stored), 413 too large, 422 invalid answer
-(stored, costs no attempt), 503 the grader failed (stored, costs no attempt).
+(stored, costs no attempt), 429 too many submissions (nothing stored;
+``Retry-After``), 503 the grader failed (stored, costs no attempt).
 A submission in an error body is under ``"submission"``.
 """
 
@@ -23,7 +24,9 @@ from server.services.assignments import (
     student_assignments,
 )
 from server.services.errors import Conflict, Forbidden, NotFound, Unavailable, ValidationError
+from server.services.limits import SubmissionRateLimited, take_submission_slot
 from server.web.access import end_transaction, token_required
+from server.web.app import limiter, rate
 from server.web.bank import get_bank_for_students
 from server.web.student import instance_secret
 
@@ -145,6 +148,15 @@ def submit(assignment_id: int, problem_id: str) -> Response:
     unknown = sorted(set(body) - {"answer"})
     if unknown:
         abort(400, f"body: unknown field(s) {', '.join(unknown)}; only 'answer' is read")
+    # Before anything is stored. The request's transaction ends first: on SQLite
+    # it may hold the write lock (the token's use), which the counter needs.
+    end_transaction()
+    try:
+        take_submission_slot(limiter(), g.api_user.id, rate("NABLA_SUBMIT_RATE"))
+    except SubmissionRateLimited as exc:
+        response = _error(429, str(exc))
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     session = get_session()
     try:
         result = grading.submit_answer(

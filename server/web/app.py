@@ -6,16 +6,19 @@ import datetime as dt
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from flask import Flask, Response, abort, jsonify, render_template, request
+from flask import Flask, Request, Response, abort, current_app, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import BadRequest, HTTPException
 from werkzeug.routing import IntegerConverter
 
 from server import db
-from server.config import PROJECT_ROOT, load_settings
+from server.config import PACKAGE_DIR, load_settings, parse_rate
 from server.engine.render import statement_html
+from server.services.limits import CountersUnavailable, Limiter, Rate, make_limiter
 
 csrf = CSRFProtect()
+LIMITER_EXTENSION = "nabla_limiter"
+RATE_SETTINGS = ("NABLA_SUBMIT_RATE", "NABLA_LOGIN_RATE", "NABLA_LOGIN_ADDRESS_RATE")
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -38,6 +41,32 @@ class RowIdConverter(IntegerConverter):
         super().__init__(map, fixed_digits, min, MAX_ROW_ID if max is None else max, signed)
 
 
+class NablaRequest(Request):
+    """A JSON body nested deeper than Python's recursion limit (100 000 ``[``) makes
+    the json module raise RecursionError, which is not a ValueError: werkzeug lets
+    it through as a 500, even with ``silent=True``. It is a 400 here, for every
+    view that reads JSON (the API, and Flask-WTF forms, which read a JSON body)."""
+
+    def get_json(self, force: bool = False, silent: bool = False,
+                 cache: bool = True) -> Any:
+        try:
+            return super().get_json(force=force, silent=silent, cache=cache)
+        except RecursionError:
+            raise BadRequest("body: the JSON is nested too deeply to be read; "
+                             'send a JSON object {"answer": "..."}') from None
+
+
+def limiter() -> Limiter:
+    """The app's shared counters (database or Redis; server.services.limits)."""
+    return current_app.extensions[LIMITER_EXTENSION]
+
+
+def rate(name: str) -> Rate | None:
+    """A rate setting (NABLA_SUBMIT_RATE, ...) of the current app; None: no limit."""
+    value = current_app.config[name]
+    return None if value is None else Rate(*value)
+
+
 def build_app(config: dict[str, Any] | None = None) -> Flask:
     """Create the app. ``config`` overrides settings read from the environment.
 
@@ -46,16 +75,21 @@ def build_app(config: dict[str, Any] | None = None) -> Flask:
     """
     settings = load_settings(overrides=config)
 
+    for name in RATE_SETTINGS:  # a config override may be written "20/minute" too
+        if isinstance(settings.get(name), str):
+            settings[name] = parse_rate(name, settings[name])
+
     app = Flask(
         "server",
         instance_path=settings["INSTANCE_PATH"],
-        root_path=str(PROJECT_ROOT / "server"),
+        root_path=str(PACKAGE_DIR),
         template_folder="templates",
         static_folder="static",
     )
     app.config.update(settings)
+    app.request_class = NablaRequest
     app.url_map.converters["int"] = RowIdConverter  # before any route is added
-    proxies = int(app.config.get("NABLA_TRUSTED_PROXIES", 0))
+    proxies = int(app.config.get("NABLA_PROXIES", 0))
     if proxies:
         from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -69,6 +103,9 @@ def build_app(config: dict[str, Any] | None = None) -> Flask:
         except Exception:
             engine.dispose()
             raise
+    app.extensions[LIMITER_EXTENSION] = make_limiter(
+        db.get_engine(app), app.config.get("NABLA_REDIS_URL"),
+        app.config.get("NABLA_REDIS_PREFIX", "nabla:"))
 
     from server.web.auth import init_login
 
@@ -148,6 +185,12 @@ def _register_error_handlers(app: Flask) -> None:
             code,
         )
 
+    @app.errorhandler(CountersUnavailable)
+    def counters_unavailable(error: CountersUnavailable) -> Any:
+        app.logger.error("rate counters unavailable on %s %s: %s", request.method,
+                         request.path, error.__cause__)
+        return _busy_response(str(error))
+
     @app.errorhandler(Exception)
     def server_error(error: Exception) -> Any:
         if app.debug:
@@ -156,21 +199,25 @@ def _register_error_handlers(app: Flask) -> None:
             # SQLite waited its busy timeout for the write lock: a load spike,
             # not a bug. Say so, and let the client retry.
             app.logger.warning("database busy on %s %s", request.method, request.path)
-            message = "The server is busy; nothing was saved. Try again in a moment."
-            if _wants_json():
-                response = jsonify(error=message)
-            else:
-                response = app.make_response(
-                    render_template("error.html", code=503, title="Busy", message=message)
-                )
-            response.status_code = 503
-            response.headers["Retry-After"] = "2"
-            return response
+            return _busy_response("The server is busy; nothing was saved. "
+                                  "Try again in a moment.")
         app.logger.exception("unhandled error on %s %s", request.method, request.path)
         message = "Something went wrong on the server; the error was logged."
         if _wants_json():
             return jsonify(error=message), 500
         return render_template("error.html", code=500, title="Server error", message=message), 500
+
+
+def _busy_response(message: str) -> Response:
+    """503 with Retry-After: our side cannot do it now, and nothing was done."""
+    if _wants_json():
+        response = jsonify(error=message)
+    else:
+        response = current_app.make_response(
+            render_template("error.html", code=503, title="Busy", message=message))
+    response.status_code = 503
+    response.headers["Retry-After"] = "2"
+    return response
 
 
 # Fields whose services check NUL characters themselves and show the text back.

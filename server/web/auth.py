@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import re
+from urllib.parse import urlsplit
+
 from flask import Blueprint, Flask, flash, redirect, render_template, request, url_for
 from flask_login import LoginManager, current_user, login_user, logout_user
+from werkzeug.urls import iri_to_uri
 from werkzeug.wrappers import Response
 
-from server.db import get_session
+from server.db import get_session, reads_first
 from server.services import accounts, tokens
 from server.services.errors import ServiceError, ValidationError
 from server.web.access import login_required, public
+from server.web.app import limiter, rate
 from server.web.forms import ChangePasswordForm, ConfirmForm, LoginForm, NewTokenForm
 
 bp = Blueprint("auth", __name__)
@@ -28,33 +33,64 @@ def _load_user(login_id: str):  # noqa: ANN202  (Flask-Login's protocol)
     return accounts.load_user_for_login_session(get_session(), login_id)
 
 
-def _safe_next(target: str | None) -> str | None:
-    """Only a path on this site (no scheme, no host, no '//' or backslash tricks)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+# Browsers drop tabs and newlines anywhere in a URL and read a backslash as a
+# slash: "/\t/evil" and "/\\evil" both mean //evil, another site.
+_UNSAFE_IN_NEXT = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+def safe_next(target: str | None) -> str | None:
+    """The Location to send for ``next``: a path on this site, or None.
+
+    The value checked is the final one, as werkzeug will send it
+    (``iri_to_uri``, which itself drops tabs and newlines as urlsplit does):
+    no control characters or backslashes before or after, no scheme, no host,
+    one leading slash (before and after: iri_to_uri turns "///x" into "/x").
+    """
+    if not target or _UNSAFE_IN_NEXT.search(target) or target.startswith("//"):
         return None
-    return target
+    final = iri_to_uri(target)
+    if _UNSAFE_IN_NEXT.search(final):
+        return None
+    parts = urlsplit(final)
+    if parts.scheme or parts.netloc or not final.startswith("/") or final.startswith("//"):
+        return None
+    return final
+
+
+def login_rates() -> accounts.LoginRates:
+    defaults = accounts.LoginRates()  # settings given in code may leave one out (None)
+    return accounts.LoginRates(rate("NABLA_LOGIN_RATE") or defaults.per_email_and_address,
+                               rate("NABLA_LOGIN_ADDRESS_RATE") or defaults.per_address)
 
 
 @bp.route("/login", methods=["GET", "POST"])
 @public
-def login() -> Response | str:
+@reads_first  # a login writes only to rehash a password (the throttle counts elsewhere)
+def login() -> Response | tuple[str, int, dict[str, str]]:
     if current_user.is_authenticated:
         return redirect(url_for("student.dashboard"))
     form = LoginForm(next=request.args.get("next", ""))
     status = 400 if form.is_submitted() else 200  # a field is missing or too long
+    headers = {}
     if form.validate_on_submit():
         try:
-            user = accounts.authenticate(get_session(), form.email.data, form.password.data)
+            # request.remote_addr is the socket's peer, or with NABLA_PROXIES
+            # the address the trusted proxies saw (ProxyFix): never a header
+            # the client chose.
+            user = accounts.authenticate(
+                get_session(), form.email.data, form.password.data, limiter=limiter(),
+                address=request.remote_addr, rates=login_rates())
         except accounts.LoginThrottled as exc:
             status = 429
+            headers["Retry-After"] = str(exc.retry_after)
             form.password.errors.append(str(exc).removeprefix("password: "))
         else:
             if user is not None:
                 login_user(user)
-                return redirect(_safe_next(form.next.data) or url_for("student.dashboard"))
+                return redirect(safe_next(form.next.data) or url_for("student.dashboard"))
             status = 401
             form.password.errors.append("The email or the password is not right.")
-    return render_template("auth/login.html", form=form), status
+    return render_template("auth/login.html", form=form), status, headers
 
 
 @bp.route("/logout", methods=["POST"])

@@ -25,7 +25,9 @@ from server.services import grading, workspace
 from server.services.assignments import student_assignments
 from server.services.courses import STAFF_ROLES, courses_for_user
 from server.services.errors import Conflict, Forbidden, NotFound, Unavailable, ValidationError
+from server.services.limits import SubmissionRateLimited, take_submission_slot
 from server.web.access import end_transaction, login_required
+from server.web.app import limiter, rate
 from server.web.bank import get_bank_for_students
 from server.web.forms import AnswerForm
 
@@ -93,6 +95,13 @@ def problem(assignment_id: int, problem_id: str) -> tuple[str, int]:
 def submit(assignment_id: int, problem_id: str) -> Any:
     # CSRFProtect has checked the form's token before this runs.
     form = AnswerForm()
+    end_transaction()  # SQLite: the counter takes the write lock in its own transaction
+    try:
+        take_submission_slot(limiter(), current_user.id, rate("NABLA_SUBMIT_RATE"))
+    except SubmissionRateLimited as exc:
+        # Nothing was stored; the page comes back with the text in the box.
+        page, code = _render_problem(_open(assignment_id, problem_id), form, str(exc), 429)
+        return page, code, {"Retry-After": str(exc.retry_after)}
     session = get_session()
     try:
         result = grading.submit_answer(

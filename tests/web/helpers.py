@@ -11,9 +11,12 @@ _CSRF_RE = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"|'
 
 def csrf_token(client, path: str) -> str:
     """The CSRF token from the form on the page at ``path``."""
-    html = client.get(path).get_data(as_text=True)
+    return csrf_token_in(client.get(path).get_data(as_text=True), path)
+
+
+def csrf_token_in(html: str, where: str = "the page") -> str:
     match = _CSRF_RE.search(html)
-    assert match, f"no csrf_token on {path}"
+    assert match, f"no csrf_token on {where}"
     return next(group for group in match.groups() if group)
 
 

@@ -42,6 +42,10 @@ def test_cookie_settings_are_safe(tmp_path):
         ({"NABLA_TIMEZONE": "Mars/Olympus"}, "NABLA_TIMEZONE: unknown time zone"),
         ({"NABLA_MAX_CONTENT_LENGTH": "lots"}, "NABLA_MAX_CONTENT_LENGTH must be an integer"),
         ({"NABLA_SECURE_COOKIES": "maybe"}, "NABLA_SECURE_COOKIES must be true or false"),
+        ({"NABLA_SUBMIT_RATE": "fast"}, "NABLA_SUBMIT_RATE must look like '20/minute'"),
+        ({"NABLA_SUBMIT_RATE": "0/minute"}, "NABLA_SUBMIT_RATE: the limit and the period"),
+        ({"NABLA_LOGIN_RATE": "off"}, "NABLA_LOGIN_RATE cannot be off"),
+        ({"NABLA_PROXIES": "two"}, "NABLA_PROXIES must be an integer"),
     ],
 )
 def test_bad_settings_name_the_variable(tmp_path, env, message):
@@ -55,3 +59,27 @@ def test_secret_key_is_never_logged(tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     settings = config.load_settings({"NABLA_INSTANCE_PATH": str(tmp_path)})
     assert settings["SECRET_KEY"] not in caplog.text
+
+
+@pytest.mark.parametrize(("raw", "rate"), [
+    ("20/minute", (20, 60)), ("20 per minute", (20, 60)), ("5/15minutes", (5, 900)),
+    ("5 / 15 minutes", (5, 900)), ("100/hour", (100, 3600)), ("3/second", (3, 1)),
+    ("1000/day", (1000, 86400)), ("30", (30, 60)), ("off", None), ("OFF", None)])
+def test_rates_are_read_in_several_spellings(raw, rate):
+    assert config.parse_rate("NABLA_SUBMIT_RATE", raw) == rate
+
+
+def test_rate_defaults(tmp_path):
+    settings = config.load_settings({"NABLA_INSTANCE_PATH": str(tmp_path)})
+    assert settings["NABLA_SUBMIT_RATE"] == (20, 60)
+    assert settings["NABLA_LOGIN_RATE"] == (5, 900)
+    assert settings["NABLA_LOGIN_ADDRESS_RATE"] == (50, 900)
+    assert settings["NABLA_REDIS_URL"] is None and settings["NABLA_PROXIES"] == 0
+
+
+def test_the_old_proxies_name_is_still_read_with_a_warning(tmp_path, caplog):
+    env = {"NABLA_INSTANCE_PATH": str(tmp_path), "NABLA_TRUSTED_PROXIES": "2"}
+    assert config.load_settings(env)["NABLA_PROXIES"] == 2
+    assert "NABLA_TRUSTED_PROXIES is deprecated: rename it to NABLA_PROXIES" in caplog.text
+    env["NABLA_PROXIES"] = "1"  # the new name wins
+    assert config.load_settings(env)["NABLA_PROXIES"] == 1

@@ -99,7 +99,7 @@ def test_client_ip_comes_from_the_proxy_only_when_trusted(database_url, tmp_path
     seen = []
     for proxies in (0, 1):
         app = create_app({"DATABASE_URL": database_url, "SECRET_KEY": "s" * 40,
-                          "INSTANCE_PATH": str(tmp_path), "NABLA_TRUSTED_PROXIES": proxies})
+                          "INSTANCE_PATH": str(tmp_path), "NABLA_PROXIES": proxies})
 
         @public
         def whoami():

@@ -19,7 +19,7 @@ import numpy as np
 import numpy_attacks as attacks
 import pytest
 
-from .served import nabla_serve
+from .live import nabla_serve
 
 pytestmark = pytest.mark.usefixtures("db_backend")
 PROBLEM = "mlp-relu-numpy"
@@ -35,7 +35,7 @@ def fake_bank(engine_bank):
 @pytest.fixture(scope="module")
 def server(database_url, tmp_path_factory):
     """``nabla serve`` on this backend's test database, for the whole module."""
-    with nabla_serve(database_url, tmp_path_factory.mktemp("serve")) as (base, _):
+    with nabla_serve(database_url, tmp_path_factory.mktemp("serve")) as base:
         yield base
 
 

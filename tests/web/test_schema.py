@@ -80,10 +80,16 @@ def test_upgrade_from_the_first_revision_keeps_existing_users(fresh_database_url
             connection.execute(text(
                 "INSERT INTO users (email, name, password_hash, is_admin, created_at) "
                 "VALUES ('old@example.edu', 'Old', NULL, false, CURRENT_TIMESTAMP)"))
-        db.upgrade(fresh_database_url)
+        db.upgrade(fresh_database_url, "0004")
         with engine.connect() as connection:
             row = connection.execute(text(
                 "SELECT failed_logins, login_locked_until FROM users")).one()
+        assert tuple(row) == (0, None)
+        db.upgrade(fresh_database_url)  # 0005 drops the account lock's columns
+        with engine.connect() as connection:
+            kept = connection.execute(text("SELECT email FROM users")).scalars().all()
+        columns = {column["name"] for column in inspect(engine).get_columns("users")}
     finally:
         engine.dispose()
-    assert tuple(row) == (0, None)
+    assert kept == ["old@example.edu"]
+    assert not {"failed_logins", "login_locked_until"} & columns
