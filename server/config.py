@@ -94,6 +94,23 @@ def _bool_setting(env: dict[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
+# --- the judge (server/judge, docs/judge.md): grading equations and expressions in
+# killable processes
+def judge_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """``NABLA_JUDGE_POOL`` processes per app process (2), ``NABLA_JUDGE_TIMEOUT_S``
+    before a grading is stopped (5), ``NABLA_JUDGE_MEMORY_MB`` per process (512)."""
+    env = os.environ if environ is None else environ
+    raw = env.get("NABLA_JUDGE_TIMEOUT_S") or "5"
+    try:
+        timeout = float(raw)
+    except ValueError:
+        raise ConfigError(f"NABLA_JUDGE_TIMEOUT_S must be a number, got {raw!r}") from None
+    if not 0.1 <= timeout <= 600:
+        raise ConfigError(f"NABLA_JUDGE_TIMEOUT_S must be between 0.1 and 600, got {raw}")
+    return {"size": _int_setting(env, "NABLA_JUDGE_POOL", 2, 1), "timeout_s": timeout,
+            "memory_mb": _int_setting(env, "NABLA_JUDGE_MEMORY_MB", 512, 64)}
+
+
 def database_url(environ: dict[str, str] | None = None) -> str:
     env = os.environ if environ is None else environ
     return env.get("NABLA_DATABASE_URL") or default_database_url(instance_path(env))
@@ -149,4 +166,5 @@ def load_settings(
         # Behind a reverse proxy, how many proxies set X-Forwarded-For/-Proto
         # (0: none, use the socket's address as the client IP).
         "NABLA_TRUSTED_PROXIES": _int_setting(env, "NABLA_TRUSTED_PROXIES", 0),
+        "NABLA_JUDGE": judge_settings(env),
     } | overrides

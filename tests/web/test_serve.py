@@ -1,7 +1,6 @@
 """`nabla serve` starts gunicorn with server:create_app() and serves pages."""
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -11,6 +10,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from .helpers import stop_process_group
 
 pytestmark = pytest.mark.usefixtures("db_backend")
 
@@ -47,10 +48,5 @@ def test_nabla_serve_answers_http(database_url, tmp_path, session):
         assert "csrf_token" in body
         assert (tmp_path / "secret_key").exists()  # created once, before the workers
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_group(process)
         process.stdout.close()
