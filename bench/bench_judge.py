@@ -3,7 +3,9 @@
 For each case the same answers are graded in this process (``grade_answer``,
 the baseline: what the server did before the judge) and through a
 ``server.judge.Judge`` pool, alternating one by one so that both see the same
-machine load. Prints medians, p99s and the judge's overhead per grading; then
+machine load. Prints medians, p99s and the judge's overhead per grading, and the CPU time
+per grading on each side (this thread's, plus the judge processes' from
+/proc: a figure that other work on the machine shifts much less); then
 what a fresh process costs (spec and instance texts sent once), a round trip
 with no work, forking a judge process, and starting the zygote.
 
@@ -56,22 +58,38 @@ def cases(bank) -> dict[str, tuple]:
     return out
 
 
-def side_by_side(judge: Judge, spec, jobs, rounds: int) -> tuple[list[float], list[float]]:
+def judge_cpu_seconds(judge: Judge) -> float:
+    """CPU time (user + system) used so far by the pool's judge processes."""
+    total = 0
+    for pid in judge.status()["idle"]:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def side_by_side(judge: Judge, spec, jobs, rounds: int):
+    """Wall times of each grading on both sides, and CPU seconds per grading."""
     hidden = (101, 102)
     for document, inst, answer in jobs:  # warm: texts sent, caches filled on both sides
         grade(judge, spec, document, answer, hidden)
         grade_answer(spec, inst, answer, hidden_seeds=hidden)
     local, remote = [], []
+    local_cpu = remote_cpu = 0.0
+    judge_cpu = judge_cpu_seconds(judge)
     for i in range(rounds):
         document, inst, answer = jobs[i % len(jobs)]
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         expected = grade_answer(spec, inst, answer, hidden_seeds=hidden).to_json()
         local.append(time.perf_counter() - start)
-        start = time.perf_counter()
+        local_cpu += time.thread_time() - cpu
+        start, cpu = time.perf_counter(), time.thread_time()
         result = grade(judge, spec, document, answer, hidden)
         remote.append(time.perf_counter() - start)
+        remote_cpu += time.thread_time() - cpu
         assert result == expected, "the judge and the engine disagree"
-    return local, remote
+    remote_cpu += judge_cpu_seconds(judge) - judge_cpu
+    return local, remote, local_cpu / rounds, remote_cpu / rounds
 
 
 def main() -> None:
@@ -88,13 +106,13 @@ def main() -> None:
     print(f"zygote start + {args.size} judge processes: {ms(time.perf_counter() - start):.0f} ms")
     try:
         print(f"\n{'case':40} {'in-process p50/p99':>20} {'judge p50/p99':>16} "
-              f"{'overhead p50':>13} {'ratio':>6}")
+              f"{'overhead p50':>13} {'ratio':>6} {'CPU in-process / judge':>24}")
         for name, (spec, jobs) in cases(bank).items():
-            local, remote = side_by_side(judge, spec, jobs, args.rounds)
+            local, remote, local_cpu, remote_cpu = side_by_side(judge, spec, jobs, args.rounds)
             lp50, rp50 = statistics.median(local), statistics.median(remote)
             print(f"{name:40} {ms(lp50):9.3f} / {ms(pct(local, 99)):7.3f} "
                   f"{ms(rp50):7.3f} / {ms(pct(remote, 99)):6.3f} {ms(rp50 - lp50):10.3f} ms "
-                  f"{rp50 / lp50:6.2f}")
+                  f"{rp50 / lp50:6.2f} {ms(local_cpu):12.3f} / {ms(remote_cpu):.3f} ms")
 
         round_trips = []
         for _ in range(args.rounds):
