@@ -9,4 +9,9 @@ def create_app(config=None):
     """Flask application factory (``gunicorn 'server:create_app()'``)."""
     from server.web.app import build_app
 
-    return build_app(config)
+    app = build_app(config)
+    if config is None:  # a real server (gunicorn, `nabla run`), not a test's app
+        from server.judge import prestart
+
+        prestart()  # the judge's zygote imports numpy and sympy: not on the first request
+    return app

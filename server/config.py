@@ -154,6 +154,23 @@ def _proxies_setting(env: dict[str, str]) -> int:
     return _int_setting(env, "NABLA_PROXIES", 0)
 
 
+# --- the judge (server/judge, docs/judge.md): grading equations and expressions in
+# killable processes
+def judge_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """``NABLA_JUDGE_POOL`` processes per app process (2), ``NABLA_JUDGE_TIMEOUT_S``
+    before a grading is stopped (5), ``NABLA_JUDGE_MEMORY_MB`` per process (512)."""
+    env = os.environ if environ is None else environ
+    raw = env.get("NABLA_JUDGE_TIMEOUT_S") or "5"
+    try:
+        timeout = float(raw)
+    except ValueError:
+        raise ConfigError(f"NABLA_JUDGE_TIMEOUT_S must be a number, got {raw!r}") from None
+    if not 0.1 <= timeout <= 600:
+        raise ConfigError(f"NABLA_JUDGE_TIMEOUT_S must be between 0.1 and 600, got {raw}")
+    return {"size": _int_setting(env, "NABLA_JUDGE_POOL", 2, 1), "timeout_s": timeout,
+            "memory_mb": _int_setting(env, "NABLA_JUDGE_MEMORY_MB", 512, 64)}
+
+
 def database_url(environ: dict[str, str] | None = None) -> str:
     env = os.environ if environ is None else environ
     return env.get("NABLA_DATABASE_URL") or default_database_url(instance_path(env))
@@ -219,4 +236,5 @@ def load_settings(
         "NABLA_LOGIN_RATE": _rate_setting(env, "NABLA_LOGIN_RATE", DEFAULT_LOGIN_RATE, False),
         "NABLA_LOGIN_ADDRESS_RATE": _rate_setting(
             env, "NABLA_LOGIN_ADDRESS_RATE", DEFAULT_LOGIN_ADDRESS_RATE, False),
+        "NABLA_JUDGE": judge_settings(env),
     } | overrides

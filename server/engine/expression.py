@@ -5,12 +5,15 @@ The spec's forward lines define scalar functions (``g1 = a*x**2``,
 ``[constants]`` and functions picked by ``[choose]``. The reference is the
 sympy derivative of the given value with respect to the asked variable,
 checked against central differences; answers are parsed through the
-allowlist of ``symbolic`` and judged by sympy equivalence plus evaluation at
-random points.
+allowlist of ``symbolic`` and compared with the reference at random points on
+both sides of zero where L is defined (``symbolic.judge_expression``), drawn
+per submission.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +24,7 @@ from server.engine.instance import BrokenProblemError, draw_dims
 from server.engine.spec import ProblemSpec, SpecIssue, substitute_choices
 from server.engine.symbolic import (
     ExpressionFormatError,
-    expressions_equivalent,
+    judge_expression,
     parse_scalar_expression,
 )
 
@@ -41,6 +44,7 @@ class ExpressionInstance:
     ask: tuple[str, ...]
     reference: str  # d(given)/d(ask[0]) as text
     derivative: sympy.Expr | None = field(default=None, compare=False, repr=False)
+    function: sympy.Expr | None = field(default=None, compare=False, repr=False)  # L itself
 
     @property
     def variable(self) -> str:
@@ -134,14 +138,18 @@ def draw_expression_instance(spec: ProblemSpec, seed: int) -> ExpressionInstance
     subs = {sympy.Symbol(k): sympy.Integer(v) for k, v in constants.items()}
     defined = [(n, e.xreplace(subs)) for n, e in defined]
     x = sympy.Symbol(variable)
-    f = _expand(defined, spec.given)
-    derivative = sympy.diff(f, x)
+    # x is real (positive if the spec's domain says so), so that d|x|/dx is sign(x)
+    assumed = sympy.Symbol(variable, positive=True) if spec.domain and spec.domain[0] > 0 \
+        else sympy.Symbol(variable, real=True)
+    f = _expand(defined, spec.given).xreplace({x: assumed})
+    derivative = sympy.diff(f, assumed).xreplace({assumed: x})
+    f = f.xreplace({assumed: x})
     _verify(spec, f, derivative, x)
     shown = "\n".join(f"{n} = {sympy.sstr(e)}" for n, e in defined)
     return ExpressionInstance(
         spec.id, spec.version, seed, constants,
         {n: spec.choices[n][i][0] for n, i in zip(spec.choices, choice_index)}, choice_index,
-        shown, spec.given, spec.ask, sympy.sstr(derivative), derivative,
+        shown, spec.given, spec.ask, sympy.sstr(derivative), derivative, f,
     )
 
 
@@ -158,18 +166,31 @@ def _verify(spec: ProblemSpec, f: sympy.Expr, derivative: sympy.Expr, x: sympy.S
             raise BrokenProblemError(spec.id, "d" + spec.given + "/d" + str(x), err)
 
 
-def grade_expression(spec: ProblemSpec, inst: ExpressionInstance, text: str) -> GradeResult:
+def sample_seed(inst: ExpressionInstance, hidden_seeds: Sequence[int] = ()) -> int:
+    """The seed of the sample points: per submission when the server gives hidden seeds
+    (they are stored with it, so a regrade compares at the same points), else per instance."""
+    text = ",".join(str(v) for v in (inst.seed, *hidden_seeds))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+
+
+def grade_expression(spec: ProblemSpec, inst: ExpressionInstance, text: str, *,
+                     hidden_seeds: Sequence[int] = ()) -> GradeResult:
     target = "d" + inst.variable
     try:
         answer = parse_scalar_expression(text, [inst.variable])
     except ExpressionFormatError as exc:
         return invalid([{"line": 1, "message": exc.render(text)}])
     # the reference is recomputed from the spec and seed, never parsed back from stored text
-    reference = inst.derivative if inst.derivative is not None else draw_expression_instance(spec, inst.seed).derivative
-    equal, reason = expressions_equivalent(answer, reference, [inst.variable], rtol=spec.rtol)
-    if equal:
+    if inst.derivative is None or inst.function is None:
+        inst = draw_expression_instance(spec, inst.seed)
+    judgement = judge_expression(answer, inst.derivative, [inst.variable], function=inst.function,
+                                 rtol=spec.rtol, seed=sample_seed(inst, hidden_seeds),
+                                 domain=spec.domain)
+    if judgement.equal:
         return GradeResult(True, 1.0, gradients={target: GradientResult("correct")})
-    equal_neg, _ = expressions_equivalent(-answer, reference, [inst.variable], rtol=spec.rtol)
-    if equal_neg:
-        return GradeResult(True, 0.0, gradients={target: GradientResult("sign", f"{target} has the wrong sign")})
-    return GradeResult(True, 0.0, gradients={target: GradientResult("incorrect", reason)})
+    verdict = "sign" if judgement.verdict == "sign" else "incorrect"
+    message = f"{target}: {judgement.message}"
+    if judgement.verdict == "too_large":
+        message = f"{target} is {judgement.message}"
+    # one asked variable: the score is 1 or 0, whatever its weight
+    return GradeResult(True, 0.0, gradients={target: GradientResult(verdict, message)})

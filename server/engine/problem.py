@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 
 from server.engine.instance import Instance, draw_instance
 from server.engine.solution import model_solution
@@ -17,6 +18,17 @@ def draw(spec: ProblemSpec, seed: int):
 
         return draw_expression_instance(spec, seed)
     return draw_instance(spec, seed)
+
+
+def instance_from_document(spec: ProblemSpec, document: Mapping):
+    """The engine instance of a stored instance document (``to_json`` with the
+    reference). An expression instance is drawn again from its seed: the grader
+    wants the sympy derivative, which JSON does not keep (deterministic)."""
+    if spec.answer == "expression":
+        from server.engine.expression import draw_expression_instance
+
+        return draw_expression_instance(spec, int(document["seed"]))
+    return Instance.from_json(document)
 
 
 def model_answer(spec: ProblemSpec, inst) -> str:
@@ -80,13 +92,14 @@ def numpy_model_answer(spec: ProblemSpec, inst: Instance, equations: str) -> str
     )
 
 
-def grade_answer(spec: ProblemSpec, inst, text: str):
+def grade_answer(spec: ProblemSpec, inst, text: str, *, hidden_seeds: Sequence[int] = ()):
     """Grade an equations or expression answer (numpy answers need the sandbox:
-    see server.grading)."""
+    see server.grading). ``hidden_seeds`` are the submission's: an expression is
+    compared at points drawn from them (the equations grader does not read them yet)."""
     if spec.answer == "expression":
         from server.engine.expression import grade_expression
 
-        return grade_expression(spec, inst, text)
+        return grade_expression(spec, inst, text, hidden_seeds=hidden_seeds)
     from server.engine.grade import grade_equations
 
     return grade_equations(spec, inst, text)

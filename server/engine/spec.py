@@ -30,7 +30,7 @@ CREDIT_KINDS = ("gradients", "rules")
 TOP_KEYS = {
     "id", "title", "statement", "answer", "layout", "dims", "choose", "vars", "forward",
     "given", "ask", "rtol", "numpy_rtol", "weights", "credit", "decimals", "kink_margin",
-    "constants",
+    "constants", "domain",
 }
 VAR_KEYS = {"shape", "role", "range", "dist"}
 UNARY_FUNCS = tuple(ELEMENTWISE) + ("softmax", "sum")
@@ -151,6 +151,9 @@ class ProblemSpec:
     programs: Mapping[tuple[int, ...], Program] = field(repr=False, default_factory=dict)
     # expression problems (answer = "expression"): integer constants drawn per student
     constants: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    # expression problems: the interval answers are compared on (None: |x| in [0.3, 2]
+    # on both sides of zero, where the function is defined); inside x > 0, x is positive
+    domain: tuple[float, float] | None = None
 
     def program(self, choice_index: tuple[int, ...]) -> Program:
         return self.programs[choice_index]
@@ -253,6 +256,7 @@ class _SpecBuilder:
         dims = self._ranges("dims")
         constants = self._ranges("constants")
         choices = self._choices()
+        domain = self._domain(answer)
         if self.issues:  # later checks would only repeat these (an unusable dim, ...)
             return None
         if answer == "expression":
@@ -310,6 +314,7 @@ class _SpecBuilder:
             version=hashlib.sha256(self.text.encode()).hexdigest()[:12],
             programs=programs,
             constants=constants,
+            domain=domain,
         )
 
     def _string(self, key: str, default: str) -> str:
@@ -332,6 +337,21 @@ class _SpecBuilder:
             self.err(self.line_of(key), f"{key} must be a non-negative number")
             return default
         return float(value)
+
+    def _domain(self, answer: str) -> tuple[float, float] | None:
+        value = self.data.get("domain")
+        if value is None:
+            return None
+        line = self.line_of("domain")
+        if answer != "expression":
+            self.err(line, 'domain is only for answer = "expression"')
+            return None
+        numbers = isinstance(value, list) and len(value) == 2 and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+        if not numbers or not all(abs(v) <= 1e6 for v in value) or value[0] >= value[1]:
+            self.err(line, f"domain must be [low, high] with low < high, within ±1e6 (got {value!r})")
+            return None
+        return float(value[0]), float(value[1])
 
     def _ranges(self, table: str) -> dict[str, tuple[int, int]]:
         raw = self.data.get(table, {})

@@ -17,6 +17,7 @@ import re
 import threading
 import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 
 import sympy
@@ -28,6 +29,8 @@ MAX_DEPTH = 40  # nesting of the syntax tree
 MAX_EXPONENT = 100  # |constant exponent|
 MAX_NUMBER = sympy.Integer(10) ** 100  # largest constant the expression may produce
 MAX_LITERAL = 10**12
+MAX_DIGITS = 200  # digits of a numerator or denominator (1.000001**100**100 is near 1, but
+#                   exact: its 10**8 digits would take sympy minutes)
 
 # At most this many simplifications may still be running in the background after
 # their caller stopped waiting (a thread cannot be killed); beyond that the numeric
@@ -113,6 +116,8 @@ class _Parser:
     def check_size(self, value: sympy.Expr, node: ast.AST) -> sympy.Expr:
         if value.is_Number and value.is_finite and abs(value) > MAX_NUMBER:
             raise self.fail(node, "a number in the expression is unreasonably large")
+        if value.is_Rational and max(abs(value.p), value.q).bit_length() > MAX_DIGITS * 3.33:
+            raise self.fail(node, "a number in the expression has too many digits")
         return value
 
     def build(self, node: ast.AST) -> sympy.Expr:
@@ -178,6 +183,15 @@ class _Parser:
                                 "size")
             if base.is_Number and exponent.is_Number and abs(base) > MAX_NUMBER:
                 raise self.fail(node, "a number in the expression is unreasonably large")
+            if base.is_Rational and exponent.is_Rational and abs(exponent) > 1:
+                # an exact power has |exponent| times the digits: refuse it before sympy
+                # computes it
+                bits = max(abs(base.p), base.q).bit_length() * abs(exponent)
+                if bits > MAX_DIGITS * 3.33:
+                    large = float(exponent) * math.log10(abs(float(base))) > 100
+                    raise self.fail(node, "a number in the expression is unreasonably large"
+                                    if large else "a number in the expression has too many "
+                                    "digits")
             return self.check_size(base**exponent, node)
         builders = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
                     ast.Mult: lambda a, b: a * b, ast.Div: lambda a, b: a / b}
@@ -284,10 +298,26 @@ def parse_scalar_expression(text: str, symbols: Iterable[str], *,
 
 
 # ---------------------------------------------------------------------------
-# Equivalence
+# Evaluation with bounded magnitudes
+#
+# A student's expression is first evaluated in complex float64, node by node,
+# with every intermediate value bounded: ``exp(exp(exp(exp(exp(x)))))`` is
+# "too large" after three nodes, instead of reaching mpmath with a number of
+# 10**126 digits. sympy's evalf (30 digits) only ever sees an answer whose
+# float evaluation stayed below PRECISE_LIMIT everywhere.
+
+MAGNITUDE_LIMIT = 1e100  # |any intermediate value| beyond this: too large to evaluate
+PRECISE_LIMIT = 1e30  # the 30-digit re-evaluation runs only below this (mpmath stays cheap)
+REFERENCE_LIMIT = 1e12  # a reference this large is near a singularity: not a sample point
+CONDITION_LIMIT = 1e4  # relative sensitivity of the reference beyond which a point is skipped
+SAMPLE_MAGNITUDE = (0.3, 2.0)  # |symbol| at sample points, on both sides of zero
 
 
 class _Unsupported(Exception):
+    pass
+
+
+class _TooLarge(Exception):
     pass
 
 
@@ -297,58 +327,112 @@ _CMATH = {
 }
 
 
-def _fast_value(expr: sympy.Expr, env: dict[str, complex], cache: dict) -> complex:
-    """Evaluate our own sympy tree in complex floating point (no code generation)."""
-    hit = cache.get(expr)
-    if hit is not None:
-        return hit
-    if expr.is_Symbol:
-        v = env[expr.name]
-    elif expr.is_Number:
-        v = complex(float(expr))
-    elif expr is sympy.E:
-        v = complex(math.e)
-    elif expr is sympy.pi:
-        v = complex(math.pi)
-    elif expr.is_Add:
-        v = sum((_fast_value(a, env, cache) for a in expr.args), 0j)
-    elif expr.is_Mul:
-        v = 1 + 0j
-        for a in expr.args:
-            v *= _fast_value(a, env, cache)
-    elif expr.is_Pow:
-        base, exponent = expr.args
-        b = _fast_value(base, env, cache)
-        if exponent.is_Integer:
-            v = b ** int(exponent)
-        else:
-            v = b ** _fast_value(exponent, env, cache)
-    elif expr.func in _CMATH and len(expr.args) == 1:
-        v = complex(_CMATH[expr.func](_fast_value(expr.args[0], env, cache)))
-    else:
+def _sign(v: complex) -> complex:
+    if v.imag:
+        raise ValueError("sign of a complex number")
+    return complex((v.real > 0) - (v.real < 0))
+
+
+_CMATH[sympy.sign] = _sign
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """An expression's value at a point, in float64 with bounded magnitudes."""
+
+    status: str  # ok | undefined (domain error, division by zero, not real) | too_large
+    #              | unsupported (a node this evaluator does not know)
+    value: float | None = None
+    peak: float = 0.0  # the largest |intermediate value| met
+
+
+class _FloatEvaluator:
+    def __init__(self, env: dict[str, complex]):
+        self.env = env
+        self.cache: dict[sympy.Expr, complex] = {}
+        self.peak = 0.0
+
+    def value(self, expr: sympy.Expr) -> complex:
+        hit = self.cache.get(expr)
+        if hit is not None:
+            return hit
+        v = self._compute(expr)
+        if not (math.isfinite(v.real) and math.isfinite(v.imag)):
+            raise _TooLarge  # inf or nan only come from an overflow here
+        magnitude = abs(v)
+        if magnitude > MAGNITUDE_LIMIT:
+            raise _TooLarge
+        self.peak = max(self.peak, magnitude)
+        self.cache[expr] = v
+        return v
+
+    def _compute(self, expr: sympy.Expr) -> complex:
+        if expr.is_Symbol:
+            return self.env[expr.name]
+        if expr.is_Number:
+            return complex(float(expr))
+        if expr is sympy.E:
+            return complex(math.e)
+        if expr is sympy.pi:
+            return complex(math.pi)
+        if expr.is_Add:
+            return sum((self.value(a) for a in expr.args), 0j)
+        if expr.is_Mul:
+            v = 1 + 0j
+            for a in expr.args:
+                v *= self.value(a)
+                if not (math.isfinite(v.real) and math.isfinite(v.imag)):
+                    raise _TooLarge
+            return v
+        if expr.is_Pow:
+            base, exponent = expr.args
+            b = self.value(base)
+            if exponent.is_Integer:
+                return b ** int(exponent)  # |exponent| <= MAX_EXPONENT for answers
+            e = self.value(exponent)
+            if b == 0 and e.real > 0:
+                return 0j
+            # |b**e| = exp(e.real*log|b| - e.imag*arg b): refuse before Python overflows
+            if b and e.real * math.log(abs(b)) - e.imag * cmath.phase(b) > 700:
+                raise _TooLarge
+            return b ** e
+        if expr.func in _CMATH and len(expr.args) == 1:
+            return complex(_CMATH[expr.func](self.value(expr.args[0])))
         raise _Unsupported
-    cache[expr] = v
-    return v
 
 
-def _real(value: complex) -> complex | None:
-    if not (math.isfinite(value.real) and math.isfinite(value.imag)):
-        return None
+def evaluate(expr: sympy.Expr, point: dict[str, float]) -> Evaluation:
+    """``expr`` at ``point`` in float64, never through sympy's evalf (a pure helper).
+
+    Every intermediate value is bounded by MAGNITUDE_LIMIT: beyond it, or on an
+    overflow, the status is ``too_large`` and evaluation stops there.
+    """
+    evaluator = _FloatEvaluator({k: complex(v) for k, v in point.items()})
+    try:
+        value = evaluator.value(expr)
+    except _TooLarge:
+        return Evaluation("too_large", peak=math.inf)
+    except OverflowError:
+        return Evaluation("too_large", peak=math.inf)
+    except (ZeroDivisionError, ValueError):
+        return Evaluation("undefined", peak=evaluator.peak)
+    except (_Unsupported, KeyError, TypeError, RecursionError):
+        return Evaluation("unsupported", peak=evaluator.peak)
+    real = _real(value)
+    if real is None:
+        return Evaluation("undefined", peak=evaluator.peak)
+    return Evaluation("ok", real, evaluator.peak)
+
+
+def _real(value: complex) -> float | None:
     if abs(value.imag) > 1e-9 * max(1.0, abs(value.real)):
         return None  # outside the real domain
-    return complex(value.real)
+    return value.real
 
 
-def _numeric(expr: sympy.Expr, point: dict[str, float], precise: bool = False
-             ) -> complex | None:
-    """The value of ``expr`` at ``point``, or None where it is undefined or not real."""
-    if not precise:
-        try:
-            return _real(_fast_value(expr, {k: complex(v) for k, v in point.items()}, {}))
-        except (ZeroDivisionError, OverflowError, ValueError):
-            return None
-        except (_Unsupported, TypeError, RecursionError):
-            pass  # a node we do not know (e.g. from a TA's reference): let sympy evaluate
+def _precise(expr: sympy.Expr, point: dict[str, float]) -> float | None:
+    """The value with 30 digits (sympy's evalf). Only for bounded expressions: see
+    PRECISE_LIMIT; a TA's reference with nodes the float evaluator does not know."""
     subs = {s: sympy.Float(point[s.name], 30) for s in expr.free_symbols if s.name in point}
     try:
         with warnings.catch_warnings():
@@ -356,7 +440,22 @@ def _numeric(expr: sympy.Expr, point: dict[str, float], precise: bool = False
             value = complex(expr.evalf(30, subs=subs))
     except (TypeError, ValueError, ZeroDivisionError, OverflowError, ArithmeticError):
         return None
+    if not (math.isfinite(value.real) and math.isfinite(value.imag)):
+        return None
     return _real(value)
+
+
+def _trusted(expr: sympy.Expr, point: dict[str, float]) -> tuple[float | None, float]:
+    """(value, peak) of the problem's own function or reference (written by the course
+    staff); the value is None where it is undefined, not real or too large."""
+    e = evaluate(expr, point)
+    if e.status == "unsupported":
+        return _precise(expr, point), 0.0
+    return (e.value if e.status == "ok" else None), e.peak
+
+
+# ---------------------------------------------------------------------------
+# Equivalence
 
 
 def _simplifies_to_zero(diff: sympy.Expr, time_limit_s: float) -> tuple[bool | None, str]:
@@ -381,55 +480,145 @@ def _simplifies_to_zero(diff: sympy.Expr, time_limit_s: float) -> tuple[bool | N
     return (result[0], "") if result else (None, "simplification timed out")
 
 
-def _close(a: complex, b: complex, rtol: float) -> bool:
+def _close(a: float, b: float, rtol: float) -> bool:
     return abs(a - b) <= rtol * max(abs(a), abs(b)) + 1e-12
 
 
-def _fmt(v: complex) -> str:
-    return f"{v.real:.6g}"
+def _at(point: dict[str, float]) -> str:
+    return ", ".join(f"{n}={v:.6g}" for n, v in point.items()) or "any point"
 
 
-def expressions_equivalent(answer: sympy.Expr, reference: sympy.Expr, symbols: Sequence[str], *,
-                           rtol: float = 1e-6, points: int = 8, seed: int = 0,
-                           time_limit_s: float = 1.0) -> tuple[bool, str]:
-    """Judge whether ``answer`` equals ``reference``; returns (equal, reason).
+@dataclass(frozen=True)
+class Judgement:
+    """How an answer compares with the reference. The message never gives a
+    value of the reference (it would be an oracle for the answer)."""
 
-    Both are evaluated at ``points`` random points with every symbol in
-    [0.3, 2.0] (points where either is undefined or not real are skipped).  A
-    disagreement decides "not equal".  When they agree, ``simplify(answer -
-    reference) == 0`` is tried under ``time_limit_s``; numeric agreement is
-    authoritative when simplification times out or is inconclusive.
+    verdict: str  # equal | sign | sign_for_negative | differs | undefined | too_large | unknown
+    message: str
+    compared: int  # sample points at which both were compared
+
+    @property
+    def equal(self) -> bool:
+        return self.verdict == "equal"
+
+
+def sample_points(names: Sequence[str], rng: random.Random,
+                  domain: tuple[float, float] | None = None):
+    """Endless sample points: each symbol with |value| in SAMPLE_MAGNITUDE, the first
+    one alternately positive and negative, the others of a random sign; or uniform
+    in ``domain`` when the problem gives one."""
+    k = 0
+    while True:
+        point = {}
+        for i, name in enumerate(names):
+            if domain is not None:
+                point[name] = round(rng.uniform(*domain), 6)
+                continue
+            negative = (k % 2 == 1) if i == 0 else rng.random() < 0.5
+            magnitude = round(rng.uniform(*SAMPLE_MAGNITUDE), 6)
+            point[name] = -magnitude if negative else magnitude
+        k += 1
+        yield point
+
+
+def _well_conditioned(reference: sympy.Expr, point: dict[str, float], value: float) -> bool:
+    """False near a pole or a zero of the reference, where a relative comparison means
+    nothing: its relative change for a relative step of 1e-7 exceeds 1e-7 * CONDITION_LIMIT."""
+    if abs(value) > REFERENCE_LIMIT:
+        return False
+    step = 1e-7
+    moved, _ = _trusted(reference, {n: v * (1 + step) for n, v in point.items()})
+    if moved is None:
+        return False
+    change = abs(moved - value)
+    return change == 0 or change <= step * CONDITION_LIMIT * abs(value)
+
+
+def judge_expression(answer: sympy.Expr, reference: sympy.Expr, symbols: Sequence[str], *,
+                     function: sympy.Expr | None = None, rtol: float = 1e-6, points: int = 8,
+                     seed: int = 0, domain: tuple[float, float] | None = None,
+                     time_limit_s: float = 1.0) -> Judgement:
+    """Compare ``answer`` with ``reference`` at ``points`` random points.
+
+    Points are drawn on both sides of zero (or in ``domain``); a point is used only
+    where ``function`` (the L the reference is the derivative of, if given) and the
+    reference are defined, real and finite, and the reference is well conditioned.
+    Symbols are real, and positive only if ``domain`` lies in x > 0. The answer is
+    evaluated in float64 with bounded magnitudes (``evaluate``); a disagreement in
+    floating point is looked at again with 30 digits when the magnitudes allow.
+    Only when fewer than two points could be compared is ``simplify(answer -
+    reference) == 0`` tried, under ``time_limit_s``.
     """
     names = list(dict.fromkeys([*symbols, *sorted(
         s.name for s in (answer.free_symbols | reference.free_symbols))]))
-    canon = {n: sympy.Symbol(n, positive=True) for n in names}
+    positive = domain is not None and domain[0] > 0
+    canon = {n: sympy.Symbol(n, positive=True) if positive else sympy.Symbol(n, real=True)
+             for n in names}
 
     def canonical(e: sympy.Expr) -> sympy.Expr:
         return e.xreplace({s: canon[s.name] for s in e.free_symbols if s.name in canon})
 
     a, r = canonical(answer), canonical(reference)
-    rng = random.Random(seed)
-    agreed = 0
-    tries = 0
-    while agreed < points and tries < points * 4:
-        tries += 1
-        point = {n: round(rng.uniform(0.3, 2.0), 6) for n in names}
-        at = ", ".join(f"{n}={point[n]:.6g}" for n in names) or "any point"
-        va, vr = _numeric(a, point), _numeric(r, point)
-        if va is None or vr is None or not _close(va, vr, rtol):
-            # floating point may lose digits (cancellation): look again with 30 digits
-            va, vr = _numeric(a, point, precise=True), _numeric(r, point, precise=True)
-        if vr is None:
+    f = canonical(function) if function is not None else None
+    compared: list[tuple[dict[str, float], float, float]] = []
+    candidates = sample_points(names, random.Random(seed), domain)
+    for _ in range(points * 6):
+        if len(compared) >= points:
+            break
+        point = next(candidates)
+        if f is not None and _trusted(f, point)[0] is None:
+            continue  # outside the domain of L
+        vr, peak = _trusted(r, point)
+        if vr is None or not _well_conditioned(r, point, vr):
             continue
-        if va is None:
-            return False, f"the answer is undefined at {at}, where the expected value is {_fmt(vr)}"
-        if not _close(va, vr, rtol):
-            return False, f"at {at} the answer is {_fmt(va)} but the expected value is {_fmt(vr)}"
-        agreed += 1
-    symbolic, why = _simplifies_to_zero(a - r, time_limit_s)
-    if symbolic:
-        return True, f"equal: simplify(answer - expected) = 0 and they agree at {agreed} points"
-    if agreed >= 2:
-        why = why or "sympy could not simplify the difference to 0"
-        return True, f"equal: they agree at {agreed} random points ({why})"
-    return False, "could not confirm equality: the expressions could not be compared numerically"
+        ea = evaluate(a, point)
+        if ea.status == "too_large":
+            return Judgement("too_large", "too large to evaluate: the answer exceeds "
+                             f"{MAGNITUDE_LIMIT:.0e} at {_at(point)}", len(compared))
+        if ea.status == "undefined":
+            return Judgement("undefined", f"the answer is undefined at {_at(point)}, where the "
+                             "derivative is defined", len(compared))
+        if ea.status != "ok":
+            continue
+        va = ea.value
+        assert va is not None
+        peak = max(peak, ea.peak, 1.0)
+        if not _close(va, vr, rtol) and peak <= PRECISE_LIMIT and abs(va - vr) <= 1e-9 * peak:
+            # a difference that rounding could explain (cancellation in floating point):
+            # look again with 30 digits
+            pa, pr = _precise(a, point), _precise(r, point)
+            if pa is not None and pr is not None:
+                va, vr = pa, pr
+        compared.append((point, va, vr))
+    return _verdict(compared, names, a, r, rtol, time_limit_s)
+
+
+def _verdict(compared, names, a, r, rtol, time_limit_s) -> Judgement:
+    n = len(compared)
+    equal = [_close(va, vr, rtol) for _, va, vr in compared]
+    if n >= 2 and all(equal):
+        return Judgement("equal", f"equal at {n} random points", n)
+    if n < 2:
+        symbolic, why = _simplifies_to_zero(a - r, time_limit_s)
+        if symbolic:
+            return Judgement("equal", "equal: simplify(answer - expected) = 0", n)
+        return Judgement("unknown", "could not confirm equality: the expressions could not be "
+                         "compared numerically" + (f" ({why})" if why else ""), n)
+    negated = [_close(-va, vr, rtol) for _, va, vr in compared]
+    if all(negated):
+        return Judgement("sign", "the answer has the wrong sign", n)
+    v = names[0]
+    if all(e if p[v] > 0 else g for (p, _, _), e, g in zip(compared, equal, negated)):
+        return Judgement("sign_for_negative", f"the answer agrees for {v} > 0 but has the wrong "
+                         f"sign for {v} < 0: {v} is not assumed positive "
+                         f"(sqrt({v}**2) is |{v}|, not {v})", n)
+    wrong = n - sum(equal)
+    return Judgement("differs", f"the answer differs from the derivative at {wrong} of the {n} "
+                     "random points checked", n)
+
+
+def expressions_equivalent(answer: sympy.Expr, reference: sympy.Expr, symbols: Sequence[str],
+                           **options) -> tuple[bool, str]:
+    """(equal, reason): ``judge_expression`` as a pair."""
+    judgement = judge_expression(answer, reference, symbols, **options)
+    return judgement.equal, judgement.message

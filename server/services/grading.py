@@ -7,9 +7,10 @@ The three steps are separate functions, and ``submit_answer`` runs them in order
    ``services.submissions`` (refused outside the window or without attempts
    left, pending with an attempt number otherwise). It returns a
    ``GradingJob``: plain data, so grading touches no ORM object.
-2. ``grade_job`` (no database): the engine for equations and expressions, the
-   sandbox for numpy code. Never raises: a failure of ours becomes an
-   ``error`` outcome.
+2. ``grade_job`` (no database): the engine for equations and expressions, in
+   a judge process (``server.judge``: killed at a deadline), the sandbox for
+   numpy code. Never raises: a failure of ours, or a grading that takes too
+   long, becomes an ``error`` outcome.
 3. ``record_outcome`` (flush only): the status, the result JSON and the score
    with the late credit applied. An invalid answer and an internal error give
    the attempt back.
@@ -207,17 +208,13 @@ _INSTANCE_CACHE: OrderedDict[tuple[str, str], Any] = OrderedDict()
 
 def engine_instance(spec: Any, document: Mapping[str, Any]) -> Any:
     """The engine's instance from the stored document (reference included)."""
-    if spec.answer == "expression":
-        # The grader wants the sympy derivative, which JSON does not keep:
-        # redraw it from the seed (deterministic), once per process.
-        from server.engine.expression import draw_expression_instance
+    from server.engine.problem import instance_from_document
 
+    if spec.answer == "expression":  # drawn again from the seed: once per process
         seed = int(document["seed"])
         return cached(_EXPRESSION_CACHE, (spec.version, seed),
-                       lambda: draw_expression_instance(spec, seed), size=STUDENTS_CACHED)
-    from server.engine.instance import Instance as EngineInstance
-
-    return EngineInstance.from_json(document)
+                       lambda: instance_from_document(spec, document), size=STUDENTS_CACHED)
+    return instance_from_document(spec, document)
 
 
 # --- step 1: store -------------------------------------------------------------------
@@ -300,26 +297,57 @@ class Outcome:
 
 INTERNAL_ERROR = ("the grader failed on our side; this submission costs no attempt. "
                   "Send it again in a moment (the course staff can see it)")
+TOO_LONG = ("this answer took too long to grade (more than {limit:g} s) and was stopped; it "
+            "costs no attempt. An answer this hard to evaluate is unlikely to be the one "
+            "asked for: simplify it and send it again")
+TOO_LARGE = ("this answer needed more memory to grade than allowed and was stopped; it costs "
+             "no attempt. Simplify it and send it again")
 
 
-def grade_job(job: GradingJob, *, run_job: Callable[..., Any] | None = None) -> Outcome:
-    """Grade a stored answer. Pure apart from the sandbox; never raises."""
+def grade_job(job: GradingJob, *, run_job: Callable[..., Any] | None = None,
+              judge: Any = None) -> Outcome:
+    """Grade a stored answer; never raises. Equations and expressions are graded in a
+    judge process (``judge``, default: this process's), numpy answers in the sandbox."""
+    if job.spec.answer != "numpy":
+        return _grade_in_judge(job, judge)
     try:
         # Keyed by the document itself, not the row id: SQLite may reuse the id
         # of a deleted row.
         inst = cached(_INSTANCE_CACHE, (job.spec.version, job.document_json),
                       lambda: engine_instance(job.spec, json.loads(job.document_json)),
                       size=STUDENTS_CACHED)
-        if job.spec.answer == "numpy":
-            return _grade_numpy(job, inst, run_job)
-        from server.engine.problem import grade_answer
-
-        result = grade_answer(job.spec, inst, job.answer)
+        return _grade_numpy(job, inst, run_job)
     except Exception:
         log.exception("grading submission %s failed", job.submission_id)
         return Outcome(SubmissionStatus.ERROR.value, {"error": INTERNAL_ERROR}, None)
-    status = SubmissionStatus.GRADED if result.valid else SubmissionStatus.INVALID
-    return Outcome(status.value, result.to_json(), result.score if result.valid else None)
+
+
+def _grade_in_judge(job: GradingJob, judge: Any) -> Outcome:
+    from server.judge import JudgeError, get_judge, grade
+
+    try:
+        judge = judge or get_judge()
+        result = grade(judge, job.spec, job.document_json, job.answer, job.hidden_seeds)
+        valid, score = bool(result["valid"]), float(result["score"])
+    except JudgeError as exc:
+        if exc.kind == "timeout":
+            log.warning("grading submission %s took longer than %g s: stopped", job.submission_id,
+                        judge.timeout_s)
+            message = TOO_LONG.format(limit=judge.timeout_s)
+        elif exc.kind == "memory":
+            log.warning("grading submission %s exceeded %s MB: stopped", job.submission_id,
+                        judge.memory_mb)
+            message = TOO_LARGE
+        else:
+            log.error("grading submission %s failed in the judge (%s): %s", job.submission_id,
+                      exc.kind, exc)
+            message = INTERNAL_ERROR
+        return Outcome(SubmissionStatus.ERROR.value, {"error": message, "reason": exc.kind}, None)
+    except Exception:
+        log.exception("grading submission %s failed", job.submission_id)
+        return Outcome(SubmissionStatus.ERROR.value, {"error": INTERNAL_ERROR}, None)
+    status = SubmissionStatus.GRADED if valid else SubmissionStatus.INVALID
+    return Outcome(status.value, result, score if valid else None)
 
 
 def _grade_numpy(job: GradingJob, inst: Any, run_job: Callable[..., Any] | None) -> Outcome:
@@ -389,6 +417,7 @@ def submit_answer(
     now: dt.datetime, bank: Mapping[str, Any], secret: bytes, commit: Callable[[], None],
     client_ip: str | None = None, client_key: Any = None,
     run_job: Callable[..., Any] | None = None, clock: Callable[[], dt.datetime] | None = None,
+    judge: Any = None,
 ) -> SubmitResult:
     """Store, commit (the caller's ``commit``), grade, record; see the module docstring.
 
@@ -402,7 +431,7 @@ def submit_answer(
     commit()  # the answer is safe now, and no lock is held while grading
     used = stored.attempts_used
     if stored.job is not None:
-        outcome = grade_job(stored.job, run_job=run_job)
+        outcome = grade_job(stored.job, run_job=run_job, judge=judge)
         record_outcome(session, stored.submission, outcome, window=stored.window,
                        now=(clock or _utcnow)())
         if used is not None and stored.submission.attempt is None:

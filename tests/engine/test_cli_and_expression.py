@@ -90,6 +90,63 @@ def test_expression_answers():
         assert not bad.valid and bad.errors
 
 
+def test_expression_feedback_for_wrong_answers_never_gives_the_expected_value():
+    spec = BANK["rule-4a-generalized-chain"]
+    for seed in range(6):
+        inst = draw(spec, seed)
+        for answer in ("x", f"{inst.reference} + x", f"2*({inst.reference})",
+                       "exp(exp(exp(exp(exp(x)))))", "x**x**x**x", "2/sqrt(x**2)"):
+            result = grade_expression(spec, inst, answer, hidden_seeds=(seed, 1))
+            g = result.gradients["dx"]
+            assert result.score == 0 and g.verdict == "incorrect", answer
+            assert "expected" not in g.message, g.message
+            if answer.startswith("exp(exp"):
+                assert g.message.startswith("dx is too large to evaluate"), g.message
+
+
+def test_expression_answers_are_compared_at_points_drawn_per_submission():
+    from server.engine.expression import sample_seed
+
+    spec = BANK["rule-4a-generalized-chain"]
+    inst = draw(spec, 1)
+    seeds = {sample_seed(inst, (a, b)) for a in range(3) for b in range(3)}
+    assert len(seeds) == 9 and sample_seed(inst, (1, 2)) == sample_seed(inst, (1, 2))
+    assert sample_seed(inst) != sample_seed(draw(spec, 2))
+
+
+def test_x_is_not_assumed_positive_unless_the_spec_domain_says_so():
+    from server.engine.spec import parse_spec
+
+    spec = BANK["rule-4a-generalized-chain"]
+    # L = log(a*x**2) * g2 is defined for x < 0 too: 1/|x| for 1/x is wrong there
+    inst = next(i for i in (draw(spec, s) for s in range(100))
+                if "log" in i.forward and "x**2" in i.forward)
+    assert "/x" in inst.reference
+    wrong = inst.reference.replace("/x", "/sqrt(x**2)")
+    result = grade_expression(spec, inst, wrong)
+    assert result.score == 0 and "differs" in result.gradients["dx"].message
+    positive = parse_spec(spec.source + "\ndomain = [0.3, 2.0]\n", "positive.toml")
+    assert positive.domain == (0.3, 2.0)
+    assert grade_expression(positive, draw(positive, inst.seed), wrong).score == 1.0
+
+
+@pytest.mark.parametrize("line,words", [
+    ("domain = [2, 1]", "low < high"),
+    ("domain = [0, 1e9]", "within ±1e6"),
+    ("domain = 'x > 0'", "domain must be [low, high]"),
+])
+def test_a_bad_domain_names_its_line(line, words):
+    from server.engine.spec import SpecError, parse_spec
+
+    source = BANK["rule-4a-generalized-chain"].source
+    with pytest.raises(SpecError) as info:
+        parse_spec(line + "\n" + source, "d.toml")
+    assert "d.toml:1:" in str(info.value) and words in str(info.value)
+    with pytest.raises(SpecError) as info:
+        parse_spec("domain = [0, 1]\n" + BANK["mlp-relu"].source, "m.toml")
+    assert 'only for answer = "expression"' in str(info.value)
+
+
 def test_expression_spec_errors_name_the_line(tmp_path):
     from server.engine.spec import SpecError, parse_spec
 

@@ -11,6 +11,7 @@ from server.engine import symbolic
 from server.engine.symbolic import (
     ExpressionFormatError,
     expressions_equivalent,
+    judge_expression,
     parse_scalar_expression,
 )
 
@@ -73,6 +74,9 @@ def test_two_symbols_and_plain_symbols():
     ("x ^ 1000", 4, "exponent must be at most 100"),
     ("9 ** 9 ** 9", 5, "exponent must be at most 100"),
     ("((10^100)^100)^100", 1, "unreasonably large"),
+    # near 1, but exact: 10**8 digits would take sympy minutes
+    ("(((999999999999/999999999998)^100)^100)^100", 2, "too many digits"),
+    ("(1.000000000001^100)^100", 1, "too many digits"),
     ("10000000000000 * x", 0, "unreasonably large"),
     ("1/0", 0, "undefined"),
     ("x +", 0, "syntax error"),
@@ -115,33 +119,110 @@ def test_spec_messages_are_generic():
     ("2*x*cos(x**2)", "cos(x^2)*x*2"),
     ("sigmoid(x)*(1-sigmoid(x))", "exp(-x)/(1+exp(-x))^2"),
     ("1 - tanh(x)^2", "4/(exp(x) + exp(-x))^2"),
-    ("log(x*x)", "2*log(x)"),
+    ("log(x*x)", "2*log(x)"),  # compared where the reference is defined (x > 0)
     ("sqrt(x^2)", "abs(x)"),
     ("(x+1)^2", "x^2 + 2*x + 1"),
     ("0.5*x", "x/2"),
+    ("exp(x)^3 - exp(3*x) + x", "x"),  # cancels in floating point: looked at with 30 digits
 ])
 def test_equivalent(answer, reference):
-    ok, why = expressions_equivalent(parse(answer), parse(reference), ["x"])
-    assert ok, why
-    assert why.startswith("equal")
+    judgement = judge_expression(parse(answer), parse(reference), ["x"])
+    assert judgement.equal, judgement.message
+    assert judgement.compared == 8
 
 
 @pytest.mark.parametrize("answer,reference", [
     ("2*x*sin(x**2)", "2*x*cos(x**2)"),
     ("x*cos(x**2)", "2*x*cos(x**2)"),
-    ("-2*x*cos(x**2)", "2*x*cos(x**2)"),
     ("x^2 + 1e-3", "x^2"),
     ("sigmoid(x)", "sigmoid(x)*(1-sigmoid(x))"),
 ])
-def test_not_equivalent(answer, reference):
-    ok, why = expressions_equivalent(parse(answer), parse(reference), ["x"])
-    assert not ok
-    assert "the expected value is" in why and "x=" in why
+def test_a_wrong_answer_is_told_that_it_differs_not_what_the_value_should_be(answer, reference):
+    a, r = parse(answer), parse(reference)
+    judgement = judge_expression(a, r, ["x"], seed=5)
+    assert (judgement.verdict, judgement.compared) == ("differs", 8)
+    assert judgement.message.startswith("the answer differs from the derivative at ")
+    assert "expected" not in judgement.message and "x=" not in judgement.message
+    # the same answer with other seeds is compared elsewhere (per submission)
+    points = [next(symbolic.sample_points(["x"], symbolic.random.Random(seed)))
+              for seed in range(3)]
+    assert len({p["x"] for p in points}) == 3
 
 
-def test_answer_undefined_where_reference_is_defined():
-    ok, why = expressions_equivalent(parse("log(x - 5)"), parse("x"), ["x"])
-    assert not ok and "undefined" in why
+def test_a_wrong_sign_everywhere_is_named():
+    judgement = judge_expression(parse("-2*x*cos(x**2)"), parse("2*x*cos(x**2)"), ["x"])
+    assert judgement.verdict == "sign"
+
+
+def test_points_are_sampled_on_both_sides_of_zero_where_L_is_defined():
+    points = symbolic.sample_points(["x"], symbolic.random.Random(1))
+    xs = [next(points)["x"] for _ in range(40)]
+    assert min(xs) < -0.3 and max(xs) > 0.3 and all(0.3 <= abs(v) <= 2.0 for v in xs)
+    # 2/sqrt(x**2) is 2/x only for x > 0 (issue 9): caught, and said so
+    judgement = judge_expression(parse("2/sqrt(x**2)"), parse("2/x"), ["x"],
+                                 function=parse("2*log(sqrt(x**2))"))
+    assert judgement.verdict == "sign_for_negative"
+    assert "wrong sign for x < 0" in judgement.message and "not assumed positive" in judgement.message
+    # where L is defined for x > 0 only, negative points are not used
+    judgement = judge_expression(parse("2/sqrt(x**2)"), parse("2/x"), ["x"],
+                                 function=parse("2*log(x)"))
+    assert judgement.equal and judgement.compared == 8
+    # a spec's domain inside x > 0 makes x positive
+    judgement = judge_expression(parse("2/sqrt(x**2)"), parse("2/x"), ["x"], domain=(0.5, 3))
+    assert judgement.equal
+
+
+def test_a_wrong_answer_equal_to_the_reference_at_one_point_is_caught():
+    reference = parse("2*x*cos(x**2)")
+    for seed in range(5):
+        first = next(symbolic.sample_points(["x"], symbolic.random.Random(seed)))["x"]
+        # equal to the reference at the first sample point, and nowhere else near it
+        answer = reference + parse(f"(x - ({first}))")
+        judgement = judge_expression(answer, reference, ["x"], seed=seed)
+        assert judgement.verdict == "differs", judgement.message
+        assert judgement.message.startswith("the answer differs from the derivative at 7 of the 8")
+
+
+def test_points_near_a_singularity_of_the_reference_are_skipped():
+    # tan has a pole at pi/2, inside the sampled range; 1/x**2 + tan(x) - tan(x) is
+    # the same function, evaluated differently
+    judgement = judge_expression(parse("1/cos(x)^2"), parse("1 + tan(x)^2"), ["x"], points=30)
+    assert judgement.equal and judgement.compared == 30
+
+
+@pytest.mark.parametrize("answer", [
+    "exp(exp(exp(exp(exp(x)))))",  # issue 8: sympy's evalf never came back from this
+    "exp(exp(exp(x)))",
+    "exp(10^12 * x)",
+    "x^100 * exp(100*x) * exp(100*x)",
+    "exp(x)^100 * exp(x)^100 * exp(x)^100",
+])
+def test_absurd_magnitudes_are_too_large_to_evaluate(answer):
+    judgement = judge_expression(parse(answer), parse("2*x*cos(x**2)"), ["x"])
+    assert judgement.verdict == "too_large"
+    assert judgement.message.startswith("too large to evaluate: the answer exceeds 1e+100 at x=")
+
+
+def test_an_answer_undefined_where_the_reference_is_defined_is_wrong():
+    judgement = judge_expression(parse("log(x - 5)"), parse("x"), ["x"])
+    assert judgement.verdict == "undefined" and "undefined at x=" in judgement.message
+    # x**x**x**x is not real for negative x, where the reference is
+    judgement = judge_expression(parse("x**x**x**x"), parse("x"), ["x"])
+    assert judgement.verdict == "undefined"
+
+
+def test_evaluation_bounds_every_intermediate_value():
+    evaluate = symbolic.evaluate
+    assert evaluate(parse("exp(exp(exp(exp(exp(x)))))"), {"x": 1.7}).status == "too_large"
+    assert evaluate(parse("exp(300)*exp(-300)"), {"x": 1}).status == "ok"  # sympy: exp(0)
+    assert evaluate(parse("exp(x)^100"), {"x": 1.0}).status == "ok"
+    assert evaluate(parse("exp(x)^100"), {"x": 2.5}).status == "too_large"  # e**250
+    assert evaluate(parse("x**x**x**x"), {"x": 2.0}).value == 2.0**16
+    assert evaluate(parse("1/(x-1)"), {"x": 1.0}).status == "undefined"
+    assert evaluate(parse("log(x)"), {"x": -1.0}).status == "undefined"  # not real
+    assert evaluate(parse("sqrt(x)"), {"x": 0.0}).status == "ok"
+    value = evaluate(parse("abs(x)*x"), {"x": -2.0})
+    assert (value.status, value.value, value.peak) == ("ok", -4.0, 4.0)
 
 
 def test_symbols_are_matched_by_name():
@@ -165,17 +246,20 @@ def test_rtol_is_respected():
     assert ok
 
 
-def test_simplification_timeout_does_not_hang():
-    # simplify needs about a second here (machine-dependent); the judge waits 0.05 s
-    answer = parse("exp(x)^3*(1+sigmoid(x*y))^4/(x+y)^3", ("x", "y"))
-    reference = sympy.expand(answer)
-    start = time.perf_counter()
-    ok, why = expressions_equivalent(answer, reference, ["x", "y"], time_limit_s=0.05)
-    elapsed = time.perf_counter() - start
-    assert ok, why
-    assert elapsed < 2.0
-    # when it cannot finish in time, numeric agreement decides, and says so
-    assert "agree at 8" in why
+def test_simplify_decides_only_when_too_few_points_can_be_compared(monkeypatch):
+    calls = []
+    real_simplify = sympy.simplify
+
+    def spy(expr):
+        calls.append(expr)
+        return real_simplify(expr)
+
+    monkeypatch.setattr(symbolic.sympy, "simplify", spy)
+    assert judge_expression(parse("x + x"), parse("2*x"), ["x"]).equal
+    assert calls == []
+    # the reference is real nowhere in the sampled range: simplify decides
+    judgement = judge_expression(parse("sqrt(-2 - x^2)*2"), parse("2*sqrt(-x^2 - 2)"), ["x"])
+    assert judgement.equal and judgement.compared == 0 and len(calls) == 1
 
 
 def test_slow_simplify_is_abandoned(monkeypatch):
@@ -184,7 +268,6 @@ def test_slow_simplify_is_abandoned(monkeypatch):
         return expr
 
     monkeypatch.setattr(symbolic.sympy, "simplify", slow_simplify)
-    start = time.perf_counter()
-    ok, why = expressions_equivalent(parse("x + x"), parse("2*x"), ["x"], time_limit_s=0.05)
-    assert time.perf_counter() - start < 0.4
-    assert ok and "timed out" in why
+    judgement = judge_expression(parse("sqrt(-2 - x^2)"), parse("sqrt(-x^2 - 2)"), ["x"],
+                                 time_limit_s=0.05)
+    assert judgement.verdict == "unknown" and "timed out" in judgement.message

@@ -83,11 +83,23 @@ def people(session, make_user, make_course):
 
 
 def _submit(session, bank, user, assignment, problem_id, answer, *, now=None, key=None,
-            run_job=None):
+            run_job=None, judge=None):
     return grading.submit_answer(
         session, user=user, assignment_id=assignment.id, problem_id=problem_id, answer=answer,
         now=now or assignment.open_at + MINUTE, bank=bank, secret=SECRET,
-        commit=session.commit, client_ip="203.0.113.7", client_key=key, run_job=run_job)
+        commit=session.commit, client_ip="203.0.113.7", client_key=key, run_job=run_job,
+        judge=judge)
+
+
+@pytest.fixture(scope="module")
+def misbehaving_judge():
+    """Real judge processes whose answers ``#test:ACTION`` misbehave on purpose
+    (tests/judge/tasks_for_tests.py); other answers are graded for real."""
+    from server.judge import Judge
+
+    judge = Judge(size=1, timeout_s=1.0, memory_mb=256, tasks="tests.judge.tasks_for_tests")
+    yield judge
+    judge.close()
 
 
 def _model_answer(session, bank, user, assignment, problem_id):
@@ -188,22 +200,42 @@ class TestEquations:
         assert seen == [("pending", 1, "dz7 = doutput")]
         assert sub.status == "graded"
 
+    @pytest.mark.parametrize("action", ["raise", "crash"])
     def test_an_engine_crash_is_recorded_as_an_error_that_costs_no_attempt(
-            self, session, engine_bank, people, make_assignment, monkeypatch, caplog):
-        import server.engine.problem
-
+            self, session, engine_bank, people, make_assignment, misbehaving_judge, caplog,
+            action):
         student, _, course = people
         hw = make_assignment(session, course, problems=("mlp-relu",), max_attempts=1)
-
-        def crash(*args):
-            raise RuntimeError("engine bug")
-
-        monkeypatch.setattr(server.engine.problem, "grade_answer", crash)
-        sub = _submit(session, engine_bank, student, hw, "mlp-relu", "dz7 = doutput").submission
+        sub = _submit(session, engine_bank, student, hw, "mlp-relu", f"#test:{action}",
+                      judge=misbehaving_judge).submission
         assert (sub.status, sub.attempt, sub.score) == ("error", None, None)
         assert "costs no attempt" in sub.result["error"]
-        assert "grading submission" in caplog.text and "engine bug" in caplog.text
+        assert "grading submission" in caplog.text
+        assert ("engine bug" if action == "raise" else "died") in caplog.text
         assert grading.attempts_left(session, sub, student.id) == 1
+
+    @pytest.mark.parametrize(("action", "words"), [
+        ("regex", "took too long to grade (more than 1 s)"),
+        ("tower", "took too long to grade (more than 1 s)"),
+        ("allocate", "needed more memory to grade than allowed"),
+    ])
+    def test_grading_that_takes_too_long_or_too_much_memory_is_stopped_and_costs_no_attempt(
+            self, session, engine_bank, people, make_assignment, misbehaving_judge, caplog,
+            action, words):
+        student, _, course = people
+        hw = make_assignment(session, course, problems=("mlp-relu",), max_attempts=1)
+        result = _submit(session, engine_bank, student, hw, "mlp-relu", f"#test:{action}",
+                         judge=misbehaving_judge)
+        sub = result.submission
+        assert (sub.status, sub.attempt, sub.score) == ("error", None, None)
+        assert words in sub.result["error"] and "costs no attempt" in sub.result["error"]
+        assert sub.result["reason"] in ("timeout", "memory")
+        assert result.attempts_left == 1 and f"submission {sub.id}" in caplog.text
+        # the judge carries on: the next answer is graded, and takes the one attempt
+        answer = _model_answer(session, engine_bank, student, hw, "mlp-relu")
+        sub = _submit(session, engine_bank, student, hw, "mlp-relu", answer,
+                      judge=misbehaving_judge).submission
+        assert (sub.status, sub.attempt, sub.score) == ("graded", 1, 1.0)
 
     def test_the_same_form_key_stores_one_submission(self, session, engine_bank, people,
                                                      make_assignment):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
 
 _CSRF_RE = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"|'
                       r'type="hidden" name="csrf_token" value="([^"]+)"|'
@@ -31,3 +34,14 @@ def login(client, email: str, password: str = "correct horse battery"):
 def post_form(client, page: str, action: str, data: dict, **kwargs):
     """Submit ``data`` to ``action`` with the CSRF token of the form on ``page``."""
     return client.post(action, data={**data, "csrf_token": csrf_token(client, page)}, **kwargs)
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """Stop a server started with ``start_new_session=True`` (gunicorn and its
+    workers): SIGTERM, then SIGKILL after 15 s."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

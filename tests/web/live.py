@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 
-from .helpers import csrf_token_in
+from .helpers import csrf_token_in, stop_process_group
 
 HOST = "127.0.0.1"
 
@@ -68,12 +67,7 @@ class LiveServer:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+            stop_process_group(self.process)
         self.log.close()
 
 
