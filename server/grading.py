@@ -13,7 +13,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from server.engine.grade import GradeResult, GradientResult, Layout, invalid, judge_gradient
+from server.engine.grade import (
+    GradeResult,
+    GradientResult,
+    Layout,
+    invalid,
+    judge_gradient,
+    weighted_score,
+)
 from server.engine.instance import Instance, draw_hidden_instances, legacy_hidden_seeds
 from server.engine.spec import ProblemSpec
 
@@ -62,9 +69,7 @@ def grade_numpy(spec: ProblemSpec, inst: Instance, source: str, *,
             if g in verdicts and verdicts[g].verdict != "correct":
                 continue
             verdicts[g] = _judge_call(g, instance, call, where, Layout(spec, program, instance), spec.numpy_rtol)
-    total = sum(spec.weights.get(g[1:], 1.0) for g in asked)
-    score = sum(spec.weights.get(g[1:], 1.0) for g in asked if verdicts[g].verdict == "correct") / total
-    return GradeResult(True, round(score, 6), [], gradients=verdicts)
+    return GradeResult(True, weighted_score(verdicts, spec.weights), [], gradients=verdicts)
 
 
 def _judge_call(g: str, instance: Instance, call, where: str, layout: Layout, rtol: float) -> GradientResult:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy
 
-from server.engine.grade import GradeResult, GradientResult, invalid
+from server.engine.grade import GradeResult, GradientResult, invalid, weighted_score
 from server.engine.instance import BrokenProblemError, draw_dims
 from server.engine.spec import ProblemSpec, SpecIssue, substitute_choices
 from server.engine.symbolic import (
@@ -168,7 +168,8 @@ def grade_expression(spec: ProblemSpec, inst: ExpressionInstance, text: str) -> 
     reference = inst.derivative if inst.derivative is not None else draw_expression_instance(spec, inst.seed).derivative
     equal, reason = expressions_equivalent(answer, reference, [inst.variable], rtol=spec.rtol)
     if equal:
-        return GradeResult(True, 1.0, gradients={target: GradientResult("correct")})
+        correct = {target: GradientResult("correct")}
+        return GradeResult(True, weighted_score(correct, spec.weights), gradients=correct)
     equal_neg, _ = expressions_equivalent(-answer, reference, [inst.variable], rtol=spec.rtol)
     if equal_neg:
         return GradeResult(True, 0.0, gradients={target: GradientResult("sign", f"{target} has the wrong sign")})

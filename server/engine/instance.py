@@ -279,6 +279,7 @@ def _draw_values(spec: ProblemSpec, program: Program, dims, rng, check, stats, w
     no_grad = frozenset(n for n in program.leaves if spec.vars[n].role == "const")
     reason = ""
     missed: dict[int, int] = {}  # mutant -> draws it was not separated on
+    checked = 0  # draws that reached the mutant check
     for attempt in range(1, MAX_DRAWS + 1):
         if stats is not None:
             stats.attempts = attempt
@@ -296,6 +297,7 @@ def _draw_values(spec: ProblemSpec, program: Program, dims, rng, check, stats, w
         if reason:
             continue
         if check is not None:
+            checked += 1
             unseparated = check.unseparated(dims, values, seeds, back.grads, spec)
             if unseparated:
                 for i in unseparated:
@@ -310,7 +312,7 @@ def _draw_values(spec: ProblemSpec, program: Program, dims, rng, check, stats, w
         raise InstanceError(
             f"{spec.id}: no draw for {what} in {MAX_DRAWS} tries separates every plausible mistake "
             f"from the right answer; the mutant {check.mutants.label(check.mutants.mutants[worst])} "
-            f"was not separated on {missed[worst]} of them (last: {reason})")
+            f"was not separated on {missed[worst]} of the {checked} draws checked (last: {reason})")
     raise InstanceError(f"{spec.id}: no acceptable draw for {what} in {MAX_DRAWS} tries (last: {reason})")
 
 

@@ -749,6 +749,13 @@ class Evaluation:
                     alive &= norms <= rtol * self.norm(k) + atol  # NaN: separated
                     if not alive.any():
                         return []
+            if plan.final_at[e] and 2 * alive.sum() <= len(members):  # drop the separated rows
+                keep = np.flatnonzero(alive)
+                members = [members[r] for r in keep]
+                diff = {name: v[keep] for name, v in diff.items()}
+                rows = self._rows(members)
+                alive = np.ones(len(members), dtype=bool)
+                mine = rows.get(i)
             if stop_early and mine is not None and plan.last[i] == e:
                 mine = [r for r in mine if alive[r]]
                 if not mine:

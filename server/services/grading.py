@@ -314,7 +314,7 @@ def grade_job(job: GradingJob, *, run_job: Callable[..., Any] | None = None) -> 
             return _grade_numpy(job, inst, run_job)
         from server.engine.problem import grade_answer
 
-        result = grade_answer(job.spec, inst, job.answer)
+        result = grade_answer(job.spec, inst, job.answer, hidden_seeds=job.hidden_seeds)
     except Exception:
         log.exception("grading submission %s failed", job.submission_id)
         return Outcome(SubmissionStatus.ERROR.value, {"error": INTERNAL_ERROR}, None)
