@@ -195,7 +195,7 @@ class TestEquations:
         student, _, course = people
         hw = make_assignment(session, course, problems=("mlp-relu",), max_attempts=1)
 
-        def crash(*args):
+        def crash(*args, **kwargs):
             raise RuntimeError("engine bug")
 
         monkeypatch.setattr(server.engine.problem, "grade_answer", crash)
