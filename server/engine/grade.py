@@ -206,8 +206,10 @@ def grade_equations(spec: ProblemSpec, inst: Instance, text: str, *,
         result = _check_other_layout(spec, program, inst, text, result)
     if hidden and result.valid and _anything_correct(result):
         # The same structure: the same names, so the parse stands; only shapes and dims differ.
-        others = [_Grader(spec, program, h, dataclasses.replace(parsed, ctx=answer_context(spec, h)),
-                          text).run() for h in hidden]
+        others = []
+        for h in hidden:
+            on_h = dataclasses.replace(parsed, ctx=answer_context(spec, h))
+            others.append(_Grader(spec, program, h, on_h, text).run())
         result = _merge_hidden(spec, result, others)
     return result
 
@@ -235,7 +237,8 @@ def _merge_hidden(spec: ProblemSpec, own: GradeResult, others: list[GradeResult]
             if rule and (not other.valid or (h is not None and h.rule_correct is False)):
                 rule = False
             if e.verdict == "correct" and failed != "correct":
-                e = LineResult(e.line, e.target, failed, rule, _hidden_message(failed, number, count))
+                message = _hidden_message(failed, number, count)
+                e = LineResult(e.line, e.target, failed, rule, message)
         equations.append(dataclasses.replace(e, rule_correct=rule))
     gradients = dict(own.gradients)
     for g, v in own.gradients.items():
@@ -252,7 +255,9 @@ def _merge_hidden(spec: ProblemSpec, own: GradeResult, others: list[GradeResult]
 
 def _score(spec: ProblemSpec, equations: list[LineResult], gradients: dict[str, GradientResult]):
     if spec.credit == "rules":
-        return round(sum(1 for e in equations if e.rule_correct) / len(equations), 6) if equations else 0.0
+        if not equations:
+            return 0.0
+        return round(sum(1 for e in equations if e.rule_correct) / len(equations), 6)
     return weighted_score(gradients, spec.weights)
 
 

@@ -25,6 +25,7 @@ student's own instance already separates every mutant.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -304,16 +305,19 @@ def _draw_values(spec: ProblemSpec, program: Program, dims, rng, check, stats, w
                     missed[i] = missed.get(i, 0) + 1
                 if stats is not None:
                     stats.mutant_rejections += 1
-                reason = f"mutant not separated: {check.mutants.label(check.mutants.mutants[unseparated[0]])}"
+                first = check.mutants.mutants[unseparated[0]]
+                reason = f"mutant not separated: {check.mutants.label(first)}"
                 continue
         return _Draw(sched, shapes, steps, leaves, seeds, values, back, no_grad)
     if missed:
         worst = max(missed, key=lambda i: missed[i])
+        label = check.mutants.label(check.mutants.mutants[worst])
         raise InstanceError(
             f"{spec.id}: no draw for {what} in {MAX_DRAWS} tries separates every plausible mistake "
-            f"from the right answer; the mutant {check.mutants.label(check.mutants.mutants[worst])} "
-            f"was not separated on {missed[worst]} of the {checked} draws checked (last: {reason})")
-    raise InstanceError(f"{spec.id}: no acceptable draw for {what} in {MAX_DRAWS} tries (last: {reason})")
+            f"from the right answer; the mutant {label} was not separated on {missed[worst]} of "
+            f"the {checked} draws checked (last: {reason})")
+    raise InstanceError(
+        f"{spec.id}: no acceptable draw for {what} in {MAX_DRAWS} tries (last: {reason})")
 
 
 # --------------------------------------------------------------------------- mutants
@@ -329,7 +333,8 @@ class MutantCheck:
     # are checked first, and the rest
     hard: tuple[int, ...]
     easy: tuple[int, ...]
-    separated_share: tuple[float, ...]  # per mutant, share of the full calibration draws separating it
+    # per mutant, the share of the first CALIBRATION_FULL calibration draws that separate it
+    separated_share: tuple[float, ...]
     rtol: float  # the tolerance the answers of this problem are graded with
     seconds: float  # compile + calibration time
 
@@ -344,6 +349,7 @@ class MutantCheck:
 
 
 _MUTANT_CHECKS: dict[tuple, MutantCheck] = {}
+_MUTANT_CHECKS_LOCK = threading.Lock()  # the app draws from several threads
 
 
 def mutant_check(spec: ProblemSpec, choice_index: tuple[int, ...],
@@ -354,10 +360,11 @@ def mutant_check(spec: ProblemSpec, choice_index: tuple[int, ...],
     key = (spec.id, spec.version, spec.layout, rtol, tuple(choice_index))
     check = _MUTANT_CHECKS.get(key)
     if check is None:
-        check = _calibrate(spec, tuple(choice_index), rtol)
-        if len(_MUTANT_CHECKS) >= MUTANT_CHECKS_CACHED:
-            _MUTANT_CHECKS.pop(next(iter(_MUTANT_CHECKS)))
-        _MUTANT_CHECKS[key] = check
+        check = _calibrate(spec, tuple(choice_index), rtol)  # two threads may both: same result
+        with _MUTANT_CHECKS_LOCK:
+            if len(_MUTANT_CHECKS) >= MUTANT_CHECKS_CACHED:
+                _MUTANT_CHECKS.pop(next(iter(_MUTANT_CHECKS)))
+            _MUTANT_CHECKS[key] = check
         if stats is not None:
             stats.calibration_seconds = check.seconds
     if stats is not None:

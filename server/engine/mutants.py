@@ -231,7 +231,8 @@ def _candidates(spec: ProblemSpec, program: Program, line: CompiledLine, ready, 
         slot_tree = None if gradient else _swap(tree, node, ast.Name(SLOT))
         for new in _variable_swaps(node, forward, grads, types):
             site = (("read",) if gradient else place, slot_tree, _slot_of(new))
-            yield "variable", f"{new} in place of {_text(node)}", op, _swap(tree, node, _expr(new)), site
+            swapped = _swap(tree, node, _expr(new))
+            yield "variable", f"{new} in place of {_text(node)}", op, swapped, site
     for node in _walk(tree):
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult | ast.Div):
             sides = [node.left, node.right]
@@ -312,7 +313,8 @@ def _variable_swaps(node, forward: Mapping[str, Shape], grads: set[str], types):
     except _Mismatch:
         return []
     pool = grads if types.is_gradient(_name_of(node)) else forward
-    return [other for other in sorted(pool) if other != text and types.shape_of_text(other) == shape]
+    return [other for other in sorted(pool)
+            if other != text and types.shape_of_text(other) == shape]
 
 
 # --------------------------------------------------------------------------- AST helpers
@@ -379,7 +381,8 @@ def _swap(tree: ast.expr, node: ast.AST, replacement: ast.expr) -> ast.expr:
     new = copy.deepcopy(tree)
     parent = new
     for field_name, index in path[:-1]:
-        parent = getattr(parent, field_name) if index is None else getattr(parent, field_name)[index]
+        child = getattr(parent, field_name)
+        parent = child if index is None else child[index]
     field_name, index = path[-1]
     if index is None:
         setattr(parent, field_name, copy.deepcopy(replacement))

@@ -254,7 +254,8 @@ def test_two_independent_mistakes_are_each_blamed_on_the_lines_that_read_them():
         "10. dz2 = dz3 * (z2 > 0).T", "10. dz2 = dz3")
     result = grade(MLP, both)
     assert line(result, 9).message == "right rule; the value carries the mistake from line 4"
-    assert line(result, 11).message == "right rule; the value carries the mistakes from lines 4 and 10"
+    assert line(result, 11).message == (
+        "right rule; the value carries the mistakes from lines 4 and 10")
 
 
 def test_rule_credit_charges_a_missing_accumulation_and_a_contribution_added_twice():
