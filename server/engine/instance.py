@@ -294,20 +294,25 @@ def _draw_values(spec: ProblemSpec, program: Program, dims, rng, check, stats, w
         if reason:
             continue
         back = ref.run_backward(sched, values, seeds, no_grad)
-        reason = _reject_gradients(program, back.grads, values, no_grad)
-        if reason:
-            continue
+        # the quick mutant test rejects more draws than the gradient rule, so it goes first
+        ev = check.evaluation(dims, values, seeds, back.grads, spec) if check else None
+        unseparated = check.stuck(ev) if check else []
+        if not unseparated:
+            reason = _reject_gradients(program, back.grads, values, no_grad)
+            if reason:
+                continue
+            if check is not None:
+                unseparated = check.unseparated(ev)
         if check is not None:
             checked += 1
-            unseparated = check.unseparated(dims, values, seeds, back.grads, spec)
-            if unseparated:
-                for i in unseparated:
-                    missed[i] = missed.get(i, 0) + 1
-                if stats is not None:
-                    stats.mutant_rejections += 1
-                first = check.mutants.mutants[unseparated[0]]
-                reason = f"mutant not separated: {check.mutants.label(first)}"
-                continue
+        if unseparated:
+            for i in unseparated:
+                missed[i] = missed.get(i, 0) + 1
+            if stats is not None:
+                stats.mutant_rejections += 1
+            first = check.mutants.mutants[unseparated[0]]
+            reason = f"mutant not separated: {check.mutants.label(first)}"
+            continue
         return _Draw(sched, shapes, steps, leaves, seeds, values, back, no_grad)
     if missed:
         worst = max(missed, key=lambda i: missed[i])
@@ -329,8 +334,8 @@ class MutantCheck:
 
     mutants: MutantSet
     equivalent: frozenset[int]  # equal to the model by structure (never separated in calibration)
-    # the others: those some calibration draw did not separate, which reject most draws and
-    # are checked first, and the rest
+    # the others: those some calibration draw did not separate, which reject most draws (a
+    # quick test for them comes first), and the rest
     hard: tuple[int, ...]
     easy: tuple[int, ...]
     # per mutant, the share of the first CALIBRATION_FULL calibration draws that separate it
@@ -338,14 +343,18 @@ class MutantCheck:
     rtol: float  # the tolerance the answers of this problem are graded with
     seconds: float  # compile + calibration time
 
-    def unseparated(self, dims, values, seeds, grads, spec: ProblemSpec) -> list[int]:
+    def evaluation(self, dims, values, seeds, grads, spec: ProblemSpec) -> Evaluation:
+        return Evaluation(self.mutants, dims, values, _gradients(spec, seeds, grads))
+
+    def stuck(self, ev: Evaluation) -> list[int]:
+        """A quick test: the mutants that calibration found hard to separate and
+        that write exactly the model's value on this draw (most rejections)."""
+        return ev.stuck(self.hard)
+
+    def unseparated(self, ev: Evaluation) -> list[int]:
         """The mutants (that must be separated) this draw does not separate; the
-        first line with one ends the check."""
-        if not (self.hard or self.easy):
-            return []
-        ev = Evaluation(self.mutants, dims, values, _gradients(spec, seeds, grads))
-        return (ev.unseparated(self.hard, self.rtol, stop_early=True)
-                or ev.unseparated(self.easy, self.rtol, stop_early=True))
+        first one found ends the check."""
+        return ev.unseparated(self.hard + self.easy, self.rtol, stop_early=True)
 
 
 _MUTANT_CHECKS: dict[tuple, MutantCheck] = {}
@@ -404,11 +413,13 @@ def _calibrate(spec: ProblemSpec, choice_index: tuple[int, ...], rtol: float) ->
 def _gradients(spec: ProblemSpec, seeds, grads):
     """Gradients as the mutant check reads them: keyed "dz5" or ("dz5", t), in
     the problem's layout (the drawn d<given>, or the reverse-mode reference)."""
+    numerator = spec.layout == "numerator"
+
     def gradient(key):
         name, t = key if isinstance(key, tuple) else (key, None)
         forward = name[1:] if t is None else (name[1:], t)
         value = seeds[forward] if name[1:] == spec.given else grads[forward]
-        return ref.to_layout(value, spec.layout)
+        return value.T if numerator else value  # a view: the check only reads it
 
     return gradient
 
@@ -475,9 +486,11 @@ def _reject_forward(spec: ProblemSpec, sched, values) -> str | None:
         a = np.concatenate(parts) if len(parts) > 1 else parts[0]
         if a.size > 1 and ((a > 0).all() or (a < 0).all()):
             return f"relu layer on line {line} is all active or all inactive"
-    for key, v in values.items():
-        if v.size and not np.abs(v).max() <= 1e6:  # NaN too
-            return f"{ref.key_name(key)} overflows"
+    everything = np.concatenate([v.ravel() for v in values.values()])
+    if everything.size and not np.abs(everything).max() <= 1e6:  # NaN too
+        for key, v in values.items():
+            if v.size and not np.abs(v).max() <= 1e6:
+                return f"{ref.key_name(key)} overflows"
     return None
 
 

@@ -712,6 +712,47 @@ class Evaluation:
         with np.errstate(all="ignore"):
             return self._run_batch(members, rtol * margin, 1e-12 * margin, stop_early)
 
+    def stuck(self, indices: Iterable[int]) -> list[int]:
+        """The mutants among ``indices`` whose line runs once and writes exactly
+        what the model line writes: they cannot be separated (a quick test
+        that rejects most draws a mask mutant rejects, before any propagation)."""
+        plan = self.plan
+        by_line: dict[int, list[Mutant]] = {}
+        for index in indices:
+            m = self.mset.mutants[index]
+            if plan.first[m.line] == plan.last[m.line]:
+                by_line.setdefault(m.line, []).append(m)
+        out: list[int] = []
+        with np.errstate(all="ignore"):
+            for line, members in by_line.items():
+                e = plan.first[line]
+                t = plan.steps[e][1]
+                rhs = self.rhs(e)
+                groups: dict[int, list[Mutant]] = {}
+                for m in members:
+                    if m.group is None:
+                        if m.op != self.mset.lines[line].model.op:
+                            continue  # '+=' written as '=': loses what the target held
+                        value = m.fn(self.values, t, self.final(_key(m.read, m.read_indexed, t)))
+                        if not np.any(value != rhs):
+                            out.append(m.index)
+                    else:
+                        groups.setdefault(m.group, []).append(m)
+                for index, grouped in groups.items():
+                    values = self._group_values(self.mset.groups[index], t, grouped)
+                    same = ~(values != rhs).reshape(len(grouped), -1).any(axis=1)
+                    out += [m.index for m, s in zip(grouped, same) if s]
+        return out
+
+    def _group_values(self, group: Group, t, members: list[Mutant]) -> np.ndarray:
+        """What the mutants of a group write, on the model's values (stacked)."""
+        if group.gradient:
+            stacked = np.stack([self.final(_key(*m.slot, t)) for m in members])
+            return group.fn(self.values, t, stacked)
+        slots = np.stack([self.values[_key(*m.slot, t)] for m in members])
+        m = members[0]
+        return group.fn(self.values, t, self.final(_key(m.read, m.read_indexed, t)), slots)
+
     def _run_batch(self, members: list[int], rtol: float, atol: float,
                    stop_early: bool) -> list[int]:
         mutants = self.mset.mutants
@@ -763,9 +804,12 @@ class Evaluation:
                 mine = [r for r in mine if alive[r]]
                 if not mine:
                     continue
-                moved = np.zeros(len(mine), dtype=bool)
-                for v in diff.values():
-                    moved |= v[mine].reshape(len(mine), -1).any(axis=1)
+                if plan.first[i] == e:  # ran once: its rows differ only where it just wrote
+                    moved = delta[mine].reshape(len(mine), -1).any(axis=1)
+                else:
+                    moved = np.zeros(len(mine), dtype=bool)
+                    for v in diff.values():
+                        moved |= v[mine].reshape(len(mine), -1).any(axis=1)
                 if not moved.all():
                     return [members[r] for r, m in zip(mine, moved) if not m]
         return [m for m, a in zip(members, alive) if a]
@@ -783,6 +827,8 @@ class Evaluation:
         differences so far, which is replaced). Returns the reset per row."""
         op = self.mset.lines[self.plan.steps[e][0]].model.op
         rhs = self.rhs(e)
+        # a row starts at its line's first step: differences it reads before that are zero
+        moved = diff if self.plan.first[self.plan.steps[e][0]] != e else {}
         lost = []
         grouped: dict[int, list[tuple[int, Mutant]]] = {}
         for r, m in mine:
@@ -791,7 +837,7 @@ class Evaluation:
                 continue
             key = _key(m.read, m.read_indexed, t)
             value = m.fn(self.values, t, self.final(key)) - rhs
-            d = diff.get(key)
+            d = moved.get(key)
             if d is not None:
                 value = value + m.fn(self.values, t, d[r])
             if m.op != op:  # "+=" written as "=": the earlier contributions are lost
@@ -799,30 +845,28 @@ class Evaluation:
                 lost.append(r)
             delta[r] = value
         for index, members in grouped.items():
-            self._inject_group(self.mset.groups[index], t, members, delta, diff, rhs)
+            self._inject_group(self.mset.groups[index], t, members, delta, moved, rhs)
         if not lost:
             return reset
         per_row = np.zeros(len(delta), dtype=bool)
         per_row[lost] = True
         return per_row
 
-    def _inject_group(self, group: Group, t, members, delta, diff, rhs) -> None:
+    def _inject_group(self, group: Group, t, members, delta, moved, rhs) -> None:
         rows = [r for r, _ in members]
-        if group.gradient:  # each row reads its own gradient through the line's closure
+        value = self._group_values(group, t, [m for _, m in members])
+        if moved and group.gradient:  # each row reads its own gradient through the closure
             keys = [_key(*m.slot, t) for _, m in members]
-            value = group.fn(self.values, t, np.stack([self.final(k) for k in keys]))
-            moved = [diff.get(k) for k in keys]
-            if any(d is not None for d in moved):
+            ds = [moved.get(k) for k in keys]
+            if any(d is not None for d in ds):
                 stacked = np.stack([np.zeros(self.final(k).shape) if d is None else d[r]
-                                    for k, d, r in zip(keys, moved, rows)])
+                                    for k, d, r in zip(keys, ds, rows)])
                 value = value + group.fn(self.values, t, stacked)
-        else:
-            slots = np.stack([self.values[_key(*m.slot, t)] for _, m in members])
+        elif moved:
             m = members[0][1]
-            key = _key(m.read, m.read_indexed, t)
-            value = group.fn(self.values, t, self.final(key), slots)
-            d = diff.get(key)
+            d = moved.get(_key(m.read, m.read_indexed, t))
             if d is not None:
+                slots = np.stack([self.values[_key(*m.slot, t)] for _, m in members])
                 value = value + group.fn(self.values, t, d[rows], slots)
         delta[rows] = value - rhs
 
