@@ -293,10 +293,16 @@ def _draw_values(spec: ProblemSpec, program: Program, dims, rng, check, stats, w
         reason = _reject_forward(spec, sched, values) or ""
         if reason:
             continue
-        back = ref.run_backward(sched, values, seeds, no_grad)
-        # the quick mutant test rejects more draws than the gradient rule, so it goes first
-        ev = check.evaluation(dims, values, seeds, back.grads, spec) if check else None
-        unseparated = check.stuck(ev) if check else []
+        # quick mutant tests first (they reject most draws): a derivative at another
+        # variable that equals the model's needs no gradient; then each hard mutant's line
+        ev = check.evaluation(dims, values) if check else None
+        unseparated = ev.stuck_by_factor(check.hard) if check else []
+        back = None
+        if not unseparated:
+            back = ref.run_backward(sched, values, seeds, no_grad)
+            if check is not None:
+                ev.gradient = _gradients(spec, seeds, back.grads)
+                unseparated = check.stuck(ev)
         if not unseparated:
             reason = _reject_gradients(program, back.grads, values, no_grad)
             if reason:
@@ -343,8 +349,10 @@ class MutantCheck:
     rtol: float  # the tolerance the answers of this problem are graded with
     seconds: float  # compile + calibration time
 
-    def evaluation(self, dims, values, seeds, grads, spec: ProblemSpec) -> Evaluation:
-        return Evaluation(self.mutants, dims, values, _gradients(spec, seeds, grads))
+    def evaluation(self, dims, values) -> Evaluation:
+        """An evaluation on these forward values; its ``gradient`` is set once
+        reverse mode has run."""
+        return Evaluation(self.mutants, dims, values, None)
 
     def stuck(self, ev: Evaluation) -> list[int]:
         """A quick test: the mutants that calibration found hard to separate and

@@ -91,6 +91,11 @@ class Group:
     line: int
     gradient: bool  # the place is the gradient read (the line's own closure, g stacked)
     fn: Callable = field(repr=False, compare=False)  # f(values, t, g, s) for a forward place
+    # an element-wise derivative evaluated at the place: the factor alone, f(values, t, None, s),
+    # and the model's; where they are equal the mutant writes the model's value whatever the
+    # gradient, which a draw can test before reverse mode
+    factor: Callable | None = field(default=None, repr=False, compare=False)
+    model_factor: Callable | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -170,11 +175,13 @@ def compile_mutants(spec: ProblemSpec, program: Program) -> MutantSet:
             read, read_indexed = _single_read(tree, gradients, line.model, index + 1)
             group = slot = None
             if site is not None:
-                place, slot_tree, slot = site
+                place, slot_tree, slot, factors = site
                 if place not in sites:
                     fn = line.fn if slot_tree is None else _closure(slot_tree, gradients)
+                    factor, model_factor = ((_closure(f, gradients) for f in factors)
+                                            if factors else (None, None))
                     sites[place] = len(groups)
-                    groups.append(Group(index, slot_tree is None, fn))
+                    groups.append(Group(index, slot_tree is None, fn, factor, model_factor))
                 group = sites[place]
             mutants.append(Mutant(len(mutants), index, kind, description, op, text, read,
                                   read_indexed, _closure(tree, gradients), group, slot))
@@ -217,8 +224,9 @@ def _complete_gradients(model: Sequence[ModelLine], given: str, given_indexed: b
 
 def _candidates(spec: ProblemSpec, program: Program, line: CompiledLine, ready, types):
     """(kind, description, op, tree, site) for every plausible mistake on one
-    line; ``site`` is (place, closure tree with the place as SLOT, candidate)
-    for mutants that only change which variable fills one place."""
+    line; ``site`` is (place, closure tree with the place as SLOT, candidate,
+    derivative factor trees or None) for mutants that only change which
+    variable fills one place."""
     model = line.model
     loop_var = model.loop.var if model.loop else None
     tree = ast.parse(line.rhs, mode="eval").body
@@ -230,7 +238,7 @@ def _candidates(spec: ProblemSpec, program: Program, line: CompiledLine, ready, 
         gradient = types.is_gradient(_name_of(node))
         slot_tree = None if gradient else _swap(tree, node, ast.Name(SLOT))
         for new in _variable_swaps(node, forward, grads, types):
-            site = (("read",) if gradient else place, slot_tree, _slot_of(new))
+            site = (("read",) if gradient else place, slot_tree, _slot_of(new), None)
             swapped = _swap(tree, node, _expr(new))
             yield "variable", f"{new} in place of {_text(node)}", op, swapped, site
     for node in _walk(tree):
@@ -288,14 +296,18 @@ def _derivative_candidates(spec, model: ModelLine, loop_var, types):
         names, out = ([name], z) if at == "a" else ([a], name)
         return rule_text(step.op, 0, dz, names, out, spec.layout)[1]
 
+    def factor(name: str) -> ast.expr:
+        return _expr(fn.derivative_text.format(**{at: name, ("z" if at == "a" else "a"): name}))
+
     slot_tree = _expr(at_place(SLOT))
+    factors = (factor(SLOT), factor(current))
     for other in types.forward_texts(model.loop):
         if other == current or types.shape_of_text(other) != shape:
             continue
         what = (f"mask from {other} instead of {current}" if step.op == "relu"
                 else f"derivative of {step.op} evaluated at {other} instead of {current}")
         yield ("derivative_at", what, model.op, _expr(at_place(other)),
-               (("at",), slot_tree, _slot_of(other)))
+               (("at",), slot_tree, _slot_of(other), factors))
     if step.op in ACTIVATIONS:
         for other in ACTIVATIONS:
             if other != step.op:
@@ -711,6 +723,30 @@ class Evaluation:
             return []
         with np.errstate(all="ignore"):
             return self._run_batch(members, rtol * margin, 1e-12 * margin, stop_early)
+
+    def stuck_by_factor(self, indices: Iterable[int]) -> list[int]:
+        """The mutants among ``indices`` that evaluate an element-wise derivative
+        at another variable whose derivative is exactly the model's on this draw
+        (a mask from ``z4`` where ``z4`` and ``z5`` have the same signs): they
+        cannot be separated, whatever the gradients (which this does not read)."""
+        plan = self.plan
+        groups: dict[int, list[Mutant]] = {}
+        for index in indices:
+            m = self.mset.mutants[index]
+            if m.group is not None and self.mset.groups[m.group].factor is not None \
+                    and plan.first[m.line] == plan.last[m.line]:
+                groups.setdefault(m.group, []).append(m)
+        out: list[int] = []
+        with np.errstate(all="ignore"):
+            for index, members in groups.items():
+                group = self.mset.groups[index]
+                t = plan.steps[plan.first[group.line]][1]
+                model = group.model_factor(self.values, t, None)
+                slots = np.stack([self.values[_key(*m.slot, t)] for m in members])
+                same = ~(group.factor(self.values, t, None, slots) != model) \
+                    .reshape(len(members), -1).any(axis=1)
+                out += [m.index for m, s in zip(members, same) if s]
+        return out
 
     def stuck(self, indices: Iterable[int]) -> list[int]:
         """The mutants among ``indices`` whose line runs once and writes exactly
