@@ -1,9 +1,16 @@
 """Engine figures: instance draw + FD verification per problem, and in-process
-grading of equation answers. Prints medians and p99 over many seeds, with a
-baseline measured in the same run (an unbatched, one-entry-at-a-time finite
-difference check, which is what the batched verification replaces).
+grading of equation answers. Prints medians and p99 over many seeds, with
+baselines measured in the same run, interleaved seed by seed:
 
-    .venv/bin/python bench/bench_engine.py [--seeds 200]
+- the draw without the mutant check (``discriminate=False``: the draw as it
+  was before issue 9, which is also how hidden instances are drawn), next to
+  the draw that redraws until every plausible mistake is separated;
+- an unbatched, one-entry-at-a-time finite difference check (what the batched
+  verification replaces);
+- grading on the student's instance alone, next to grading on it and on two
+  hidden instances (what ``grade_answer`` does since issue 9).
+
+    .venv/bin/python bench/bench_engine.py [--seeds 300]
 """
 
 from __future__ import annotations
@@ -17,8 +24,8 @@ import numpy as np
 from server.engine import reference as ref
 from server.engine.bank import load_bank
 from server.engine.grade import grade_equations
-from server.engine.instance import draw_instance
-from server.engine.problem import draw, model_answer
+from server.engine.instance import DrawStats, draw_instance, mutant_check
+from server.engine.problem import draw, grade_answer, model_answer
 
 
 def pct(xs, q):
@@ -31,6 +38,17 @@ def timed(fn, n):
         t = time.perf_counter()
         fn(i)
         out.append((time.perf_counter() - t) * 1e3)
+    return out
+
+
+def interleaved(fns, n):
+    """Each function on seed i, one after the other, for i in range(n)."""
+    out = [[] for _ in fns]
+    for i in range(n):
+        for times, fn in zip(out, fns):
+            t = time.perf_counter()
+            fn(i)
+            times.append((time.perf_counter() - t) * 1e3)
     return out
 
 
@@ -52,38 +70,68 @@ def unbatched_fd(spec, inst):
                 ref.loss(ref.run_forward(sched, lv), seeds)
 
 
+def draws(bank, n: int) -> None:
+    print(f"draw + FD verification, {n} seeds each (ms); baseline: the same draw without the "
+          "mutant check, interleaved")
+    print(f"{'problem':28} {'median':>7} {'p99':>7} {'base med':>8} {'base p99':>8} "
+          f"{'redraws':>7} {'mutants':>7} {'equiv':>5} {'calib ms':>8}")
+    for spec in bank.values():
+        if spec.answer == "expression":
+            xs = timed(lambda i, s=spec: draw(s, i), n)
+            print(f"{spec.id:28} {statistics.median(xs):7.3f} {pct(xs, 99):7.3f}")
+            continue
+        draw_instance(spec, 0)  # compile and calibrate the mutants of seed 0's structure
+        stats = [DrawStats() for _ in range(n)]
+        with_check, without = interleaved([
+            lambda i, s=spec, st=stats: draw_instance(s, i + 1, stats=st[i]),
+            lambda i, s=spec: draw_instance(s, i + 1, discriminate=False),
+        ], n)
+        calibration = [s.calibration_seconds * 1e3 for s in stats if s.calibration_seconds]
+        with_check = [t - s.calibration_seconds * 1e3 for t, s in zip(with_check, stats)]
+        check = mutant_check(spec, draw_instance(spec, 0).choice_index)
+        print(f"{spec.id:28} {statistics.median(with_check):7.3f} {pct(with_check, 99):7.3f} "
+              f"{statistics.median(without):8.3f} {pct(without, 99):8.3f} "
+              f"{statistics.mean(s.redraws for s in stats):7.2f} "
+              f"{len(check.mutants.mutants):7} {len(check.equivalent):5} "
+              f"{statistics.median(calibration) if calibration else 0:8.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=200)
     args = parser.parse_args()
     bank = load_bank()
-    print(f"draw + FD verification, {args.seeds} seeds each (ms)")
-    print(f"{'problem':32} {'median':>8} {'p99':>8}")
-    for spec in bank.values():
-        xs = timed(lambda i, s=spec: draw(s, i), args.seeds)
-        print(f"{spec.id:32} {statistics.median(xs):8.3f} {pct(xs, 99):8.3f}")
+    draws(bank, args.seeds)
 
     mlp = bank["mlp-relu"]
     insts = [draw_instance(mlp, i) for i in range(args.seeds)]
     base = timed(lambda i: unbatched_fd(mlp, insts[i]), min(args.seeds, 50))
-    batched = timed(lambda i: draw_instance(mlp, i), args.seeds)
+    batched = timed(lambda i: draw_instance(mlp, i, discriminate=False), args.seeds)
     print(
-        f"\nmlp-relu: unbatched FD of the leaves alone (baseline) median {statistics.median(base):.3f} ms; "
-        f"whole draw with batched FD of leaves and intermediates {statistics.median(batched):.3f} ms "
+        f"\nmlp-relu: unbatched FD of the leaves alone (baseline) median "
+        f"{statistics.median(base):.3f} ms; "
+        f"whole draw (no mutant check) with batched FD of leaves and intermediates "
+        f"{statistics.median(batched):.3f} ms "
         f"({statistics.median(base) / statistics.median(batched):.1f}x faster)"
     )
 
     answers = [model_answer(mlp, inst) for inst in insts]
     wrong = [a.replace("(z2 > 0)", "(z5 > 0)") for a in answers]
-    print("\nin-process grading of mlp-relu equations (ms)")
+    print("\nin-process grading of mlp-relu equations (ms): the student's instance alone, and "
+          "with two hidden instances (drawn per submission, as grade_answer does)")
     for label, texts in (("correct answer", answers), ("wrong mask on line 10", wrong)):
-        xs = timed(lambda i, t=texts: grade_equations(mlp, insts[i], t[i]), args.seeds)
-        print(f"{label:32} median {statistics.median(xs):.3f}  p99 {pct(xs, 99):.3f}")
+        own, hidden = interleaved([
+            lambda i, t=texts: grade_equations(mlp, insts[i], t[i]),
+            lambda i, t=texts: grade_answer(mlp, insts[i], t[i], hidden_seeds=(i + 7, i + 9)),
+        ], args.seeds)
+        print(f"{label:24} own median {statistics.median(own):.3f}  p99 {pct(own, 99):.3f}   "
+              f"+ hidden median {statistics.median(hidden):.3f}  p99 {pct(hidden, 99):.3f}")
     scan = bank["scan-mlp"]
     sinsts = [draw_instance(scan, i) for i in range(50)]
     sans = [model_answer(scan, inst) for inst in sinsts]
     xs = timed(lambda i: grade_equations(scan, sinsts[i], sans[i]), 50)
-    print(f"{'scan-mlp correct answer':32} median {statistics.median(xs):.3f}  p99 {pct(xs, 99):.3f}")
+    print(f"{'scan-mlp correct answer':24} own median {statistics.median(xs):.3f}  "
+          f"p99 {pct(xs, 99):.3f}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from server.engine.grade import GradeResult, GradientResult, Layout, invalid, judge_gradient
+from server.engine.grade import (
+    GradeResult,
+    GradientResult,
+    Layout,
+    invalid,
+    judge_gradient,
+    weighted_score,
+)
 from server.engine.instance import Instance, draw_hidden_instances, legacy_hidden_seeds
 from server.engine.spec import ProblemSpec
 from server.sandbox.source import check_source
@@ -96,11 +103,8 @@ def grade_numpy(spec: ProblemSpec, inst: Instance, source: str, *,
                     shown.append(check)
                 break
     verdicts = name_other_layout(verdicts, inst.layout)
-    total = sum(spec.weights.get(g[1:], 1.0) for g in asked)
-    score = sum(spec.weights.get(g[1:], 1.0) for g in asked
-                if verdicts[g].verdict == "correct") / total
     errors = [check.failure.error for check in shown]  # type: ignore[union-attr]
-    return GradeResult(True, round(score, 6), errors, gradients=verdicts)
+    return GradeResult(True, weighted_score(verdicts, spec.weights), errors, gradients=verdicts)
 
 
 class _Jobs:

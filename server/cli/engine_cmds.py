@@ -69,10 +69,13 @@ def problems_check(refs: tuple[str, ...], seeds: int) -> None:
     """Validate specs (spec files, folders of them, or ids; default: the whole bank)
     and verify draws.
 
-    Exit status 1 if any spec is invalid or broken, with line-specific messages."""
+    For array problems, also reports the plausible mistakes (mutants) of the
+    structures drawn: how many, how many every draw separates from the right
+    answer, how many are equivalent to it; the mean redraws and the median
+    draw time. Exit status 1 if any spec is invalid or broken (or no draw
+    separates its mutants), with line-specific messages."""
     from server.engine.bank import UnknownProblemError, find_problem, spec_files
     from server.engine.instance import InstanceError
-    from server.engine.problem import draw
     from server.engine.spec import SpecError
 
     targets = _spec_targets(refs) if refs else [str(p) for p in spec_files()]
@@ -80,13 +83,12 @@ def problems_check(refs: tuple[str, ...], seeds: int) -> None:
     for ref in targets:
         try:
             spec = find_problem(ref)
-            for seed in range(seeds):
-                draw(spec, seed)
+            report = check_draws(spec, seeds)
         except (SpecError, UnknownProblemError, InstanceError) as exc:
             bad += 1
             click.echo(f"FAIL {ref}\n{exc}", err=True)
             continue
-        click.echo(f"ok   {spec.id} ({spec.answer}, {seeds} draws verified)")
+        click.echo(f"ok   {spec.id} ({spec.answer}, {seeds} draws verified){report}")
     if bad:
         click.echo(f"{bad} of {len(targets)} specs failed", err=True)
         sys.exit(1)
@@ -108,6 +110,40 @@ def _spec_targets(refs: tuple[str, ...]) -> list[str]:
             fail(f"{ref}: no spec files (*.toml) in this folder", 1)
         targets.extend(str(path) for path in found)
     return targets
+
+
+def check_draws(spec, seeds: int) -> str:
+    """Draw ``seeds`` instances; for array problems, the mutant figures."""
+    import statistics
+    import time
+
+    from server.engine.instance import DrawStats, draw_instance, mutant_check
+    from server.engine.problem import draw
+
+    if spec.answer == "expression":
+        for seed in range(seeds):
+            draw(spec, seed)
+        return ""
+    times, redraws, for_mutants, structures, calibration = [], [], [], {}, 0.0
+    for seed in range(seeds):
+        stats = DrawStats()
+        start = time.perf_counter()
+        inst = draw_instance(spec, seed, stats=stats)
+        elapsed = time.perf_counter() - start
+        calibration += stats.calibration_seconds
+        times.append((elapsed - stats.calibration_seconds) * 1e3)
+        redraws.append(stats.redraws)
+        for_mutants.append(stats.mutant_rejections)
+        structures[inst.choice_index] = mutant_check(spec, inst.choice_index)
+    if not seeds:
+        return ""
+    mutants = sum(len(c.mutants.mutants) for c in structures.values())
+    equivalent = sum(len(c.equivalent) for c in structures.values())
+    where = f" in {len(structures)} structures" if len(structures) > 1 else ""
+    return (f": {mutants} mutants{where}, {mutants - equivalent} separated, {equivalent} "
+            f"equivalent; {statistics.mean(redraws):.2f} redraws per draw "
+            f"({statistics.mean(for_mutants):.2f} for mutants); draw "
+            f"{statistics.median(times):.2f} ms median (calibration {calibration * 1e3:.0f} ms)")
 
 
 @main.command()

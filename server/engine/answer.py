@@ -206,9 +206,10 @@ def _as_2d(v: Any) -> np.ndarray:
 class _Run:
     """State of one evaluation."""
 
-    __slots__ = ("values", "grads", "dims", "env", "lookup", "reads", "steps", "work", "assigned")
+    __slots__ = ("values", "grads", "dims", "env", "lookup", "reads", "steps", "work", "assigned",
+                 "strict", "target", "failed")
 
-    def __init__(self, values, grads, dims, lookup=None):
+    def __init__(self, values, grads, dims, lookup=None, strict=None):
         self.values = values
         self.grads = grads
         self.dims = dims
@@ -218,6 +219,13 @@ class _Run:
         self.steps = 0
         self.work = 0
         self.assigned: set[tuple[str, tuple[int, ...]]] = set()
+        # with strict (the read-only gradients), reading a gradient that no line has
+        # assigned yet is an error, except the line's own target (dW = dW + ...)
+        self.strict: frozenset[str] | None = strict
+        self.target: tuple[str, tuple[int, ...]] | None = None
+        # targets of assignments that failed (their error names the line; readers are not
+        # charged again)
+        self.failed: set[tuple[str, tuple[int, ...]]] = set()
 
     def charge(self, n: int, col: int | None) -> None:
         if n > MAX_ELEMENTS:
@@ -351,6 +359,13 @@ class _VVar(_Node):
         if self.step is not None:
             seq = rt.grads[self.name]
             index = (_step_index(self.name, seq, self.step, rt),)
+        key = (self.name, index)
+        if (rt.strict is not None and self.name not in rt.strict and key not in rt.assigned
+                and key != rt.target and key not in rt.failed):
+            label = self.name + (f"[{index[0]}]" if index else "")
+            raise _Fail(f"{label} is read before any line assigns it: compute {label} on an "
+                        "earlier line (gradients start at zero, but this one was never written)",
+                        self.col)
         rt.reads.append((self.name, index))
         if rt.lookup is not None:
             v = rt.lookup(self.name, index)
@@ -1237,8 +1252,20 @@ def _as_float_array(name: str, v) -> np.ndarray:
     return a
 
 
+class PreparedValues(dict):
+    """Forward values checked and converted for one program (``prepare_values``):
+    :func:`evaluate_rhs` takes them as they are, which saves the conversion when
+    the same values serve many calls."""
+
+
+def prepare_values(program: EquationProgram, values) -> PreparedValues:
+    return _prepare_values(program, values)
+
+
 def _prepare_values(program: EquationProgram, values) -> dict[str, Any]:
-    vals: dict[str, Any] = {}
+    if isinstance(values, PreparedValues):
+        return values
+    vals: dict[str, Any] = PreparedValues()
     for name, spec in program.ctx.forward.items():
         if name not in values:
             raise KeyError(f"no value given for forward variable {name}")
@@ -1267,6 +1294,8 @@ def run_equations(
     grads: Mapping[str, np.ndarray | list[np.ndarray]],
     on_assign: Callable[[AssignEvent], None] | None = None,
     on_error: Callable[[AnswerRuntimeError], None] | None = None,
+    *,
+    strict_reads: bool = False,
 ) -> dict[str, np.ndarray | list[np.ndarray]]:
     """Run a parsed answer and return the final gradients.
 
@@ -1279,9 +1308,15 @@ def run_equations(
     :class:`AnswerRuntimeError`.  With it, the error is reported, the failing
     assignment (or loop) is skipped and the run continues; limits on total work
     (``fatal`` errors) still stop the run and are raised.
+
+    With ``strict_reads``, a line that reads a gradient (other than a
+    read-only one, or its own target) before any line assigned it fails:
+    grading must not take the zeros a gradient starts at for a value the
+    student computed.
     """
     vals, gs = _prepare(program, values, grads)
-    rt = _Run(vals, gs, program.ctx.dims)
+    rt = _Run(vals, gs, program.ctx.dims,
+              strict=frozenset(program.ctx.readonly) if strict_reads else None)
     with np.errstate(all="ignore"):
         _run_block(program.body, rt, on_assign, on_error)
     return {k: list(v) if isinstance(v, list) else v for k, v in gs.items()}
@@ -1296,6 +1331,7 @@ def _run_block(body, rt: _Run, on_assign, on_error) -> None:
             except AnswerRuntimeError as e:
                 if on_error is None or e.fatal:
                     raise
+                rt.failed.add((stmt.name, e.index))
                 on_error(e)
             continue
         try:
@@ -1341,6 +1377,7 @@ def _exec_assign(s: _Assign, rt: _Run, on_assign) -> None:
             before = container[index[0]]
         else:
             before = container
+        rt.target = (s.name, index)
         rhs = s.rhs.ev(rt)
         after, region = _apply(s, before, rhs, rt, index)
     except _Fail as f:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy
 
-from server.engine.grade import GradeResult, GradientResult, invalid
+from server.engine.grade import GradeResult, GradientResult, invalid, weighted_score
 from server.engine.instance import BrokenProblemError, draw_dims
 from server.engine.spec import ProblemSpec, SpecIssue, substitute_choices
 from server.engine.symbolic import (
@@ -187,10 +187,10 @@ def grade_expression(spec: ProblemSpec, inst: ExpressionInstance, text: str, *,
                                  rtol=spec.rtol, seed=sample_seed(inst, hidden_seeds),
                                  domain=spec.domain)
     if judgement.equal:
-        return GradeResult(True, 1.0, gradients={target: GradientResult("correct")})
+        correct = {target: GradientResult("correct")}
+        return GradeResult(True, weighted_score(correct, spec.weights), gradients=correct)
     verdict = "sign" if judgement.verdict == "sign" else "incorrect"
     message = f"{target}: {judgement.message}"
     if judgement.verdict == "too_large":
         message = f"{target} is {judgement.message}"
-    # one asked variable: the score is 1 or 0, whatever its weight
     return GradeResult(True, 0.0, gradients={target: GradientResult(verdict, message)})

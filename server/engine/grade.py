@@ -5,13 +5,20 @@ value of its target at that point; running sums of accumulated gradients are
 matched contribution by contribution, so the order in which a student visits
 the steps does not matter. Each line is also re-evaluated with every gradient
 it reads replaced by its reference ("carry-forward"): one early slip is named
-once, and later lines that are right given correct inputs say so.
+once, and a later line that is right given correct inputs says which wrong
+lines its value carries, following what it reads. A line that reads a
+gradient no earlier line assigned is an error at that line.
+
+An answer is also run on hidden instances (the same structure with other dims
+and values): a line or gradient is correct only if it is correct on every
+instance, and a failure on a hidden one is reported by line and verdict,
+without its values. ``weighted_score`` is the score of every answer kind.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +30,7 @@ from server.engine.answer import (
     AssignEvent,
     evaluate_rhs,
     parse_equations,
+    prepare_values,
     run_equations,
 )
 from server.engine.instance import Instance
@@ -79,6 +87,16 @@ class GradeResult:
 
 def invalid(errors: list[dict]) -> GradeResult:
     return GradeResult(valid=False, score=0.0, errors=errors)
+
+
+def weighted_score(gradients: Mapping[str, GradientResult], weights: Mapping[str, float]) -> float:
+    """The score of every answer kind: the weighted share of the asked
+    gradients (keys "d<var>") that are correct, with the spec's ``[weights]``
+    per variable (default 1) on both the points earned and the total, so it
+    is never above 1."""
+    total = sum(weights.get(g[1:], 1.0) for g in gradients)
+    earned = sum(weights.get(g[1:], 1.0) for g, v in gradients.items() if v.verdict == "correct")
+    return round(min(earned / total, 1.0), 6) if total > 0 else 0.0
 
 
 # --------------------------------------------------------------------------- context
@@ -172,7 +190,10 @@ class Layout:
 # --------------------------------------------------------------------------- grading
 
 
-def grade_equations(spec: ProblemSpec, inst: Instance, text: str) -> GradeResult:
+def grade_equations(spec: ProblemSpec, inst: Instance, text: str, *,
+                    hidden: Sequence[Instance] = ()) -> GradeResult:
+    """Grade ``text`` on ``inst`` and on the ``hidden`` instances (drawn with
+    ``draw_hidden_instances``: the same structure, other dims and values)."""
     program = spec.program(inst.choice_index)
     ctx = answer_context(spec, inst)
     try:
@@ -183,7 +204,61 @@ def grade_equations(spec: ProblemSpec, inst: Instance, text: str) -> GradeResult
     result = _Grader(spec, program, inst, parsed, text).run()
     if result.score < 1 and spec.credit == "gradients":
         result = _check_other_layout(spec, program, inst, text, result)
+    if hidden and result.valid and _anything_correct(result):
+        # The same structure: the same names, so the parse stands; only shapes and dims differ.
+        others = []
+        for h in hidden:
+            on_h = dataclasses.replace(parsed, ctx=answer_context(spec, h))
+            others.append(_Grader(spec, program, h, on_h, text).run())
+        result = _merge_hidden(spec, result, others)
     return result
+
+
+def _anything_correct(result: GradeResult) -> bool:
+    return (any(e.verdict == "correct" for e in result.equations)
+            or any(g.verdict == "correct" for g in result.gradients.values()))
+
+
+def _hidden_message(verdict: str, number: int, count: int) -> str:
+    return (f"right on your instance, but {verdict.replace('_', ' ')} on hidden check {number} of "
+            f"{count} (the same network with other dims and values): does it depend on your "
+            "instance's sizes or numbers?")
+
+
+def _merge_hidden(spec: ProblemSpec, own: GradeResult, others: list[GradeResult]) -> GradeResult:
+    """A line or gradient is correct only if it is correct on every instance."""
+    count = len(others)
+    equations = []
+    for e in own.equations:
+        rule = e.rule_correct
+        for number, other in enumerate(others, 1):
+            h = next((x for x in other.equations if x.line == e.line), None)
+            failed = "invalid" if not other.valid else (h.verdict if h is not None else "correct")
+            if rule and (not other.valid or (h is not None and h.rule_correct is False)):
+                rule = False
+            if e.verdict == "correct" and failed != "correct":
+                message = _hidden_message(failed, number, count)
+                e = LineResult(e.line, e.target, failed, rule, message)
+        equations.append(dataclasses.replace(e, rule_correct=rule))
+    gradients = dict(own.gradients)
+    for g, v in own.gradients.items():
+        if v.verdict != "correct":
+            continue
+        for number, other in enumerate(others, 1):
+            h = other.gradients.get(g) if other.valid else GradientResult("invalid")
+            if h is not None and h.verdict != "correct":
+                gradients[g] = GradientResult(h.verdict, _hidden_message(h.verdict, number, count))
+                break
+    score = _score(spec, equations, gradients)
+    return dataclasses.replace(own, score=score, equations=equations, gradients=gradients)
+
+
+def _score(spec: ProblemSpec, equations: list[LineResult], gradients: dict[str, GradientResult]):
+    if spec.credit == "rules":
+        if not equations:
+            return 0.0
+        return round(sum(1 for e in equations if e.rule_correct) / len(equations), 6)
+    return weighted_score(gradients, spec.weights)
 
 
 def flip_layout(inst: Instance) -> Instance:
@@ -229,11 +304,14 @@ class _Grader:
         self.rtol = spec.rtol
         self.layout = Layout(spec, program, inst)
         self.values = _forward_values(inst)
+        self.prepared = prepare_values(parsed, self.values)  # for evaluate_rhs, converted once
         self.matched: dict[tuple[str, tuple], list[int]] = {}  # contributions matched so far
         self.per_line: dict[int, list[LineResult]] = {}
         self.tainted: dict[str, int] = {}  # gradient -> line of the runtime error it depends on
-        self.first_wrong: int | None = None
+        # (gradient, step) -> the lines whose mistakes its current value carries
+        self.carries: dict[tuple[str, tuple], frozenset[int]] = {}
         self.accumulation_errors: dict[str, int] = {}
+        self.rule_claims: dict[tuple[str, tuple], set[int]] = {}  # contributions lines matched
         self.errors: list[dict] = []
         self.assigned: set[str] = set()
 
@@ -256,19 +334,14 @@ class _Grader:
         try:
             final = run_equations(
                 self.parsed, self.values, _initial_grads(self.spec, self.inst),
-                on_assign=self.on_assign, on_error=self.on_error,
+                on_assign=self.on_assign, on_error=self.on_error, strict_reads=True,
             )
         except AnswerRuntimeError as exc:  # a whole-run limit (too many steps)
             return invalid([{"line": exc.line, "message": exc.render(self.lines)}])
         equations = [self.merge(line, results) for line, results in sorted(self.per_line.items())]
         gradients = self.judge_gradients(final)
-        if self.spec.credit == "rules":
-            score = sum(1 for e in equations if e.rule_correct) / len(equations) if equations else 0.0
-        else:
-            total = sum(self.spec.weights.get(a, 1.0) for a in gradients)
-            score = sum(self.spec.weights.get(a[1:], 1.0) for a, g in gradients.items() if g.verdict == "correct")
-            score = score / total if total else 0.0
-        return GradeResult(True, round(score, 6), self.errors, equations, gradients)
+        return GradeResult(True, _score(self.spec, equations, gradients), self.errors, equations,
+                           gradients)
 
     def merge(self, line: int, results: list[LineResult]) -> LineResult:
         wrong = [r for r in results if r.verdict != "correct"]
@@ -282,8 +355,6 @@ class _Grader:
 
     def record(self, line: int, result: LineResult) -> None:
         self.per_line.setdefault(line, []).append(result)
-        if result.verdict != "correct" and self.first_wrong is None:
-            self.first_wrong = line
 
     # -- a runtime error on one line -------------------------------------------
 
@@ -295,6 +366,7 @@ class _Grader:
             message += f"; {hint}"
         verdict = "wrong_shape" if "shape" in exc.message or "×" in exc.message else "incorrect"
         self.tainted[target] = exc.line
+        self.carries[(target, exc.index)] = frozenset({exc.line})
         self.assigned.add(target)
         self.record(exc.line, LineResult(exc.line, _label(target, exc.index), verdict, False, message))
 
@@ -320,17 +392,28 @@ class _Grader:
             del self.tainted[ev.target]
         rule_ok = self.rule_correct(ev)
         verdict, message = self.judge_value(ev)
-        if verdict not in ("correct", "missing_accumulation") and rule_ok:
-            source = taint or self.first_wrong
-            if source is not None and source != ev.line:
-                message = f"right rule; the value carries the mistake from line {source}"
+        # the mistakes this value carries: those of what the line reads (and, for +=, of
+        # what the target held), plus its own
+        carried = set().union(*(self.carries.get(r, ()) for r in ev.reads))
+        if ev.op != "=" or ev.region is not None:
+            carried |= self.carries.get((ev.target, ev.index), frozenset())
+        carried.discard(ev.line)
+        if verdict == "missing_accumulation":
+            rule_ok = False  # '=' where the rule accumulates is this line's own mistake
+        elif verdict != "correct" and rule_ok and carried:
+            message = f"right rule; the value carries {_mistakes_from(carried)}"
         elif verdict == "correct" and rule_ok is False:
             rule_ok = True  # right value by another route
+        key = (ev.target, ev.index)
+        if verdict == "correct":
+            self.carries.pop(key, None)
+        else:
+            self.carries[key] = frozenset(carried | ({ev.line} if not rule_ok else set()))
         self.record(ev.line, LineResult(ev.line, label, verdict, rule_ok, message))
 
     def rule_correct(self, ev: AssignEvent) -> bool | None:
         try:
-            rhs = evaluate_rhs(self.parsed, ev, self.values, self.lookup)
+            rhs = evaluate_rhs(self.parsed, ev, self.prepared, self.lookup)
         except AnswerRuntimeError:
             return False
         expected = self.contributions(ev.target, ev.index)
@@ -339,9 +422,21 @@ class _Grader:
             expected = [c[rows, cols] for c in expected]
         if ev.op == "-=":
             rhs = -rhs
-        if ev.region is None:  # a whole gradient may also be written in one line
-            expected = [*expected, _ref_at(self.inst, ev.target, ev.index)]
-        return any(close(rhs, c, self.rtol) for c in expected)
+        # each contribution is one line's to claim: a line that adds one that an earlier
+        # line already added (db += du3 twice) is not right by rule
+        claimed = self.rule_claims.setdefault((ev.target, ev.index), set())
+        if ev.op == "=" and ev.region is None:
+            claimed.clear()  # what the target held is overwritten
+        for i, c in enumerate(expected):
+            if i not in claimed and close(rhs, c, self.rtol):
+                claimed.add(i)
+                return True
+        # a whole gradient may also be written in one line
+        ref = _ref_at(self.inst, ev.target, ev.index)
+        if ev.region is None and not claimed and close(rhs, ref, self.rtol):
+            claimed.update(range(len(expected)))
+            return True
+        return False
 
     def judge_value(self, ev: AssignEvent) -> tuple[str, str]:
         var = ev.target[1:]
@@ -477,6 +572,13 @@ class _Grader:
             contributions=[c for _, _, c in self.inst.contributions.get(g, [])],
             accumulation_line=self.accumulation_errors.get(g, 0) if g in self.accumulation_errors else None,
         )
+
+
+def _mistakes_from(lines) -> str:
+    ordered = sorted(lines)
+    if len(ordered) == 1:
+        return f"the mistake from line {ordered[0]}"
+    return "the mistakes from lines " + ", ".join(map(str, ordered[:-1])) + f" and {ordered[-1]}"
 
 
 def judge_gradient(

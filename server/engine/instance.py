@@ -7,24 +7,41 @@ program and reverse mode, and redraws the values until the draw is
 discriminating (DESIGN.md section 6): every relu input is at least a margin
 away from its kink, every relu layer has active and inactive units, log
 inputs are positive, no gradient that matters is all zeros, square matrices
-are not symmetric and no variable has all-equal entries. The analytic
+are not symmetric and no variable has all-equal entries, and until every
+plausible mistake (engine.mutants) that can differ from the right answer
+changes an asked gradient by more than the tolerance. The analytic
 gradients are then checked against central finite differences; a mismatch
 means the problem itself is broken and raises ``BrokenProblemError``.
+
+Which mistakes "can differ" is decided once per structure (a spec version and
+its choices): the mutants are evaluated on ``CALIBRATION_DRAWS`` fixed draws,
+and one that no calibration draw separates from the model (a mask from
+``z6 = relu(z5)`` instead of ``z5``, ``db3 = dz7`` for ``db3 = doutput``) is
+equal to it by structure: it is listed as equivalent, and a correct answer.
+Hidden instances (``draw_hidden_instances``) skip the mutant check: the
+student's own instance already separates every mutant.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from server.engine import reference as ref
+from server.engine.mutants import Evaluation, MutantSet, compile_mutants
 from server.engine.ops import ELEMENTWISE
 from server.engine.spec import Loop, ProblemSpec, Program
 
 MAX_DRAWS = 400
+CALIBRATION_DRAWS = 48  # fixed draws per structure that decide which mutants are equivalent
+CALIBRATION_FULL = 16  # of those, the draws on which every mutant is evaluated (shares)
+CALIBRATION_SEED = 0x6D75740000
+MUTANT_CHECKS_CACHED = 2048
 
 
 class InstanceError(Exception):
@@ -195,16 +212,34 @@ def round_to(x: np.ndarray, decimals: int) -> np.ndarray:
     return np.rint(x * scale) / scale
 
 
+@dataclass
+class DrawStats:
+    """What one draw cost (filled in by ``draw_instance(..., stats=...)``)."""
+
+    attempts: int = 0  # value draws tried; 1 when the first was accepted
+    mutant_rejections: int = 0  # draws rejected because a mutant was not separated
+    mutants: int = 0  # mutants of this structure
+    equivalent: int = 0  # of which equal to the model by structure
+    calibration_seconds: float = 0.0  # compiling and calibrating the mutants, if this draw did
+
+    @property
+    def redraws(self) -> int:
+        return max(self.attempts - 1, 0)
+
+
 def draw_instance(
     spec: ProblemSpec,
     seed: int,
     *,
     choice_index: tuple[int, ...] | None = None,
     other_than: Mapping[str, int] | None = None,
+    discriminate: bool = True,
+    stats: DrawStats | None = None,
 ) -> Instance:
     """The instance for ``seed``. ``choice_index`` forces the structure and
     ``other_than`` asks for dims that differ from those (hidden instances that
-    check a numpy answer on the same structure at other sizes)."""
+    check an answer on the same structure at other sizes). ``discriminate``
+    False skips the mutant check (hidden instances)."""
     if spec.answer == "expression":
         raise InstanceError(f"{spec.id} is an expression problem: use draw_expression_instance")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
@@ -218,13 +253,37 @@ def draw_instance(
         if not other_than or any(dims.get(k) != v for k, v in other_than.items()):
             break
         dims = draw_dims(spec.dims, rng)
+    check = mutant_check(spec, choice_index, stats) if discriminate else None
+    draw = _draw_values(spec, program, dims, rng, check, stats, f"seed {seed}")
+    _verify(spec, draw.sched, draw.leaves, draw.seeds, draw.back.grads, draw.values, draw.no_grad)
+    return _build(spec, seed, program, choice_index, dims, draw)
+
+
+@dataclass
+class _Draw:
+    sched: list
+    shapes: dict
+    steps: int
+    leaves: dict
+    seeds: dict
+    values: dict
+    back: ref.Backward
+    no_grad: frozenset[str]
+
+
+def _draw_values(spec: ProblemSpec, program: Program, dims, rng, check, stats, what: str) -> _Draw:
+    """Values for these dims, redrawn until the draw is discriminating."""
     sched = ref.schedule(program, dims)
     shapes = {name: tuple(d.eval(dims) for d in shape) for name, shape in program.shapes.items()}
     steps = max((ex.t + 1 for ex in sched if ex.t is not None), default=0)
     given_keys = [ex.key for ex in sched if ex.step.target == spec.given]
     no_grad = frozenset(n for n in program.leaves if spec.vars[n].role == "const")
     reason = ""
-    for _ in range(MAX_DRAWS):
+    missed: dict[int, int] = {}  # mutant -> draws it was not separated on
+    checked = 0  # draws that reached the mutant check
+    for attempt in range(1, MAX_DRAWS + 1):
+        if stats is not None:
+            stats.attempts = attempt
         leaves = {n: _draw_value(spec, n, shapes[n], rng) for n in program.leaves}
         seeds = {k: round_to(rng.uniform(-1, 1, shapes[spec.given]), spec.decimals) for k in given_keys}
         reason = _reject_values(spec, program, leaves, shapes) or ""
@@ -234,13 +293,143 @@ def draw_instance(
         reason = _reject_forward(spec, sched, values) or ""
         if reason:
             continue
-        back = ref.run_backward(sched, values, seeds, no_grad)
-        reason = _reject_gradients(program, back.grads, values, no_grad)
-        if reason:
+        # quick mutant tests first (they reject most draws): a derivative at another
+        # variable that equals the model's needs no gradient; then each hard mutant's line
+        ev = check.evaluation(dims, values) if check else None
+        unseparated = ev.stuck_by_factor(check.hard) if check else []
+        back = None
+        if not unseparated:
+            back = ref.run_backward(sched, values, seeds, no_grad)
+            if check is not None:
+                ev.gradient = _gradients(spec, seeds, back.grads)
+                unseparated = check.stuck(ev)
+        if not unseparated:
+            reason = _reject_gradients(program, back.grads, values, no_grad)
+            if reason:
+                continue
+            if check is not None:
+                unseparated = check.unseparated(ev)
+        if check is not None:
+            checked += 1
+        if unseparated:
+            for i in unseparated:
+                missed[i] = missed.get(i, 0) + 1
+            if stats is not None:
+                stats.mutant_rejections += 1
+            first = check.mutants.mutants[unseparated[0]]
+            reason = f"mutant not separated: {check.mutants.label(first)}"
             continue
-        _verify(spec, sched, leaves, seeds, back.grads, values, no_grad)
-        return _build(spec, seed, program, choice_index, dims, shapes, steps, sched, values, seeds, back, no_grad)
-    raise InstanceError(f"{spec.id}: no acceptable draw for seed {seed} in {MAX_DRAWS} tries (last: {reason})")
+        return _Draw(sched, shapes, steps, leaves, seeds, values, back, no_grad)
+    if missed:
+        worst = max(missed, key=lambda i: missed[i])
+        label = check.mutants.label(check.mutants.mutants[worst])
+        raise InstanceError(
+            f"{spec.id}: no draw for {what} in {MAX_DRAWS} tries separates every plausible mistake "
+            f"from the right answer; the mutant {label} was not separated on {missed[worst]} of "
+            f"the {checked} draws checked (last: {reason})")
+    raise InstanceError(
+        f"{spec.id}: no acceptable draw for {what} in {MAX_DRAWS} tries (last: {reason})")
+
+
+# --------------------------------------------------------------------------- mutants
+
+
+@dataclass(frozen=True)
+class MutantCheck:
+    """The mutants of one structure and which of them a draw must separate."""
+
+    mutants: MutantSet
+    equivalent: frozenset[int]  # equal to the model by structure (never separated in calibration)
+    # the others: those some calibration draw did not separate, which reject most draws (a
+    # quick test for them comes first), and the rest
+    hard: tuple[int, ...]
+    easy: tuple[int, ...]
+    # per mutant, the share of the first CALIBRATION_FULL calibration draws that separate it
+    separated_share: tuple[float, ...]
+    rtol: float  # the tolerance the answers of this problem are graded with
+    seconds: float  # compile + calibration time
+
+    def evaluation(self, dims, values) -> Evaluation:
+        """An evaluation on these forward values; its ``gradient`` is set once
+        reverse mode has run."""
+        return Evaluation(self.mutants, dims, values, None)
+
+    def stuck(self, ev: Evaluation) -> list[int]:
+        """A quick test: the mutants that calibration found hard to separate and
+        that write exactly the model's value on this draw (most rejections)."""
+        return ev.stuck(self.hard)
+
+    def unseparated(self, ev: Evaluation) -> list[int]:
+        """The mutants (that must be separated) this draw does not separate; the
+        first one found ends the check."""
+        return ev.unseparated(self.hard + self.easy, self.rtol, stop_early=True)
+
+
+_MUTANT_CHECKS: dict[tuple, MutantCheck] = {}
+_MUTANT_CHECKS_LOCK = threading.Lock()  # the app draws from several threads
+
+
+def mutant_check(spec: ProblemSpec, choice_index: tuple[int, ...],
+                 stats: DrawStats | None = None) -> MutantCheck:
+    """The mutant check of one structure, compiled and calibrated once per
+    spec version and choice."""
+    rtol = spec.numpy_rtol if spec.answer == "numpy" else spec.rtol
+    key = (spec.id, spec.version, spec.layout, rtol, tuple(choice_index))
+    check = _MUTANT_CHECKS.get(key)
+    if check is None:
+        check = _calibrate(spec, tuple(choice_index), rtol)  # two threads may both: same result
+        with _MUTANT_CHECKS_LOCK:
+            if len(_MUTANT_CHECKS) >= MUTANT_CHECKS_CACHED:
+                _MUTANT_CHECKS.pop(next(iter(_MUTANT_CHECKS)))
+            _MUTANT_CHECKS[key] = check
+        if stats is not None:
+            stats.calibration_seconds = check.seconds
+    if stats is not None:
+        stats.mutants = len(check.mutants.mutants)
+        stats.equivalent = len(check.equivalent)
+    return check
+
+
+def _calibrate(spec: ProblemSpec, choice_index: tuple[int, ...], rtol: float) -> MutantCheck:
+    start = time.perf_counter()
+    program = spec.program(choice_index)
+    mset = compile_mutants(spec, program)
+    count = len(mset.mutants)
+    separated = [0] * count
+    pending = list(range(count))
+    for k in range(CALIBRATION_DRAWS):
+        if not pending:
+            break
+        rng = np.random.default_rng(CALIBRATION_SEED + k)
+        dims = draw_dims(spec.dims, rng)
+        draw = _draw_values(spec, program, dims, rng, None, None, f"calibration draw {k}")
+        ev = Evaluation(mset, dims, draw.values, _gradients(spec, draw.seeds, draw.back.grads))
+        tried = range(count) if k < CALIBRATION_FULL else pending
+        missed = set(ev.unseparated(tried, rtol))
+        for i in tried:
+            if i not in missed:
+                separated[i] += k < CALIBRATION_FULL
+        pending = [i for i in pending if i in missed]
+    equivalent = frozenset(pending)
+    full = min(CALIBRATION_DRAWS, CALIBRATION_FULL)
+    shares = tuple(n / full for n in separated)
+    hard = tuple(i for i in range(count) if i not in equivalent and shares[i] < 1)
+    easy = tuple(i for i in range(count) if i not in equivalent and shares[i] == 1)
+    return MutantCheck(mset, equivalent, hard, easy, shares, rtol, time.perf_counter() - start)
+
+
+def _gradients(spec: ProblemSpec, seeds, grads):
+    """Gradients as the mutant check reads them: keyed "dz5" or ("dz5", t), in
+    the problem's layout (the drawn d<given>, or the reverse-mode reference)."""
+    numerator = spec.layout == "numerator"
+
+    def gradient(key):
+        name, t = key if isinstance(key, tuple) else (key, None)
+        forward = name[1:] if t is None else (name[1:], t)
+        value = seeds[forward] if name[1:] == spec.given else grads[forward]
+        return value.T if numerator else value  # a view: the check only reads it
+
+    return gradient
 
 
 HIDDEN_INSTANCES = 2  # hidden checks per answer, besides the student's own instance
@@ -251,7 +440,8 @@ def draw_hidden_instances(spec: ProblemSpec, inst: Instance, seeds: Sequence[int
     ``inst`` (its choices) with other dims and values, one per seed. The server
     draws the seeds per submission, so nothing learned about one submission's
     hidden instances helps the next."""
-    return [draw_instance(spec, int(s), choice_index=inst.choice_index, other_than=inst.dims)
+    return [draw_instance(spec, int(s), choice_index=inst.choice_index, other_than=inst.dims,
+                          discriminate=False)
             for s in seeds]
 
 
@@ -276,10 +466,10 @@ def _reject_values(spec, program: Program, leaves, shapes) -> str | None:
     for name, v in leaves.items():
         if spec.vars[name].dist == "onehot":
             continue
-        if v.size > 1 and np.all(v == v.flat[0]):
+        if v.size > 1 and (v == v.flat[0]).all():
             return f"{name} has all-equal entries"
         r, c = shapes[name]
-        if r == c and r > 1 and np.array_equal(v, v.T):
+        if r == c and r > 1 and (v == v.T).all():
             return f"{name} is symmetric"
     return None
 
@@ -292,21 +482,23 @@ def _reject_forward(spec: ProblemSpec, sched, values) -> str | None:
         if fn is None or (fn.kink is None and not fn.positive_domain):
             continue
         a = values[ex.args[0]]
-        if not np.all(np.isfinite(a)):
+        if not np.isfinite(a).all():
             return f"non-finite input on line {ex.step.line}"
         if fn.kink is not None:
-            if np.min(np.abs(a - fn.kink)) < margin:
+            if np.abs(a - fn.kink).min() < margin:
                 return f"{fn.name} input within {margin} of its kink on line {ex.step.line}"
             inputs.setdefault(ex.step.line, []).append(a.ravel())
-        if fn.positive_domain and np.min(a) < margin:
+        if fn.positive_domain and a.min() < margin:
             return f"{fn.name} input below {margin} on line {ex.step.line}"
     for line, parts in inputs.items():
-        a = np.concatenate(parts)
-        if a.size > 1 and (np.all(a > 0) or np.all(a < 0)):
+        a = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        if a.size > 1 and ((a > 0).all() or (a < 0).all()):
             return f"relu layer on line {line} is all active or all inactive"
-    for key, v in values.items():
-        if not np.all(np.isfinite(v)) or np.max(np.abs(v), initial=0) > 1e6:
-            return f"{ref.key_name(key)} overflows"
+    everything = np.concatenate([v.ravel() for v in values.values()])
+    if everything.size and not np.abs(everything).max() <= 1e6:  # NaN too
+        for key, v in values.items():
+            if v.size and not np.abs(v).max() <= 1e6:
+                return f"{ref.key_name(key)} overflows"
     return None
 
 
@@ -316,7 +508,7 @@ def _reject_gradients(program: Program, grads, values, no_grad) -> str:
         if name in no_grad or name not in program.influencing:
             continue
         g = grads.get(key)
-        if g is None or not np.any(np.abs(g) > 1e-9):
+        if g is None or not np.abs(g).max() > 1e-9:
             return f"the gradient of {name} is all zeros"
     return ""
 
@@ -332,8 +524,11 @@ def _verify(spec, sched, leaves, seeds, grads, values, no_grad) -> None:
             raise BrokenProblemError(spec.id, label, err)
 
 
-def _build(spec, seed, program, choice_index, dims, shapes, steps, sched, values, seeds, back, no_grad):
+def _build(spec, seed, program, choice_index, dims, draw: _Draw):
     layout = spec.layout
+    shapes, steps, sched, values, seeds, back = (
+        draw.shapes, draw.steps, draw.sched, draw.values, draw.seeds, draw.back)
+    no_grad = draw.no_grad
     indexed = program.indexed
 
     def collect(getter, names) -> dict[str, Value]:

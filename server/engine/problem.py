@@ -5,7 +5,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from server.engine.instance import Instance, draw_instance
+from server.engine.instance import (
+    Instance,
+    draw_hidden_instances,
+    draw_instance,
+    legacy_hidden_seeds,
+)
 from server.engine.solution import model_solution
 from server.engine.spec import ProblemSpec
 
@@ -92,14 +97,23 @@ def numpy_model_answer(spec: ProblemSpec, inst: Instance, equations: str) -> str
     )
 
 
-def grade_answer(spec: ProblemSpec, inst, text: str, *, hidden_seeds: Sequence[int] = ()):
+def grade_answer(spec: ProblemSpec, inst, text: str, *, hidden_seeds: Sequence[int] | None = None):
     """Grade an equations or expression answer (numpy answers need the sandbox:
-    see server.grading). ``hidden_seeds`` are the submission's: an expression is
-    compared at points drawn from them (the equations grader does not read them yet)."""
+    see server.grading).
+
+    Equations run on ``inst`` and on one hidden instance per seed of
+    ``hidden_seeds`` (the server draws them per submission); ``None`` means
+    the instance's own deterministic seeds (``legacy_hidden_seeds``, as
+    ``grade_numpy`` does: ``nabla grade``, tests), and ``()`` no hidden check.
+    Expression answers are judged at random points instead."""
     if spec.answer == "expression":
         from server.engine.expression import grade_expression
 
-        return grade_expression(spec, inst, text, hidden_seeds=hidden_seeds)
+        return grade_expression(spec, inst, text,
+                                hidden_seeds=() if hidden_seeds is None else hidden_seeds)
     from server.engine.grade import grade_equations
 
-    return grade_equations(spec, inst, text)
+    if hidden_seeds is None:
+        hidden_seeds = legacy_hidden_seeds(inst)
+    hidden = draw_hidden_instances(spec, inst, hidden_seeds) if hidden_seeds else []
+    return grade_equations(spec, inst, text, hidden=hidden)

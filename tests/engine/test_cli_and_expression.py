@@ -154,3 +154,14 @@ def test_expression_spec_errors_name_the_line(tmp_path):
     with pytest.raises(SpecError) as info:
         parse_spec(text, "e.toml")
     assert "unknown name" in str(info.value) and "e.toml:" in str(info.value)
+
+
+def test_expression_scores_use_the_weighted_score_and_stay_at_most_one():
+    from server.engine.spec import parse_spec
+
+    spec = BANK["rule-4a-generalized-chain"]
+    weighted = parse_spec(spec.source + "\n[weights]\nx = 4\n", "weighted.toml")
+    for seed in range(3):
+        inst = draw(weighted, seed)
+        assert grade_expression(weighted, inst, inst.reference).score == 1.0
+        assert grade_expression(weighted, inst, f"2*({inst.reference}) + 1").score == 0.0

@@ -5,35 +5,16 @@ import json
 import pytest
 
 from server.engine.bank import load_bank
-from server.engine.grade import VERDICTS, grade_equations
-from server.engine.instance import draw_instance
-from server.engine.problem import model_answer
+from server.engine.grade import VERDICTS, GradientResult, grade_equations, weighted_score
+from server.engine.instance import draw_instance, legacy_hidden_seeds
+from server.engine.problem import grade_answer, model_answer
+from server.engine.spec import parse_spec
 
-from .course import SEED_ANSWER
+from .course import SCAN_ANSWER, SEED_ANSWER, right_only_on_its_own_instance
 
 BANK = load_bank()
 MLP = BANK["mlp-relu"]
 SCAN = BANK["scan-mlp"]
-
-
-SCAN_ANSWER = """\
-for t in range(T - N + 1):
-    dz7[t] = dO[t]
-    db3 += dO[t]
-    dW3 += z6[t] @ dz7[t]
-    dz6[t] = dz7[t] @ W3
-    dz5[t] = dz6[t] * (z5[t] > 0).T
-    dz4[t] = dz5[t]
-    db2 += dz5[t]
-    dW2 += z3[t] @ dz4[t]
-    dz3[t] = dz4[t] @ W2
-    dz2[t] = dz3[t] * (z2[t] > 0).T
-    dz1[t] = dz2[t]
-    db1 += dz2[t]
-    dW1 += x[t] @ dz1[t]
-    dx[t] = dz1[t] @ W1
-    dX[:, t:t+N] += dx[t]
-"""
 
 
 def grade(spec, text, seed=3):
@@ -210,3 +191,106 @@ def test_wrong_activation_derivative_is_named():
     result = grade_equations(spec, inst, text)
     assert result.equations[0].verdict == "incorrect"
     assert "derivative formula of sigmoid" in result.equations[0].message
+
+
+# --------------------------------------------------------------------------- issue 9
+
+WEIGHTED_MLP = parse_spec(MLP.source + "\n[weights]\nW1 = 3\n", "mlp-relu-weighted.toml")
+
+
+def test_weights_count_in_the_total_so_the_model_answer_scores_one():
+    assert WEIGHTED_MLP.weights["W1"] == 3.0
+    for seed in range(5):
+        inst = draw_instance(WEIGHTED_MLP, seed)
+        assert grade_equations(WEIGHTED_MLP, inst, model_answer(WEIGHTED_MLP, inst)).score == 1.0
+    wrong_w1 = grade(WEIGHTED_MLP, SEED_ANSWER.replace("13. dW1 = x @ dz1", "13. dW1 = -x @ dz1"))
+    assert wrong_w1.score == pytest.approx(6 / 9, abs=1e-6)  # 7 gradients, weights 1 and W1 = 3
+    wrong_dx = grade(WEIGHTED_MLP, SEED_ANSWER.replace("14. dx = dz1 @ W1", "14. dx = -dz1 @ W1"))
+    assert wrong_dx.score == pytest.approx(8 / 9, abs=1e-6)
+
+
+def test_weighted_score_is_never_above_one():
+    correct, wrong = GradientResult("correct"), GradientResult("sign")
+    assert weighted_score({"dW1": correct, "dx": correct}, {"W1": 5, "x": 1}) == 1.0
+    assert weighted_score({"dW1": correct, "dx": wrong}, {"W1": 3}) == 0.75
+    assert weighted_score({"dW1": wrong}, {}) == 0.0
+    assert weighted_score({}, {"W1": 2}) == 0.0
+
+
+@pytest.mark.parametrize("credit", ["gradients", "rules"])
+def test_reading_an_unassigned_gradient_is_an_error_at_its_line(credit):
+    import dataclasses
+
+    spec = dataclasses.replace(MLP, credit=credit)
+    nothing = "dW1 = x @ dz1\ndx = dz1 @ W1\n"  # scored 1.0 with rule credit before issue 9
+    result = grade(spec, nothing)
+    assert result.valid and result.score == 0.0
+    first = line(result, 1)
+    assert first.verdict == "incorrect" and first.rule_correct is False
+    assert "dz1 is read before any line assigns it" in first.message
+    # the second line is charged for its own read, not with a cascade of the first
+    assert "dz1 is read before any line assigns it" in line(result, 2).message
+
+
+def test_a_line_may_read_its_own_target_which_starts_at_zero():
+    text = SEED_ANSWER.replace("13. dW1 = x @ dz1", "13. dW1 = dW1 + x @ dz1")
+    assert grade(MLP, text).score == 1.0
+
+
+def test_after_a_failed_line_later_lines_are_judged_by_their_rule():
+    result = grade(MLP, SEED_ANSWER.replace("12. dz1 = dz2", "12. dz1 = dz2 @ W2"))
+    assert line(result, 12).verdict == "wrong_shape"
+    assert line(result, 13).rule_correct and "read before" not in line(result, 13).message
+
+
+def test_two_independent_mistakes_are_each_blamed_on_the_lines_that_read_them():
+    text = (SEED_ANSWER.replace("3. dW3 = z6 @ dz7", "3. dW3 = -z6 @ dz7")
+            .replace("10. dz2 = dz3 * (z2 > 0).T", "10. dz2 = dz3"))
+    result = grade(MLP, text)
+    assert line(result, 3).verdict == "sign" and line(result, 10).rule_correct is False
+    for n in (11, 12, 13, 14):  # they read dz2 (line 10), not dW3 (line 3, the first wrong)
+        assert line(result, n).message == "right rule; the value carries the mistake from line 10"
+    both = SEED_ANSWER.replace("4. dz6 = dz7 @ W3", "4. dz6 = -dz7 @ W3").replace(
+        "10. dz2 = dz3 * (z2 > 0).T", "10. dz2 = dz3")
+    result = grade(MLP, both)
+    assert line(result, 9).message == "right rule; the value carries the mistake from line 4"
+    assert line(result, 11).message == (
+        "right rule; the value carries the mistakes from lines 4 and 10")
+
+
+def test_rule_credit_charges_a_missing_accumulation_and_a_contribution_added_twice():
+    import dataclasses
+
+    scan = dataclasses.replace(SCAN, credit="rules")
+    result = grade(scan, SCAN_ANSWER.replace("dW3 += z6[t] @ dz7[t]", "dW3 = z6[t] @ dz7[t]"))
+    number = next(i for i, ln in enumerate(SCAN_ANSWER.splitlines(), 1) if "dW3 +=" in ln)
+    assert line(result, number).rule_correct is False and result.score < 1
+    rnn = dataclasses.replace(BANK["rnn-unrolled"], credit="rules")
+    inst = draw_instance(rnn, 2)
+    text = model_answer(rnn, inst)
+    assert grade_equations(rnn, inst, text).score == 1.0
+    twice = text.replace("db += du2", "db += du3")  # du3 was already added on line 3
+    assert grade_equations(rnn, inst, twice).score < 1
+
+
+def test_equations_are_also_checked_on_hidden_instances():
+    seed, text = right_only_on_its_own_instance(MLP)
+    inst = draw_instance(MLP, seed)
+    assert grade_answer(MLP, inst, text, hidden_seeds=()).score == 1.0  # right on its own instance
+    result = grade_answer(MLP, inst, text)  # None: the instance's legacy hidden seeds
+    assert result.score < 1
+    five = line(result, 5)
+    assert five.verdict == "incorrect" and five.rule_correct is False
+    assert "hidden check 1 of 2" in five.message and "right on your instance" in five.message
+    assert result.gradients["db2"].verdict == "incorrect"
+    assert "hidden check" in result.gradients["db2"].message
+    assert not any(ch.isdigit() for ch in five.message.replace("1 of 2", ""))  # no values
+    same = grade_answer(MLP, inst, text, hidden_seeds=legacy_hidden_seeds(inst))
+    assert same.to_json() == result.to_json()
+
+
+def test_a_correct_answer_is_correct_on_the_hidden_instances():
+    for seed in range(10):
+        inst = draw_instance(MLP, seed)
+        result = grade_answer(MLP, inst, SEED_ANSWER, hidden_seeds=[seed + 1000, seed + 2000])
+        assert result.score == 1.0 and all(e.verdict == "correct" for e in result.equations)

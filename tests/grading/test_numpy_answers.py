@@ -80,3 +80,14 @@ def test_model_numpy_answer_of_every_array_problem_scores_one(problem):
         inst = draw_instance(spec, seed)
         result = grade_numpy(spec, inst, model_answer(spec, inst))
         assert result.score == 1.0, result.to_json()
+
+
+def test_weights_count_in_the_total_through_the_sandbox(inst):
+    from server.engine.spec import parse_spec
+
+    weighted = parse_spec(SPEC.source + "\n[weights]\nW1 = 3\n", "mlp-relu-numpy-weighted.toml")
+    assert grade_numpy(weighted, inst, model_answer(weighted, inst)).score == 1.0
+    wrong = model_answer(weighted, inst).replace("dW1 = x @ dz1", "dW1 = -(x @ dz1)")
+    result = grade_numpy(weighted, inst, wrong)
+    assert result.gradients["dW1"].verdict == "sign"
+    assert result.score == pytest.approx(6 / 9, abs=1e-6)
