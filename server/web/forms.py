@@ -79,6 +79,8 @@ class AssignmentForm(FlaskForm):
     score_policy = SelectField(
         "Score that counts (best or last attempt)", choices=["best", "last"], default="best",
     )
+    points = FloatField("Points", default=100.0, validators=[InputRequired()])
+    canvas_id = StringField("Canvas assignment id", validators=[Optional(), Length(max=64)])
     problems = FieldList(FormField(ProblemRowForm))
 
 

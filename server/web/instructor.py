@@ -56,6 +56,8 @@ def _assignment_form(assignment: Assignment | None = None) -> AssignmentForm:
             late_credit=assignment.late_credit,
             max_attempts=assignment.max_attempts,
             score_policy=assignment.score_policy,
+            points=assignment.points,
+            canvas_id=assignment.canvas_id or "",
         )
         chosen = {ap.problem_id for ap in assignment.problems}
         rows = [(ap.problem_id, True, ap.weight) for ap in assignment.problems]
@@ -77,6 +79,8 @@ def _draft_from(form: AssignmentForm) -> AssignmentDraft:
         late_credit=form.late_credit.data,
         max_attempts=form.max_attempts.data,
         score_policy=form.score_policy.data,
+        points=form.points.data if form.points.data is not None else 100.0,
+        canvas_id=form.canvas_id.data or None,
         problems=[
             ProblemChoice(row.problem_id.data, row.weight.data or 1.0)
             for row in form.problems
