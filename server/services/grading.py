@@ -174,6 +174,11 @@ def _draw_from(spec: Any) -> Callable[[int], Draw]:
     return draw_for_seed
 
 
+def draw_for_seed(spec: Any, seed: int) -> Draw:
+    """The engine's draw of ``spec`` for ``seed`` (a regrade's redraw keeps the seed)."""
+    return _draw_from(spec)(seed)
+
+
 def ensure_instance(
     session: Session, user: User, assignment_problem: AssignmentProblem,
     bank: Mapping[str, Any], secret: bytes,
