@@ -183,6 +183,13 @@ def job_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
             "threads": _int_setting(env, "NABLA_REGRADE_THREADS", 4, 1)}
 
 
+def base_url(environ: dict[str, str] | None = None) -> str:
+    """``NABLA_BASE_URL``: where users reach the site, for links made outside a request
+    (``nabla users invite``)."""
+    env = os.environ if environ is None else environ
+    return env.get("NABLA_BASE_URL") or "http://127.0.0.1:5000"
+
+
 def database_url(environ: dict[str, str] | None = None) -> str:
     env = os.environ if environ is None else environ
     return env.get("NABLA_DATABASE_URL") or default_database_url(instance_path(env))

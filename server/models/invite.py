@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import TYPE_CHECKING
 
 from sqlalchemy import ForeignKey, String
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from server.models.base import Base, utcnow
+
+if TYPE_CHECKING:
+    from server.models.user import User
 
 
 class PasswordInvite(Base):
@@ -19,3 +23,5 @@ class PasswordInvite(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[dt.datetime]
     used_at: Mapped[dt.datetime | None]
+
+    user: Mapped[User] = relationship()

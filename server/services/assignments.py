@@ -356,6 +356,7 @@ class AssignmentStatus:
     assignment: Assignment
     window: Window
     problems: list[ProblemStatus]
+    extension: Extension | None = None  # this student's own dates, if staff gave them
 
     @property
     def score(self) -> float | None:
@@ -431,6 +432,7 @@ def student_assignments(
             else:
                 problems.append(
                     ProblemStatus(ap, used, problem_score(subs, assignment.score_policy)))
-        window = submission_window(assignment, now, extensions.get(assignment.id))
-        statuses.append(AssignmentStatus(assignment, window, problems))
+        extension = extensions.get(assignment.id)
+        window = submission_window(assignment, now, extension)
+        statuses.append(AssignmentStatus(assignment, window, problems, extension))
     return statuses

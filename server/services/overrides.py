@@ -15,7 +15,7 @@ import math
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from server.db import write_transaction
 from server.models import (
@@ -118,7 +118,8 @@ def remove_override(session: Session, course: Course, *, user_id: int,
 
 def override_history(session: Session, user_id: int, assignment_problem_id: int
                      ) -> list[OverrideEvent]:
-    return list(session.scalars(select(OverrideEvent).where(
+    return list(session.scalars(select(OverrideEvent).options(
+        selectinload(OverrideEvent.actor)).where(
         OverrideEvent.user_id == user_id,
         OverrideEvent.assignment_problem_id == assignment_problem_id)
         .order_by(OverrideEvent.created_at.desc(), OverrideEvent.id.desc())))

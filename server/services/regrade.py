@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +56,7 @@ from server.services.errors import ValidationError
 from server.services.jobs import add_progress, create_job, job_kind
 from server.services.problems import record_problem_version
 
+log = logging.getLogger(__name__)
 CHUNK_SIZE = 200
 MAX_REASON = 2000
 
@@ -141,7 +143,7 @@ class _Task:
 
     submission_id: int
     instance_id: int
-    job: grading.GradingJob
+    job: grading.GradingJob | None  # None: it could not be prepared (counted as an error)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +154,8 @@ class _Redraw:
 
 def _grade(task: _Task) -> grading.Outcome:
     """The one call into the grading pipeline (the engine or the sandbox; never raises)."""
+    if task.job is None:
+        return grading.Outcome(SubmissionStatus.ERROR.value, {"error": "not prepared"}, None)
     return grading.grade_job(task.job)
 
 
@@ -174,22 +178,31 @@ def _prepare(submissions: Sequence[Submission], bank: Mapping[str, Any], redraw:
     redraws: dict[int, _Redraw] = {}
     documents: dict[int, tuple[Any, str]] = {}
     for submission in submissions:
-        instance = submission.instance
-        if instance.id not in documents:
-            spec = grading.spec_for_version(bank, instance.problem_version)
-            document_json = instance.reference_json
-            current = bank.get(instance.problem_version.problem_id) if redraw else None
-            if current is not None:
-                draw = grading.draw_for_seed(current, instance.seed)
-                if current.version != spec.version or dumps(draw.reference) != document_json:
-                    redraws[instance.id] = _Redraw(current, draw)
-                spec, document_json = current, dumps(draw.reference)
-            documents[instance.id] = (spec, document_json)
-        spec, document_json = documents[instance.id]
-        seeds = grading.hidden_seeds_of(submission, json.loads(document_json))
-        tasks.append(_Task(submission.id, instance.id, grading.GradingJob(
-            submission.id, spec, instance.id, document_json, submission.answer, tuple(seeds))))
+        try:
+            tasks.append(_task(submission, bank, redraw, documents, redraws))
+        except Exception:  # a spec or instance the engine cannot read: not applied
+            log.exception("regrade: submission %s cannot be prepared", submission.id)
+            tasks.append(_Task(submission.id, submission.instance_id, None))
     return tasks, redraws
+
+
+def _task(submission: Submission, bank: Mapping[str, Any], redraw: bool,
+          documents: dict[int, tuple[Any, str]], redraws: dict[int, _Redraw]) -> _Task:
+    instance = submission.instance
+    if instance.id not in documents:
+        spec = grading.spec_for_version(bank, instance.problem_version)
+        document_json = instance.reference_json
+        current = bank.get(instance.problem_version.problem_id) if redraw else None
+        if current is not None:
+            draw = grading.draw_for_seed(current, instance.seed)
+            if current.version != spec.version or dumps(draw.reference) != document_json:
+                redraws[instance.id] = _Redraw(current, draw)
+            spec, document_json = current, dumps(draw.reference)
+        documents[instance.id] = (spec, document_json)
+    spec, document_json = documents[instance.id]
+    seeds = grading.hidden_seeds_of(submission, json.loads(document_json))
+    return _Task(submission.id, instance.id, grading.GradingJob(
+        submission.id, spec, instance.id, document_json, submission.answer, tuple(seeds)))
 
 
 def _graded(tasks: Sequence[_Task], threads: int) -> list[grading.Outcome]:
