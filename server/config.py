@@ -180,7 +180,8 @@ def job_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
     return {"redis_url": env.get("NABLA_REDIS_URL") or None,
             "queue": (env.get("NABLA_REDIS_PREFIX") or "nabla:") + "jobs",
             "stale_s": _int_setting(env, "NABLA_JOB_STALE_S", 60, 1),
-            "threads": _int_setting(env, "NABLA_REGRADE_THREADS", 4, 1)}
+            "threads": _int_setting(env, "NABLA_REGRADE_THREADS", 4, 1),
+            "chunk": _int_setting(env, "NABLA_REGRADE_CHUNK", 200, 1)}
 
 
 def base_url(environ: dict[str, str] | None = None) -> str:

@@ -60,7 +60,8 @@ def regrade(course_code: str, assignment_id: int | None, problem_id: str | None,
         else:
             job = service.start_regrade(session, course, actor=None, reason=reason,
                                         redraw=redraw, assignment_id=assignment_id,
-                                        problem_id=problem_id, user_id=user_id)
+                                        problem_id=problem_id, user_id=user_id,
+                                        chunk_size=settings["chunk"])
     engine = db.make_engine(_database_url())
     try:
         if dry_run:

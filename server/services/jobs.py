@@ -23,6 +23,7 @@ request) and reports progress with ``add_progress``.
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -41,6 +42,8 @@ HEARTBEAT_S = 2.0
 RQ_JOB_TIMEOUT_S = 3600
 ChunkFunction = Callable[[Engine, int, int, int, Mapping[str, Any]], None]
 JOB_KINDS: dict[str, ChunkFunction] = {}
+# Where each kind's function is registered (a worker imports it on first use).
+KIND_MODULES = {"regrade": "server.services.regrade"}
 
 
 def job_kind(kind: str) -> Callable[[ChunkFunction], ChunkFunction]:
@@ -51,11 +54,18 @@ def job_kind(kind: str) -> Callable[[ChunkFunction], ChunkFunction]:
     return register
 
 
+def job_function(kind: str) -> ChunkFunction:
+    if kind not in JOB_KINDS and kind in KIND_MODULES:
+        importlib.import_module(KIND_MODULES[kind])
+    if kind not in JOB_KINDS:
+        raise ValueError(f"unknown job kind {kind!r}")
+    return JOB_KINDS[kind]
+
+
 def create_job(session: Session, kind: str, args: Any, *, course: Course | None,
                actor: User | None, total: int, chunks: int) -> Job:
     """A queued job row (flush only); ``dispatch`` it after the commit."""
-    if kind not in JOB_KINDS:
-        raise ValueError(f"unknown job kind {kind!r}")
+    job_function(kind)
     job = Job(kind=kind, args_json=dumps(args), course_id=course.id if course else None,
               actor_id=actor.id if actor else None, total=total, chunks=max(1, chunks),
               state=JobState.QUEUED.value)
@@ -142,7 +152,7 @@ def run_chunk(engine: Engine, job_id: int, chunk: int, attempt: int,
                             name=f"nabla-job-{job_id}-heartbeat", daemon=True)
     beat.start()
     try:
-        JOB_KINDS[kind](engine, job_id, chunk, attempt, settings)
+        job_function(kind)(engine, job_id, chunk, attempt, settings)
     except Exception as exc:
         log.exception("job %s chunk %s failed", job_id, chunk)
         with factory() as session, session.begin():

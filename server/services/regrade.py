@@ -117,21 +117,22 @@ def clean_reason(raw: Any) -> str:
 
 def start_regrade(session: Session, course: Course, *, actor: User | None, reason: Any = "",
                   redraw: bool = False, assignment_id: int | None = None,
-                  problem_id: str | None = None, user_id: int | None = None) -> Job:
+                  problem_id: str | None = None, user_id: int | None = None,
+                  chunk_size: int = CHUNK_SIZE) -> Job:
     """A queued regrade job of the chosen submissions (flush only; dispatch it after the
     commit with ``services.jobs.dispatch``)."""
     why = clean_reason(reason)
     ids = select_submissions(session, course, assignment_id=assignment_id,
                              problem_id=problem_id, user_id=user_id)
     args = {"ids": ids, "redraw": bool(redraw), "reason": why,
-            "actor_id": actor.id if actor else None,
+            "actor_id": actor.id if actor else None, "chunk_size": chunk_size,
             "scope": {"assignment": assignment_id, "problem": problem_id, "user": user_id}}
     return create_job(session, "regrade", args, course=course, actor=actor, total=len(ids),
-                      chunks=max(1, math.ceil(len(ids) / CHUNK_SIZE)))
+                      chunks=max(1, math.ceil(len(ids) / chunk_size)))
 
 
-def chunk_ids(ids: Sequence[int], chunk: int) -> Sequence[int]:
-    return ids[chunk * CHUNK_SIZE:(chunk + 1) * CHUNK_SIZE]
+def chunk_ids(ids: Sequence[int], chunk: int, size: int = CHUNK_SIZE) -> Sequence[int]:
+    return ids[chunk * size:(chunk + 1) * size]
 
 
 # --- the work -------------------------------------------------------------------------
@@ -325,7 +326,8 @@ def regrade_chunk(engine: Engine, job_id: int, chunk: int, attempt: int,
     factory = make_sessionmaker(engine)
     with factory() as session:
         args = session.get(Job, job_id).args  # type: ignore[union-attr]
-    regrade_ids(factory, chunk_ids(args["ids"], chunk), bank=_bank(settings),
+    size = int(args.get("chunk_size") or CHUNK_SIZE)
+    regrade_ids(factory, chunk_ids(args["ids"], chunk, size), bank=_bank(settings),
                 redraw=args["redraw"], threads=int(settings.get("threads", 4)), write=True,
                 job_id=job_id, attempt=attempt, actor_id=args.get("actor_id"),
                 reason=args.get("reason", ""))

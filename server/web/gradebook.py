@@ -252,7 +252,8 @@ def start_regrade(course: Course) -> Any:
     session = get_session()
     try:
         job = regrade.start_regrade(session, course, actor=current_user,
-                                    reason=form.reason.data, redraw=form.redraw.data, **scope)
+                                    reason=form.reason.data, redraw=form.redraw.data,
+                                    chunk_size=job_settings()["chunk"], **scope)
     except ValidationError as exc:
         flash(str(exc), "error")
         return redirect(url_for("gradebook.grades", course_code=course.code))
