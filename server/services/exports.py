@@ -59,7 +59,11 @@ def number(value: float | None, places: int) -> str:
 
 
 def iso_utc(value: dt.datetime | None) -> str:
-    return "" if value is None else value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if value is None:
+        return ""
+    if value.utcoffset() != dt.timedelta(0):
+        value = value.astimezone(dt.UTC)
+    return value.replace(tzinfo=None, microsecond=0).isoformat() + "Z"
 
 
 def filename(gradebook: Gradebook, fmt: str, assignment_id: int | None = None) -> str:

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from typing import NamedTuple
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, case, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from server.models import (
@@ -47,9 +48,8 @@ class Student:
     canvas_user_id: str
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Cell:
-    """One student on one assignment problem."""
+class Cell(NamedTuple):
+    """One student on one assignment problem (a tuple: a class has 60,000 of them)."""
 
     score: float | None  # in [0, 1], after policy, late credit and override
     computed: float | None  # the policy's score, before any override
@@ -60,6 +60,7 @@ class Cell:
 
 
 EMPTY = Cell(None, None, 0, False, False, None)
+NO_SCORE = (None, False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,8 +115,7 @@ def course_gradebook(session: Session, course: Course, *, assignment_id: int | N
     if assignment_id is not None and not assignments:
         raise NotFound(f"assignment: no assignment {assignment_id} in {course.code}")
     students = course_students(session, course, section=section, user_id=user_id)
-    problem_ids = [ap.id for a in assignments for ap in a.problems]
-    cells = _cells(session, problem_ids, [s.user_id for s in students]
+    cells = _cells(session, assignments, [s.user_id for s in students]
                    if (section is not None or user_id is not None) else None)
     return Gradebook(course, students, assignments, cells)
 
@@ -137,53 +137,58 @@ def course_students(session: Session, course: Course, *, section: str | None = N
     return students
 
 
-def _cells(session: Session, problem_ids: list[int], user_ids: list[int] | None
+def _cells(session: Session, assignments: list[Assignment], user_ids: list[int] | None
            ) -> dict[tuple[int, int], Cell]:
+    problem_ids = [ap.id for a in assignments for ap in a.problems]
     if not problem_ids:
         return {}
+    last_policy = [ap.id for a in assignments if a.score_policy == ScorePolicy.LAST
+                   for ap in a.problems]
 
-    def scoped(query):  # type: ignore[no-untyped-def]
-        query = query.where(Submission.assignment_problem_id.in_(problem_ids))
+    def scoped(query, ids=problem_ids):  # type: ignore[no-untyped-def]
+        query = query.where(Submission.assignment_problem_id.in_(ids))
         if user_ids is not None:
             query = query.where(Submission.user_id.in_(user_ids))
         return query
 
+    # Core statements on the session's connection: tens of thousands of plain rows,
+    # without the ORM's per-row work.
+    connection = session.connection()
     key = (Submission.user_id, Submission.assignment_problem_id)
-    stats = session.execute(scoped(
-        select(*key, func.count(Submission.attempt), func.max(Submission.created_at))
-        .group_by(*key)))
-    # The submission that counts, per the assignment's policy: best (highest
-    # score, earliest first) or last (latest), among graded submissions.
     graded = and_(Submission.status == SubmissionStatus.GRADED.value,
                   Submission.score.is_not(None))
-    best = func.row_number().over(
-        partition_by=key,
-        order_by=(Submission.score.desc(), Submission.created_at, Submission.id))
-    last = func.row_number().over(
-        partition_by=key, order_by=(Submission.created_at.desc(), Submission.id.desc()))
-    ranked = scoped(
-        select(*key, Submission.score, Submission.late, Assignment.score_policy,
-               best.label("best"), last.label("last"))
-        .join(AssignmentProblem, AssignmentProblem.id == Submission.assignment_problem_id)
-        .join(Assignment, Assignment.id == AssignmentProblem.assignment_id)
-        .where(graded)).subquery()
-    counting = session.execute(
-        select(ranked.c.user_id, ranked.c.assignment_problem_id, ranked.c.score, ranked.c.late)
-        .where(or_(and_(ranked.c.score_policy == ScorePolicy.LAST.value, ranked.c.last == 1),
-                   and_(ranked.c.score_policy != ScorePolicy.LAST.value, ranked.c.best == 1))))
-    scores = {(u, p): (score, bool(late)) for u, p, score, late in counting}
+    # One pass for the attempts, the last submission and the best score; the best
+    # counts as late when no submission on time reached it.
+    stats = connection.execute(scoped(
+        select(*key, func.count(Submission.attempt), func.max(Submission.created_at),
+               func.max(case((graded, Submission.score))),
+               func.max(case((and_(graded, Submission.late.is_(False)), Submission.score))))
+        .group_by(*key)))
+    # The last graded submission, for the problems of assignments whose policy is "last".
+    last: dict[tuple[int, int], tuple[float, bool]] = {}
+    if last_policy:
+        ranked = scoped(select(*key, Submission.score, Submission.late, func.row_number().over(
+            partition_by=key, order_by=(Submission.created_at.desc(), Submission.id.desc()))
+            .label("rank")).where(graded), last_policy).subquery()
+        last = {(u, p): (score, bool(late)) for u, p, score, late in connection.execute(
+            select(ranked.c.user_id, ranked.c.assignment_problem_id, ranked.c.score,
+                   ranked.c.late).where(ranked.c.rank == 1))}
     overrides_query = select(ScoreOverride.user_id, ScoreOverride.assignment_problem_id,
                              ScoreOverride.score).where(
         ScoreOverride.assignment_problem_id.in_(problem_ids))
     if user_ids is not None:
         overrides_query = overrides_query.where(ScoreOverride.user_id.in_(user_ids))
-    overrides = {(u, p): s for u, p, s in session.execute(overrides_query)}
+    overrides = {(u, p): s for u, p, s in connection.execute(overrides_query)}
+    last_problems = set(last_policy)
     cells: dict[tuple[int, int], Cell] = {}
-    for user_id, problem_id, attempts, last_at in stats:
-        computed, late = scores.get((user_id, problem_id), (None, False))
+    for user_id, problem_id, attempts, last_at, best, best_on_time in stats:
+        if problem_id in last_problems:
+            computed, late = last.get((user_id, problem_id), NO_SCORE)
+        else:
+            computed = best
+            late = best is not None and (best_on_time is None or best_on_time < best)
         cells[(user_id, problem_id)] = Cell(computed, computed, attempts, late, False, last_at)
     for pair, score in overrides.items():
         cell = cells.get(pair, EMPTY)
-        cells[pair] = dataclasses.replace(cell, score=score, overridden=True)
+        cells[pair] = cell._replace(score=score, overridden=True)
     return cells
-
