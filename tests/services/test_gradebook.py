@@ -179,3 +179,45 @@ def test_extension_moves_one_students_window(session, small_course, make_assignm
                                 due_at=now + HOUR, late_until=now, actor=None)
     overrides.remove_extension(session, c["course"], closed, user_id=c["ada"].id)
     assert not assignments.student_window(session, c["ada"].id, closed, now).accepting
+
+
+def test_late_is_the_counted_submissions_and_late_credit_is_in_the_score(
+        session, make_user, make_course, make_assignment, make_submission):
+    user = make_user(session)
+    course = make_course(session, members={user: "student"})
+    hw = make_assignment(session, course, problems=("mlp-relu", "affine-np"),
+                         open_offset_h=-48, due_offset_h=-24, late_offset_h=24, late_credit=50)
+    mlp, affine = hw.problems
+    early = utcnow() - 30 * HOUR
+    make_submission(session, user, mlp, score=0.4, now=early)  # on time
+    late_sub = make_submission(session, user, mlp, score=0.45)  # late: 0.9 x 50%
+    assert late_sub.late
+    make_submission(session, user, affine, score=0.3, now=early)
+    make_submission(session, user, affine, score=0.25)
+    book = gradebook.course_gradebook(session, course)
+    assert book.cell(user.id, mlp.id) == gradebook.Cell(0.45, 0.45, 2, True, False,
+                                                        late_sub.created_at)
+    assert not book.cell(user.id, affine.id).late  # the on-time 0.3 counts
+    rows = list(csv.DictReader(io.StringIO(_export(session, course, "long").decode())))
+    assert [(r["problem"], r["score"], r["late"]) for r in rows] == [
+        ("mlp-relu", "0.45", "true"), ("affine-np", "0.3", "false")]
+
+
+def test_set_password_links_are_single_use_and_expire(session, make_user):
+    from server.services import invites
+    from server.services.errors import NotFound
+
+    user = make_user(session, password=None)
+    now = utcnow()
+    _, token = invites.create_invite(session, user, now)
+    _, old = invites.create_invite(session, user, now - 8 * 24 * HOUR)
+    with pytest.raises(NotFound, match="expired"):
+        invites.redeem_invite(session, old, "a long new password", now)
+    with pytest.raises(ValidationError):
+        invites.redeem_invite(session, token, "short", now)
+    assert invites.redeem_invite(session, token, "a long new password", now) == user
+    assert user.password_hash
+    with pytest.raises(NotFound, match="already used"):
+        invites.redeem_invite(session, token, "another long password", now)
+    with pytest.raises(NotFound, match="unknown"):
+        invites.valid_invite(session, "inv_nope", now)

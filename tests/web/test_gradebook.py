@@ -209,3 +209,55 @@ def test_an_instructor_starts_a_regrade_and_watches_its_progress(client, graded)
     assert (progress["total"], progress["done"], progress["errors"], progress["changed"],
             progress["percent"]) == (1, 1, 1, 0, 100)
     assert "50.00" in client.get(GRADES).get_data(as_text=True)
+
+
+def test_cli_canvas_roster_import_prints_links_once_and_invite_makes_one(
+        graded, database_url, tmp_path, app_session):
+    env = {"NABLA_DATABASE_URL": database_url, "NABLA_INSTANCE_PATH": str(tmp_path),
+           "NABLA_BASE_URL": "https://nabla.example.edu"}
+    roster = tmp_path / "canvas.csv"
+    roster.write_text(CANVAS_EXPORT)
+    runner = CliRunner()
+    first = runner.invoke(main, ["courses", "import-roster", "CS101", str(roster),
+                                 "--email-domain", "example.edu"], env=env)
+    assert first.exit_code == 0, first.output
+    assert "1 new accounts, 1 enrolled" in first.output
+    assert re.search(r"grace@example\.edu,\"Hopper, Grace\",https://nabla\.example\.edu/"
+                     r"set-password/inv_", first.output)
+    again = runner.invoke(main, ["courses", "import-roster", "CS101", str(roster),
+                                 "--email-domain", "example.edu"], env=env)
+    assert again.exit_code == 0 and "nothing changed" in again.output
+    assert "set-password" not in again.output
+    invite = runner.invoke(main, ["users", "invite", "grace@example.edu"], env=env)
+    assert invite.exit_code == 0
+    assert invite.output.startswith("https://nabla.example.edu/set-password/inv_")
+    bad = runner.invoke(main, ["users", "invite", "nobody@example.edu"], env=env)
+    assert bad.exit_code == 1 and "no user nobody@example.edu" in bad.output
+
+
+def test_a_failed_job_is_shown_failed_and_restarted_from_its_page(client, graded, app_session):
+    from server.services import regrade
+
+    job = regrade.start_regrade(app_session, graded["course"], actor=None,
+                                assignment_id=graded["hw"].id)
+    job.state, job.heartbeat_at = "running", job.created_at
+    app_session.commit()
+    login(client, "teacher@example.edu")
+    page = f"/staff/CS101/jobs/{job.id}"
+    assert client.get(page + ".json").json["state"] == "running"  # heartbeat recent enough
+    app_session.refresh(job)
+    job.heartbeat_at = job.created_at.replace(year=2000)
+    app_session.commit()
+    html = client.get(page).get_data(as_text=True)
+    assert "failed" in html and "worker stopped" in html and "Restart" in html
+    response = post_form(client, page, page + "/restart", {})
+    assert response.status_code == 302
+    deadline = time.monotonic() + 60
+    while client.get(page + ".json").json["state"] not in ("done", "failed"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert client.get(page + ".json").json["state"] == "done"
+    login(client, "ta@example.edu")
+    assert client.post(page + "/restart", data={"csrf_token": csrf_token(client, GRADES)}
+                       ).status_code == 403
+    assert client.get("/staff/CS101/jobs/999999").status_code == 404
