@@ -156,6 +156,30 @@ def stage_figures(url: str, sample: int, threads: int) -> dict[str, tuple[float,
     return out
 
 
+def tree_cpu_s() -> float:
+    """CPU seconds of this process and every process below it (judge, sandbox, workers),
+    counting the children they have reaped: compare before and after a run."""
+    stats = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(name)] = (int(fields[1]), sum(int(v) for v in fields[11:15]))
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0, [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        total += stats.get(pid, (0, 0))[1]
+        todo += children.get(pid, [])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def wait_for_job(url: str, job_id: int) -> tuple[str, int, int, int]:
     from server import db
     from server.models import Job
@@ -174,12 +198,14 @@ def wait_for_job(url: str, job_id: int) -> tuple[str, int, int, int]:
 
 
 def run_job(url: str, course_id: int, assignment_id: int, settings: dict) -> tuple[float, tuple]:
+    """(wall seconds, (state, done, changed, errors, CPU seconds of our process tree))."""
     from server import db
     from server.models import Course
     from server.services import jobs, regrade
 
     engine = db.make_engine(url)
     factory = db.make_sessionmaker(engine)
+    cpu = tree_cpu_s()
     start = time.perf_counter()
     with factory() as session, session.begin():
         job = regrade.start_regrade(session, session.get(Course, course_id), actor=None,
@@ -190,7 +216,7 @@ def run_job(url: str, course_id: int, assignment_id: int, settings: dict) -> tup
     outcome = wait_for_job(url, job.id)
     elapsed = time.perf_counter() - start
     engine.dispose()
-    return elapsed, outcome
+    return elapsed, (*outcome, round(tree_cpu_s() - cpu, 1))
 
 
 def start_workers(url: str, redis_url: str, prefix: str, count: int, threads: int,
@@ -258,8 +284,9 @@ def main() -> None:
             elapsed, outcome = run_job(url, course_id, assignment_id, settings)
             results["in-process"] = elapsed
             print(f"in-process ({args.threads} threads): {elapsed:.1f} s, "
-                  f"{elapsed / args.submissions * 1e3:.2f} ms per submission; "
-                  f"state, done, changed, errors = {outcome}; "
+                  f"{elapsed / args.submissions * 1e3:.2f} ms per submission, CPU "
+                  f"{outcome[-1] / args.submissions * 1e3:.1f} ms per submission; "
+                  f"state, done, changed, errors, CPU s = {outcome}; "
                   f"load average {os.getloadavg()[0]:.1f}")
         if args.runner in ("both", "rq"):
             reset(url)
@@ -270,8 +297,9 @@ def main() -> None:
             elapsed, outcome = run_job(url, course_id, assignment_id, settings)
             results["rq"] = elapsed
             print(f"RQ ({args.workers} workers x {args.threads} threads): {elapsed:.1f} s, "
-                  f"{elapsed / args.submissions * 1e3:.2f} ms per submission; "
-                  f"state, done, changed, errors = {outcome}; "
+                  f"{elapsed / args.submissions * 1e3:.2f} ms per submission, CPU "
+                  f"{outcome[-1] / args.submissions * 1e3:.1f} ms per submission; "
+                  f"state, done, changed, errors, CPU s = {outcome}; "
                   f"load average {os.getloadavg()[0]:.1f}")
         if len(results) == 2:
             print(f"ratio RQ / in-process: {results['rq'] / results['in-process']:.2f}")
