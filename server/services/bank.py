@@ -538,3 +538,20 @@ def draw_statistics(spec: Any, seeds: int = STATISTICS_SEEDS) -> DrawStatistics:
         draw_ms_max=max(times) if times else 0.0,
         calibration_ms=calibration * 1e3,
     )
+
+
+def preview_feedback(outcome: Any, answer: str) -> dict[str, Any]:
+    """What the feedback page shows for a graded preview (as for a submission):
+    ``summary`` (score, message), ``lines`` (each line's verdict) and ``general``."""
+    from server.services import grading
+
+    result = outcome.result
+    message = result.get("error") or ("graded" if outcome.status == "graded"
+                                       else "not a valid answer: it costs no attempt")
+    return {
+        "summary": {"score": outcome.score, "raw_score": outcome.score, "credit": 1.0,
+                    "attempts_left": None, "message": message,
+                    "gradients": result.get("gradients", {})},
+        "lines": grading.annotated_lines(answer, result),
+        "general": grading.general_errors(result, answer),
+    }
