@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import logging
 import statistics
 import threading
@@ -36,6 +37,7 @@ from sqlalchemy.orm import Session
 
 from server.db import write_transaction
 from server.models import Assignment, AssignmentProblem, Course, Problem, ProblemVersion, User
+from server.models.base import dumps
 from server.services.errors import Conflict, Forbidden, NotFound, ServiceError
 
 log = logging.getLogger(__name__)
@@ -460,7 +462,8 @@ def preview(spec: Any, seed: int, answer: str | None = None) -> Preview:
         inst = draw(spec, seed)
     except InstanceError as exc:
         raise _refuse(f"seed {seed} cannot be drawn: {exc}") from None
-    document = inst.to_json(include_reference=True)
+    # Through the same JSON as a stored instance, so that the page shows it alike.
+    document = json.loads(dumps(inst.to_json(include_reference=True)))
     public = {k: v for k, v in document.items() if k not in PRIVATE_KEYS}
     outcome = None
     if answer is not None and answer != "":
@@ -472,8 +475,6 @@ def grade_preview(spec: Any, inst: Any, document: Mapping[str, Any], answer: str
     """The one call into grading: a submission's grading job (the judge for equations
     and expressions, the sandbox for numpy, the same hidden-instance checks),
     with nothing stored. Hidden seeds are the instance's deterministic ones."""
-    import json
-
     from server.services import grading
 
     text = grading.clean_answer(answer)

@@ -257,14 +257,16 @@ def _preview(course: Course, problem: Problem | None) -> Any:
         return _render_editor(course, editable, draft or "", errors=exc.errors, status=422)
     feedback = None if result.outcome is None else bank.preview_feedback(
         result.outcome, answer or "")
-    reference = result.document.get("reference")
-    references = (workspace.formatted_values(spec, {"values": {
-        "d" + k: v for k, v in reference.items()}}) if isinstance(reference, dict) else [])
+    reference = result.document.get("reference") or {}
+    if spec.answer == "expression":  # the derivative, as an expression
+        references = [(name, "expression", str(value)) for name, value in reference.items()]
+    else:
+        references = workspace.formatted_values(spec, {"values": reference})
     return render_template(
         "staff_problems/preview.html", course=course, problem=problem, p=result,
         version=None if draft else number, draft=draft or None, answer=answer or "",
         variables=workspace.variable_rows(spec, result.public),
         forward=workspace.forward_lines(spec, result.public),
         values=workspace.formatted_values(spec, result.public),
-        references=references, reference_text=None if references else reference,
+        references=references,
         feedback=feedback, now=dt.datetime.now(dt.UTC))

@@ -90,6 +90,8 @@ def test_preview_shows_the_student_view_references_solution_and_grades(client, p
     page = _text(client.get("/staff/A101/problems/tiny/preview?seed=4"))
     assert "Your dimensions" in page and "<math" in page and "Reference gradients" in page
     assert "dW = x @ dz1" in page and "Next seed" in page and "seed=5" in page
+    staff_part = page.split("For staff only")[1]
+    assert "<code>dW</code>" in staff_part and "<code>dx</code>" in staff_part
     preview = "/staff/A101/problems/tiny/preview?seed=4"
     graded = _text(post_form(client, preview, "/staff/A101/problems/tiny/preview",
                              {"seed": "4", "answer": "dz1 = dz2 * (z1 > 0).T\ndW = dz1.T @ x.T"
@@ -172,3 +174,48 @@ def test_the_api(client, people):
     assert model["grade"]["score"] == 1.0
     assert _api(client, "POST", put + "mine/preview", t["student"], {"seed": 2}).status_code \
         == 403
+
+
+def test_the_preview_of_a_students_seed_is_what_that_student_sees(client, people, app_session):
+    import datetime as dt
+    import re
+
+    from sqlalchemy import select
+
+    from server.models import utcnow
+    from server.services.assignments import AssignmentDraft, ProblemChoice, create_assignment
+
+    day = dt.timedelta(days=1)
+    hw = create_assignment(app_session, people["a"], AssignmentDraft(
+        "Homework", utcnow() - day, utcnow() + day, [ProblemChoice("tiny")]),
+        bank.DatabaseBank(app_session, people["a"])).id
+    app_session.commit()
+    login(client, "student@example.edu")
+    student = _text(client.get(f"/assignments/{hw}/problems/tiny"))
+    seed = app_session.scalar(select(Instance.seed))
+    app_session.commit()  # SQLite: end the transaction (it holds the write lock)
+    client.get("/logout")
+    login(client, "ta@example.edu")
+    staff = _text(client.get(f"/staff/A101/problems/tiny/preview?seed={seed}"))
+
+    def shown(page: str) -> list[str]:
+        dims = re.findall(r"Your dimensions: (.*?)</p>", page)
+        return dims + re.findall(r"<math.*?</math>", page, re.S) + re.findall(
+            r'<div class="value"><code>(\w+)</code>.*?<pre>(.*?)</pre>', page, re.S)[:5]
+
+    assert shown(student) and shown(staff)[:len(shown(student))] == shown(student)
+
+
+@pytest.mark.parametrize("problem", ["rule-4a-generalized-chain", "mlp-relu-numpy"])
+def test_expression_and_numpy_previews_grade_the_model_answer(client, people, app_session,
+                                                              problem):
+    bank.save_version(app_session, (BANK_DIR / f"{problem}.toml").read_text(), origin="sync")
+    app_session.commit()
+    login(client, "ta@example.edu")
+    page = _text(client.get(f"/staff/A101/problems/{problem}/preview?seed=3"))
+    assert "Model solution" in page
+    path = f"/api/v1/courses/A101/problems/{problem}/preview"
+    body = _api(client, "POST", path, people["tokens"]["ta"], {"seed": 3}).get_json()
+    graded = _api(client, "POST", path, people["tokens"]["ta"],
+                  {"seed": 3, "answer": body["solution"]}).get_json()["grade"]
+    assert graded["status"] == "graded" and graded["score"] == 1.0, graded
