@@ -127,6 +127,9 @@ def test_the_cli_syncs_and_exports(session, tmp_path, database_url, monkeypatch)
     assert report["new_versions"] == [] and report["unchanged"] == ["tiny"]
     assert report["refused"][0]["file"].endswith("bad.toml")
     assert report["refused"][0]["errors"][0]["line"] == 2
+    (tmp_path / "bad.toml").unlink()
+    course = runner.invoke(main, ["problems", "sync", str(tmp_path), "--course", "C101"])
+    assert course.exit_code == 1 and "there is no course C101" in course.output
 
 
 def test_preview_of_a_draft_grades_like_a_submission_and_its_references_are_fd_checked():
@@ -169,3 +172,22 @@ def test_draw_statistics_spread_dims_and_choices():
     assert stats.dims and all(0 < sum(n for _, n in c) <= 30 for c in stats.dims.values())
     assert sum(n for _, n in stats.choices["depth"]) == 30  # nested choices: fewer
     assert {v for v, _ in stats.choices["act1"]} == {"relu", "sigmoid", "tanh"}
+
+
+def test_the_cli_syncs_a_course_folder(session, tmp_path, database_url, monkeypatch,
+                                       make_course):
+    from server.cli import main
+
+    monkeypatch.setenv("NABLA_DATABASE_URL", database_url)
+    course = make_course(session, "C101")
+    session.commit()
+    (tmp_path / "tiny.toml").write_text(tiny("Course copy"))
+    runner = CliRunner()
+    result = runner.invoke(main, ["problems", "sync", str(tmp_path), "--course", "C101",
+                                  "--json"])
+    key = f"tiny.c{course.id}"
+    assert json.loads(result.output)["new_versions"] == [key]
+    exported = runner.invoke(main, ["problems", "export", "tiny", "--course", "C101"])
+    assert exported.output == tiny("Course copy")
+    missing = runner.invoke(main, ["problems", "export", "tiny"])
+    assert missing.exit_code == 1 and "no problem 'tiny' in the shared bank" in missing.output
