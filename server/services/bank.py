@@ -46,6 +46,25 @@ CHECK_SEEDS = 20  # the model solution must grade 100 % on seeds 0 .. CHECK_SEED
 STATISTICS_SEEDS = 100
 MAX_SPEC_CHARS = 100_000
 ORIGINS = ("sync", "editor", "api", "copy")
+EXAMPLE_SPEC = '''id = "my-problem"
+title = "A title"
+answer = "equations"
+statement = """What the student is given and must compute."""
+given = "z2"
+ask = ["W", "x"]
+forward = """
+z1 = W @ x
+z2 = relu(z1)
+"""
+
+[dims]
+N = [2, 5]
+M = [2, 5]
+
+[vars]
+W = { shape = ["M", "N"], role = "param" }
+x = { shape = ["N", 1], role = "input" }
+'''  # the editor's starting text for a new problem
 
 
 class SpecRefused(ServiceError):

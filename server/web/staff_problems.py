@@ -31,25 +31,6 @@ from server.web.access import end_transaction, role_required
 bp = Blueprint("staff_problems", __name__, url_prefix="/staff")
 
 STAFF = ("ta", "instructor")
-NEW_SPEC = '''id = "my-problem"
-title = "A title"
-answer = "equations"
-statement = """What the student is given and must compute."""
-given = "z2"
-ask = ["W", "x"]
-forward = """
-z1 = W @ x
-z2 = relu(z1)
-"""
-
-[dims]
-N = [2, 5]
-M = [2, 5]
-
-[vars]
-W = { shape = ["M", "N"], role = "param" }
-x = { shape = ["N", 1], role = "input" }
-'''
 
 
 def _problem(course: Course, key: str, *, editable: bool = False) -> Problem:
@@ -150,7 +131,7 @@ def _render_editor(course: Course, problem: Problem | None, text: str, *,
 @reads_first
 def new(course: Course) -> Any:
     if request.method == "GET":
-        return _render_editor(course, None, NEW_SPEC)
+        return _render_editor(course, None, bank.EXAMPLE_SPEC)
     return _editor_action(course, None)
 
 

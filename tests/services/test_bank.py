@@ -15,29 +15,12 @@ from server.services import bank
 
 pytestmark = pytest.mark.usefixtures("db_backend")
 
-TINY = '''id = "tiny"
-title = "{title}"
-answer = "equations"
-statement = "Backprop a relu layer."
-given = "z2"
-ask = ["W", "x"]
-forward = """
-z1 = W @ x
-z2 = relu(z1)
-"""
-
-[dims]
-N = [2, 5]
-M = [2, 5]
-
-[vars]
-W = {{ shape = ["M", "N"], role = "param" }}
-x = {{ shape = ["N", 1], role = "input" }}
-'''
 
 
 def tiny(title: str = "A relu layer") -> str:
-    return TINY.format(title=title)
+    """The editor's example spec as problem ``tiny``."""
+    return bank.EXAMPLE_SPEC.replace('id = "my-problem"', 'id = "tiny"').replace(
+        'title = "A title"', f'title = "{title}"')
 
 
 def counts(session) -> tuple[int, int]:

@@ -4,29 +4,12 @@ per process and hash."""
 
 from server.services import bank as bank_service
 from server.web import bank
-
-SPEC = '''id = "tiny"
-title = "{title}"
-answer = "equations"
-statement = "Backprop one affine layer."
-given = "z2"
-ask = ["W", "x"]
-forward = """
-z1 = W @ x
-z2 = z1 + 1
-"""
-[dims]
-N = [2, 4]
-M = [2, 4]
-[vars]
-W = {{ shape = ["M", "N"], role = "param" }}
-x = {{ shape = ["N", 1], role = "input" }}
-'''
+from tests.services.test_bank import tiny
 
 
 def test_a_new_version_is_used_at_once_and_parsed_once(app, app_session, monkeypatch):
     app.config.pop("NABLA_PROBLEM_BANK")
-    bank_service.save_version(app_session, SPEC.format(title="First"))
+    bank_service.save_version(app_session, tiny("First"))
     app_session.commit()
     parsed = []
     real_parse = bank_service.spec_of_text
@@ -38,7 +21,7 @@ def test_a_new_version_is_used_at_once_and_parsed_once(app, app_session, monkeyp
     monkeypatch.setattr(bank_service, "spec_of_text", counting)
     with app.test_request_context():
         assert bank.get_bank()["tiny"].title == "First"
-    bank_service.save_version(app_session, SPEC.format(title="Second"))
+    bank_service.save_version(app_session, tiny("Second"))
     app_session.commit()
     with app.test_request_context():
         assert bank.get_bank()["tiny"].title == "Second"

@@ -219,3 +219,20 @@ def test_expression_and_numpy_previews_grade_the_model_answer(client, people, ap
     graded = _api(client, "POST", path, people["tokens"]["ta"],
                   {"seed": 3, "answer": body["solution"]}).get_json()["grade"]
     assert graded["status"] == "graded" and graded["score"] == 1.0, graded
+
+
+def test_a_new_problem_from_the_browser(client, people, app_session):
+    login(client, "ta@example.edu")
+    new = "/staff/A101/problems/new"
+    assert 'id = &#34;my-problem&#34;' in client.get(new).get_data(as_text=True)
+    assert post_form(client, new, new, {"spec": bank.EXAMPLE_SPEC, "action": "validate"}) \
+        .status_code == 200
+    saved = post_form(client, new, new, {"spec": bank.EXAMPLE_SPEC, "action": "save"})
+    key = f"my-problem.c{people['a'].id}"
+    assert saved.status_code == 302 and saved.headers["Location"].endswith(key)
+    version = app_session.query(ProblemVersion).filter_by(problem_id=key).one()
+    assert (version.author.email, version.origin) == ("ta@example.edu", "editor")
+    renamed = bank.EXAMPLE_SPEC.replace("my-problem", "other")
+    edit = f"/staff/A101/problems/{key}/edit"
+    refused = post_form(client, edit, edit, {"spec": renamed, "action": "save"})
+    assert refused.status_code == 422 and "line 1:" in _text(refused)
