@@ -76,4 +76,4 @@ def problems_export(problem_id: str, course_code: str | None) -> None:
 
     with _transaction() as session:
         text = export_text(session, problem_id, _course(session, course_code))
-    click.echo(text, nl=not text.endswith("\n"))
+    click.echo(text, nl=False)  # exactly the stored text: syncing it back changes nothing

@@ -281,9 +281,17 @@ def save_version(
     write_transaction(session)
     problem = session.get(Problem, key)
     if problem is None:
-        problem = Problem(id=key, spec_id=spec.id, course_id=None if course is None else course.id,
-                          title=spec.title, answer_type=spec.answer)
-        session.add(problem)
+        try:
+            with session.begin_nested():
+                problem = Problem(id=key, spec_id=spec.id, title=spec.title,
+                                  course_id=None if course is None else course.id,
+                                  answer_type=spec.answer)
+                session.add(problem)
+        except IntegrityError:  # created by a concurrent save of the same new problem
+            problem = session.get(Problem, key)
+            if problem is None:
+                raise Conflict(f"problem: {key!r} is being created by someone else; "
+                               "try again") from None
     existing = session.scalar(select(ProblemVersion).where(
         ProblemVersion.problem_id == key, ProblemVersion.spec_hash == spec.version))
     if existing is not None:

@@ -68,7 +68,7 @@ def put_problem(code: str, spec_id: str) -> Response:
     session = get_session()
     own = session.get(Problem, bank.problem_key(spec_id, course))
     shared = session.get(Problem, spec_id)
-    if own is None and shared is not None:
+    if own is None and shared is not None and shared.course_id is None:
         abort(403, f"problem: {spec_id!r} is a shared problem: it changes only with `nabla "
                    "problems sync`; copy it to the course first (on the staff problem page)")
     end_transaction()
@@ -99,6 +99,8 @@ def preview(code: str, spec_id: str) -> Response:
     course = _staff_course(code)
     body = _body({"seed", "answer", "spec"})
     seed = body.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+        abort(400, f"seed: must be a whole number from 0 to {2**31 - 1}, got {seed!r}")
     answer = body.get("answer")
     if answer is not None and not isinstance(answer, str):
         abort(400, "answer: must be a string")

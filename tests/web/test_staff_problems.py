@@ -236,3 +236,14 @@ def test_a_new_problem_from_the_browser(client, people, app_session):
     edit = f"/staff/A101/problems/{key}/edit"
     refused = post_form(client, edit, edit, {"spec": renamed, "action": "save"})
     assert refused.status_code == 422 and "line 1:" in _text(refused)
+
+
+def test_the_api_does_not_reveal_another_courses_problem(client, people):
+    t = people["tokens"]["ta"]
+    b_key = f"tiny.c{people['b'].id}"
+    put = _api(client, "PUT", f"/api/v1/courses/A101/problems/{b_key}", t, {"spec": tiny()})
+    assert put.status_code == 422  # not 403: B's problem is not a shared one
+    preview = _api(client, "POST", f"/api/v1/courses/A101/problems/{b_key}/preview", t, {})
+    assert preview.status_code == 404
+    assert _api(client, "POST", "/api/v1/courses/A101/problems/tiny/preview", t,
+                {"seed": -1}).status_code == 400
