@@ -137,7 +137,7 @@ def create_assignment(
     )
     session.add(assignment)
     for position, choice in enumerate(draft.problems):
-        record_problem_version(session, bank[choice.problem_id])
+        record_problem_version(session, bank[choice.problem_id], problem_key=choice.problem_id)
         assignment.problems.append(
             AssignmentProblem(problem_id=choice.problem_id, weight=choice.weight, position=position)
         )
@@ -188,7 +188,7 @@ def update_assignment(
     for position, choice in enumerate(draft.problems):
         ap = current.get(choice.problem_id)
         if ap is None:
-            record_problem_version(session, bank[choice.problem_id])
+            record_problem_version(session, bank[choice.problem_id], problem_key=choice.problem_id)
             ap = AssignmentProblem(problem_id=choice.problem_id)
             assignment.problems.append(ap)
         ap.weight = choice.weight

@@ -191,10 +191,12 @@ def ensure_instance(
     write_transaction(session)
     try:
         with session.begin_nested():
-            version = record_problem_version(session, spec)
+            version = record_problem_version(session, spec,
+                                             problem_key=assignment_problem.problem_id)
     except IntegrityError:  # a concurrent first visit recorded the same new version
         version = session.scalar(select(ProblemVersion).where(
-            ProblemVersion.problem_id == spec.id, ProblemVersion.spec_hash == spec.version))
+            ProblemVersion.problem_id == assignment_problem.problem_id,
+            ProblemVersion.spec_hash == spec.version))
         if version is None:
             raise
     return get_or_create_instance(session, user, assignment_problem, version, secret,

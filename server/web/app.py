@@ -120,14 +120,17 @@ def build_app(config: dict[str, Any] | None = None) -> Flask:
 
 
 def _register_blueprints(app: Flask) -> None:
-    from server.web import api, auth, instructor, student, ta
+    from server.web import api, api_problems, auth, instructor, staff_problems, student, ta
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(student.bp)
     app.register_blueprint(ta.bp)
     app.register_blueprint(instructor.bp)
+    app.register_blueprint(staff_problems.bp)
     csrf.exempt(api.bp)  # token-authenticated, no cookies: CSRF does not apply
     app.register_blueprint(api.bp)
+    csrf.exempt(api_problems.bp)
+    app.register_blueprint(api_problems.bp)
     # The static view is public (declared here, since Flask creates it).
     from server.web.access import mark_public
 

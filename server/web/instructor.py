@@ -41,9 +41,9 @@ def _to_local(value: dt.datetime | None) -> dt.datetime | None:
     return value.astimezone(zone).replace(tzinfo=None)
 
 
-def _assignment_form(assignment: Assignment | None = None) -> AssignmentForm:
+def _assignment_form(course: Course, assignment: Assignment | None = None) -> AssignmentForm:
     """The form, with one row per bank problem (the assignment's own first, in order)."""
-    bank = get_bank()
+    bank = get_bank(course)
     if assignment is None:
         form = AssignmentForm()
         rows = [(pid, False, 1.0) for pid in sorted(bank)]
@@ -99,7 +99,7 @@ def _render_assignment_form(
     return (
         render_template(
             "instructor/assignment_form.html",
-            course=course, form=form, bank=get_bank(), assignment=assignment,
+            course=course, form=form, bank=dict(get_bank(course).items()), assignment=assignment,
         ),
         400 if form.is_submitted() else 200,
     )
@@ -108,10 +108,10 @@ def _render_assignment_form(
 @bp.route("/<course_code>/assignments/new", methods=["GET", "POST"])
 @role_required("instructor")
 def new_assignment(course: Course) -> Response | tuple[str, int]:
-    form = _assignment_form()
+    form = _assignment_form(course)
     if form.validate_on_submit():
         try:
-            assignment = create_assignment(get_session(), course, _draft_from(form), get_bank())
+            assignment = create_assignment(get_session(), course, _draft_from(form), get_bank(course))
         except ValidationError as exc:
             _show_error(form, exc)
         else:
@@ -128,10 +128,10 @@ def edit_assignment(course: Course, assignment_id: int) -> Response | tuple[str,
         assignment = get_course_assignment(session, course, assignment_id)
     except NotFound as exc:
         abort(404, str(exc))
-    form = _assignment_form(assignment)
+    form = _assignment_form(course, assignment)
     if form.validate_on_submit():
         try:
-            update_assignment(session, assignment, _draft_from(form), get_bank())
+            update_assignment(session, assignment, _draft_from(form), get_bank(course))
         except ValidationError as exc:  # raised before anything is changed
             _show_error(form, exc)
         else:
