@@ -51,8 +51,7 @@
   box.addEventListener("scroll", function () { if (gutter) { gutter.scrollTop = box.scrollTop; } });
   box.addEventListener("blur", function () { escaped = false; });
   box.addEventListener("keydown", function (event) {
-    // Enter in the one-line box submits too (not Check, the form's first button).
-    if (event.key === "Enter" && (event.ctrlKey || event.metaKey || box.tagName === "INPUT")) {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
       event.preventDefault();
       if (submitButton && !submitButton.disabled) { form.requestSubmit(submitButton); }
       return;
