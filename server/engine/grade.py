@@ -235,8 +235,16 @@ def check_equations(spec: ProblemSpec, inst: Instance, text: str) -> GradeResult
                       on_error=on_error, strict_reads=True)
     except AnswerRuntimeError as exc:  # a whole-run limit (too many steps)
         errors.append({"line": exc.line, "message": exc.render(lines)})
-    unique = list({(e["line"], e["message"]): e for e in errors}.values())  # loop steps
-    return GradeResult(True, 0.0, sorted(unique, key=lambda e: e["line"]))
+    # A loop body fails once per step: its first failure, and how many steps failed.
+    first: dict[int, dict] = {}
+    count: dict[int, int] = {}
+    for error in errors:
+        first.setdefault(error["line"], error)
+        count[error["line"]] = count.get(error["line"], 0) + 1
+    merged = [{"line": line, "message": error["message"] + (
+        f"\n(and at {count[line] - 1} more step{'s' if count[line] > 2 else ''} of the loop)"
+        if count[line] > 1 else "")} for line, error in sorted(first.items())]
+    return GradeResult(True, 0.0, merged)
 
 
 def _anything_correct(result: GradeResult) -> bool:
