@@ -80,6 +80,13 @@
     // Coming back with the Back button: the page may be restored as it was left.
     if (submitButton) { submitButton.disabled = wasDisabled; submitButton.textContent = label; }
   });
+  // A link to the help (from a parse error, here or on a feedback page) opens it.
+  var help = document.getElementById("answer-help");
+  function openHelp() {
+    if (help && window.location.hash === "#answer-help") { help.open = true; }
+  }
+  window.addEventListener("hashchange", openHelp);
+  openHelp();
   var result = document.getElementById("check-result");
   if (result) { result.focus(); }
   renumber();
