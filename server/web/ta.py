@@ -99,7 +99,7 @@ def submission(course: Course, submission_id: int) -> str:
         sub = grading.course_submission(session, course, submission_id)
     except NotFound as exc:
         abort(404, str(exc))
-    left = grading.attempts_left(session, sub, sub.user_id)
+    left = grading.attempts_left_after(session, sub)  # as of this submission
     sub.user, sub.assignment_problem.problem  # noqa: B018  (for the template)
     end_transaction()
     return render_template(
