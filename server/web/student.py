@@ -159,6 +159,14 @@ def submit(assignment_id: int, problem_id: str) -> Any:
     return redirect(url_for("student.submission", submission_id=submission.id))
 
 
+@bp.route("/assignments/<int:assignment_id>/problems/<problem_id>/check")
+@login_required
+def check_page(assignment_id: int, problem_id: str) -> Any:
+    """A reload or bookmark of a Check's page: the problem itself."""
+    return redirect(url_for("student.problem", assignment_id=assignment_id,
+                            problem_id=problem_id))
+
+
 @bp.route("/assignments/<int:assignment_id>/problems/<problem_id>/check", methods=["POST"])
 @login_required
 @reads_first  # the write lock only to draw the instance on a first visit (server.db)

@@ -144,6 +144,9 @@ def test_the_check_button_shows_the_error_keeps_the_text_and_stores_nothing(clie
     assert SHAPE_ERROR.rstrip("\n") in text  # the text is back in the box
     assert "0 used, 3 left" in text
     assert stored(app_session) == []
+    again = client.get(_page(course["hw"], "mlp-relu") + "/check")  # a reload, a bookmark
+    assert again.status_code == 302 and again.headers["Location"] == _page(course["hw"],
+                                                                           "mlp-relu")
 
 
 # --- order, the assignment page, values ------------------------------------------------
@@ -223,7 +226,7 @@ def test_a_numpy_runtime_error_is_said_once_above_the_gradients(client, course):
     answer = "import numpy as np\n\ndef backward(**kw):\n    x = 1 / 0\n    return {}\n"
     response = _submit(client, course["hw"], "mlp-relu-numpy", answer)
     text = _text(client.get(response.headers["Location"]))
-    assert "Your code stopped with an error at line 4" in text
+    assert 'Your code stopped with an error at <a href="#line-4">line 4</a>' in text
     assert text.count("ZeroDivisionError: division by zero") == 1
     assert text.count("not computed") == 1  # one row for every gradient
     assert text.index("stopped with an error") < text.index("Gradients")
