@@ -136,6 +136,12 @@ def _register_blueprints(app: Flask) -> None:
 
     mark_public(app.view_functions["static"])
 
+    def favicon() -> Response:
+        # Browsers that ignore <link rel="icon"> ask for /favicon.ico: no 404 in the log.
+        return app.send_static_file("favicon.svg")
+
+    app.add_url_rule("/favicon.ico", "favicon", mark_public(favicon))
+
 
 def _register_template_helpers(app: Flask) -> None:
     zone = ZoneInfo(app.config["NABLA_TIMEZONE"])

@@ -61,9 +61,10 @@ def _assignment_form(course: Course, assignment: Assignment | None = None) -> As
         rows = [(ap.problem_id, True, ap.weight) for ap in assignment.problems]
         rows += [(pid, False, 1.0) for pid in sorted(bank) if pid not in chosen]
     if not form.is_submitted():
-        for problem_id, include, weight in rows:
+        for position, (problem_id, include, weight) in enumerate(rows, 1):
             form.problems.append_entry(
-                {"problem_id": problem_id, "include": include, "weight": weight}
+                {"problem_id": problem_id, "include": include, "weight": weight,
+                 "position": position}
             )
     return form
 
@@ -79,8 +80,9 @@ def _draft_from(form: AssignmentForm) -> AssignmentDraft:
         score_policy=form.score_policy.data,
         problems=[
             ProblemChoice(row.problem_id.data, row.weight.data or 1.0)
-            for row in form.problems
-            if row.include.data
+            for _, _, row in sorted(
+                (row.position.data if row.position.data is not None else 10**6, k, row)
+                for k, row in enumerate(form.problems) if row.include.data)
         ],
     )
 
