@@ -56,8 +56,8 @@ def fill(url: str, students: int) -> int:
         course_id = c.execute(insert(Course).values(code="BIG", title="Big", created_at=now)
                               .returning(Course.id)).scalar_one()
         for p in range(PROBLEMS_EACH):
-            c.execute(insert(Problem).values(id=f"p{p}", title=f"P{p}", answer_type="equations",
-                                             created_at=now))
+            c.execute(insert(Problem).values(id=f"p{p}", spec_id=f"p{p}", title=f"P{p}",
+                                             answer_type="equations", created_at=now))
         version_ids = [c.execute(insert(ProblemVersion).values(
             problem_id=f"p{p}", version=1, spec_text="", spec_hash=f"h{p}", created_at=now)
             .returning(ProblemVersion.id)).scalar_one() for p in range(PROBLEMS_EACH)]

@@ -117,3 +117,20 @@ def grade_answer(spec: ProblemSpec, inst, text: str, *, hidden_seeds: Sequence[i
         hidden_seeds = legacy_hidden_seeds(inst)
     hidden = draw_hidden_instances(spec, inst, hidden_seeds) if hidden_seeds else []
     return grade_equations(spec, inst, text, hidden=hidden)
+
+
+def check_answer(spec: ProblemSpec, inst, text: str):
+    """Validation without grading, for an equations or expression answer: parse it and,
+    for equations, run it on ``inst`` to check every line's shape. Returns a GradeResult
+    with ``errors`` only (no verdicts, no score). Numpy modules are checked by the
+    server (``server.sandbox.source.check_source``): their shapes are known only by
+    running them."""
+    if spec.answer == "expression":
+        from server.engine.expression import check_expression
+
+        return check_expression(spec, inst, text)
+    if spec.answer != "equations":
+        raise ValueError(f"check_answer: {spec.answer} answers are checked by the server")
+    from server.engine.grade import check_equations
+
+    return check_equations(spec, inst, text)

@@ -196,10 +196,12 @@ def ensure_instance(
     write_transaction(session)
     try:
         with session.begin_nested():
-            version = record_problem_version(session, spec)
+            version = record_problem_version(session, spec,
+                                             problem_key=assignment_problem.problem_id)
     except IntegrityError:  # a concurrent first visit recorded the same new version
         version = session.scalar(select(ProblemVersion).where(
-            ProblemVersion.problem_id == spec.id, ProblemVersion.spec_hash == spec.version))
+            ProblemVersion.problem_id == assignment_problem.problem_id,
+            ProblemVersion.spec_hash == spec.version))
         if version is None:
             raise
     return get_or_create_instance(session, user, assignment_problem, version, secret,
@@ -456,6 +458,52 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+# --- checking without grading ------------------------------------------------------
+
+
+def check_answer(
+    session: Session, *, user: User, assignment_id: int, problem_id: str, answer: Any,
+    now: dt.datetime, bank: Mapping[str, Any], secret: bytes, judge: Any = None,
+    commit: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Validation only, as STACK separates validation from assessment: parse the answer
+    and (equations) check every line's shape on the student's instance. Nothing is
+    stored, nothing is graded, no attempt is used; works in any phase once the
+    assignment is open. Returns ``{"valid", "errors": [{"line", "message"}], "stored":
+    False}``; raises ValidationError (bad text), NotFound, Unavailable (the check took
+    too long, or failed on our side). ``commit`` (the caller's) is called once the
+    instance is read or drawn, so that no lock is held while the judge checks."""
+    text = clean_answer(answer)
+    assignment_problem = assignment_problem_for(session, user, assignment_id, problem_id)
+    if now < assignment_problem.assignment.open_at and not user.is_admin:
+        raise NotFound(f"problem: no problem {problem_id!r} in assignment {assignment_id} "
+                       "of your courses is open yet")
+    instance = ensure_instance(session, user, assignment_problem, bank, secret)
+    spec = spec_for_version(bank, instance.problem_version)
+    document_json = instance.reference_json
+    if commit is not None:
+        commit()
+    if spec.answer == "numpy":
+        from server.sandbox.source import check_source
+
+        problem = check_source(text, "backward")
+        errors = [] if problem is None else [{"line": problem.line or 0,
+                                              "message": problem.message}]
+    else:
+        from server.judge import JudgeError, get_judge, grade
+
+        try:
+            result = grade(judge or get_judge(), spec, document_json, text, task="check")
+        except JudgeError as exc:
+            log.warning("checking an answer to %s failed in the judge (%s)", spec.id, exc.kind)
+            why = {"timeout": "it took too long to evaluate",
+                   "memory": "it needed too much memory"}.get(exc.kind, "our checker failed")
+            raise Unavailable(f"answer: could not be checked: {why}. Nothing was stored; "
+                              "simplify it, or try again in a moment") from None
+        errors = list(result.get("errors", []))
+    return {"valid": not errors, "errors": errors, "stored": False, "answer_type": spec.answer}
+
+
 # --- reading submissions -------------------------------------------------------------
 
 
@@ -470,6 +518,20 @@ def attempts_left(session: Session, submission_or_problem: Submission | Assignme
     if limit is None:
         return None
     return max(0, limit - len(used_attempts(session, user_id, assignment_problem.id)))
+
+
+def attempts_left_after(session: Session, submission: Submission) -> int | None:
+    """Attempts its author had left right after ``submission`` (None: unlimited):
+    what a past submission's feedback says, whatever came later."""
+    limit = submission.assignment_problem.assignment.max_attempts
+    if limit is None:
+        return None
+    used = session.scalar(select(func.count(Submission.id)).where(
+        Submission.user_id == submission.user_id,
+        Submission.assignment_problem_id == submission.assignment_problem_id,
+        Submission.attempt.is_not(None),
+        Submission.id <= submission.id))
+    return max(0, limit - int(used or 0))
 
 
 def own_submission(session: Session, user: User, submission_id: int) -> Submission:
@@ -495,9 +557,11 @@ def problem_submissions(session: Session, user: User,
 
 def course_submissions(
     session: Session, course: Course, assignment_id: int | None = None, *,
-    status: str | None = None, limit: int = 500,
+    status: str | None = None, user_id: int | None = None, problem_id: str | None = None,
+    limit: int = 500,
 ) -> list[Submission]:
-    """Every submission in a course (refused ones too), newest first, for staff."""
+    """Every submission in a course (refused ones too), newest first, for staff;
+    optionally of one assignment, status, student or problem."""
     query = (
         select(Submission)
         .join(AssignmentProblem, AssignmentProblem.id == Submission.assignment_problem_id)
@@ -513,6 +577,10 @@ def course_submissions(
         query = query.where(Assignment.id == assignment_id)
     if status is not None:
         query = query.where(Submission.status == status)
+    if user_id is not None:
+        query = query.where(Submission.user_id == user_id)
+    if problem_id is not None:
+        query = query.where(AssignmentProblem.problem_id == problem_id)
     return list(session.scalars(query))
 
 

@@ -7,7 +7,8 @@ out) and creates a ``regrade`` job (services.jobs) that runs in chunks. Each
 chunk:
 
 1. reads its submissions and, with ``redraw``, draws their instances again on
-   the problem's current spec, keeping each instance's seed (the hidden-instance
+   the problem's latest version (the database's bank of record), keeping each
+   instance's seed (the hidden-instance
    seeds stay as stored on each submission);
 2. grades them with no transaction open (``_grade``: the one call into the
    grading pipeline), several at once;
@@ -149,6 +150,7 @@ class _Task:
 
 @dataclasses.dataclass(frozen=True)
 class _Redraw:
+    problem_key: str  # the problem (AssignmentProblem.problem_id)
     version_spec: Any  # the spec drawn from (its version is recorded when applied)
     draw: Any  # services.instances.Draw
 
@@ -197,7 +199,8 @@ def _task(submission: Submission, bank: Mapping[str, Any], redraw: bool,
         if current is not None:
             draw = grading.draw_for_seed(current, instance.seed)
             if current.version != spec.version or dumps(draw.reference) != document_json:
-                redraws[instance.id] = _Redraw(current, draw)
+                redraws[instance.id] = _Redraw(instance.problem_version.problem_id, current,
+                                               draw)
             spec, document_json = current, dumps(draw.reference)
         documents[instance.id] = (spec, document_json)
     spec, document_json = documents[instance.id]
@@ -259,7 +262,8 @@ def _apply_group(session: Session, instance_id: int, group: list[tuple[_Task, An
                  .selectinload(AssignmentProblem.assignment)))}
     if write and redraw is not None:
         instance = session.get(Instance, instance_id)
-        version = record_problem_version(session, redraw.version_spec)
+        version = record_problem_version(session, redraw.version_spec,
+                                         problem_key=redraw.problem_key)
         instance.problem_version_id = version.id
         instance.dims_json = dumps(redraw.draw.dims)
         instance.choices_json = dumps(redraw.draw.choices)
@@ -292,12 +296,18 @@ def _apply_group(session: Session, instance_id: int, group: list[tuple[_Task, An
     return changes, errors
 
 
-def regrade_ids(factory: Any, ids: Sequence[int], *, bank: Mapping[str, Any], redraw: bool,
-                threads: int, write: bool, job_id: int | None = None,
+def regrade_ids(factory: Any, ids: Sequence[int], *, bank: Mapping[str, Any] | None,
+                redraw: bool, threads: int, write: bool, job_id: int | None = None,
                 attempt: int = 1, actor_id: int | None = None, reason: str = ""
                 ) -> tuple[list[Change], int]:
-    """Regrade ``ids`` (one chunk); with ``write``, apply instance by instance."""
-    tasks, redraws = _prepare(_load(factory, ids), bank, redraw)
+    """Regrade ``ids`` (one chunk); with ``write``, apply instance by instance.
+    ``bank``: problem key -> current spec; None: the database's (services.bank)."""
+    with factory() as bank_session:
+        begin_as_reader(bank_session)
+        submissions = _load(factory, ids)
+        tasks, redraws = _prepare(submissions, bank if bank is not None
+                                  else _database_bank(bank_session), redraw)
+        bank_session.rollback()
     outcomes = _graded(tasks, threads)
     changes: list[Change] = []
     errors = 0
@@ -313,8 +323,6 @@ def regrade_ids(factory: Any, ids: Sequence[int], *, bank: Mapping[str, Any], re
                 add_progress(session, job_id, attempt, done=len(group), changed=len(found),
                              errors=failed)
             session.commit()
-            if not write:
-                session.rollback()
         changes += found
         errors += failed
     return changes, errors
@@ -333,7 +341,7 @@ def regrade_chunk(engine: Engine, job_id: int, chunk: int, attempt: int,
                 reason=args.get("reason", ""))
 
 
-def preview_regrade(engine: Engine, ids: Sequence[int], *, bank: Mapping[str, Any],
+def preview_regrade(engine: Engine, ids: Sequence[int], *, bank: Mapping[str, Any] | None,
                     redraw: bool, threads: int = 4) -> Summary:
     """What a regrade of ``ids`` would change (``--dry-run``): writes nothing."""
     factory = make_sessionmaker(engine)
@@ -347,10 +355,13 @@ def preview_regrade(engine: Engine, ids: Sequence[int], *, bank: Mapping[str, An
     return Summary(len(ids), len(changes), errors, None, changes)
 
 
-def _bank(settings: Mapping[str, Any]) -> Mapping[str, Any]:
+def _bank(settings: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """A bank given to the runner (tests, tools), or None: the database's."""
     bank = settings.get("bank")
-    if bank is None:
-        from server.engine.bank import load_bank
-
-        return load_bank()
     return bank() if callable(bank) else bank
+
+
+def _database_bank(session: Session) -> Mapping[str, Any]:
+    from server.services.bank import DatabaseBank
+
+    return DatabaseBank(session, None, scope_all=True)

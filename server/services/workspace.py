@@ -171,8 +171,13 @@ def _definitions_mathml(document: Mapping[str, Any]) -> list[dict[str, Any]]:
         name = name.strip()
         try:
             expr = parse_scalar_expression(text, symbols, what="spec")
-            body = (f"<mrow><mi>{name}</mi><mo>=</mo>"
+            # The name as sympy prints it on the right-hand sides (g1 is g with
+            # subscript 1 everywhere), and exp(u) as e^u with an upright e, not
+            # the double-struck exponential e.
+            lhs = mathml(sympy.Symbol(name), printer="presentation")
+            body = (f"<mrow>{lhs}<mo>=</mo>"
                     f"{mathml(expr, printer='presentation')}</mrow>")
+            body = body.replace("<mi>&ExponentialE;</mi>", '<mi mathvariant="normal">e</mi>')
             markup = ('<math xmlns="http://www.w3.org/1998/Math/MathML" display="block">'
                       + body.replace("&InvisibleTimes;", "&#x2062;") + "</math>")
         except (ExpressionFormatError, sympy.SympifyError):
@@ -221,14 +226,21 @@ def values_npz(instance: Instance) -> bytes:
     return buffer.getvalue()
 
 
-def formatted_values(spec: Any, document: Mapping[str, Any]) -> list[tuple[str, str, str]]:
-    """(name, shape, text) for showing values on the page, as the spec's decimals print them."""
+def formatted_values(spec: Any, document: Mapping[str, Any],
+                     order: list[str] | None = None) -> list[tuple[str, str, str]]:
+    """(name, shape, text) for showing values on the page, as the spec's decimals print
+    them; in ``order`` (the variables table's: inputs and parameters, then the forward
+    steps), then the given gradient and anything else."""
     import numpy as np
 
     from server.engine.render import format_array
 
+    values = document.get("values", {})
+    rank = {name: k for k, name in enumerate(order or [])}
+    names = sorted(values, key=lambda n: (rank.get(n, len(rank)), n.startswith("d")))
     out = []
-    for name, value in document.get("values", {}).items():
+    for name in names:
+        value = values[name]
         if isinstance(value, list) and value and isinstance(value[0], list) and value[0] \
                 and isinstance(value[0][0], list):
             for t, step in enumerate(value):
@@ -239,3 +251,86 @@ def formatted_values(spec: Any, document: Mapping[str, Any]) -> list[tuple[str, 
             array = np.asarray(value, dtype=float)
             out.append((name, "×".join(map(str, array.shape)), format_array(array, spec.decimals)))
     return out
+
+
+# --- help where the student writes ------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ConstantUse:
+    name: str
+    value: int
+    used_in: list[str]  # the definitions that use it (empty: not used by this draw)
+
+
+def constant_uses(spec: Any, document: Mapping[str, Any]) -> list[ConstantUse]:
+    """An expression problem's constants, and which of the student's definitions use
+    them (the definitions are shown with the constants already substituted)."""
+    import re
+
+    from server.engine.spec import substitute_choices
+
+    constants = document.get("constants") or {}
+    if not constants:
+        return []
+    picked = {name: spec.choices[name][index][1]
+              for name, index in zip(spec.choices, document["choice_index"])}
+    text, _ = substitute_choices(spec.forward_template, picked)
+    uses: dict[str, list[str]] = {name: [] for name in constants}
+    for line in text.splitlines():
+        target, _, expr = line.partition("=")
+        for name in constants:
+            if re.search(rf"\b{re.escape(name)}\b", expr):
+                uses[name].append(target.strip())
+    return [ConstantUse(name, int(value), uses[name]) for name, value in constants.items()]
+
+
+def worked_line(spec: Any, document: Mapping[str, Any]) -> dict[str, str] | None:
+    """One line worked from this problem's own structure, for the help box:
+    ``{"source", "line", "why"}``. Equations and numpy: a line of the model
+    backward program that shows a rule in this language (a relu mask, else an
+    element-wise derivative, else a transpose in a product); expressions: the
+    derivative of the first definition."""
+    if spec.answer == "expression":
+        return cached(_MATHML_CACHE, ("worked", spec.version, str(document.get("seed"))),
+                      lambda: _worked_expression(document))
+    key = ("worked", spec.version, tuple(document["choice_index"]))
+    return cached(_MATHML_CACHE, key, lambda: _worked_equation(spec, document))
+
+
+def _worked_equation(spec: Any, document: Mapping[str, Any]) -> dict[str, str] | None:
+    from server.engine.solution import model_lines
+
+    program = spec.program(tuple(document["choice_index"]))
+    # Never a line that writes an asked gradient: the help shows the language, it
+    # does not answer the problem.
+    lines = [line for line in model_lines(spec, program) if line.target[1:] not in program.ask]
+
+    def pick(test: Any) -> Any:
+        return next((line for line in lines if test(line.rhs)), None)
+
+    chosen = (pick(lambda rhs: "> 0" in rhs) or pick(lambda rhs: "*" in rhs and "(" in rhs)
+              or pick(lambda rhs: ".T" in rhs or "@" in rhs))
+    if chosen is not None:
+        return {"source": chosen.step.source, "line": chosen.statement,
+                "why": "the rule of this forward step"}
+    # Only asked gradients to write: the notation with this problem's own names.
+    names = [n for n in program.leaves if n in document["shapes"]] or list(document["shapes"])
+    if not names:
+        return None
+    a = names[0]
+    return {"source": "", "line": f"{a}.T,  ({a} > 0),  ones_like({a})",
+            "why": f"the transpose of {a}, a 0/1 mask from {a}, ones of {a}'s shape"}
+
+
+def _worked_expression(document: Mapping[str, Any]) -> dict[str, str] | None:
+    import sympy
+
+    from server.engine.symbolic import parse_scalar_expression
+
+    variable = document["ask"][0]
+    first = document["forward"].splitlines()[0]
+    name, _, text = first.partition("=")
+    derivative = sympy.diff(parse_scalar_expression(text, [variable]), sympy.Symbol(variable))
+    return {"source": first.strip(), "line": sympy.sstr(derivative),
+            "why": f"d{name.strip()}/d{variable}, the first factor of the chain rule"}

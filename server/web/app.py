@@ -120,19 +120,37 @@ def build_app(config: dict[str, Any] | None = None) -> Flask:
 
 
 def _register_blueprints(app: Flask) -> None:
-    from server.web import api, auth, gradebook, instructor, student, ta
+    from server.web import (
+        api,
+        api_problems,
+        auth,
+        gradebook,
+        instructor,
+        staff_problems,
+        student,
+        ta,
+    )
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(student.bp)
     app.register_blueprint(ta.bp)
     app.register_blueprint(instructor.bp)
+    app.register_blueprint(staff_problems.bp)
     app.register_blueprint(gradebook.bp)
     csrf.exempt(api.bp)  # token-authenticated, no cookies: CSRF does not apply
     app.register_blueprint(api.bp)
+    csrf.exempt(api_problems.bp)
+    app.register_blueprint(api_problems.bp)
     # The static view is public (declared here, since Flask creates it).
     from server.web.access import mark_public
 
     mark_public(app.view_functions["static"])
+
+    def favicon() -> Response:
+        # Browsers that ignore <link rel="icon"> ask for /favicon.ico: no 404 in the log.
+        return app.send_static_file("favicon.svg")
+
+    app.add_url_rule("/favicon.ico", "favicon", mark_public(favicon))
 
 
 def _register_template_helpers(app: Flask) -> None:

@@ -25,7 +25,6 @@ from server.services import exports, gradebook, grading, jobs, overrides, regrad
 from server.services.assignments import get_course_assignment
 from server.services.errors import NotFound, ServiceError, ValidationError
 from server.web.access import end_transaction, role_required
-from server.web.bank import get_bank
 from server.web.forms import (
     ExtensionForm,
     OverrideForm,
@@ -66,7 +65,9 @@ def csv_response(session: Any, course: Course, fmt_raw: str | None,
 def job_settings() -> dict[str, Any]:
     config = current_app.config
     return {**config["NABLA_JOBS"], "redis_url": config.get("NABLA_REDIS_URL"),
-            "queue": config.get("NABLA_REDIS_PREFIX", "nabla:") + "jobs", "bank": get_bank()}
+            "queue": config.get("NABLA_REDIS_PREFIX", "nabla:") + "jobs",
+            # A bank handed to the app (tests, tools); else each chunk reads the database's.
+            "bank": config.get("NABLA_PROBLEM_BANK")}
 
 
 @bp.route("/<course_code>/grades")

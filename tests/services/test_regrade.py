@@ -205,7 +205,7 @@ def _tamper(session, submission, score):
 
 
 def test_on_rq_an_unchanged_engine_changes_nothing_and_a_changed_result_is_audited(
-        session, course3, rq_env, workers):
+        session, course3, engine_bank, rq_env, workers):
     workers()
     assignment = str(course3["assignment"].id)
     out = _nabla(rq_env, "regrade", "--course", "CS101", "--assignment", assignment,
@@ -223,6 +223,20 @@ def test_on_rq_an_unchanged_engine_changes_nothing_and_a_changed_result_is_audit
         half.id, 0.4, 0.5, "old engine", summary["job"])
     session.expire_all()
     assert session.get(Submission, half.id).score == 0.5
+    # A spec fix saved in the bank of record (as the editor or `nabla problems sync` saves
+    # it): a plain regrade keeps each instance's version; --redraw picks the fix up.
+    from server.services import bank as bank_service
+
+    fixed = fixed_bank(engine_bank)[PROBLEM]
+    bank_service.save_version(session, fixed.source, origin="sync", spec=fixed)
+    session.commit()
+    redrawn = json.loads(_nabla(rq_env, "regrade", "--course", "CS101", "--problem", PROBLEM,
+                                "--redraw", "--wait", "--json").stdout)
+    assert (redrawn["submissions"], redrawn["changed"], redrawn["errors"]) == (3, 1, 0)
+    session.expire_all()
+    assert session.get(Submission, half.id).score == 0.25
+    assert set(session.scalars(select(Instance.problem_version_id))) == {
+        bank_service.latest_version(session, PROBLEM).id}
 
 
 def test_on_rq_a_killed_worker_fails_the_job_which_restarts_without_half_applied_changes(
@@ -329,3 +343,4 @@ def test_nabla_regrade_in_process_dry_run_and_json(session, course3, database_ur
     session.rollback()
     bad = nabla("regrade", "--course", "CS101")
     assert bad.exit_code == 1 and "choose an assignment or a problem" in bad.stderr
+

@@ -51,6 +51,13 @@ def servers(server_env):
 
 
 @pytest.fixture
+def fake_bank(engine_bank):
+    """The real specs: the servers read them from the database, where
+    make_assignment records them."""
+    return engine_bank
+
+
+@pytest.fixture
 def student(session, make_user, make_course, make_assignment):
     user = make_user(session, "student1@example.edu", "Student One", PASSWORD)
     course = make_course(session, "CS101", members={user: "student"})
