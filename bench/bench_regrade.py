@@ -244,6 +244,14 @@ def start_workers(url: str, redis_url: str, prefix: str, count: int, threads: in
     return processes
 
 
+def report(name: str, run: tuple[float, tuple], submissions: int) -> float:
+    elapsed, outcome = run
+    print(f"{name}: {elapsed:.1f} s, {elapsed / submissions * 1e3:.2f} ms per submission, "
+          f"CPU {outcome[-1] / submissions * 1e3:.1f} ms per submission; state, done, "
+          f"changed, errors, CPU s = {outcome}; load average {os.getloadavg()[0]:.1f}")
+    return elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--submissions", type=int, default=10_000)
@@ -281,26 +289,17 @@ def main() -> None:
         if args.runner in ("both", "inprocess"):
             reset(url)
             settings = {"threads": args.threads, "redis_url": None}
-            elapsed, outcome = run_job(url, course_id, assignment_id, settings)
-            results["in-process"] = elapsed
-            print(f"in-process ({args.threads} threads): {elapsed:.1f} s, "
-                  f"{elapsed / args.submissions * 1e3:.2f} ms per submission, CPU "
-                  f"{outcome[-1] / args.submissions * 1e3:.1f} ms per submission; "
-                  f"state, done, changed, errors, CPU s = {outcome}; "
-                  f"load average {os.getloadavg()[0]:.1f}")
+            results["in-process"] = report(f"in-process ({args.threads} threads)", run_job(
+                url, course_id, assignment_id, settings), args.submissions)
         if args.runner in ("both", "rq"):
             reset(url)
             prefix = f"nabla-bench:{secrets.token_hex(4)}:"
             workers = start_workers(url, args.redis, prefix, args.workers, args.threads,
                                     folder)
             settings = {"redis_url": args.redis, "queue": prefix + "jobs"}
-            elapsed, outcome = run_job(url, course_id, assignment_id, settings)
-            results["rq"] = elapsed
-            print(f"RQ ({args.workers} workers x {args.threads} threads): {elapsed:.1f} s, "
-                  f"{elapsed / args.submissions * 1e3:.2f} ms per submission, CPU "
-                  f"{outcome[-1] / args.submissions * 1e3:.1f} ms per submission; "
-                  f"state, done, changed, errors, CPU s = {outcome}; "
-                  f"load average {os.getloadavg()[0]:.1f}")
+            results["rq"] = report(f"RQ ({args.workers} workers x {args.threads} threads)",
+                                   run_job(url, course_id, assignment_id, settings),
+                                   args.submissions)
         if len(results) == 2:
             print(f"ratio RQ / in-process: {results['rq'] / results['in-process']:.2f}")
     finally:

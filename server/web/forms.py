@@ -33,21 +33,19 @@ class ConfirmForm(FlaskForm):
     """A button-only form (logout, revoke): just the CSRF token."""
 
 
-class ChangePasswordForm(FlaskForm):
-    current_password = PasswordField("Current password", validators=[InputRequired()])
-    new_password = PasswordField("New password", validators=[InputRequired(), Length(max=1024)])
-    confirm = PasswordField(
-        "New password again",
-        validators=[InputRequired(), EqualTo("new_password", message="does not match the new password")],
-    )
-
-
 class SetPasswordForm(FlaskForm):
+    """A new password, twice (a set-password link; the profile's change adds the current)."""
+
     new_password = PasswordField("New password", validators=[InputRequired(), Length(max=1024)])
     confirm = PasswordField(
         "New password again",
-        validators=[InputRequired(), EqualTo("new_password", message="does not match the new password")],
+        validators=[InputRequired(),
+                    EqualTo("new_password", message="does not match the new password")],
     )
+
+
+class ChangePasswordForm(SetPasswordForm):
+    current_password = PasswordField("Current password", validators=[InputRequired()])
 
 
 class NewTokenForm(FlaskForm):
