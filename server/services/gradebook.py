@@ -19,7 +19,7 @@ import dataclasses
 import datetime as dt
 from typing import NamedTuple
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import String, and_, case, func, select, type_coerce
 from sqlalchemy.orm import Session, selectinload
 
 from server.models import (
@@ -159,8 +159,11 @@ def _cells(session: Session, assignments: list[Assignment], user_ids: list[int] 
                   Submission.score.is_not(None))
     # One pass for the attempts, the last submission and the best score; the best
     # counts as late when no submission on time reached it.
+    latest = func.max(Submission.created_at)
+    if connection.dialect.name == "sqlite":  # its text, parsed below: 10x faster than the type
+        latest = type_coerce(latest, String)
     stats = connection.execute(scoped(
-        select(*key, func.count(Submission.attempt), func.max(Submission.created_at),
+        select(*key, func.count(Submission.attempt), latest,
                func.max(case((graded, Submission.score))),
                func.max(case((and_(graded, Submission.late.is_(False)), Submission.score))))
         .group_by(*key)))
@@ -187,6 +190,8 @@ def _cells(session: Session, assignments: list[Assignment], user_ids: list[int] 
         else:
             computed = best
             late = best is not None and (best_on_time is None or best_on_time < best)
+        if isinstance(last_at, str):
+            last_at = dt.datetime.fromisoformat(last_at).replace(tzinfo=dt.UTC)
         cells[(user_id, problem_id)] = Cell(computed, computed, attempts, late, False, last_at)
     for pair, score in overrides.items():
         cell = cells.get(pair, EMPTY)
