@@ -101,7 +101,7 @@ def test_bad_export_requests_say_why(client, graded, query, status):
 def test_an_override_shows_in_the_gradebook_both_exports_and_the_students_pages(
         client, graded, app_session):
     login(client, "ta@example.edu")
-    ap_id = graded["hw"].problems[0].id
+    ap_id, hw_id = graded["hw"].problems[0].id, graded["hw"].id
     student_page = f"{GRADES}/students/{graded['ada']}"
     action = f"{student_page}/problems/{ap_id}/override"
     bad = post_form(client, student_page, action, {"score": "150%", "reason": "x"})
@@ -120,8 +120,10 @@ def test_an_override_shows_in_the_gradebook_both_exports_and_the_students_pages(
     app_session.rollback()
     login(client, "ada@example.edu")
     assert "set by staff" in client.get("/").get_data(as_text=True)
+    # (ids read before: an expired object of app_session would begin a write on SQLite)
+    assert "set by staff" in client.get(f"/assignments/{hw_id}").get_data(as_text=True)
     api = client.get("/api/v1/assignments", headers=_auth(graded["tokens"]["ada@example.edu"]))
-    problem = next(a for a in api.json["assignments"] if a["id"] == graded["hw"].id)["problems"][0]
+    problem = next(a for a in api.json["assignments"] if a["id"] == hw_id)["problems"][0]
     assert (problem["score"], problem["overridden"]) == (0.9, True)
 
 
@@ -135,6 +137,10 @@ def test_an_extension_reopens_one_students_assignment(client, graded):
     api = client.get("/api/v1/assignments", headers=_auth(graded["tokens"]["ada@example.edu"]))
     closed = next(a for a in api.json["assignments"] if a["id"] == graded["closed"].id)
     assert closed["phase"] == "open" and closed["extension"]["due_at"].startswith("2999-01-01")
+    login(client, "ada@example.edu")
+    page = client.get(f"/assignments/{graded['closed'].id}").get_data(as_text=True)
+    assert "your extension" in page and "2999-01-01" in page
+    login(client, "teacher@example.edu")
     bad = post_form(client, student_page, action,
                     {"due_at": "2999-01-01T12:00", "late_until": "2998-01-01T12:00"})
     assert bad.status_code == 400 and "before the extended due date" in bad.get_data(as_text=True)
