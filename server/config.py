@@ -171,6 +171,26 @@ def judge_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
             "memory_mb": _int_setting(env, "NABLA_JUDGE_MEMORY_MB", 512, 64)}
 
 
+def job_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Background jobs (server.services.jobs): on RQ when ``NABLA_REDIS_URL`` is set (queue
+    ``<NABLA_REDIS_PREFIX>jobs``), else in a thread; a running job whose heartbeat is
+    older than ``NABLA_JOB_STALE_S`` (60) is failed; ``NABLA_REGRADE_THREADS`` gradings
+    at once per chunk (4)."""
+    env = os.environ if environ is None else environ
+    return {"redis_url": env.get("NABLA_REDIS_URL") or None,
+            "queue": (env.get("NABLA_REDIS_PREFIX") or "nabla:") + "jobs",
+            "stale_s": _int_setting(env, "NABLA_JOB_STALE_S", 60, 1),
+            "threads": _int_setting(env, "NABLA_REGRADE_THREADS", 4, 1),
+            "chunk": _int_setting(env, "NABLA_REGRADE_CHUNK", 200, 1)}
+
+
+def base_url(environ: dict[str, str] | None = None) -> str:
+    """``NABLA_BASE_URL``: where users reach the site, for links made outside a request
+    (``nabla users invite``)."""
+    env = os.environ if environ is None else environ
+    return env.get("NABLA_BASE_URL") or "http://127.0.0.1:5000"
+
+
 def database_url(environ: dict[str, str] | None = None) -> str:
     env = os.environ if environ is None else environ
     return env.get("NABLA_DATABASE_URL") or default_database_url(instance_path(env))
@@ -237,4 +257,5 @@ def load_settings(
         "NABLA_LOGIN_ADDRESS_RATE": _rate_setting(
             env, "NABLA_LOGIN_ADDRESS_RATE", DEFAULT_LOGIN_ADDRESS_RATE, False),
         "NABLA_JUDGE": judge_settings(env),
+        "NABLA_JOBS": job_settings(env),
     } | overrides

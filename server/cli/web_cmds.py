@@ -230,17 +230,33 @@ def courses_enroll(code: str, email: str, role: str) -> None:
 @courses.command("import-roster")
 @click.argument("code")
 @click.argument("csv_file", type=click.File("r", encoding="utf-8-sig"))
-def courses_import_roster(code: str, csv_file: Any) -> None:
-    """Import email,name,role lines into a course (all or nothing)."""
+@click.option("--email-domain", help="Canvas exports: make emails LOGIN@DOMAIN from SIS Login "
+                                     "IDs that are not emails.")
+@click.option("--invites", "invites_file", type=click.File("w"),
+              help="Write one-time set-password links of the new accounts here (CSV: "
+                   "email,name,link); default: standard output.")
+def courses_import_roster(code: str, csv_file: Any, email_domain: str | None,
+                          invites_file: Any) -> None:
+    """Import email,name,role lines, or a Canvas gradebook export, into a course (all or
+    nothing). New accounts get a one-time set-password link, listed once."""
+    from server.config import base_url
+    from server.models import utcnow
     from server.services import courses as course_service
+    from server.services import invites
 
     text = csv_file.read()
+    links = None
     with _transaction() as session:
-        result = course_service.import_roster(session, _course(session, code), text)
-    click.echo(
-        f"{len(result.created)} new accounts, {len(result.enrolled)} enrolled, "
-        f"{len(result.role_changed)} role changes, {len(result.unchanged)} unchanged"
-    )
+        result = course_service.import_roster(session, _course(session, code), text,
+                                              email_domain=email_domain)
+        if result.created:
+            links = invites.new_account_links(session, result.created, base_url(), utcnow())
+    click.echo(result.summary())
+    if links is not None:
+        if invites_file is None:
+            click.echo("set-password links of the new accounts (valid "
+                       f"{invites.INVITE_DAYS} days, shown once):")
+        click.echo(links, file=invites_file, nl=False)
 
 
 # --- nabla demo --------------------------------------------------------------------

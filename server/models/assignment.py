@@ -27,6 +27,7 @@ class Assignment(Base):
         CheckConstraint("late_credit >= 0 AND late_credit <= 100", name="late_credit_percent"),
         CheckConstraint("max_attempts IS NULL OR max_attempts >= 1", name="max_attempts"),
         CheckConstraint("score_policy IN ('best', 'last')", name="score_policy"),
+        CheckConstraint("points >= 0", name="points_nonnegative"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -40,6 +41,10 @@ class Assignment(Base):
     # NULL: unlimited attempts.
     max_attempts: Mapped[int | None]
     score_policy: Mapped[str] = mapped_column(String(8), default=ScorePolicy.BEST.value)
+    # What the assignment is worth in the gradebook and the exports.
+    points: Mapped[float] = mapped_column(default=100.0, server_default="100")
+    # The id of the matching Canvas assignment: the Canvas export titles its column with it.
+    canvas_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     course: Mapped[Course] = relationship(back_populates="assignments")

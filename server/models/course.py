@@ -53,6 +53,12 @@ class Enrollment(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     course_id: Mapped[int] = mapped_column(ForeignKey("courses.id", ondelete="CASCADE"), index=True)
     role: Mapped[str] = mapped_column(String(16))
+    # From a Canvas roster (services.canvas): what a Canvas export needs to match
+    # the student again, and the section shown in the gradebook.
+    section: Mapped[str | None] = mapped_column(String(200))
+    canvas_user_id: Mapped[str | None] = mapped_column(String(64))
+    sis_user_id: Mapped[str | None] = mapped_column(String(100))
+    sis_login_id: Mapped[str | None] = mapped_column(String(254))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     user: Mapped[User] = relationship(back_populates="enrollments")

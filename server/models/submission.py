@@ -100,6 +100,9 @@ class Regrade(Base):
     new_score: Mapped[float | None]
     old_result_json: Mapped[str | None] = mapped_column(Text)
     new_result_json: Mapped[str | None] = mapped_column(Text)
+    # The background job that made this change (services.jobs), if any.
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"),
+                                               index=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     submission: Mapped[Submission] = relationship()

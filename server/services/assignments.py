@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import enum
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,6 +18,8 @@ from server.models import (
     AssignmentProblem,
     Course,
     Enrollment,
+    Extension,
+    ScoreOverride,
     ScorePolicy,
     Submission,
     SubmissionStatus,
@@ -48,6 +51,27 @@ class AssignmentDraft:
     late_credit: int = 0  # percent of the score earned between due_at and late_until
     max_attempts: int | None = None  # None: unlimited
     score_policy: str = ScorePolicy.BEST.value
+    points: float = 100.0  # what the assignment is worth in the gradebook and exports
+    canvas_id: str | None = None  # the matching Canvas assignment's id, if any
+
+
+# Canvas's gradebook import reads columns with these titles as its own totals.
+CANVAS_RESERVED_PARTS = ("Current Score", "Final Score", "Unposted")
+CANVAS_RESERVED_TITLES = ("Grade",)
+MAX_POINTS = 100_000.0
+_CANVAS_ID = re.compile(r"^[0-9]{1,20}$")
+
+
+def canvas_title_problem(title: str) -> str | None:
+    """Why Canvas would misread an assignment column with this title, or None."""
+    for part in CANVAS_RESERVED_PARTS:
+        if part.lower() in title.lower():
+            return (f"contains {part!r}, which Canvas's gradebook import reads as one of its "
+                    "own total columns; choose another title")
+    if title.strip().lower() in {t.lower() for t in CANVAS_RESERVED_TITLES}:
+        return ("is 'Grade', a title Canvas's gradebook import reads as its own column; "
+                "choose another title")
+    return None
 
 
 def _require_aware(value: Any, field: str) -> dt.datetime:
@@ -65,6 +89,17 @@ def validate_draft(draft: AssignmentDraft, bank: Mapping[str, Any]) -> Assignmen
         raise ValidationError("title", "is required")
     if len(title) > MAX_TITLE_LENGTH:
         raise ValidationError("title", f"is longer than {MAX_TITLE_LENGTH} characters")
+    reserved = canvas_title_problem(title)
+    if reserved:
+        raise ValidationError("title", reserved)
+    points = draft.points
+    if (isinstance(points, bool) or not isinstance(points, int | float)
+            or not math.isfinite(points) or not 0 <= points <= MAX_POINTS):
+        raise ValidationError("points", f"must be a number between 0 and {MAX_POINTS:g}")
+    canvas_id = (draft.canvas_id or "").strip() or None
+    if canvas_id is not None and not _CANVAS_ID.match(canvas_id):
+        raise ValidationError("canvas_id", f"{canvas_id!r} is not a Canvas assignment id "
+                                           "(digits, as in .../assignments/12345)")
     open_at = _require_aware(draft.open_at, "open_at")
     due_at = _require_aware(draft.due_at, "due_at")
     if due_at < open_at:
@@ -117,6 +152,8 @@ def validate_draft(draft: AssignmentDraft, bank: Mapping[str, Any]) -> Assignmen
         max_attempts=max_attempts,
         score_policy=policy,
         problems=[ProblemChoice(c.problem_id, float(c.weight)) for c in draft.problems],
+        points=float(points),
+        canvas_id=canvas_id,
     )
 
 
@@ -134,6 +171,8 @@ def create_assignment(
         late_credit=draft.late_credit,
         max_attempts=draft.max_attempts,
         score_policy=draft.score_policy,
+        points=draft.points,
+        canvas_id=draft.canvas_id,
     )
     session.add(assignment)
     for position, choice in enumerate(draft.problems):
@@ -182,6 +221,8 @@ def update_assignment(
     assignment.late_credit = draft.late_credit
     assignment.max_attempts = draft.max_attempts
     assignment.score_policy = draft.score_policy
+    assignment.points = draft.points
+    assignment.canvas_id = draft.canvas_id
     for ap in removed:
         assignment.problems.remove(ap)
     session.flush()  # delete removed rows before re-adding the same problem is possible
@@ -265,20 +306,37 @@ class Window:
     message: str
 
 
-def submission_window(assignment: Assignment, now: dt.datetime) -> Window:
-    """Whether a submission made at ``now`` is accepted, and for what credit."""
+def submission_window(assignment: Assignment, now: dt.datetime,
+                      extension: Extension | None = None) -> Window:
+    """Whether a submission made at ``now`` is accepted, and for what credit;
+    with a student's ``extension``, its due and late-until dates count instead."""
+    due_at, late_until = assignment.due_at, assignment.late_until
+    if extension is not None:
+        due_at, late_until = extension.due_at, extension.late_until
     if now < assignment.open_at:
         return Window(Phase.UPCOMING, False, False, 0.0,
                       f"this assignment opens at {assignment.open_at:%Y-%m-%d %H:%M} UTC")
-    if now <= assignment.due_at:
+    if now <= due_at:
         return Window(Phase.OPEN, True, False, 1.0, "open")
-    if assignment.late_until is not None and now <= assignment.late_until:
+    if late_until is not None and now <= late_until:
         return Window(Phase.LATE, True, True, assignment.late_credit / 100,
-                      f"late: submissions until {assignment.late_until:%Y-%m-%d %H:%M} UTC "
+                      f"late: submissions until {late_until:%Y-%m-%d %H:%M} UTC "
                       f"earn {assignment.late_credit}% of their score")
-    last = assignment.late_until or assignment.due_at
+    last = late_until or due_at
     return Window(Phase.CLOSED, False, False, 0.0,
                   f"closed: the last submission time was {last:%Y-%m-%d %H:%M} UTC")
+
+
+def student_extension(session: Session, user_id: int, assignment: Assignment
+                      ) -> Extension | None:
+    return session.scalar(select(Extension).where(Extension.user_id == user_id,
+                                                  Extension.assignment_id == assignment.id))
+
+
+def student_window(session: Session, user_id: int, assignment: Assignment,
+                   now: dt.datetime) -> Window:
+    """``submission_window`` for one student: their extension counts, if they have one."""
+    return submission_window(assignment, now, student_extension(session, user_id, assignment))
 
 
 # --- a student's view ----------------------------------------------------------------
@@ -288,7 +346,9 @@ def submission_window(assignment: Assignment, now: dt.datetime) -> Window:
 class ProblemStatus:
     assignment_problem: AssignmentProblem
     attempts_used: int
-    score: float | None  # per the assignment's policy; None before any graded attempt
+    # Per the assignment's policy, or the staff's override; None before any graded attempt.
+    score: float | None
+    overridden: bool = False  # the score was set by the course staff
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,6 +356,7 @@ class AssignmentStatus:
     assignment: Assignment
     window: Window
     problems: list[ProblemStatus]
+    extension: Extension | None = None  # this student's own dates, if staff gave them
 
     @property
     def score(self) -> float | None:
@@ -347,7 +408,16 @@ def student_assignments(
     assignments = list(session.scalars(query))
     problem_ids = [ap.id for a in assignments for ap in a.problems]
     by_problem: dict[int, list[Submission]] = {}
+    overrides: dict[int, float] = {}
+    extensions: dict[int, Extension] = {}
     if problem_ids:
+        overrides = dict(session.execute(
+            select(ScoreOverride.assignment_problem_id, ScoreOverride.score).where(
+                ScoreOverride.user_id == user.id,
+                ScoreOverride.assignment_problem_id.in_(problem_ids))).all())
+        extensions = {e.assignment_id: e for e in session.scalars(select(Extension).where(
+            Extension.user_id == user.id,
+            Extension.assignment_id.in_([a.id for a in assignments])))}
         for submission in session.scalars(
             select(Submission).where(
                 Submission.user_id == user.id,
@@ -361,6 +431,12 @@ def student_assignments(
         for ap in assignment.problems:
             subs = by_problem.get(ap.id, [])
             used = sum(1 for s in subs if s.attempt is not None)
-            problems.append(ProblemStatus(ap, used, problem_score(subs, assignment.score_policy)))
-        statuses.append(AssignmentStatus(assignment, submission_window(assignment, now), problems))
+            if ap.id in overrides:
+                problems.append(ProblemStatus(ap, used, overrides[ap.id], overridden=True))
+            else:
+                problems.append(
+                    ProblemStatus(ap, used, problem_score(subs, assignment.score_policy)))
+        extension = extensions.get(assignment.id)
+        window = submission_window(assignment, now, extension)
+        statuses.append(AssignmentStatus(assignment, window, problems, extension))
     return statuses

@@ -163,6 +163,21 @@ class RosterImportResult:
     enrolled: list[str] = dataclasses.field(default_factory=list)  # new enrollments
     role_changed: list[str] = dataclasses.field(default_factory=list)
     unchanged: list[str] = dataclasses.field(default_factory=list)
+    updated: list[str] = dataclasses.field(default_factory=list)  # Canvas ids or section
+
+    @property
+    def changed_nothing(self) -> bool:
+        return not (self.created or self.enrolled or self.role_changed or self.updated)
+
+    def summary(self) -> str:
+        if self.changed_nothing:
+            return (f"nothing changed: all {len(self.unchanged)} rows are already in the "
+                    "course as they are in the file")
+        text = (f"{len(self.created)} new accounts, {len(self.enrolled)} enrolled, "
+                f"{len(self.role_changed)} role changes, ")
+        if self.updated:
+            text += f"{len(self.updated)} updated (Canvas ids or section), "
+        return text + f"{len(self.unchanged)} unchanged"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,12 +231,18 @@ def parse_roster_csv(text: str) -> list[_RosterRow]:
     return rows
 
 
-def import_roster(session: Session, course: Course, text: str) -> RosterImportResult:
+def import_roster(session: Session, course: Course, text: str,
+                  email_domain: str | None = None) -> RosterImportResult:
     """Create missing accounts (without passwords) and enroll everyone; all or nothing.
 
     Every row is checked before anything is written, so a file with an error
-    changes nothing.
+    changes nothing. A Canvas gradebook export (recognised by its header) is
+    read by ``services.canvas``.
     """
+    from server.services import canvas
+
+    if canvas.is_canvas_export(text):
+        return canvas.import_canvas_roster(session, course, text, email_domain)
     rows = parse_roster_csv(text)
     existing = {
         user.email: user

@@ -50,7 +50,7 @@ from server.models import (
     User,
 )
 from server.models.base import dumps
-from server.services.assignments import Window, assignment_problem_for, submission_window
+from server.services.assignments import Window, assignment_problem_for, student_window
 from server.services.errors import Forbidden, NotFound, Unavailable, ValidationError
 from server.services.instances import Draw, derive_seed, get_instance, get_or_create_instance
 from server.services.problems import record_problem_version
@@ -174,6 +174,11 @@ def _draw_from(spec: Any) -> Callable[[int], Draw]:
     return draw_for_seed
 
 
+def draw_for_seed(spec: Any, seed: int) -> Draw:
+    """The engine's draw of ``spec`` for ``seed`` (a regrade's redraw keeps the seed)."""
+    return _draw_from(spec)(seed)
+
+
 def ensure_instance(
     session: Session, user: User, assignment_problem: AssignmentProblem,
     bank: Mapping[str, Any], secret: bytes,
@@ -253,7 +258,7 @@ def store_answer(
     key = clean_client_key(client_key)
     assignment_problem = assignment_problem_for(session, user, assignment_id, problem_id)
     assignment = assignment_problem.assignment
-    window = submission_window(assignment, now)
+    window = student_window(session, user.id, assignment, now)
     instance = ensure_instance(session, user, assignment_problem, bank, secret)
     spec = spec_for_version(bank, instance.problem_version)
     submission, created, attempts_used = store_submission_once(

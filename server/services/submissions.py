@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from server.db import write_transaction
 from server.models import AssignmentProblem, Instance, Submission, SubmissionStatus, User
 from server.models.base import dumps
-from server.services.assignments import submission_window
+from server.services.assignments import student_window
 from server.services.errors import Conflict
 
 MAX_ALLOCATION_TRIES = 8
@@ -121,7 +121,7 @@ def store_submission_once(
         if earlier is not None:
             return StoreResult(earlier, False, None)
     assignment = assignment_problem.assignment
-    window = submission_window(assignment, now)
+    window = student_window(session, user.id, assignment, now)
 
     def new(status: SubmissionStatus, attempt: int | None,
             refused: str | None = None) -> Submission:

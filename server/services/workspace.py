@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from server.models import Assignment, AssignmentProblem, Instance, Submission, User
-from server.services.assignments import Window, assignment_problem_for, submission_window
+from server.services.assignments import Window, assignment_problem_for, student_window
 from server.services.grading import (
     cached,
     ensure_instance,
@@ -83,7 +83,7 @@ def open_problem(
 
     assignment_problem = assignment_problem_for(session, user, assignment_id, problem_id)
     assignment = assignment_problem.assignment
-    window = submission_window(assignment, now)
+    window = student_window(session, user.id, assignment, now)
     if now < assignment.open_at and not user.is_admin:
         raise NotFound(f"problem: assignment {assignment.title!r} opens at "
                        f"{assignment.open_at:%Y-%m-%d %H:%M} UTC")

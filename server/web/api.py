@@ -52,6 +52,10 @@ def assignment_json(status: AssignmentStatus) -> dict[str, Any]:
         "max_attempts": assignment.max_attempts,
         "score_policy": assignment.score_policy,
         "phase": status.window.phase.value,
+        # This student's own dates (an extension from the staff), which the window follows.
+        "extension": None if status.extension is None else {
+            "due_at": _iso(status.extension.due_at),
+            "late_until": _iso(status.extension.late_until)},
         "score": status.score,
         "problems": [
             {
@@ -60,7 +64,8 @@ def assignment_json(status: AssignmentStatus) -> dict[str, Any]:
                 "answer_type": p.assignment_problem.problem.answer_type,
                 "weight": p.assignment_problem.weight,
                 "attempts_used": p.attempts_used,
-                "score": p.score,  # by the score policy: best or last
+                "score": p.score,  # by the score policy (best or last), or set by staff
+                "overridden": p.overridden,
             }
             for p in status.problems
         ],
@@ -254,3 +259,27 @@ def submission(submission_id: int) -> Response:
     sub.assignment_problem  # noqa: B018  (the summary names its problem)
     end_transaction()
     return jsonify(grading.submission_summary(sub, left))
+
+
+@bp.route("/courses/<course_code>/grades.csv")
+@token_required
+@reads_first
+def grades_csv(course_code: str) -> Response:
+    """The course's grades as CSV (``format=long|canvas``, ``assignment=ID``): the bytes
+    of the gradebook page's export. Course staff only."""
+    from server.services.courses import STAFF_ROLES, get_course, role_in_course
+    from server.web.gradebook import csv_response
+
+    session = get_session()
+    user = g.api_user
+    course = get_course(session, course_code)
+    role = None if course is None else role_in_course(session, user, course)
+    if course is None or (role is None and not user.is_admin):
+        abort(404, f"There is no course {course_code}.")
+    if role not in STAFF_ROLES and not user.is_admin:
+        abort(403, "Grades are for the course's staff only.")
+    raw = request.args.get("assignment") or None
+    if raw is not None and not raw.isdigit():
+        abort(400, f"assignment: {raw!r} is not a number")
+    return csv_response(session, course, request.args.get("format"),
+                        None if raw is None else int(raw))

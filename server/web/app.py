@@ -120,13 +120,23 @@ def build_app(config: dict[str, Any] | None = None) -> Flask:
 
 
 def _register_blueprints(app: Flask) -> None:
-    from server.web import api, api_problems, auth, instructor, staff_problems, student, ta
+    from server.web import (
+        api,
+        api_problems,
+        auth,
+        gradebook,
+        instructor,
+        staff_problems,
+        student,
+        ta,
+    )
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(student.bp)
     app.register_blueprint(ta.bp)
     app.register_blueprint(instructor.bp)
     app.register_blueprint(staff_problems.bp)
+    app.register_blueprint(gradebook.bp)
     csrf.exempt(api.bp)  # token-authenticated, no cookies: CSRF does not apply
     app.register_blueprint(api.bp)
     csrf.exempt(api_problems.bp)

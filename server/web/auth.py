@@ -15,7 +15,13 @@ from server.services import accounts, tokens
 from server.services.errors import ServiceError, ValidationError
 from server.web.access import login_required, public
 from server.web.app import limiter, rate
-from server.web.forms import ChangePasswordForm, ConfirmForm, LoginForm, NewTokenForm
+from server.web.forms import (
+    ChangePasswordForm,
+    ConfirmForm,
+    LoginForm,
+    NewTokenForm,
+    SetPasswordForm,
+)
 
 bp = Blueprint("auth", __name__)
 login_manager = LoginManager()
@@ -172,3 +178,31 @@ def revoke_token(token_id: int) -> Response:
         else:
             flash(f"The token {row.name!r} is revoked.")
     return redirect(url_for("auth.profile"))
+
+
+@bp.route("/set-password/<token>", methods=["GET", "POST"])
+@public
+def set_password(token: str) -> Response | tuple[str, int]:
+    """A one-time link from an instructor (services.invites): choose a password."""
+    from server.models import utcnow
+    from server.services import invites
+    from server.services.errors import NotFound
+
+    session = get_session()
+    try:
+        invite = invites.valid_invite(session, token, utcnow())
+    except NotFound as exc:
+        return render_template("auth/set_password.html", form=None, error=str(exc)), 404
+    form = SetPasswordForm()
+    if form.validate_on_submit():
+        try:
+            user = invites.redeem_invite(session, token, form.new_password.data, utcnow())
+        except ValidationError as exc:
+            form.new_password.errors.append(exc.reason)
+        else:
+            login_user(user)
+            flash("Your password is set; you are logged in.")
+            return redirect(url_for("student.dashboard"))
+    email = invite.user.email
+    return (render_template("auth/set_password.html", form=form, email=email, error=None),
+            400 if form.is_submitted() else 200)

@@ -33,13 +33,19 @@ class ConfirmForm(FlaskForm):
     """A button-only form (logout, revoke): just the CSRF token."""
 
 
-class ChangePasswordForm(FlaskForm):
-    current_password = PasswordField("Current password", validators=[InputRequired()])
+class SetPasswordForm(FlaskForm):
+    """A new password, twice (a set-password link; the profile's change adds the current)."""
+
     new_password = PasswordField("New password", validators=[InputRequired(), Length(max=1024)])
     confirm = PasswordField(
         "New password again",
-        validators=[InputRequired(), EqualTo("new_password", message="does not match the new password")],
+        validators=[InputRequired(),
+                    EqualTo("new_password", message="does not match the new password")],
     )
+
+
+class ChangePasswordForm(SetPasswordForm):
+    current_password = PasswordField("Current password", validators=[InputRequired()])
 
 
 class NewTokenForm(FlaskForm):
@@ -83,6 +89,8 @@ class AssignmentForm(FlaskForm):
     score_policy = SelectField(
         "Score that counts (best or last attempt)", choices=["best", "last"], default="best",
     )
+    points = FloatField("Points", default=100.0, validators=[Optional()])
+    canvas_id = StringField("Canvas assignment id", validators=[Optional(), Length(max=64)])
     problems = FieldList(FormField(ProblemRowForm))
 
 
@@ -97,6 +105,9 @@ class RosterImportForm(FlaskForm):
         description="One line per person: email,name,role (role: student, ta or instructor; "
         "default student). A header line 'email,name,role' is allowed.",
     )
+    email_domain = StringField(
+        "Email domain (Canvas exports whose SIS Login IDs are not emails)",
+        validators=[Optional(), Length(max=200)])
 
 
 class AnswerForm(FlaskForm):
@@ -106,3 +117,25 @@ class AnswerForm(FlaskForm):
     # A random key per rendering of the form: a double click sends the same key
     # twice and the second request finds the first one's submission.
     submission_key = HiddenField()
+
+
+class OverrideForm(FlaskForm):
+    score = StringField("Score (0 to 1, or a percentage)", validators=[InputRequired(),
+                                                                      Length(max=20)])
+    reason = StringField("Reason", validators=[InputRequired(), Length(max=2000)])
+
+
+class RemoveOverrideForm(FlaskForm):
+    reason = StringField("Reason", validators=[InputRequired(), Length(max=2000)])
+
+
+class ExtensionForm(FlaskForm):
+    due_at = DateTimeLocalField("Due", format=DATETIME_FORMAT, validators=[InputRequired()])
+    late_until = DateTimeLocalField("Late until", format=DATETIME_FORMAT,
+                                    validators=[Optional()])
+
+
+class RegradeForm(FlaskForm):
+    target = StringField(validators=[InputRequired(), Length(max=120)])  # a<id> or p<problem>
+    redraw = BooleanField("Redraw the instances on the problem's current spec (seeds kept)")
+    reason = StringField("Reason", validators=[Optional(), Length(max=2000)])

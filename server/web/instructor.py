@@ -5,11 +5,20 @@ from __future__ import annotations
 import datetime as dt
 from zoneinfo import ZoneInfo
 
-from flask import Blueprint, abort, current_app, flash, redirect, render_template, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from werkzeug.wrappers import Response
 
 from server.db import get_session
-from server.models import Assignment, Course
+from server.models import Assignment, Course, utcnow
 from server.services.assignments import (
     AssignmentDraft,
     ProblemChoice,
@@ -19,6 +28,7 @@ from server.services.assignments import (
 )
 from server.services.courses import RosterError, change_role, import_roster, unenroll
 from server.services.errors import NotFound, ServiceError, ValidationError
+from server.services.invites import new_account_links
 from server.web.access import role_required
 from server.web.bank import get_bank
 from server.web.forms import AssignmentForm, RoleForm, RosterImportForm
@@ -56,6 +66,8 @@ def _assignment_form(course: Course, assignment: Assignment | None = None) -> As
             late_credit=assignment.late_credit,
             max_attempts=assignment.max_attempts,
             score_policy=assignment.score_policy,
+            points=assignment.points,
+            canvas_id=assignment.canvas_id or "",
         )
         chosen = {ap.problem_id for ap in assignment.problems}
         rows = [(ap.problem_id, True, ap.weight) for ap in assignment.problems]
@@ -78,6 +90,8 @@ def _draft_from(form: AssignmentForm) -> AssignmentDraft:
         late_credit=form.late_credit.data,
         max_attempts=form.max_attempts.data,
         score_policy=form.score_policy.data,
+        points=form.points.data if form.points.data is not None else 100.0,
+        canvas_id=form.canvas_id.data or None,
         problems=[
             ProblemChoice(row.problem_id.data, row.weight.data or 1.0)
             for _, _, row in sorted(
@@ -161,20 +175,18 @@ def import_roster_view(course: Course) -> Response | tuple[str, int]:
             errors.append("csv_file: upload a CSV file or paste its text")
         if not errors:
             try:
-                result = import_roster(get_session(), course, text)
+                result = import_roster(get_session(), course, text,
+                                       email_domain=form.email_domain.data or None)
             except RosterError as exc:
                 errors.extend(exc.errors)
             else:
-                flash(
-                    f"Roster imported: {len(result.created)} new accounts, "
-                    f"{len(result.enrolled)} enrolled, {len(result.role_changed)} role changes, "
-                    f"{len(result.unchanged)} unchanged."
-                )
+                flash(f"Roster imported: {result.summary()}.")
                 if result.created:
-                    flash(
-                        "New accounts have no password yet; set one with "
-                        "`nabla users passwd EMAIL`."
-                    )
+                    # Shown this once: the links are stored hashed.
+                    links = new_account_links(get_session(), result.created,
+                                              request.url_root, utcnow())
+                    return render_template("instructor/roster_links.html", course=course,
+                                           links=links), 201
                 return redirect(url_for("ta.course", course_code=course.code))
     status = 400 if form.is_submitted() else 200
     return (

@@ -1,0 +1,241 @@
+"""Background jobs: a database row (kind, arguments, progress, state) plus one function.
+
+A job is split into chunks (``Job.chunks``) that may run on different
+workers. Where they run is the runner's business:
+
+* with ``NABLA_REDIS_URL``: on RQ (``rq``, Redis Queue), one RQ job per chunk on
+  the queue ``<NABLA_REDIS_PREFIX>jobs``, picked up by ``nabla worker``
+  processes on any machine that reaches the same database and Redis;
+* without it (the embedded default): in a background thread of the process
+  that started the job, running the same chunk function.
+
+Progress lives in the row, so any app server shows it. A chunk bumps the
+job's ``heartbeat_at`` every few seconds while it runs; a running job whose
+heartbeat is older than ``NABLA_JOB_STALE_S`` is marked failed (its worker
+died) and can be restarted. A job's function must be safe to run again: a
+restarted regrade finds what was already applied unchanged and leaves it.
+
+The function of a kind is ``JOB_KINDS[kind](engine, job_id, chunk, attempt,
+settings)``; it commits its own transactions (a chunk is long work, not a
+request) and reports progress with ``add_progress``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.orm import Session
+
+from server.db import make_sessionmaker, write_transaction
+from server.models import Course, Job, JobState, Regrade, User, utcnow
+from server.models.base import dumps
+from server.services.errors import Conflict, NotFound
+
+log = logging.getLogger(__name__)
+HEARTBEAT_S = 2.0
+RQ_JOB_TIMEOUT_S = 3600
+ChunkFunction = Callable[[Engine, int, int, int, Mapping[str, Any]], None]
+JOB_KINDS: dict[str, ChunkFunction] = {}
+# Where each kind's function is registered (a worker imports it on first use).
+KIND_MODULES = {"regrade": "server.services.regrade"}
+
+
+def job_kind(kind: str) -> Callable[[ChunkFunction], ChunkFunction]:
+    def register(function: ChunkFunction) -> ChunkFunction:
+        JOB_KINDS[kind] = function
+        return function
+
+    return register
+
+
+def job_function(kind: str) -> ChunkFunction:
+    if kind not in JOB_KINDS and kind in KIND_MODULES:
+        importlib.import_module(KIND_MODULES[kind])
+    if kind not in JOB_KINDS:
+        raise ValueError(f"unknown job kind {kind!r}")
+    return JOB_KINDS[kind]
+
+
+def create_job(session: Session, kind: str, args: Any, *, course: Course | None,
+               actor: User | None, total: int, chunks: int) -> Job:
+    """A queued job row (flush only); ``dispatch`` it after the commit."""
+    job_function(kind)
+    job = Job(kind=kind, args_json=dumps(args), course_id=course.id if course else None,
+              actor_id=actor.id if actor else None, total=total, chunks=max(1, chunks),
+              state=JobState.QUEUED.value)
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(session: Session, job_id: int, course: Course | None = None) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or (course is not None and job.course_id != course.id):
+        raise NotFound(f"job: there is no job {job_id}" + (f" in {course.code}" if course else ""))
+    return job
+
+
+def check_stale(session: Session, job: Job, stale_s: float, now: dt.datetime | None = None
+                ) -> Job:
+    """Mark a running job failed when its heartbeat stopped (its worker died)."""
+    now = now or utcnow()
+    beat = job.heartbeat_at or job.started_at
+    if job.state == JobState.RUNNING and beat is not None \
+            and (now - beat).total_seconds() > stale_s:
+        write_transaction(session)
+        changed = session.execute(
+            update(Job).where(Job.id == job.id, Job.state == JobState.RUNNING.value,
+                              Job.heartbeat_at == job.heartbeat_at)
+            .values(state=JobState.FAILED.value, finished_at=now,
+                    error=f"the worker stopped: no progress since {beat:%Y-%m-%d %H:%M:%S} UTC; "
+                          "restart the job (what it applied is kept and audited)"))
+        if changed.rowcount:  # type: ignore[attr-defined]
+            session.refresh(job)
+    return job
+
+
+def job_progress(job: Job) -> dict[str, Any]:
+    """The job as the progress bar and the API show it."""
+    return {"job": job.id, "kind": job.kind, "state": job.state, "total": job.total,
+            "done": job.done, "changed": job.changed, "errors": job.errors,
+            "error": job.error, "percent": round(100 * job.done / job.total) if job.total else
+            (100 if job.state == JobState.DONE else 0)}
+
+
+def restart_job(session: Session, job: Job) -> Job:
+    """Queue a failed job again (flush only; ``dispatch`` it after the commit)."""
+    if job.state != JobState.FAILED:
+        raise Conflict(f"job: job {job.id} is {job.state}; only a failed job can be restarted")
+    write_transaction(session)
+    job.state, job.error = JobState.QUEUED.value, None
+    job.attempt += 1
+    job.done = job.errors = job.chunks_done = 0
+    job.started_at = job.finished_at = job.heartbeat_at = None
+    session.flush()
+    return job
+
+
+# --- running chunks -------------------------------------------------------------------
+
+
+def add_progress(session: Session, job_id: int, attempt: int, *, done: int = 0,
+                 changed: int = 0, errors: int = 0) -> None:
+    """Count work done, in the caller's transaction (with the changes it counts)."""
+    session.execute(update(Job).where(Job.id == job_id, Job.attempt == attempt).values(
+        done=Job.done + done, changed=Job.changed + changed, errors=Job.errors + errors,
+        heartbeat_at=utcnow()))
+
+
+def run_chunk(engine: Engine, job_id: int, chunk: int, attempt: int,
+              settings: Mapping[str, Any]) -> None:
+    """Run one chunk of a job, with a heartbeat; the last chunk to finish closes the job.
+    An exception fails the job with its message (the traceback goes to the log)."""
+    factory = make_sessionmaker(engine)
+    with factory() as session, session.begin():
+        job = session.get(Job, job_id)
+        if job is None or job.attempt != attempt or job.state not in (
+                JobState.QUEUED, JobState.RUNNING):
+            return  # restarted, or failed meanwhile: this chunk is an old one
+        now = utcnow()
+        session.execute(update(Job).where(Job.id == job_id).values(
+            state=JobState.RUNNING.value, heartbeat_at=now,
+            started_at=func.coalesce(Job.started_at, now)))
+        kind = job.kind
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(factory, job_id, attempt, stop),
+                            name=f"nabla-job-{job_id}-heartbeat", daemon=True)
+    beat.start()
+    try:
+        job_function(kind)(engine, job_id, chunk, attempt, settings)
+    except Exception as exc:
+        log.exception("job %s chunk %s failed", job_id, chunk)
+        with factory() as session, session.begin():
+            session.execute(update(Job).where(Job.id == job_id, Job.attempt == attempt).values(
+                state=JobState.FAILED.value, finished_at=utcnow(),
+                error=f"{exc.__class__.__name__}: {exc}"[:2000]))
+        return
+    finally:
+        stop.set()
+        beat.join()
+    with factory() as session, session.begin():
+        session.execute(update(Job).where(Job.id == job_id, Job.attempt == attempt)
+                        .values(chunks_done=Job.chunks_done + 1))
+        job = session.get(Job, job_id)
+        if job is not None and job.attempt == attempt and job.chunks_done >= job.chunks \
+                and job.state == JobState.RUNNING:
+            job.state, job.finished_at = JobState.DONE.value, utcnow()
+            # Counted from the audit, so a restarted job reports every change it made.
+            job.changed = session.scalar(
+                select(func.count(Regrade.id)).where(Regrade.job_id == job_id)) or 0
+
+
+def _heartbeat(factory: Any, job_id: int, attempt: int, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_S):
+        try:
+            with factory() as session, session.begin():
+                session.execute(update(Job).where(
+                    Job.id == job_id, Job.attempt == attempt,
+                    Job.state == JobState.RUNNING.value).values(heartbeat_at=utcnow()))
+        except Exception:  # a busy database: the next beat tries again
+            log.warning("job %s: heartbeat failed", job_id, exc_info=True)
+
+
+# --- runners --------------------------------------------------------------------------
+
+
+def dispatch(engine: Engine, job: Job, settings: Mapping[str, Any]) -> list[threading.Thread]:
+    """Send a committed job's chunks to RQ, or run them in a background thread here.
+    Returns the thread (in-process) so a command can wait for it."""
+    job_id, chunks, attempt = job.id, job.chunks, job.attempt
+    if settings.get("redis_url"):
+        queue = _rq_queue(settings)
+        for chunk in range(chunks):
+            queue.enqueue(rq_run_chunk, job_id, chunk, attempt, job_timeout=RQ_JOB_TIMEOUT_S,
+                          result_ttl=600, failure_ttl=86400)
+        return []
+
+    def run_all() -> None:
+        for chunk in range(chunks):
+            run_chunk(engine, job_id, chunk, attempt, settings)
+
+    thread = threading.Thread(target=run_all, name=f"nabla-job-{job_id}", daemon=True)
+    thread.start()
+    return [thread]
+
+
+def _rq_queue(settings: Mapping[str, Any]) -> Any:
+    import redis
+    from rq import Queue
+
+    return Queue(settings["queue"], connection=redis.Redis.from_url(settings["redis_url"]))
+
+
+_worker_engine: Engine | None = None
+
+
+def rq_run_chunk(job_id: int, chunk: int, attempt: int) -> None:
+    """What an RQ worker runs: the chunk, on this process's own database engine."""
+    global _worker_engine
+    from server.config import database_url, job_settings
+    from server.db import make_engine
+
+    if _worker_engine is None:
+        _worker_engine = make_engine(database_url())
+    run_chunk(_worker_engine, job_id, chunk, attempt, job_settings())
+
+
+def run_worker(settings: Mapping[str, Any], *, burst: bool = False) -> None:
+    """``nabla worker``: take chunks from the queue until stopped. A SimpleWorker runs
+    them in this process, so the judge and sandbox pools stay warm between chunks."""
+    import redis
+    from rq import SimpleWorker
+
+    connection = redis.Redis.from_url(settings["redis_url"])
+    worker = SimpleWorker([_rq_queue(settings)], connection=connection)
+    worker.work(burst=burst, with_scheduler=False)
