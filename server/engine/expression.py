@@ -15,13 +15,17 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import sympy
 
 from server.engine.grade import GradeResult, GradientResult, invalid, weighted_score
 from server.engine.instance import BrokenProblemError, draw_dims
-from server.engine.spec import ProblemSpec, SpecIssue, substitute_choices
+from server.engine.program import SpecIssue, substitute_choices
+
+if TYPE_CHECKING:
+    from server.engine.spec import ProblemSpec
 from server.engine.symbolic import (
     ExpressionFormatError,
     judge_expression,

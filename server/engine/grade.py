@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,7 +36,10 @@ from server.engine.answer import (
 )
 from server.engine.instance import Instance
 from server.engine.ops import ELEMENTWISE
-from server.engine.spec import ProblemSpec, Program, shape_text
+from server.engine.program import Program, shape_text
+
+if TYPE_CHECKING:
+    from server.engine.spec import ProblemSpec
 
 VERDICTS = (
     "correct", "incorrect", "transposed", "wrong_layout", "wrong_shape", "sign",

@@ -29,13 +29,17 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from server.engine import reference as ref
 from server.engine.mutants import Evaluation, MutantSet, compile_mutants
 from server.engine.ops import ELEMENTWISE
-from server.engine.spec import Loop, ProblemSpec, Program
+from server.engine.program import Loop, Program
+
+if TYPE_CHECKING:
+    from server.engine.spec import ProblemSpec
 
 MAX_DRAWS = 400
 CALIBRATION_DRAWS = 48  # fixed draws per structure that decide which mutants are equivalent

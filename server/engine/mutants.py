@@ -41,13 +41,17 @@ import copy
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from server.engine.dimexpr import Lin
 from server.engine.ops import ELEMENTWISE, rule_text
+from server.engine.program import Program
 from server.engine.solution import ModelLine, model_lines, render_lines
-from server.engine.spec import ProblemSpec, Program
+
+if TYPE_CHECKING:
+    from server.engine.spec import ProblemSpec
 
 Key = str | tuple[str, int]
 Shape = tuple[Lin, Lin]

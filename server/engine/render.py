@@ -71,7 +71,7 @@ def forward_mathml(spec, program) -> list[dict]:
     import sympy
     from sympy.printing.mathml import mathml
 
-    from server.engine.spec import Loop
+    from server.engine.program import Loop
 
     def symbol(name: str, indexed: bool, loop_var: str | None):
         shown = f"{name}^({loop_var})" if indexed else name

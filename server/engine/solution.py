@@ -14,10 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from server.engine.dimexpr import Lin
 from server.engine.ops import rule_text
-from server.engine.spec import Loop, ProblemSpec, Program, Step
+from server.engine.program import Loop, Program, Step
+
+if TYPE_CHECKING:
+    from server.engine.spec import ProblemSpec
 
 
 @dataclass(frozen=True)
