@@ -240,7 +240,7 @@ def session(db_engine: Any, fast_password_hashing: None) -> Iterator[Any]:
 class FakeSpec:
     id: str
     title: str
-    answer: str
+    answer_kind: str
     statement: str
     version: str
     source: str

@@ -244,8 +244,9 @@ def draw_instance(
     ``other_than`` asks for dims that differ from those (hidden instances that
     check an answer on the same structure at other sizes). ``discriminate``
     False skips the mutant check (hidden instances)."""
-    if spec.answer == "expression":
-        raise InstanceError(f"{spec.id} is an expression problem: use draw_expression_instance")
+    if not spec.programs:
+        raise InstanceError(f"{spec.id} has no forward program of arrays: draw it with its "
+                            "answer kind (spec.kind.draw)")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer (got {seed!r})")
     rng = np.random.default_rng(seed)
@@ -377,7 +378,7 @@ def mutant_check(spec: ProblemSpec, choice_index: tuple[int, ...],
                  stats: DrawStats | None = None) -> MutantCheck:
     """The mutant check of one structure, compiled and calibrated once per
     spec version and choice."""
-    rtol = spec.numpy_rtol if spec.answer == "numpy" else spec.rtol
+    rtol = spec.kind.tolerance(spec)
     key = (spec.id, spec.version, spec.layout, rtol, tuple(choice_index))
     check = _MUTANT_CHECKS.get(key)
     if check is None:

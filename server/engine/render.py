@@ -27,11 +27,11 @@ def render_values(values: dict, decimals: int, indent: str = "  ") -> list[str]:
 
 
 def render_instance_text(spec, inst) -> str:
-    if spec.answer == "expression":
-        return render_expression_text(spec, inst)
+    """An instance of a forward program of arrays (``nabla instance``)."""
     out = [
         f"{spec.id}: {spec.title}",
-        f"version {inst.version}, seed {inst.seed}, {inst.layout} layout, answer: {spec.answer}",
+        f"version {inst.version}, seed {inst.seed}, {inst.layout} layout, "
+        f"answer: {spec.answer_kind}",
         "dims: " + ", ".join(f"{k} = {v}" for k, v in inst.dims.items()),
     ]
     if inst.choices:
@@ -47,6 +47,7 @@ def render_instance_text(spec, inst) -> str:
 
 
 def render_expression_text(spec, inst) -> str:
+    """An expression problem's instance (``nabla instance``)."""
     out = [
         f"{spec.id}: {spec.title}",
         f"version {inst.version}, seed {inst.seed}, answer: expression",

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.engine.dimexpr import DimExprError, Lin, min_over, parse_lin
+from server.engine.kinds import KINDS, AnswerKind
 from server.engine.program import (
     Loop,
     Operand,
@@ -35,7 +36,6 @@ from server.engine.program import (
 __all__ = ["Loop", "Operand", "Program", "ProblemSpec", "SpecError", "SpecIssue", "Step",
            "VarDecl", "load_spec", "parse_spec", "shape_text", "substitute_choices"]
 
-ANSWER_KINDS = ("equations", "numpy", "expression")
 LAYOUTS = ("numerator", "denominator")
 ROLES = ("input", "param", "const")
 CREDIT_KINDS = ("gradients", "rules")
@@ -62,7 +62,7 @@ class ProblemSpec:
     id: str
     title: str
     statement: str
-    answer: str
+    answer_kind: str  # a name in KINDS (server/engine/kinds)
     layout: str
     dims: Mapping[str, tuple[int, int]]
     choices: Mapping[str, tuple[tuple[str, str], ...]]  # name -> ((label, text), ...)
@@ -89,6 +89,11 @@ class ProblemSpec:
     def program(self, choice_index: tuple[int, ...]) -> Program:
         return self.programs[choice_index]
 
+    @property
+    def kind(self) -> AnswerKind:
+        """The answer kind: what draws, grades and shows this problem."""
+        return KINDS[self.answer_kind]
+
 
 # --------------------------------------------------------------------------- loading
 
@@ -109,7 +114,7 @@ def parse_spec(text: str, path: str = "<spec>") -> ProblemSpec:
         match = re.search(r"line (\d+)", str(exc))
         raise SpecError(path, [SpecIssue(int(match.group(1)) if match else None, f"malformed TOML: {exc}")]) from None
     _hoist_top_level_keys(data)
-    builder = _SpecBuilder(data, text, path)
+    builder = SpecBuilder(data, text, path)
     spec = builder.build()
     if builder.issues:
         raise SpecError(path, builder.issues)
@@ -149,7 +154,9 @@ def key_line(text: str, key: str, table: str | None = None) -> int | None:
     return None
 
 
-class _SpecBuilder:
+class SpecBuilder:
+    """Checks the fields of a parsed TOML spec; the answer kind checks its own parts."""
+
     def __init__(self, data: dict, text: str, path: str):
         self.data = data
         self.text = text
@@ -175,7 +182,8 @@ class _SpecBuilder:
         pid = self._string("id", "")
         if pid and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,63}", pid):
             self.err(self.line_of("id"), f"id {pid!r} must be lowercase letters, digits and dashes")
-        answer = self._enum("answer", ANSWER_KINDS, "equations")
+        answer = self._enum("answer", tuple(KINDS), "equations")
+        kind = KINDS[answer]
         layout = self._enum("layout", LAYOUTS, "numerator")
         credit = self._enum("credit", CREDIT_KINDS, "gradients")
         rtol = self._number("rtol", 1e-6)
@@ -187,17 +195,10 @@ class _SpecBuilder:
         dims = self._ranges("dims")
         constants = self._ranges("constants")
         choices = self._choices()
-        domain = self._domain(answer)
+        domain = kind.check_domain(self)
         if self.issues:  # later checks would only repeat these (an unusable dim, ...)
             return None
-        if answer == "expression":
-            ranges = {**dims, **constants}
-            variables: dict[str, VarDecl] = {}
-        else:
-            ranges = dims
-            if constants:
-                self.err(self.line_of("constants"), "[constants] is only for answer = \"expression\"")
-            variables = self._vars(dims)
+        variables = kind.check_variables(self, dims, constants)
         if self.issues:
             return None
         given = d["given"]
@@ -215,18 +216,15 @@ class _SpecBuilder:
         if not isinstance(forward_template, str):
             self.err(self.line_of("forward"), "forward must be a (multi-line) string")
             return None
-        programs: dict[tuple[int, ...], Program] = {}
-        if answer != "expression":
-            programs = self._compile_all(forward_template, choices, variables, dims, given, tuple(ask))
-        else:
-            self._check_expression_spec(forward_template, choices, ranges, given, ask)
+        programs = kind.check_program(self, forward_template, choices, variables, dims,
+                                      constants, given, tuple(ask))
         if self.issues:
             return None
         return ProblemSpec(
             id=pid,
             title=self._string("title", ""),
             statement=self._string("statement", "").strip(),
-            answer=answer,
+            answer_kind=answer,
             layout=layout,
             dims=dims,
             choices=choices,
@@ -269,14 +267,12 @@ class _SpecBuilder:
             return default
         return float(value)
 
-    def _domain(self, answer: str) -> tuple[float, float] | None:
+    def domain(self) -> tuple[float, float] | None:
+        """``domain = [low, high]`` (for the kinds that take one)."""
         value = self.data.get("domain")
         if value is None:
             return None
         line = self.line_of("domain")
-        if answer != "expression":
-            self.err(line, 'domain is only for answer = "expression"')
-            return None
         numbers = isinstance(value, list) and len(value) == 2 and all(
             isinstance(v, int | float) and not isinstance(v, bool) for v in value)
         if not numbers or not all(abs(v) <= 1e6 for v in value) or value[0] >= value[1]:
@@ -330,7 +326,7 @@ class _SpecBuilder:
                 self.err(line, f"choice {name} must be a non-empty list of strings or a table label = text")
         return out
 
-    def _vars(self, dims: Mapping[str, tuple[int, int]]) -> dict[str, VarDecl]:
+    def variables(self, dims: Mapping[str, tuple[int, int]]) -> dict[str, VarDecl]:
         raw = self.data.get("vars", {})
         out: dict[str, VarDecl] = {}
         if not isinstance(raw, dict) or not raw:
@@ -416,7 +412,7 @@ class _SpecBuilder:
             return start + 1  # TOML trims the newline right after the delimiter
         return start
 
-    def _compile_all(self, template, choices, variables, dims, given, ask) -> dict:
+    def compile_all(self, template, choices, variables, dims, given, ask) -> dict:
         combos = list(itertools.product(*(range(len(v)) for v in choices.values())))
         if len(combos) > MAX_CHOICE_COMBINATIONS:
             self.err(self.line_of("choose"), f"{len(combos)} combinations of choices; at most {MAX_CHOICE_COMBINATIONS}")
@@ -438,14 +434,3 @@ class _SpecBuilder:
             programs[combo] = program
         return programs
 
-    def _check_expression_spec(self, template, choices, ranges, given, ask) -> None:
-        if len(ask) != 1:
-            self.err(self.line_of("ask"), "an expression problem asks for exactly one variable")
-            return
-        if self.data.get("vars"):
-            self.err(self.line_of("vars"), "an expression problem has no [vars]; its symbols are the forward names")
-            return
-        from server.engine.expression import check_expression_spec
-
-        constants = {n: r for n, r in ranges.items()}
-        self.issues.extend(check_expression_spec(self.data, choices, constants, given, ask, self.line_of))

@@ -39,6 +39,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from server.db import write_transaction
+from server.engine.kinds import kind_of
 from server.models import (
     Assignment,
     AssignmentProblem,
@@ -62,7 +63,6 @@ HIDDEN_INSTANCES = 2  # checks besides the student's own instance (numpy and equ
 # A whole backward pass is a few hundred lines at most; a numpy module a few kB.
 MAX_ANSWER_CHARS = 20_000
 MAX_CLIENT_KEY_CHARS = 64
-ANSWER_KINDS = ("equations", "numpy", "expression")
 
 
 class AnswerTooLarge(ValidationError):
@@ -201,20 +201,13 @@ def ensure_instance(
                                   _draw_from(spec))
 
 
-_EXPRESSION_CACHE: OrderedDict[tuple[str, int], Any] = OrderedDict()
 # Instance rows never change: their engine objects are kept per process.
 _INSTANCE_CACHE: OrderedDict[tuple[str, str], Any] = OrderedDict()
 
 
 def engine_instance(spec: Any, document: Mapping[str, Any]) -> Any:
     """The engine's instance from the stored document (reference included)."""
-    from server.engine.problem import instance_from_document
-
-    if spec.answer == "expression":  # drawn again from the seed: once per process
-        seed = int(document["seed"])
-        return cached(_EXPRESSION_CACHE, (spec.version, seed),
-                       lambda: instance_from_document(spec, document), size=STUDENTS_CACHED)
-    return instance_from_document(spec, document)
+    return kind_of(spec).from_json(spec, document)
 
 
 # --- step 1: store -------------------------------------------------------------------
@@ -226,7 +219,6 @@ class GradingJob:
 
     submission_id: int
     spec: Any
-    instance_id: int
     document_json: str  # the instance's engine JSON, reference included
     answer: str
     hidden_seeds: tuple[int, ...] = ()  # the hidden instances this answer is checked on
@@ -256,14 +248,13 @@ def store_answer(
     spec = spec_for_version(bank, instance.problem_version)
     submission, created, attempts_used = store_submission_once(
         session, user=user, assignment_problem=assignment_problem, instance=instance,
-        answer=text, kind=spec.answer, now=now, client_ip=client_ip, client_key=key)
+        answer=text, kind=spec.answer_kind, now=now, client_ip=client_ip, client_key=key)
     job = None
     if created and submission.status == SubmissionStatus.PENDING:
         seeds = draw_hidden_seeds(secret, submission.id, instance.seed)
         submission.hidden_seeds_json = dumps(seeds)
         session.flush()
-        job = GradingJob(submission.id, spec, instance.id, instance.reference_json, text,
-                         tuple(seeds))
+        job = GradingJob(submission.id, spec, instance.reference_json, text, tuple(seeds))
     return Stored(submission, created, window, job, attempts_used)
 
 
@@ -306,9 +297,10 @@ TOO_LARGE = ("this answer needed more memory to grade than allowed and was stopp
 
 def grade_job(job: GradingJob, *, run_job: Callable[..., Any] | None = None,
               judge: Any = None) -> Outcome:
-    """Grade a stored answer; never raises. Equations and expressions are graded in a
-    judge process (``judge``, default: this process's), numpy answers in the sandbox."""
-    if job.spec.answer != "numpy":
+    """Grade a stored answer; never raises. Answers that are code run in the
+    sandbox (``run_job``, default: ``server.sandbox.run_job``); the others are
+    graded by the engine in a judge process (``judge``, default: this process's)."""
+    if not kind_of(job.spec).runs_student_code:
         return _grade_in_judge(job, judge)
     try:
         # Keyed by the document itself, not the row id: SQLite may reuse the id
@@ -316,7 +308,7 @@ def grade_job(job: GradingJob, *, run_job: Callable[..., Any] | None = None,
         inst = cached(_INSTANCE_CACHE, (job.spec.version, job.document_json),
                       lambda: engine_instance(job.spec, json.loads(job.document_json)),
                       size=STUDENTS_CACHED)
-        return _grade_numpy(job, inst, run_job)
+        return _grade_in_sandbox(job, inst, run_job)
     except Exception:
         log.exception("grading submission %s failed", job.submission_id)
         return Outcome(SubmissionStatus.ERROR.value, {"error": INTERNAL_ERROR}, None)
@@ -350,8 +342,9 @@ def _grade_in_judge(job: GradingJob, judge: Any) -> Outcome:
     return Outcome(status.value, result, score if valid else None)
 
 
-def _grade_numpy(job: GradingJob, inst: Any, run_job: Callable[..., Any] | None) -> Outcome:
-    from server.grading import grade_numpy
+def _grade_in_sandbox(job: GradingJob, inst: Any,
+                      run_job: Callable[..., Any] | None) -> Outcome:
+    from server.sandbox import check_source
 
     if run_job is None:
         from server.sandbox import run_job as sandbox_run_job
@@ -364,8 +357,8 @@ def _grade_numpy(job: GradingJob, inst: Any, run_job: Callable[..., Any] | None)
         jobs.append(job_result)  # one job per instance, from several threads
         return job_result
 
-    result = grade_numpy(job.spec, inst, job.answer, hidden_seeds=job.hidden_seeds,
-                         run_job=observed_run_job)
+    result = kind_of(job.spec).grade(job.spec, inst, job.answer, hidden_seeds=job.hidden_seeds,
+                                     run_job=observed_run_job, check_source=check_source)
     failed = [j for j in jobs if j.status == "error"]
     if failed:
         # The sandbox failed (not the student's code, which cannot cause an

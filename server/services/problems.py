@@ -39,11 +39,11 @@ def record_problem_version(
     text = spec.source if spec_text is None else spec_text
     problem = session.get(Problem, spec.id)
     if problem is None:
-        problem = Problem(id=spec.id, title=spec.title, answer_type=spec.answer)
+        problem = Problem(id=spec.id, title=spec.title, answer_type=spec.answer_kind)
         session.add(problem)
     else:
         problem.title = spec.title
-        problem.answer_type = spec.answer
+        problem.answer_type = spec.answer_kind
     session.flush()
     version = session.scalar(
         select(ProblemVersion).where(

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from server.engine.kinds import AnswerKind, kind_of
 from server.models import Assignment, AssignmentProblem, Instance, Submission, User
 from server.services.assignments import Window, assignment_problem_for, submission_window
 from server.services.grading import (
@@ -28,7 +29,7 @@ from server.services.grading import (
 )
 
 PRIVATE_KEYS = ("reference", "accumulation")
-_MATHML_CACHE: OrderedDict[tuple[str, tuple[int, ...]], list[dict]] = OrderedDict()
+_MATHML_CACHE: OrderedDict[tuple[str, str], list[dict]] = OrderedDict()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,11 @@ class ProblemWorkspace:
     submissions: list[Submission]  # newest first
     attempts_used: int
     attempts_left: int | None  # None: unlimited
+
+    @property
+    def kind(self) -> AnswerKind:
+        """The problem's answer kind (the page includes its partial)."""
+        return kind_of(self.spec)
 
     @property
     def last_answer(self) -> str:
@@ -110,7 +116,7 @@ def open_problem(
 
 def variable_rows(spec: Any, document: Mapping[str, Any]) -> list[VariableRow]:
     """Every variable of the student's program with its shape and its gradient's shape."""
-    if spec.answer == "expression":
+    if not kind_of(spec).has_arrays:
         return []
     from server.engine.spec import shape_text
 
@@ -145,42 +151,9 @@ def variable_rows(spec: Any, document: Mapping[str, Any]) -> list[VariableRow]:
 
 def forward_lines(spec: Any, document: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The forward program (or the definitions of an expression problem) as MathML."""
-    choice_index = tuple(document["choice_index"])
-    if spec.answer == "expression":
-        key = (spec.version + ":" + str(document["seed"]), choice_index)
-        return cached(_MATHML_CACHE, key, lambda: _definitions_mathml(document))
-
-    def render() -> list[dict[str, Any]]:
-        from server.engine.render import forward_mathml
-
-        return forward_mathml(spec, spec.program(choice_index))
-
-    return cached(_MATHML_CACHE, (spec.version, choice_index), render)
-
-
-def _definitions_mathml(document: Mapping[str, Any]) -> list[dict[str, Any]]:
-    import sympy
-    from sympy.printing.mathml import mathml
-
-    from server.engine.symbolic import ExpressionFormatError, parse_scalar_expression
-
-    symbols = [*document["ask"]]
-    lines = []
-    for number, line in enumerate(document["forward"].splitlines(), 1):
-        name, _, text = line.partition("=")
-        name = name.strip()
-        try:
-            expr = parse_scalar_expression(text, symbols, what="spec")
-            body = (f"<mrow><mi>{name}</mi><mo>=</mo>"
-                    f"{mathml(expr, printer='presentation')}</mrow>")
-            markup = ('<math xmlns="http://www.w3.org/1998/Math/MathML" display="block">'
-                      + body.replace("&InvisibleTimes;", "&#x2062;") + "</math>")
-        except (ExpressionFormatError, sympy.SympifyError):
-            markup = ""  # shown as text below
-        symbols.append(name)
-        lines.append({"kind": "step", "number": number, "source": line.strip(),
-                      "mathml": markup})
-    return lines
+    # What the student is shown of the forward program decides its MathML.
+    return cached(_MATHML_CACHE, (spec.version, document["forward"]),
+                  lambda: kind_of(spec).forward_mathml(spec, document))
 
 
 # --- downloads ---------------------------------------------------------------------

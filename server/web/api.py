@@ -104,7 +104,7 @@ def problem(assignment_id: int, problem_id: str) -> Response:
         problem=ws.assignment_problem.problem_id,
         title=ws.spec.title,
         statement=ws.spec.statement.strip(),
-        answer_type=ws.spec.answer,
+        answer_type=ws.spec.answer_kind,
         layout=document["layout"],
         dims=document["dims"],
         choices=document["choices"],

@@ -20,6 +20,7 @@ from flask import (
 from flask_login import current_user
 
 from server.db import get_session, reads_first
+from server.engine.kinds import kind_of
 from server.models import utcnow
 from server.services import grading, workspace
 from server.services.assignments import student_assignments
@@ -141,8 +142,8 @@ def values_json(assignment_id: int, problem_id: str) -> Response:
 @login_required
 def values_npz(assignment_id: int, problem_id: str) -> Response:
     ws = _open(assignment_id, problem_id)
-    if ws.spec.answer == "expression":
-        abort(404, "An expression problem has no array values to download.")
+    if not kind_of(ws.spec).has_arrays:
+        abort(404, f"An {ws.spec.answer_kind} problem has no array values to download.")
     return _download(workspace.values_npz(ws.instance), "application/octet-stream",
                      f"{problem_id}-values.npz")
 

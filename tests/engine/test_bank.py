@@ -13,7 +13,7 @@ from server.engine.problem import draw
 from server.engine.spec import parse_spec
 
 BANK = load_bank()
-ARRAY_PROBLEMS = [s for s in BANK.values() if s.answer != "expression"]
+ARRAY_PROBLEMS = [s for s in BANK.values() if s.answer_kind != "expression"]
 SEEDS = range(50)
 REQUIRED = {
     "rule-1a-scalar-mult", "rule-2a-scalar-add", "rule-3a-scalar-chain", "rule-4a-generalized-chain",
@@ -136,6 +136,6 @@ def test_denominator_layout_references_are_transposes(spec):
 
 def test_expression_problems_draw_deterministically():
     for spec in BANK.values():
-        if spec.answer == "expression":
+        if spec.answer_kind == "expression":
             for seed in SEEDS:
                 assert draw(spec, seed).to_json() == draw(spec, seed).to_json()

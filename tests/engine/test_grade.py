@@ -25,7 +25,7 @@ def line(result, number):
     return next(e for e in result.equations if e.line == number)
 
 
-EQUATION_PROBLEMS = [s for s in BANK.values() if s.answer == "equations"]
+EQUATION_PROBLEMS = [s for s in BANK.values() if s.answer_kind == "equations"]
 
 
 @pytest.mark.parametrize("spec", EQUATION_PROBLEMS, ids=lambda s: s.id)

@@ -29,7 +29,7 @@ TORCH_OPS = {
     "sum": lambda a: a.sum().reshape(1, 1),
 }
 
-PROBLEMS = [s for s in load_bank().values() if s.answer != "expression"]
+PROBLEMS = [s for s in load_bank().values() if s.answer_kind != "expression"]
 
 
 @pytest.mark.parametrize("spec", PROBLEMS, ids=lambda s: s.id)

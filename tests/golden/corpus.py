@@ -169,7 +169,7 @@ def api_outputs() -> str:
                 got = client.get(f"{base}/{problem}", headers=headers)
                 out.append(f"GET {problem} [{got.status_code}]\n{_mask(got.json)}\n")
                 model = _model_answer(spec, _seed(app, problem))
-                answers = answers_for(spec.answer, model)
+                answers = answers_for(spec.answer_kind, model)
                 for name in ("model", "sign", "syntax", "transposed", "not-a-dict"):
                     if name not in answers:
                         continue
@@ -237,7 +237,7 @@ def outputs() -> Iterator[tuple[str, str]]:
     runner = CliRunner()
     yield "problems-list.txt", _invoke(runner, ["problems", "list", "--json"])
     for spec in load_bank().values():
-        yield f"cli-{spec.id}.txt", cli_outputs(spec.id, spec.answer)
+        yield f"cli-{spec.id}.txt", cli_outputs(spec.id, spec.answer_kind)
     yield "api.txt", api_outputs()
 
 

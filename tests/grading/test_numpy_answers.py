@@ -1,12 +1,19 @@
 """Numpy backward() answers graded through the sandbox, on the stored and hidden instances."""
 
+import functools
+
 import numpy as np
 import pytest
 
+from server import sandbox
 from server.engine.bank import load_bank
 from server.engine.instance import draw_hidden_instances, draw_instance, legacy_hidden_seeds
+from server.engine.kinds.numpy import grade_numpy as engine_grade_numpy
 from server.engine.problem import model_answer
-from server.grading import grade_numpy
+
+# The engine's numpy grader, with the sandbox passed in (as services and the CLI do).
+grade_numpy = functools.partial(engine_grade_numpy, run_job=sandbox.run_job,
+                                check_source=sandbox.check_source)
 
 SPEC = load_bank()["mlp-relu-numpy"]
 
@@ -69,13 +76,13 @@ def test_infinite_loop_is_a_time_limit(inst):
     assert {g.verdict for g in result.gradients.values()} == {"time_limit"}
 
 
-@pytest.mark.parametrize("problem", [s.id for s in load_bank().values() if s.answer != "expression"])
+@pytest.mark.parametrize("problem", [s.id for s in load_bank().values() if s.answer_kind != "expression"])
 def test_model_numpy_answer_of_every_array_problem_scores_one(problem):
     """The derived backward() (dims read off shapes, no in-place aliasing) for
     every network in the bank, as if it were a numpy problem."""
     import dataclasses
 
-    spec = dataclasses.replace(load_bank()[problem], answer="numpy")
+    spec = dataclasses.replace(load_bank()[problem], answer_kind="numpy")
     for seed in (0, 1):
         inst = draw_instance(spec, seed)
         result = grade_numpy(spec, inst, model_answer(spec, inst))

@@ -8,6 +8,7 @@ server's decision.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import warnings
@@ -16,10 +17,15 @@ import numpy as np
 import numpy_attacks as attacks
 import pytest
 
+from server import sandbox
 from server.engine.bank import load_bank
 from server.engine.instance import draw_hidden_instances, draw_instance
+from server.engine.kinds.numpy import grade_numpy as engine_grade_numpy
 from server.engine.problem import model_answer
-from server.grading import grade_numpy
+
+# The engine's numpy grader, with the sandbox passed in (as services and the CLI do).
+grade_numpy = functools.partial(engine_grade_numpy, run_job=sandbox.run_job,
+                                check_source=sandbox.check_source)
 
 SPEC = load_bank()["mlp-relu-numpy"]
 SEEDS = (101, 202)

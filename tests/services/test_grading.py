@@ -474,7 +474,7 @@ def test_cached_engine_instances_follow_the_stored_document_not_the_row_id(engin
     for seed in (1, 2):
         inst = draw(spec, seed)
         n = inst.dims["N"]
-        job = grading.GradingJob(1, spec, 1, json.dumps(inst.to_json()), "dx = x")
+        job = grading.GradingJob(1, spec, json.dumps(inst.to_json()), "dx = x")
         (line,) = grading.grade_job(job).result["equations"]
         assert f"dx is {n}×1 but should be 1×{n}" in line["message"], seed
 
