@@ -1,4 +1,4 @@
-"""Answer-language figures: parse and run the 14-equation MLP answer of DESIGN.md §5,
+"""Answer-language figures: parse and run the 14-equation MLP answer of docs/design.md, section 5,
 re-evaluate every line with reference inputs (carry-forward), and parse and judge a
 scalar expression.  Prints median and p99 in microseconds, with a baseline measured in
 the same run: the same 14 equations written directly in numpy.

@@ -1,6 +1,6 @@
 """Backward-equations answers: a strict parser and a float64 evaluator.
 
-A student's answer is a small, strict subset of Python and numpy (DESIGN.md §5).
+A student's answer is a small, strict subset of Python and numpy (docs/design.md, section 5).
 The text never reaches ``eval`` or ``exec``: each line is parsed with :mod:`ast`,
 checked against an allowlist and converted into a small tree of our own, which
 is then evaluated here with numpy.

@@ -4,7 +4,7 @@
 where the ranges allow, so that a transpose changes the shape) and values
 rounded to the spec's decimals (used exactly as shown), runs the forward
 program and reverse mode, and redraws the values until the draw is
-discriminating (DESIGN.md section 6): every relu input is at least a margin
+discriminating (docs/design.md section 6): every relu input is at least a margin
 away from its kink, every relu layer has active and inactive units, log
 inputs are positive, no gradient that matters is all zeros, square matrices
 are not symmetric and no variable has all-equal entries, and until every
@@ -86,10 +86,6 @@ class Instance:
     reference: dict[str, Value]  # d<name> for inputs, params and intermediates, in the layout
     # for gradients that receive several contributions: d<name> (or "d<name>[t]") -> [(forward line, t, value)]
     contributions: dict[str, list[tuple[int, int | None, np.ndarray]]] = field(default_factory=dict)
-
-    @property
-    def given_gradient(self) -> str:
-        return "d" + self.given
 
     def to_json(self, *, include_reference: bool = True) -> dict:
         out = {

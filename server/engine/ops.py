@@ -8,7 +8,7 @@ Each operation knows three things:
   shape of the variable; numerator layout is its transpose, applied once at
   the end),
 - the model-solution line in each layout, in the answer language of
-  DESIGN.md section 5.
+  docs/design.md section 5.
 """
 
 from __future__ import annotations
@@ -64,7 +64,6 @@ ELEMENTWISE: dict[str, Elementwise] = {
 # operations that are not element-wise functions, by arity
 BINARY_OPS = {"matmul": "@", "add": "+", "sub": "-", "mul": "*", "div": "/"}
 UNARY_OPS = ("neg", "transpose", "softmax", "sum", "slice") + tuple(ELEMENTWISE)
-ALL_OPS = tuple(BINARY_OPS) + UNARY_OPS
 
 
 def forward(op: str, args: list, region: tuple | None = None) -> Array:

@@ -1,7 +1,7 @@
 """Model backward programs, derived from the forward program.
 
 One rule per line, from the last forward step to the first, in the answer
-language of DESIGN.md section 5: ``=`` the first time a gradient is written,
+language of docs/design.md section 5: ``=`` the first time a gradient is written,
 ``+=`` when a value is used more than once, and a loop mirroring each forward
 loop (shared parameters and slices always accumulate with ``+=`` inside it).
 

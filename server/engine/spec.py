@@ -1,6 +1,6 @@
 """Problem specs: parse, validate and compile a TOML problem file.
 
-A spec (DESIGN.md section 3) names dims and their ranges, structural choices,
+A spec (docs/design.md section 3) names dims and their ranges, structural choices,
 variables with shapes and roles, a forward program of one unary or binary
 relation per line, what is given and what is asked. ``load_spec`` returns a
 ``ProblemSpec`` whose forward program has been compiled and shape-checked for
@@ -127,7 +127,7 @@ _SCALAR_TOP_KEYS = TOP_KEYS - {"dims", "choose", "vars", "weights", "constants"}
 
 def _hoist_top_level_keys(data: dict) -> None:
     """TOML puts ``forward = ...`` written after ``[vars]`` inside that table.
-    DESIGN.md's example is written that way, so top-level keys found in the
+    The design's example (docs/design.md section 3) is written that way, so top-level keys found in the
     last table are moved back up (a variable cannot be called ``forward``)."""
     for table in ("dims", "choose", "vars", "weights", "constants"):
         inner = data.get(table)

@@ -306,10 +306,6 @@ class AssignmentStatus:
         earned = sum(p.assignment_problem.weight * (p.score or 0.0) for p in self.problems)
         return earned / total if total else None
 
-    @property
-    def attempted(self) -> int:
-        return sum(1 for p in self.problems if p.attempts_used)
-
 
 def problem_score(submissions: Sequence[Submission], policy: str) -> float | None:
     """The score that counts, from one student's graded submissions of one problem.

@@ -179,12 +179,3 @@ def store_submission_once(
             return stored
         # another request took this number first; look again
     raise Conflict("attempt: too many submissions at the same moment; send it again")
-
-
-def release_attempt(session: Session, submission: Submission) -> Submission:
-    """Mark a stored submission invalid and give its attempt back."""
-    write_transaction(session)
-    submission.status = SubmissionStatus.INVALID.value
-    submission.attempt = None
-    session.flush()
-    return submission

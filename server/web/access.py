@@ -32,11 +32,6 @@ def _declare(view: Callable[..., Any], access: str) -> None:
     setattr(view, ACCESS_ATTRIBUTE, access)
 
 
-def mark_public(view: Callable[..., Any]) -> Callable[..., Any]:
-    _declare(view, "public")
-    return view
-
-
 def public(view: F) -> F:
     _declare(view, "public")
     return view

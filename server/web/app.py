@@ -129,9 +129,9 @@ def _register_blueprints(app: Flask) -> None:
     csrf.exempt(api.bp)  # token-authenticated, no cookies: CSRF does not apply
     app.register_blueprint(api.bp)
     # The static view is public (declared here, since Flask creates it).
-    from server.web.access import mark_public
+    from server.web.access import public
 
-    mark_public(app.view_functions["static"])
+    public(app.view_functions["static"])
 
 
 def _register_template_helpers(app: Flask) -> None:
