@@ -120,11 +120,11 @@ def build_app(config: dict[str, Any] | None = None) -> Flask:
 
 
 def _register_blueprints(app: Flask) -> None:
-    from server.web import api, auth, instructor, student, ta
+    from server.web import api, auth, instructor, staff, student
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(student.bp)
-    app.register_blueprint(ta.bp)
+    app.register_blueprint(staff.bp)
     app.register_blueprint(instructor.bp)
     csrf.exempt(api.bp)  # token-authenticated, no cookies: CSRF does not apply
     app.register_blueprint(api.bp)

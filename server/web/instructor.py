@@ -116,7 +116,7 @@ def new_assignment(course: Course) -> Response | tuple[str, int]:
             _show_error(form, exc)
         else:
             flash(f"Assignment {assignment.title!r} created.")
-            return redirect(url_for("ta.course", course_code=course.code))
+            return redirect(url_for("staff.course", course_code=course.code))
     return _render_assignment_form(course, form)
 
 
@@ -136,7 +136,7 @@ def edit_assignment(course: Course, assignment_id: int) -> Response | tuple[str,
             _show_error(form, exc)
         else:
             flash(f"Assignment {assignment.title!r} saved.")
-            return redirect(url_for("ta.course", course_code=course.code))
+            return redirect(url_for("staff.course", course_code=course.code))
     return _render_assignment_form(course, form, assignment)
 
 
@@ -173,7 +173,7 @@ def import_roster_view(course: Course) -> Response | tuple[str, int]:
                         "New accounts have no password yet; set one with "
                         "`nabla users passwd EMAIL`."
                     )
-                return redirect(url_for("ta.course", course_code=course.code))
+                return redirect(url_for("staff.course", course_code=course.code))
     status = 400 if form.is_submitted() else 200
     return (
         render_template("instructor/roster_import.html", course=course, form=form, errors=errors),
@@ -194,7 +194,7 @@ def change_role_view(course: Course, user_id: int) -> Response:
             flash(str(exc), "error")
         else:
             flash(f"{enrollment.user.email} is now {enrollment.role} in {course.code}.")
-    return redirect(url_for("ta.course", course_code=course.code))
+    return redirect(url_for("staff.course", course_code=course.code))
 
 
 @bp.route("/<course_code>/roster/<int:user_id>/remove", methods=["POST"])
@@ -207,4 +207,4 @@ def unenroll_view(course: Course, user_id: int) -> Response:
         flash(str(exc), "error")
     else:
         flash(f"{user.email} was removed from {course.code}; their submissions are kept.")
-    return redirect(url_for("ta.course", course_code=course.code))
+    return redirect(url_for("staff.course", course_code=course.code))

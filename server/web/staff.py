@@ -1,4 +1,5 @@
-"""Course staff pages (TAs and instructors), per course under /staff/<course_code>."""
+"""Course staff pages (TAs and instructors), per course under /staff/<course_code>
+(blueprint ``staff``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from server.services.courses import roster
 from server.services.errors import NotFound
 from server.web.access import end_transaction, role_required
 
-bp = Blueprint("ta", __name__, url_prefix="/staff")
+bp = Blueprint("staff", __name__, url_prefix="/staff")
 
 
 @bp.route("/<course_code>/")
@@ -24,7 +25,7 @@ def course(course: Course) -> str:
     counts = grading.course_submission_counts(session, course)
     end_transaction()
     return render_template(
-        "ta/course.html", course=course, assignments=assignments, enrollments=enrollments,
+        "staff/course.html", course=course, assignments=assignments, enrollments=enrollments,
         submission_counts=counts,
     )
 
@@ -44,7 +45,7 @@ def submissions(course: Course, assignment_id: int) -> str:
     submissions = grading.course_submissions(session, course, assignment.id, status=status)
     end_transaction()
     return render_template(
-        "ta/submissions.html",
+        "staff/submissions.html",
         course=course, assignment=assignment, status=status, statuses=STATUS_VALUES,
         submissions=submissions,
     )
@@ -62,7 +63,7 @@ def submission(course: Course, submission_id: int) -> str:
     sub.user, sub.assignment_problem.problem  # noqa: B018  (for the template)
     end_transaction()
     return render_template(
-        "ta/submission.html",
+        "staff/submission.html",
         course=course, sub=sub, summary=grading.submission_summary(sub, left),
         lines=grading.annotated_lines(sub.answer, sub.result),
         general=grading.general_errors(sub.result, sub.answer),
