@@ -34,16 +34,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from server.db import write_transaction
 from server.engine.kinds import kind_of
 from server.models import (
-    Assignment,
     AssignmentProblem,
-    Course,
     Instance,
     ProblemVersion,
     Submission,
@@ -52,10 +50,10 @@ from server.models import (
 )
 from server.models.base import dumps
 from server.services.assignments import Window, assignment_problem_for, submission_window
-from server.services.errors import Forbidden, NotFound, Unavailable, ValidationError
+from server.services.errors import NotFound, Unavailable, ValidationError
 from server.services.instances import Draw, derive_seed, get_instance, get_or_create_instance
 from server.services.problems import record_problem_version
-from server.services.submissions import store_submission_once, used_attempts
+from server.services.submissions import attempts_left, store_submission_once
 
 log = logging.getLogger(__name__)
 
@@ -442,181 +440,3 @@ def submit_answer(
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-# --- reading submissions -------------------------------------------------------------
-
-
-def attempts_left(session: Session, submission_or_problem: Submission | AssignmentProblem,
-                  user_id: int) -> int | None:
-    """Attempts the user has left at this problem; None when unlimited."""
-    if isinstance(submission_or_problem, Submission):
-        assignment_problem = submission_or_problem.assignment_problem
-    else:
-        assignment_problem = submission_or_problem
-    limit = assignment_problem.assignment.max_attempts
-    if limit is None:
-        return None
-    return max(0, limit - len(used_attempts(session, user_id, assignment_problem.id)))
-
-
-def own_submission(session: Session, user: User, submission_id: int) -> Submission:
-    """One of ``user``'s submissions. NotFound if unknown, Forbidden if someone else's."""
-    submission = session.get(Submission, submission_id)
-    if submission is None:
-        raise NotFound(f"submission: there is no submission {submission_id}")
-    if submission.user_id != user.id:
-        raise Forbidden(f"submission: submission {submission_id} is not yours")
-    return submission
-
-
-def problem_submissions(session: Session, user: User,
-                        assignment_problem: AssignmentProblem) -> list[Submission]:
-    """The user's submissions of one problem, newest first."""
-    return list(session.scalars(
-        select(Submission)
-        .where(Submission.user_id == user.id,
-               Submission.assignment_problem_id == assignment_problem.id)
-        .order_by(Submission.created_at.desc(), Submission.id.desc())
-    ))
-
-
-def course_submissions(
-    session: Session, course: Course, assignment_id: int | None = None, *,
-    status: str | None = None, limit: int = 500,
-) -> list[Submission]:
-    """Every submission in a course (refused ones too), newest first, for staff."""
-    query = (
-        select(Submission)
-        .join(AssignmentProblem, AssignmentProblem.id == Submission.assignment_problem_id)
-        .join(Assignment, Assignment.id == AssignmentProblem.assignment_id)
-        .options(selectinload(Submission.user),
-                 selectinload(Submission.assignment_problem).selectinload(
-                     AssignmentProblem.problem))
-        .where(Assignment.course_id == course.id)
-        .order_by(Submission.created_at.desc(), Submission.id.desc())
-        .limit(limit)
-    )
-    if assignment_id is not None:
-        query = query.where(Assignment.id == assignment_id)
-    if status is not None:
-        query = query.where(Submission.status == status)
-    return list(session.scalars(query))
-
-
-def course_submission_counts(session: Session, course: Course) -> dict[int, dict[str, int]]:
-    """assignment id -> {status: count} for the staff course page."""
-    rows = session.execute(
-        select(Assignment.id, Submission.status, func.count(Submission.id))
-        .join(AssignmentProblem, AssignmentProblem.assignment_id == Assignment.id)
-        .join(Submission, Submission.assignment_problem_id == AssignmentProblem.id)
-        .where(Assignment.course_id == course.id)
-        .group_by(Assignment.id, Submission.status)
-    )
-    counts: dict[int, dict[str, int]] = {}
-    for assignment_id, status, count in rows:
-        counts.setdefault(assignment_id, {})[status] = count
-    return counts
-
-
-def course_submission(session: Session, course: Course, submission_id: int) -> Submission:
-    """A submission of the course (staff view); NotFound otherwise."""
-    submission = session.get(Submission, submission_id)
-    if (submission is None
-            or submission.assignment_problem.assignment.course_id != course.id):
-        raise NotFound(f"submission: no submission {submission_id} in {course.code}")
-    return submission
-
-
-
-# --- what a student is told about a submission ------------------------------------------
-
-
-def submission_summary(submission: Submission, attempts_left: int | None) -> dict[str, Any]:
-    """A submission as the API returns it (and the feedback page shows it).
-
-    The grading fields have the shape of ``nabla grade --json`` (``valid``,
-    ``errors``, ``equations``, ``gradients``); ``score`` is the credited score
-    (late credit applied), ``raw_score`` the grader's.
-    """
-    result = submission.result or {}
-    message = {
-        SubmissionStatus.PENDING: "stored; being graded",
-        SubmissionStatus.GRADED: "graded",
-        SubmissionStatus.INVALID: "not a valid answer: it costs no attempt",
-        SubmissionStatus.ERROR: result.get("error", INTERNAL_ERROR),
-        SubmissionStatus.REFUSED: result.get("refused", "refused"),
-    }.get(SubmissionStatus(submission.status), submission.status)
-    ap = submission.assignment_problem
-    return {
-        "id": submission.id,
-        "assignment": ap.assignment_id,
-        "problem": ap.problem_id,
-        "status": submission.status,
-        "message": message,
-        "attempt": submission.attempt,
-        "attempts_left": attempts_left,
-        "late": submission.late,
-        "score": submission.score,
-        "raw_score": result.get("score") if submission.status == SubmissionStatus.GRADED else None,
-        "credit": result.get("credit"),
-        "created_at": submission.created_at.isoformat(),
-        "graded_at": None if submission.graded_at is None else submission.graded_at.isoformat(),
-        "answer": submission.answer,
-        "valid": result.get("valid"),
-        "errors": result.get("errors", []),
-        "equations": result.get("equations", []),
-        "gradients": result.get("gradients", {}),
-    }
-
-
-VERDICT_MARKS = {"correct": "✓", "carried": "✗", "wrong": "✗"}
-
-
-def annotated_lines(answer: str, result: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """Every line of an answer with its verdict: ``correct``, ``wrong``, ``carried``
-    (right rule, value wrong because of an earlier line) or None (nothing to judge),
-    and the messages for it (deduplicated; loop bodies are judged once per step)."""
-    result = result or {}
-    by_line: dict[int, list[dict[str, Any]]] = {}
-    for item in result.get("equations", []):
-        by_line.setdefault(int(item.get("line", 0)), []).append(item)
-    errors: dict[int, list[str]] = {}
-    for error in result.get("errors", []):
-        errors.setdefault(int(error.get("line", 0)), []).append(error.get("message", ""))
-    lines = []
-    for number, text in enumerate(answer.split("\n"), 1):
-        items = by_line.get(number, [])
-        messages: list[str] = []
-        verdict = None
-        if errors.get(number):
-            verdict = "wrong"
-            messages.extend(errors[number])
-        elif items:
-            wrong = [i for i in items if i.get("verdict") != "correct"]
-            if not wrong:
-                verdict = "correct"
-            elif all(i.get("rule_correct") for i in wrong):
-                verdict = "carried"
-            else:
-                verdict = "wrong"
-            # A loop body is judged once per step: one message, with its targets.
-            targets: dict[str, list[str]] = {}
-            for item in wrong:
-                message = item.get("message") or item.get("verdict", "")
-                names = targets.setdefault(message, [])
-                if str(item.get("target", "")) not in names:
-                    names.append(str(item.get("target", "")))
-            for message, names in targets.items():
-                labelled = len({str(i.get("target", "")) for i in items}) > 1
-                messages.append(f"{', '.join(names)}: {message}" if labelled else message)
-        lines.append({"number": number, "text": text, "verdict": verdict,
-                      "mark": VERDICT_MARKS.get(verdict or "", ""), "messages": messages})
-    return lines
-
-
-def general_errors(result: Mapping[str, Any] | None, answer: str = "") -> list[str]:
-    """Messages not tied to a line of the answer (line 0, or past its end)."""
-    count = len(answer.split("\n"))
-    return [e.get("message", "") for e in (result or {}).get("errors", [])
-            if not 1 <= int(e.get("line", 0)) <= count]

@@ -21,12 +21,8 @@ from sqlalchemy.orm import Session
 from server.engine.kinds import AnswerKind, kind_of
 from server.models import Assignment, AssignmentProblem, Instance, Submission, User
 from server.services.assignments import Window, assignment_problem_for, submission_window
-from server.services.grading import (
-    cached,
-    ensure_instance,
-    problem_submissions,
-    spec_for_version,
-)
+from server.services.grading import cached, ensure_instance, spec_for_version
+from server.services.submissions import problem_submissions
 
 PRIVATE_KEYS = ("reference", "accumulation")
 _MATHML_CACHE: OrderedDict[tuple[str, str], list[dict]] = OrderedDict()

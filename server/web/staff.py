@@ -7,10 +7,16 @@ from flask import Blueprint, abort, render_template, request
 
 from server.db import get_session
 from server.models import STATUS_VALUES, Course
-from server.services import grading
 from server.services.assignments import course_assignments, get_course_assignment
 from server.services.courses import roster
 from server.services.errors import NotFound
+from server.services.feedback import annotated_lines, general_errors, submission_summary
+from server.services.submissions import (
+    attempts_left,
+    course_submission,
+    course_submission_counts,
+    course_submissions,
+)
 from server.web.access import end_transaction, role_required
 
 bp = Blueprint("staff", __name__, url_prefix="/staff")
@@ -22,7 +28,7 @@ def course(course: Course) -> str:
     session = get_session()
     assignments = course_assignments(session, course)
     enrollments = roster(session, course)
-    counts = grading.course_submission_counts(session, course)
+    counts = course_submission_counts(session, course)
     end_transaction()
     return render_template(
         "staff/course.html", course=course, assignments=assignments, enrollments=enrollments,
@@ -42,7 +48,7 @@ def submissions(course: Course, assignment_id: int) -> str:
     status = request.args.get("status") or None
     if status is not None and status not in STATUS_VALUES:
         abort(400, f"status: {status!r} is not one of {', '.join(STATUS_VALUES)}")
-    submissions = grading.course_submissions(session, course, assignment.id, status=status)
+    submissions = course_submissions(session, course, assignment.id, status=status)
     end_transaction()
     return render_template(
         "staff/submissions.html",
@@ -56,16 +62,16 @@ def submissions(course: Course, assignment_id: int) -> str:
 def submission(course: Course, submission_id: int) -> str:
     session = get_session()
     try:
-        sub = grading.course_submission(session, course, submission_id)
+        sub = course_submission(session, course, submission_id)
     except NotFound as exc:
         abort(404, str(exc))
-    left = grading.attempts_left(session, sub, sub.user_id)
+    left = attempts_left(session, sub, sub.user_id)
     sub.user, sub.assignment_problem.problem  # noqa: B018  (for the template)
     end_transaction()
     return render_template(
         "staff/submission.html",
-        course=course, sub=sub, summary=grading.submission_summary(sub, left),
-        lines=grading.annotated_lines(sub.answer, sub.result),
-        general=grading.general_errors(sub.result, sub.answer),
+        course=course, sub=sub, summary=submission_summary(sub, left),
+        lines=annotated_lines(sub.answer, sub.result),
+        general=general_errors(sub.result, sub.answer),
         assignment=sub.assignment_problem.assignment,
     )

@@ -26,7 +26,9 @@ from server.services import grading, workspace
 from server.services.assignments import student_assignments
 from server.services.courses import STAFF_ROLES, courses_for_user
 from server.services.errors import Conflict, Forbidden, NotFound, Unavailable, ValidationError
+from server.services.feedback import annotated_lines, general_errors, submission_summary
 from server.services.limits import SubmissionRateLimited, take_submission_slot
+from server.services.submissions import attempts_left, own_submission
 from server.web.access import end_transaction, login_required
 from server.web.app import limiter, rate
 from server.web.bank import get_bank_for_students
@@ -160,20 +162,20 @@ def _download(body: bytes, mimetype: str, filename: str) -> Response:
 def submission(submission_id: int) -> tuple[str, int]:
     session = get_session()
     try:
-        sub = grading.own_submission(session, current_user, submission_id)
+        sub = own_submission(session, current_user, submission_id)
     except NotFound as exc:
         abort(404, str(exc))
     except Forbidden as exc:
         abort(403, str(exc))
-    left = grading.attempts_left(session, sub, current_user.id)
+    left = attempts_left(session, sub, current_user.id)
     assignment = sub.assignment_problem.assignment
     assignment.course, sub.assignment_problem.problem  # noqa: B018  (for the template)
     end_transaction()
     return render_template(
         "student/submission.html",
-        sub=sub, summary=grading.submission_summary(sub, left),
-        lines=grading.annotated_lines(sub.answer, sub.result),
-        general=grading.general_errors(sub.result, sub.answer),
+        sub=sub, summary=submission_summary(sub, left),
+        lines=annotated_lines(sub.answer, sub.result),
+        general=general_errors(sub.result, sub.answer),
         assignment=assignment,
         problem=sub.assignment_problem.problem,
     ), 200
