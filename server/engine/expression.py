@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import sympy
 
-from server.engine.grade import GradeResult, GradientResult, invalid, weighted_score
 from server.engine.instance import BrokenProblemError, draw_dims
 from server.engine.program import SpecIssue, substitute_choices
+from server.engine.results import GradeResult, GradientResult, invalid, weighted_score
 
 if TYPE_CHECKING:
     from server.engine.spec import ProblemSpec

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -37,70 +36,16 @@ from server.engine.answer import (
 from server.engine.instance import Instance
 from server.engine.ops import ELEMENTWISE
 from server.engine.program import Program, shape_text
+from server.engine.results import (
+    GradeResult,
+    GradientResult,
+    LineResult,
+    invalid,
+    weighted_score,
+)
 
 if TYPE_CHECKING:
     from server.engine.spec import ProblemSpec
-
-VERDICTS = (
-    "correct", "incorrect", "transposed", "wrong_layout", "wrong_shape", "sign",
-    "missing_accumulation", "missing", "invalid",
-)
-
-
-@dataclass(frozen=True)
-class LineResult:
-    line: int
-    target: str
-    verdict: str
-    rule_correct: bool | None
-    message: str
-
-    def to_json(self) -> dict:
-        return {
-            "line": self.line, "target": self.target, "verdict": self.verdict,
-            "rule_correct": self.rule_correct, "message": self.message,
-        }
-
-
-@dataclass(frozen=True)
-class GradientResult:
-    verdict: str
-    message: str = ""
-
-    def to_json(self) -> dict:
-        return {"verdict": self.verdict, "message": self.message}
-
-
-@dataclass(frozen=True)
-class GradeResult:
-    valid: bool
-    score: float
-    errors: list[dict] = field(default_factory=list)  # {"line", "message"}
-    equations: list[LineResult] = field(default_factory=list)
-    gradients: dict[str, GradientResult] = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {
-            "valid": self.valid,
-            "score": self.score,
-            "errors": list(self.errors),
-            "equations": [e.to_json() for e in self.equations],
-            "gradients": {k: v.to_json() for k, v in self.gradients.items()},
-        }
-
-
-def invalid(errors: list[dict]) -> GradeResult:
-    return GradeResult(valid=False, score=0.0, errors=errors)
-
-
-def weighted_score(gradients: Mapping[str, GradientResult], weights: Mapping[str, float]) -> float:
-    """The score of every answer kind: the weighted share of the asked
-    gradients (keys "d<var>") that are correct, with the spec's ``[weights]``
-    per variable (default 1) on both the points earned and the total, so it
-    is never above 1."""
-    total = sum(weights.get(g[1:], 1.0) for g in gradients)
-    earned = sum(weights.get(g[1:], 1.0) for g, v in gradients.items() if v.verdict == "correct")
-    return round(min(earned / total, 1.0), 6) if total > 0 else 0.0
 
 
 # --------------------------------------------------------------------------- context

@@ -5,9 +5,10 @@ import json
 import pytest
 
 from server.engine.bank import load_bank
-from server.engine.grade import VERDICTS, GradientResult, grade_equations, weighted_score
+from server.engine.grade import grade_equations
 from server.engine.instance import draw_instance, legacy_hidden_seeds
 from server.engine.problem import grade_answer, model_answer
+from server.engine.results import VERDICTS, GradientResult, weighted_score
 from server.engine.spec import parse_spec
 
 from .course import SCAN_ANSWER, SEED_ANSWER, right_only_on_its_own_instance

@@ -9,9 +9,9 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from server.engine.grade import GradeResult, GradientResult, invalid, weighted_score
 from server.engine.kinds import KINDS, AnswerKind
 from server.engine.problem import draw, grade_answer, instance_from_document, model_answer
+from server.engine.results import GradeResult, GradientResult, invalid, weighted_score
 from server.engine.spec import SpecError, parse_spec
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "server" / "templates"

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from server.engine.grade import GradeResult
+    from server.engine.results import GradeResult
     from server.engine.spec import ProblemSpec, SpecBuilder
 
 

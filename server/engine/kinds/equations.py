@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from server.engine.grade import GradeResult, grade_equations
+from server.engine.grade import grade_equations
 from server.engine.instance import (
     Instance,
     draw_hidden_instances,
@@ -19,6 +19,7 @@ from server.engine.instance import (
 )
 from server.engine.kinds.base import AnswerKind
 from server.engine.render import forward_mathml, render_instance_text
+from server.engine.results import GradeResult
 from server.engine.solution import model_solution
 
 if TYPE_CHECKING:

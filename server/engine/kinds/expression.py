@@ -20,7 +20,7 @@ from server.engine.kinds.base import AnswerKind
 from server.engine.render import render_expression_text
 
 if TYPE_CHECKING:
-    from server.engine.grade import GradeResult
+    from server.engine.results import GradeResult
     from server.engine.spec import ProblemSpec, SpecBuilder
 
 

@@ -27,16 +27,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from server.engine.grade import (
-    GradeResult,
-    GradientResult,
-    Layout,
-    invalid,
-    judge_gradient,
-    weighted_score,
-)
+from server.engine.grade import Layout, judge_gradient
 from server.engine.instance import Instance, draw_hidden_instances, legacy_hidden_seeds
 from server.engine.kinds.equations import ProgramKind
+from server.engine.results import GradeResult, GradientResult, invalid, weighted_score
 from server.engine.solution import model_solution
 
 if TYPE_CHECKING:
