@@ -23,6 +23,7 @@ from flask_login import current_user
 
 from server.db import get_session
 from server.models import ROLE_VALUES
+from server.web.extensions import login_manager
 
 F = TypeVar("F", bound=Callable[..., Any])
 ACCESS_ATTRIBUTE = "nabla_access"
@@ -41,8 +42,6 @@ def login_required(view: F) -> F:
     @functools.wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         if not current_user.is_authenticated:
-            from server.web.auth import login_manager
-
             return login_manager.unauthorized()
         return view(*args, **kwargs)
 
@@ -59,8 +58,6 @@ def role_required(*roles: str) -> Callable[[F], F]:
         @functools.wraps(view)
         def wrapped(*args: Any, course_code: str, **kwargs: Any) -> Any:
             if not current_user.is_authenticated:
-                from server.web.auth import login_manager
-
                 return login_manager.unauthorized()
             from server.services.courses import get_course, role_in_course
 

@@ -107,7 +107,7 @@ def build_app(config: dict[str, Any] | None = None) -> Flask:
         db.get_engine(app), app.config.get("NABLA_REDIS_URL"),
         app.config.get("NABLA_REDIS_PREFIX", "nabla:"))
 
-    from server.web.auth import init_login
+    from server.web.extensions import init_login
 
     init_login(app)
     csrf.init_app(app)

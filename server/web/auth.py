@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, flash, redirect, render_template, request, url_for
-from flask_login import LoginManager, current_user, login_user, logout_user
+from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask_login import current_user, login_user, logout_user
 from werkzeug.urls import iri_to_uri
 from werkzeug.wrappers import Response
 
@@ -18,21 +18,6 @@ from server.web.app import limiter, rate
 from server.web.forms import ChangePasswordForm, ConfirmForm, LoginForm, NewTokenForm
 
 bp = Blueprint("auth", __name__)
-login_manager = LoginManager()
-login_manager.login_view = "auth.login"
-login_manager.login_message = "Please log in to see this page."
-login_manager.session_protection = "basic"
-
-
-def init_login(app: Flask) -> None:
-    login_manager.init_app(app)
-
-
-@login_manager.user_loader
-def _load_user(login_id: str):  # noqa: ANN202  (Flask-Login's protocol)
-    return accounts.load_user_for_login_session(get_session(), login_id)
-
-
 # Browsers drop tabs and newlines anywhere in a URL and read a backslash as a
 # slash: "/\t/evil" and "/\\evil" both mean //evil, another site.
 _UNSAFE_IN_NEXT = re.compile(r"[\x00-\x1f\x7f\\]")
