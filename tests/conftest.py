@@ -152,7 +152,7 @@ def _new_database(request: pytest.FixtureRequest, db_backend: str, sqlite_path: 
     if db_backend == "sqlite":
         yield f"sqlite:///{sqlite_path}"
         return
-    from server.db import create_postgres_database, drop_postgres_database
+    from tests.scratch_db import create_postgres_database, drop_postgres_database
 
     server_url = request.getfixturevalue("postgres_server_url")
     url = create_postgres_database(server_url, "nabla_test")
