@@ -137,3 +137,12 @@ def min_over(expr: Lin, ranges: Mapping[str, tuple[int, int]]) -> int:
 
 def max_over(expr: Lin, ranges: Mapping[str, tuple[int, int]]) -> int:
     return -min_over(expr.scale(-1), ranges)
+
+
+def shape_text(shape: tuple[Lin, Lin]) -> str:
+    """A shape as a student reads it: ``H1×N``, ``(T - N + 1)×1``."""
+    def one(s: Lin) -> str:
+        text = str(s)
+        return f"({text})" if len(s.terms) + (1 if s.const else 0) > 1 else text
+
+    return f"{one(shape[0])}×{one(shape[1])}"

@@ -33,9 +33,10 @@ from server.engine.answer import (
     prepare_values,
     run_equations,
 )
+from server.engine.dimexpr import shape_text
 from server.engine.instance import Instance
 from server.engine.ops import ELEMENTWISE
-from server.engine.program import Program, shape_text
+from server.engine.program import Program
 from server.engine.results import (
     GradeResult,
     GradientResult,

@@ -35,7 +35,7 @@ import numpy as np
 
 from server.engine import reference as ref
 from server.engine.mutants import Evaluation, MutantSet, compile_mutants
-from server.engine.ops import ELEMENTWISE
+from server.engine.ops import OPS
 from server.engine.program import Loop, Program
 
 if TYPE_CHECKING:
@@ -479,8 +479,8 @@ def _reject_forward(spec: ProblemSpec, sched, values) -> str | None:
     margin = spec.kink_margin
     inputs: dict[int, list[np.ndarray]] = {}
     for ex in sched:
-        fn = ELEMENTWISE.get(ex.step.op)
-        if fn is None or (fn.kink is None and not fn.positive_domain):
+        fn = OPS[ex.step.op]  # the operation's record says where its inputs may not go
+        if fn.kink is None and not fn.positive_domain:
             continue
         a = values[ex.args[0]]
         if not np.isfinite(a).all():

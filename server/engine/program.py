@@ -16,11 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from server.engine.dimexpr import DimExprError, Lin, max_over, min_over, parse_lin
-from server.engine.ops import BINARY_OPS, ELEMENTWISE
+from server.engine.ops import OPS, ShapeError, calls
 
-UNARY_FUNCS = tuple(ELEMENTWISE) + ("softmax", "sum")
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
-_BINOP_NAMES = {ast.MatMult: "matmul", ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div"}
+# Python's operator nodes; which operation each is comes from the table (``Operation.symbol``).
+_AST_SYMBOLS = {ast.MatMult: "@", ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 
 @dataclass(frozen=True)
 class SpecIssue:
@@ -306,9 +306,13 @@ class ProgramCompiler:
     def _relation(self, value: ast.expr, lineno: int, target: str, indexed: bool, loop):
         loop_var = loop[0] if loop else None
         if isinstance(value, ast.BinOp):
-            op = _BINOP_NAMES.get(type(value.op))
+            symbol = _AST_SYMBOLS.get(type(value.op))
+            op = next((name for name, o in OPS.items()
+                       if o.syntax == "infix" and o.symbol == symbol), None)
             if op is None:
-                self.err(lineno, f"unknown operation {_op_symbol(value.op)!r}: allowed are @ + - * / and {', '.join(UNARY_FUNCS)}, .T, slicing")
+                infix = " ".join(o.symbol for o in OPS.values() if o.syntax == "infix")
+                self.err(lineno, f"unknown operation {_op_symbol(value.op)!r}: allowed are "
+                         f"{infix} and {', '.join(calls())}, .T, slicing")
                 return None
             if not (self._is_leaf(value.left, loop_var) and self._is_leaf(value.right, loop_var)):
                 self._compound(lineno, target, indexed, loop_var, value)
@@ -328,7 +332,7 @@ class ProgramCompiler:
             if a.name is None:
                 self.err(lineno, "a step must involve a variable, not only constants")
                 return None
-            return "neg", [a], None, None, self.shapes[a.name]
+            return self._apply("neg", [a], lineno, ast.unparse(value))
         if isinstance(value, ast.Attribute):
             if value.attr != "T":
                 self.err(lineno, f"unknown operation '.{value.attr}': the only attribute is .T (transpose)")
@@ -339,8 +343,7 @@ class ProgramCompiler:
             a = self._operand(value.value, lineno, loop_var)
             if a is None or a.name is None:
                 return None
-            r, c = self.shapes[a.name]
-            return "transpose", [a], None, None, (c, r)
+            return self._apply("transpose", [a], lineno, ast.unparse(value))
         if isinstance(value, ast.Call):
             return self._call(value, lineno, target, indexed, loop_var)
         if isinstance(value, ast.Subscript) and not self._is_indexed_ref(value, loop_var):
@@ -360,8 +363,9 @@ class ProgramCompiler:
         else:
             self.err(lineno, f"unknown operation {ast.unparse(func)!r}")
             return None
-        if name not in UNARY_FUNCS:
-            self.err(lineno, f"unknown operation {name!r}{did_you_mean(name, UNARY_FUNCS)} (allowed: {', '.join(UNARY_FUNCS)})")
+        if name not in calls():
+            self.err(lineno, f"unknown operation {name!r}{did_you_mean(name, calls())} "
+                             f"(allowed: {', '.join(calls())})")
             return None
         if len(value.args) != 1 or value.keywords:
             self.err(lineno, f"{name} takes exactly one argument")
@@ -375,13 +379,17 @@ class ProgramCompiler:
         if a.name is None:
             self.err(lineno, f"{name} of a constant is a constant, not a step")
             return None
-        shape = self.shapes[a.name]
-        if name == "sum":
-            return "sum", [a], None, None, (Lin(1), Lin(1))
-        if name == "softmax" and shape[1] != Lin(1):
-            self.err(lineno, f"softmax applies to a column vector; {a.name} is {_shape_text(shape)}")
+        return self._apply(name, [a], lineno, ast.unparse(value))
+
+    def _apply(self, op: str, args: list[Operand], lineno: int, text: str):
+        """The relation of operation ``op`` on ``args``, its shape from the operation's rule."""
+        names = [a.name for a in args]
+        try:
+            shape = OPS[op].shape(text, names, [self.shapes[n] if n else None for n in names])
+        except ShapeError as exc:
+            self.err(lineno, str(exc))
             return None
-        return name, [a], None, None, shape
+        return op, args, None, None, shape
 
     def _slice(self, value: ast.Subscript, lineno: int, loop):
         loop_var = loop[0] if loop else None
@@ -447,34 +455,10 @@ class ProgramCompiler:
         if left.name is None and right.name is None:
             self.err(lineno, "a step must involve a variable, not only constants")
             return None
-        if op == "matmul":
-            if left.name is None or right.name is None:
-                self.err(lineno, f"'{text}': @ needs two variables; use * to scale by a constant")
-                return None
-            (m, n), (n2, p) = self.shapes[left.name], self.shapes[right.name]
-            if n != n2:
-                self.err(
-                    lineno,
-                    f"shape mismatch in '{text}': {left.name} is {_shape_text((m, n))} and "
-                    f"{right.name} is {_shape_text((n2, p))} ({n} columns vs {n2} rows)",
-                )
-                return None
-            return op, [left, right], None, None, (m, p)
-        if op == "div" and right.name is not None:
+        if OPS[op].constants == "second" and right.name is not None:
             self.err(lineno, f"'{text}': division is only by a constant")
             return None
-        if left.name is None or right.name is None:
-            shape = self.shapes[(left.name or right.name)]
-            return op, [left, right], None, None, shape
-        sl, sr = self.shapes[left.name], self.shapes[right.name]
-        if sl != sr:
-            self.err(
-                lineno,
-                f"shape mismatch in '{text}': {left.name} is {_shape_text(sl)} and {right.name} is "
-                f"{_shape_text(sr)}; element-wise {BINARY_OPS[op]} needs equal shapes",
-            )
-            return None
-        return op, [left, right], None, None, sl
+        return self._apply(op, [left, right], lineno, text)
 
     # -- operands -------------------------------------------------------------
 
@@ -611,18 +595,6 @@ def _op_symbol(op: ast.operator) -> str:
     return {ast.Pow: "**", ast.FloorDiv: "//", ast.Mod: "%", ast.BitXor: "^", ast.BitAnd: "&", ast.BitOr: "|"}.get(
         type(op), type(op).__name__
     )
-
-
-def _shape_text(shape: tuple[Lin, Lin]) -> str:
-    def one(s: Lin) -> str:
-        text = str(s)
-        return f"({text})" if len(s.terms) + (1 if s.const else 0) > 1 else text
-
-    return f"{one(shape[0])}×{one(shape[1])}"
-
-
-def shape_text(shape: tuple[Lin, Lin]) -> str:
-    return _shape_text(shape)
 
 
 def did_you_mean(name: str, candidates) -> str:

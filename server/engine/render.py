@@ -72,6 +72,7 @@ def forward_mathml(spec, program) -> list[dict]:
     import sympy
     from sympy.printing.mathml import mathml
 
+    from server.engine.ops import OPS
     from server.engine.program import Loop
 
     def symbol(name: str, indexed: bool, loop_var: str | None):
@@ -86,32 +87,7 @@ def forward_mathml(spec, program) -> list[dict]:
 
     def rhs(step, loop_var) -> str:
         args = [operand(a, loop_var) for a in step.args]
-        op = step.op
-        if op == "slice":
-            inner = mathml(args[0], printer="presentation", order="none")
-            rows, cols = step.region_text
-            index = rows if cols == ":" else f"{rows}, {cols}"
-            return f"<mrow>{inner}<mo>[</mo><mi>{_escape(index)}</mi><mo>]</mo></mrow>"
-        if op == "matmul":
-            expr = sympy.MatMul(*args, evaluate=False)
-        elif op == "add":
-            expr = sympy.MatAdd(*args, evaluate=False) if all(isinstance(a, sympy.MatrixExpr) for a in args) else sympy.Add(*args, evaluate=False)
-        elif op == "sub":
-            expr = sympy.MatAdd(args[0], -args[1], evaluate=False) if all(isinstance(a, sympy.MatrixExpr) for a in args) else sympy.Add(args[0], -args[1], evaluate=False)
-        elif op == "mul":
-            if all(isinstance(a, sympy.MatrixExpr) for a in args):
-                expr = sympy.HadamardProduct(*args, evaluate=False)
-            else:
-                expr = sympy.MatMul(*args, evaluate=False)
-        elif op == "div":
-            expr = sympy.MatMul(sympy.Rational(1) / args[1], args[0], evaluate=False)
-        elif op == "neg":
-            expr = -args[0]
-        elif op == "transpose":
-            expr = sympy.Transpose(args[0])
-        else:
-            expr = sympy.Function(op)(args[0])
-        return mathml(expr, printer="presentation", order="none")
+        return OPS[step.op].mathml(args, step.region_text)
 
     lines: list[dict] = []
     number = 0
@@ -129,10 +105,6 @@ def forward_mathml(spec, program) -> list[dict]:
                 "mathml": f'<math xmlns="http://www.w3.org/1998/Math/MathML" display="block">{body}</math>',
             })
     return lines
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def statement_html(text: str) -> str:

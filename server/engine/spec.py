@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from server.engine.dimexpr import DimExprError, Lin, min_over, parse_lin
+from server.engine.dimexpr import DimExprError, Lin, min_over, parse_lin, shape_text
 from server.engine.kinds import KINDS, AnswerKind
 from server.engine.program import (
     Loop,
@@ -29,7 +29,6 @@ from server.engine.program import (
     Step,
     VarDecl,
     did_you_mean,
-    shape_text,
     substitute_choices,
 )
 

@@ -114,7 +114,7 @@ def variable_rows(spec: Any, document: Mapping[str, Any]) -> list[VariableRow]:
     """Every variable of the student's program with its shape and its gradient's shape."""
     if not kind_of(spec).has_arrays:
         return []
-    from server.engine.spec import shape_text
+    from server.engine.dimexpr import shape_text
 
     program = spec.program(tuple(document["choice_index"]))
     shapes = document["shapes"]
