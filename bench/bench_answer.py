@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from server.engine.answer import AnswerContext, evaluate_rhs, parse_equations, run_equations
+from server.engine.equations import AnswerContext, evaluate_rhs, parse_equations, run_equations
 from server.engine.symbolic import expressions_equivalent, parse_scalar_expression
 
 N, H1, H2, K = 3, 5, 4, 2

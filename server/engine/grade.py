@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from server.engine.answer import (
+from server.engine.dimexpr import shape_text
+from server.engine.equations import (
     AnswerContext,
     AnswerFormatError,
     AnswerRuntimeError,
@@ -33,7 +34,6 @@ from server.engine.answer import (
     prepare_values,
     run_equations,
 )
-from server.engine.dimexpr import shape_text
 from server.engine.instance import Instance
 from server.engine.ops import ELEMENTWISE
 from server.engine.program import Program

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.engine.answer import (
+from server.engine.equations import (
     MAX_LINES,
     MAX_STEPS,
     MAX_TEXT_CHARS,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from server.engine import ops
-from server.engine.answer import AnswerContext, parse_equations, run_equations
+from server.engine.equations import AnswerContext, parse_equations, run_equations
 from server.engine.ops import OPS, Elementwise, Operation
 
 SHAPES = {"matmul": [(3, 4), (4, 2)], "softmax": [(4, 1)], "slice": [(5, 3)]}
