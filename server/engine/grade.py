@@ -34,7 +34,7 @@ from server.engine.equations import (
     prepare_values,
     run_equations,
 )
-from server.engine.instance import Instance
+from server.engine.instance import ArrayInstance
 from server.engine.ops import ELEMENTWISE
 from server.engine.program import Program
 from server.engine.results import (
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 # --------------------------------------------------------------------------- context
 
 
-def answer_context(spec: ProblemSpec, inst: Instance) -> AnswerContext:
+def answer_context(spec: ProblemSpec, inst: ArrayInstance) -> AnswerContext:
     """What an answer to this instance may name, with shapes in the layout."""
     program = spec.program(inst.choice_index)
     forward: dict = {}
@@ -70,11 +70,11 @@ def answer_context(spec: ProblemSpec, inst: Instance) -> AnswerContext:
     )
 
 
-def _initial_grads(spec: ProblemSpec, inst: Instance) -> dict:
+def _initial_grads(spec: ProblemSpec, inst: ArrayInstance) -> dict:
     return {"d" + spec.given: inst.values["d" + spec.given]}
 
 
-def _forward_values(inst: Instance) -> dict:
+def _forward_values(inst: ArrayInstance) -> dict:
     return {k: v for k, v in inst.values.items() if not k.startswith("d") or k[1:] not in inst.values}
 
 
@@ -87,7 +87,7 @@ def close(a: np.ndarray, b: np.ndarray, rtol: float) -> bool:
     return bool(np.linalg.norm(a - b) <= rtol * np.linalg.norm(b) + 1e-12)
 
 
-def _ref_at(inst: Instance, target: str, index: tuple[int, ...]) -> np.ndarray:
+def _ref_at(inst: ArrayInstance, target: str, index: tuple[int, ...]) -> np.ndarray:
     r = inst.reference[target]
     return r[index[0]] if isinstance(r, list) else r
 
@@ -116,7 +116,7 @@ def _region_slices(region: str, shape: tuple[int, int]) -> tuple[slice, slice]:
 class Layout:
     """Explains shapes: what a gradient's shape must be, and why."""
 
-    def __init__(self, spec: ProblemSpec, program: Program, inst: Instance):
+    def __init__(self, spec: ProblemSpec, program: Program, inst: ArrayInstance):
         self.spec, self.program, self.inst = spec, program, inst
 
     def rule(self, var: str) -> str:
@@ -140,8 +140,8 @@ class Layout:
 # --------------------------------------------------------------------------- grading
 
 
-def grade_equations(spec: ProblemSpec, inst: Instance, text: str, *,
-                    hidden: Sequence[Instance] = ()) -> GradeResult:
+def grade_equations(spec: ProblemSpec, inst: ArrayInstance, text: str, *,
+                    hidden: Sequence[ArrayInstance] = ()) -> GradeResult:
     """Grade ``text`` on ``inst`` and on the ``hidden`` instances (drawn with
     ``draw_hidden_instances``: the same structure, other dims and values)."""
     program = spec.program(inst.choice_index)
@@ -211,7 +211,7 @@ def _score(spec: ProblemSpec, equations: list[LineResult], gradients: dict[str, 
     return weighted_score(gradients, spec.weights)
 
 
-def flip_layout(inst: Instance) -> Instance:
+def flip_layout(inst: ArrayInstance) -> ArrayInstance:
     """The same instance seen in the other layout (every gradient transposed)."""
 
     def t(v):

@@ -68,7 +68,7 @@ Value = np.ndarray | list[np.ndarray]
 
 
 @dataclass(frozen=True)
-class Instance:
+class ArrayInstance:
     problem: str
     version: str
     seed: int
@@ -116,7 +116,7 @@ class Instance:
         return out
 
     @classmethod
-    def from_json(cls, data: Mapping) -> Instance:
+    def from_json(cls, data: Mapping) -> ArrayInstance:
         indexed = frozenset(data["indexed"])
 
         def arr(name: str, v):
@@ -146,6 +146,11 @@ class Instance:
                 for k, items in data.get("accumulation", {}).items()
             },
         )
+
+
+# The name before the engine's instance and the database model's stopped sharing
+# one; kept for code written against it (new code: ArrayInstance).
+Instance = ArrayInstance
 
 
 def used_dims(program: Program) -> set[str]:
@@ -235,7 +240,7 @@ def draw_instance(
     other_than: Mapping[str, int] | None = None,
     discriminate: bool = True,
     stats: DrawStats | None = None,
-) -> Instance:
+) -> ArrayInstance:
     """The instance for ``seed``. ``choice_index`` forces the structure and
     ``other_than`` asks for dims that differ from those (hidden instances that
     check an answer on the same structure at other sizes). ``discriminate``
@@ -436,7 +441,7 @@ def _gradients(spec: ProblemSpec, seeds, grads):
 HIDDEN_INSTANCES = 2  # hidden checks per answer, besides the student's own instance
 
 
-def draw_hidden_instances(spec: ProblemSpec, inst: Instance, seeds: Sequence[int]) -> list[Instance]:
+def draw_hidden_instances(spec: ProblemSpec, inst: ArrayInstance, seeds: Sequence[int]) -> list[ArrayInstance]:
     """The hidden instances an answer is also checked on: the structure of
     ``inst`` (its choices) with other dims and values, one per seed. The server
     draws the seeds per submission, so nothing learned about one submission's
@@ -446,7 +451,7 @@ def draw_hidden_instances(spec: ProblemSpec, inst: Instance, seeds: Sequence[int
             for s in seeds]
 
 
-def legacy_hidden_seeds(inst: Instance, count: int = HIDDEN_INSTANCES) -> list[int]:
+def legacy_hidden_seeds(inst: ArrayInstance, count: int = HIDDEN_INSTANCES) -> list[int]:
     """The hidden seeds of submissions stored before seeds were drawn per
     submission (they were a function of the instance alone); regrades of those
     reproduce them."""
@@ -557,7 +562,7 @@ def _build(spec, seed, program, choice_index, dims, draw: _Draw):
             label = "d" + (f"{key[0]}[{key[1]}]" if isinstance(key, tuple) else key)
             t_of = {ex.index: ex.t for ex in sched}
             contributions[label] = [(line_of[i], t_of[i], ref.to_layout(c, layout)) for i, c in items]
-    return Instance(
+    return ArrayInstance(
         problem=spec.id,
         version=spec.version,
         seed=seed,

@@ -954,7 +954,7 @@ def _base(key: Key) -> str:
 
 
 def instance_values(inst) -> tuple[dict[Key, np.ndarray], Callable[[Key], np.ndarray]]:
-    """An Instance's forward values and gradients (reference and given), as
+    """An ArrayInstance's forward values and gradients (reference and given), as
     Evaluation takes them."""
     values: dict[Key, np.ndarray] = {}
     for name, v in inst.values.items():

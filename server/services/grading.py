@@ -268,10 +268,9 @@ def hidden_seeds_of(submission: Submission, document: Mapping[str, Any]) -> list
     seeds = submission.hidden_seeds
     if seeds is not None:
         return seeds
-    from server.engine.instance import Instance as EngineInstance
-    from server.engine.instance import legacy_hidden_seeds
+    from server.engine.instance import ArrayInstance, legacy_hidden_seeds
 
-    return legacy_hidden_seeds(EngineInstance.from_json(document))
+    return legacy_hidden_seeds(ArrayInstance.from_json(document))
 
 
 # --- step 2: grade -------------------------------------------------------------------

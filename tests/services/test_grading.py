@@ -321,11 +321,10 @@ def test_hidden_instances_are_drawn_per_submission_and_stored(session, engine_ba
     assert first.hidden_seeds == grading.draw_hidden_seeds(SECRET, first.id, first.instance.seed)
     # The same own instance, other hidden instances for each submission; one
     # instance per sandbox job (the jobs of one submission run concurrently).
-    from server.engine.instance import Instance as EngineInstance
-    from server.engine.instance import draw_hidden_instances
+    from server.engine.instance import ArrayInstance, draw_hidden_instances
 
     spec = engine_bank["mlp-relu-numpy"]
-    own = EngineInstance.from_json(json.loads(first.instance.reference_json))
+    own = ArrayInstance.from_json(json.loads(first.instance.reference_json))
     for sub, dims in zip((first, second), seen_dims):
         hidden = draw_hidden_instances(spec, own, grading.hidden_seeds_of(
             sub, json.loads(sub.instance.reference_json)))

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from server.engine.grade import grade_equations
 from server.engine.instance import (
-    Instance,
+    ArrayInstance,
     draw_hidden_instances,
     draw_instance,
     legacy_hidden_seeds,
@@ -41,11 +41,11 @@ class ProgramKind(AnswerKind):
                       ask: Sequence[str]) -> dict:
         return builder.compile_all(template, choices, variables, dims, given, tuple(ask))
 
-    def draw(self, spec: ProblemSpec, seed: int) -> Instance:
+    def draw(self, spec: ProblemSpec, seed: int) -> ArrayInstance:
         return draw_instance(spec, seed)
 
-    def from_json(self, spec: ProblemSpec, document: Mapping) -> Instance:
-        return Instance.from_json(document)
+    def from_json(self, spec: ProblemSpec, document: Mapping) -> ArrayInstance:
+        return ArrayInstance.from_json(document)
 
     def check_draws(self, spec: ProblemSpec, seeds: int) -> str:
         """The mutant figures of the structures drawn (``nabla problems check``)."""
@@ -75,7 +75,7 @@ class ProgramKind(AnswerKind):
                 f"({statistics.mean(for_mutants):.2f} for mutants); draw "
                 f"{statistics.median(times):.2f} ms median (calibration {calibration * 1e3:.0f} ms)")
 
-    def render_text(self, spec: ProblemSpec, inst: Instance) -> str:
+    def render_text(self, spec: ProblemSpec, inst: ArrayInstance) -> str:
         return render_instance_text(spec, inst)
 
     def forward_mathml(self, spec: ProblemSpec, document: Mapping) -> list[dict[str, Any]]:
@@ -86,7 +86,7 @@ class EquationsKind(ProgramKind):
     name = "equations"
     partial = "kinds/equations.html"
 
-    def grade(self, spec: ProblemSpec, inst: Instance, text: str, *,
+    def grade(self, spec: ProblemSpec, inst: ArrayInstance, text: str, *,
               hidden_seeds: Sequence[int] | None = None,
               run_job: Callable[..., Any] | None = None,
               check_source: Callable[..., Any] | None = None) -> GradeResult:
@@ -99,5 +99,5 @@ class EquationsKind(ProgramKind):
         hidden = draw_hidden_instances(spec, inst, hidden_seeds) if hidden_seeds else []
         return grade_equations(spec, inst, text, hidden=hidden)
 
-    def model_answer(self, spec: ProblemSpec, inst: Instance) -> str:
+    def model_answer(self, spec: ProblemSpec, inst: ArrayInstance) -> str:
         return model_solution(spec, spec.program(inst.choice_index))

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from server.engine.grade import Layout, judge_gradient
-from server.engine.instance import Instance, draw_hidden_instances, legacy_hidden_seeds
+from server.engine.instance import ArrayInstance, draw_hidden_instances, legacy_hidden_seeds
 from server.engine.kinds.equations import ProgramKind
 from server.engine.results import GradeResult, GradientResult, invalid, weighted_score
 from server.engine.solution import model_solution
@@ -64,7 +64,7 @@ class NumpyKind(ProgramKind):
     def tolerance(self, spec: ProblemSpec) -> float:
         return spec.numpy_rtol
 
-    def grade(self, spec: ProblemSpec, inst: Instance, text: str, *,
+    def grade(self, spec: ProblemSpec, inst: ArrayInstance, text: str, *,
               hidden_seeds: Sequence[int] | None = None,
               run_job: Callable[..., Any] | None = None,
               check_source: Callable[..., Any] | None = None) -> GradeResult:
@@ -74,16 +74,16 @@ class NumpyKind(ProgramKind):
         return grade_numpy(spec, inst, text, hidden_seeds=hidden_seeds, run_job=run_job,
                            check_source=check_source)
 
-    def model_answer(self, spec: ProblemSpec, inst: Instance) -> str:
+    def model_answer(self, spec: ProblemSpec, inst: ArrayInstance) -> str:
         return numpy_model_answer(spec, inst, model_solution(spec, spec.program(inst.choice_index)))
 
 
-def call_arguments(inst: Instance) -> dict:
+def call_arguments(inst: ArrayInstance) -> dict:
     """Keyword arguments for ``backward``: every forward value and d<given>."""
     return {name: value for name, value in inst.values.items()}
 
 
-def grade_numpy(spec: ProblemSpec, inst: Instance, source: str, *,
+def grade_numpy(spec: ProblemSpec, inst: ArrayInstance, source: str, *,
                 run_job: Callable[..., Any], check_source: Callable[..., Any],
                 hidden_seeds: Sequence[int] | None = None,
                 concurrent: bool = True) -> GradeResult:
@@ -186,7 +186,7 @@ class _Failure:
 class _Check:
     """One instance's job: the own instance (number 0) or hidden check ``number``."""
 
-    def __init__(self, number: int, hidden: int, instance: Instance, result, source: str):
+    def __init__(self, number: int, hidden: int, instance: ArrayInstance, result, source: str):
         self.instance, self.result = instance, result
         self.own = number == 0
         self.name = "your instance" if self.own else f"hidden check {number} of {hidden}"
@@ -265,7 +265,7 @@ def name_other_layout(verdicts: dict[str, GradientResult], layout: str
             for g, v in verdicts.items()}
 
 
-def numpy_model_answer(spec: ProblemSpec, inst: Instance, equations: str) -> str:
+def numpy_model_answer(spec: ProblemSpec, inst: ArrayInstance, equations: str) -> str:
     """The model equations as a ``backward`` function: dims are read off the
     arguments' shapes, gradients start at zero, indexed ones are lists."""
     program = spec.program(inst.choice_index)
