@@ -29,6 +29,8 @@ def drop_postgres_database(server_url: str, url: str) -> None:
     admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
+            connection.execute(
+                text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+            )
     finally:
         admin.dispose()

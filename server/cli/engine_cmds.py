@@ -65,7 +65,9 @@ def problems_list(as_json: bool) -> None:
 
 @problems.command("check")
 @click.argument("refs", nargs=-1)
-@click.option("--seeds", default=CHECK_SEEDS, show_default=True, help="Draws to verify per problem.")
+@click.option(
+    "--seeds", default=CHECK_SEEDS, show_default=True, help="Draws to verify per problem."
+)
 def problems_check(refs: tuple[str, ...], seeds: int) -> None:
     """Validate specs (spec files, folders of them, or ids; default: the whole bank)
     and verify draws.
@@ -115,8 +117,12 @@ def _spec_targets(refs: tuple[str, ...]) -> list[str]:
 
 @main.command()
 @click.argument("problem")
-@click.option("--seed", "seeds", type=int, multiple=True, required=True, help="Instance seed (repeatable).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, with the reference.")
+@click.option(
+    "--seed", "seeds", type=int, multiple=True, required=True, help="Instance seed (repeatable)."
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object per line, with the reference."
+)
 def instance(problem: str, seeds: tuple[int, ...], as_json: bool) -> None:
     """Print the instance of PROBLEM for each seed."""
     spec = get_problem(problem)
@@ -181,7 +187,9 @@ def grade(problem: str, seed: int, files: tuple[str, ...], as_json: bool) -> Non
         result = spec.kind.grade(spec, inst, text, run_job=sandbox.run_job,
                                  check_source=sandbox.check_source)
         if as_json:
-            click.echo(json.dumps({"file": path, "problem": spec.id, "seed": seed, **result.to_json()}))
+            click.echo(
+                json.dumps({"file": path, "problem": spec.id, "seed": seed, **result.to_json()})
+            )
         else:
             click.echo(render_result(path, text, result))
 

@@ -108,7 +108,8 @@ def _lin(node: ast.AST, known: frozenset[str]) -> Lin:
     if isinstance(node, ast.Name):
         if node.id not in known:
             raise DimExprError(
-                f"unknown name {node.id!r} in a dims expression (dims: {', '.join(sorted(known)) or 'none'})"
+                f"unknown name {node.id!r} in a dims expression "
+                f"(dims: {', '.join(sorted(known)) or 'none'})"
             )
         return Lin.of(node.id)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
@@ -123,7 +124,9 @@ def _lin(node: ast.AST, known: frozenset[str]) -> Lin:
         if right.is_const():
             return left.scale(right.const)
         raise DimExprError(f"{ast.unparse(node)!r}: dims expressions must be linear (no dim * dim)")
-    raise DimExprError(f"{ast.unparse(node)!r} is not a dims expression (integers, dims, + - and * by an integer)")
+    raise DimExprError(
+        f"{ast.unparse(node)!r} is not a dims expression (integers, dims, + - and * by an integer)"
+    )
 
 
 def min_over(expr: Lin, ranges: Mapping[str, tuple[int, int]]) -> int:

@@ -62,11 +62,18 @@ def answer_context(spec: ProblemSpec, inst: ArrayInstance) -> AnswerContext:
         layout_shape = shape[::-1] if inst.layout == "numerator" else shape
         per_step = name in program.indexed
         forward[name] = [shape] * inst.steps if per_step else shape
-        if name == spec.given or spec.vars.get(name) is not None and spec.vars[name].role == "const":
+        if (
+            name == spec.given
+            or spec.vars.get(name) is not None
+            and spec.vars[name].role == "const"
+        ):
             continue
         gradients["d" + name] = [layout_shape] * inst.steps if per_step else layout_shape
     return AnswerContext(
-        forward=forward, gradients=gradients, readonly=frozenset({"d" + spec.given}), dims=dict(inst.dims)
+        forward=forward,
+        gradients=gradients,
+        readonly=frozenset({"d" + spec.given}),
+        dims=dict(inst.dims),
     )
 
 
@@ -75,7 +82,9 @@ def _initial_grads(spec: ProblemSpec, inst: ArrayInstance) -> dict:
 
 
 def _forward_values(inst: ArrayInstance) -> dict:
-    return {k: v for k, v in inst.values.items() if not k.startswith("d") or k[1:] not in inst.values}
+    return {
+        k: v for k, v in inst.values.items() if not k.startswith("d") or k[1:] not in inst.values
+    }
 
 
 # --------------------------------------------------------------------------- comparing
@@ -128,7 +137,9 @@ class Layout:
             if c == "1":
                 return f"in numerator layout the derivative with respect to a {r}×1 vector is 1×{r}"
             return f"in numerator layout the derivative with respect to a {r}×{c} matrix is {c}×{r}"
-        return f"in denominator layout a gradient has the shape of its variable ({shape_text(shape)})"
+        return (
+            f"in denominator layout a gradient has the shape of its variable ({shape_text(shape)})"
+        )
 
     def expected(self, var: str, actual: np.ndarray, expected: np.ndarray) -> str:
         got = "×".join(map(str, actual.shape))
@@ -223,7 +234,10 @@ def flip_layout(inst: ArrayInstance) -> ArrayInstance:
         layout="denominator" if inst.layout == "numerator" else "numerator",
         values={k: t(v) if k == given else v for k, v in inst.values.items()},
         reference={k: t(v) for k, v in inst.reference.items()},
-        contributions={k: [(ln, step, c.T.copy()) for ln, step, c in items] for k, items in inst.contributions.items()},
+        contributions={
+            k: [(ln, step, c.T.copy()) for ln, step, c in items]
+            for k, items in inst.contributions.items()
+        },
     )
 
 
@@ -238,11 +252,13 @@ def _check_other_layout(spec, program, inst, text, result: GradeResult) -> Grade
     if alt.score <= result.score or alt.score < 1:
         return result
     message = (
-        f"this answer is right in {other.layout} layout, but the problem uses {inst.layout} layout: "
+        f"this answer is right in {other.layout} layout, but the problem uses "
+        f"{inst.layout} layout: "
         + Layout(spec, program, inst).rule(program.ask[0])
     )
     gradients = {
-        k: v if v.verdict == "correct" else GradientResult("wrong_layout", message) for k, v in result.gradients.items()
+        k: v if v.verdict == "correct" else GradientResult("wrong_layout", message)
+        for k, v in result.gradients.items()
     }
     return dataclasses.replace(result, gradients=gradients)
 
@@ -296,7 +312,9 @@ class _Grader:
     def merge(self, line: int, results: list[LineResult]) -> LineResult:
         wrong = [r for r in results if r.verdict != "correct"]
         first = wrong[0] if wrong else results[0]
-        rule = all(r.rule_correct for r in results if r.rule_correct is not None) if results else None
+        rule = (
+            all(r.rule_correct for r in results if r.rule_correct is not None) if results else None
+        )
         if wrong and len(results) > 1 and len(wrong) < len(results):
             message = first.message + f" (wrong at {len(wrong)} of {len(results)} steps)"
         else:
@@ -318,7 +336,9 @@ class _Grader:
         self.tainted[target] = exc.line
         self.carries[(target, exc.index)] = frozenset({exc.line})
         self.assigned.add(target)
-        self.record(exc.line, LineResult(exc.line, _label(target, exc.index), verdict, False, message))
+        self.record(
+            exc.line, LineResult(exc.line, _label(target, exc.index), verdict, False, message)
+        )
 
     def mask_hint(self, target: str) -> str:
         """For the gradient of an element-wise function's input: where its derivative comes from."""
@@ -397,7 +417,10 @@ class _Grader:
         matched = self.matched.setdefault(key, [])
         if after.shape != ref.shape:
             if after.shape == ref.T.shape and close(after, ref.T, self.rtol):
-                return "transposed", f"d{var} is the transpose of the right value: " + self.layout.rule(var)
+                return (
+                    "transposed",
+                    f"d{var} is the transpose of the right value: " + self.layout.rule(var),
+                )
             return "wrong_shape", self.layout.expected(var, after, ref)
         if close(after, ref, self.rtol):
             self.matched[key] = list(range(len(contribs)))
@@ -412,8 +435,9 @@ class _Grader:
                     self.matched[key] = [i]
                     self.accumulation_errors.setdefault(ev.target, ev.line)
                     return "missing_accumulation", (
-                        f"'=' overwrites what earlier steps added to {ev.target}: {var} is used more than "
-                        f"once in the forward pass, so its gradient accumulates; use '+='"
+                        f"'=' overwrites what earlier steps added to {ev.target}: {var} is "
+                        "used more than once in the forward pass, so its gradient "
+                        "accumulates; use '+='"
                     )
                 matched.append(i)
                 return "correct", ""
@@ -422,10 +446,17 @@ class _Grader:
             return "correct", ""
         if ev.op == "=" and ev.before.any() and close(ev.before + after, ref, self.rtol):
             self.accumulation_errors.setdefault(ev.target, ev.line)
-            return "missing_accumulation", f"use '+=' for {ev.target}: it already holds another contribution"
-        return self.diagnose(var, after - partial if ev.op != "=" else after, contribs, unmatched, ref)
+            return (
+                "missing_accumulation",
+                f"use '+=' for {ev.target}: it already holds another contribution",
+            )
+        return self.diagnose(
+            var, after - partial if ev.op != "=" else after, contribs, unmatched, ref
+        )
 
-    def judge_region_assignment(self, ev, var, contribs, matched, unmatched, ref) -> tuple[str, str]:
+    def judge_region_assignment(
+        self, ev, var, contribs, matched, unmatched, ref
+    ) -> tuple[str, str]:
         """``dX[:, a:b] = value``: right only if nothing else was added to that region."""
         rows, cols = _region_slices(ev.region, ev.before.shape)
         written = ev.after[rows, cols]
@@ -436,20 +467,30 @@ class _Grader:
                 if np.any(partial[rows, cols]):
                     self.accumulation_errors.setdefault(ev.target, ev.line)
                     return "missing_accumulation", (
-                        f"'=' overwrites what earlier steps added to {ev.target}{ev.region}: the windows "
-                        f"overlap, so use '+='"
+                        f"'=' overwrites what earlier steps added to "
+                        f"{ev.target}{ev.region}: the windows overlap, so use '+='"
                     )
                 return "correct", ""
-        return self.diagnose(var, written, [c[rows, cols] for c in contribs], unmatched, ref[rows, cols])
+        return self.diagnose(
+            var, written, [c[rows, cols] for c in contribs], unmatched, ref[rows, cols]
+        )
 
     def diagnose(self, var: str, value: np.ndarray, contribs, unmatched, ref) -> tuple[str, str]:
         targets = [contribs[i] for i in unmatched] or [ref]
         for expected in targets + [ref]:
             if value.shape == expected.shape and close(value, -expected, self.rtol):
                 return "sign", f"d{var} has the wrong sign"
-            if value.shape == expected.T.shape and value.shape != expected.shape and close(value, expected.T, self.rtol):
+            if (
+                value.shape == expected.T.shape
+                and value.shape != expected.shape
+                and close(value, expected.T, self.rtol)
+            ):
                 return "transposed", f"d{var} is transposed: " + self.layout.rule(var)
-            if value.shape == expected.shape and value.shape[0] == value.shape[1] and close(value, expected.T, self.rtol):
+            if (
+                value.shape == expected.shape
+                and value.shape[0] == value.shape[1]
+                and close(value, expected.T, self.rtol)
+            ):
                 return "transposed", f"d{var} is transposed"
         hint = self.derivative_hint(var, value)
         return "incorrect", hint or f"d{var} does not match the expected value"
@@ -464,7 +505,9 @@ class _Grader:
             if upstream is None or isinstance(upstream, list):
                 return ""
             if close(value, upstream, self.rtol):
-                what = f"the mask ({var} > 0)" if step.op == "relu" else f"the derivative of {step.op}"
+                what = (
+                    f"the mask ({var} > 0)" if step.op == "relu" else f"the derivative of {step.op}"
+                )
                 return f"d{var} is missing {what}: '{step.source}' is element-wise"
             for other, _ in self.program.steps():
                 if other is step or other.op != step.op or other.indexed:
@@ -475,7 +518,8 @@ class _Grader:
                 if deriv.shape[::-1] == upstream.shape or deriv.shape == upstream.shape:
                     d = deriv.T if self.inst.layout == "numerator" else deriv
                     if d.shape == upstream.shape and close(value, upstream * d, self.rtol):
-                        return f"the derivative must come from {var}, the input of '{step.source}', not {other.args[0].name}"
+                        return (f"the derivative must come from {var}, the input of "
+                                f"'{step.source}', not {other.args[0].name}")
             a, z = self.inst.values[var], self.inst.values[step.target]
             for name, other_fn in ELEMENTWISE.items():
                 if name == step.op:
@@ -483,7 +527,11 @@ class _Grader:
                 with np.errstate(all="ignore"):
                     d = other_fn.derivative(a, z)
                 d = d.T if self.inst.layout == "numerator" else d
-                if d.shape == upstream.shape and np.all(np.isfinite(d)) and close(value, upstream * d, self.rtol):
+                if (
+                    d.shape == upstream.shape
+                    and np.all(np.isfinite(d))
+                    and close(value, upstream * d, self.rtol)
+                ):
                     return (
                         f"wrong derivative: d{var} uses the derivative formula of {name}, "
                         f"but '{step.source}' applies {step.op}"
@@ -501,7 +549,9 @@ class _Grader:
                 out[g] = GradientResult("missing", f"{g} is never assigned")
                 continue
             if g in self.tainted:
-                out[g] = GradientResult("incorrect", f"{g} depends on line {self.tainted[g]}, which failed")
+                out[g] = GradientResult(
+                    "incorrect", f"{g} depends on line {self.tainted[g]}, which failed"
+                )
                 continue
             values = final[g] if isinstance(final[g], list) else [final[g]]
             refs = ref if isinstance(ref, list) else [ref]
@@ -509,18 +559,32 @@ class _Grader:
             out[g] = next((v for v in verdicts if v.verdict != "correct"), verdicts[0])
         wrong = [v for v in out.values() if v.verdict != "correct"]
         transposed = [v for v in out.values() if v.verdict == "transposed"]
-        if len(out) > 1 and wrong and len(transposed) == len(wrong) and len(transposed) >= max(2, len(out) // 2 + 1):
+        if (
+            len(out) > 1
+            and wrong
+            and len(transposed) == len(wrong)
+            and len(transposed) >= max(2, len(out) // 2 + 1)
+        ):
             other = "denominator" if self.inst.layout == "numerator" else "numerator"
             message = f"this answer uses {other} layout; the problem uses {self.inst.layout} layout"
-            out = {k: GradientResult("wrong_layout", message) if v.verdict == "transposed" else v for k, v in out.items()}
+            out = {
+                k: GradientResult("wrong_layout", message) if v.verdict == "transposed" else v
+                for k, v in out.items()
+            }
         return out
 
     def final_verdict(self, var: str, value: np.ndarray, ref: np.ndarray) -> GradientResult:
         g = "d" + var
         return judge_gradient(
-            var, value, ref, layout=self.layout, rtol=self.rtol,
+            var,
+            value,
+            ref,
+            layout=self.layout,
+            rtol=self.rtol,
             contributions=[c for _, _, c in self.inst.contributions.get(g, [])],
-            accumulation_line=self.accumulation_errors.get(g, 0) if g in self.accumulation_errors else None,
+            accumulation_line=self.accumulation_errors.get(g, 0)
+            if g in self.accumulation_errors
+            else None,
         )
 
 
@@ -551,10 +615,15 @@ def judge_gradient(
         return GradientResult("wrong_shape", layout.expected(var, value, ref))
     if close(value, -ref, rtol):
         return GradientResult("sign", f"{g} has the wrong sign")
-    if accumulation_line is not None or (contributions and len(contributions) > 1 and any(close(value, c, rtol) for c in contributions)):
+    if accumulation_line is not None or (
+        contributions
+        and len(contributions) > 1
+        and any(close(value, c, rtol) for c in contributions)
+    ):
         where = f" (line {accumulation_line})" if accumulation_line else ""
         return GradientResult(
             "missing_accumulation",
-            f"{g} holds only part of its gradient{where}: {var} is used more than once, so its contributions add up (+=)",
+            f"{g} holds only part of its gradient{where}: {var} is used more than once, "
+            "so its contributions add up (+=)",
         )
     return GradientResult("incorrect", f"{g} does not match the expected value")

@@ -84,7 +84,8 @@ class ArrayInstance:
     steps: int  # loop steps (0 without a loop)
     values: dict[str, Value]  # leaves, intermediates and d<given>
     reference: dict[str, Value]  # d<name> for inputs, params and intermediates, in the layout
-    # for gradients that receive several contributions: d<name> (or "d<name>[t]") -> [(forward line, t, value)]
+    # for gradients that receive several contributions:
+    # d<name> (or "d<name>[t]") -> [(forward line, t, value)]
     contributions: dict[str, list[tuple[int, int | None, np.ndarray]]] = field(default_factory=dict)
 
     def to_json(self, *, include_reference: bool = True) -> dict:
@@ -291,7 +292,9 @@ def _draw_values(spec: ProblemSpec, program: Program, dims, rng, check, stats, w
         if stats is not None:
             stats.attempts = attempt
         leaves = {n: _draw_value(spec, n, shapes[n], rng) for n in program.leaves}
-        seeds = {k: round_to(rng.uniform(-1, 1, shapes[spec.given]), spec.decimals) for k in given_keys}
+        seeds = {
+            k: round_to(rng.uniform(-1, 1, shapes[spec.given]), spec.decimals) for k in given_keys
+        }
         reason = _reject_values(spec, program, leaves, shapes) or ""
         if reason:
             continue
@@ -441,7 +444,9 @@ def _gradients(spec: ProblemSpec, seeds, grads):
 HIDDEN_INSTANCES = 2  # hidden checks per answer, besides the student's own instance
 
 
-def draw_hidden_instances(spec: ProblemSpec, inst: ArrayInstance, seeds: Sequence[int]) -> list[ArrayInstance]:
+def draw_hidden_instances(
+    spec: ProblemSpec, inst: ArrayInstance, seeds: Sequence[int]
+) -> list[ArrayInstance]:
     """The hidden instances an answer is also checked on: the structure of
     ``inst`` (its choices) with other dims and values, one per seed. The server
     draws the seeds per submission, so nothing learned about one submission's
@@ -548,7 +553,9 @@ def _build(spec, seed, program, choice_index, dims, draw: _Draw):
 
     names = list(program.leaves) + list(program.intermediates)
     vals = collect(lambda k: values[k], names)
-    vals["d" + spec.given] = collect(lambda k: ref.to_layout(seeds[k], layout), [spec.given])[spec.given]
+    vals["d" + spec.given] = collect(lambda k: ref.to_layout(seeds[k], layout), [spec.given])[
+        spec.given
+    ]
 
     def grad(k):
         g = back.grads.get(k)
@@ -561,7 +568,9 @@ def _build(spec, seed, program, choice_index, dims, draw: _Draw):
         if len(items) > 1:
             label = "d" + (f"{key[0]}[{key[1]}]" if isinstance(key, tuple) else key)
             t_of = {ex.index: ex.t for ex in sched}
-            contributions[label] = [(line_of[i], t_of[i], ref.to_layout(c, layout)) for i, c in items]
+            contributions[label] = [
+                (line_of[i], t_of[i], ref.to_layout(c, layout)) for i, c in items
+            ]
     return ArrayInstance(
         problem=spec.id,
         version=spec.version,

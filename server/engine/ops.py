@@ -61,7 +61,13 @@ class Elementwise:
 ELEMENTWISE: dict[str, Elementwise] = {
     f.name: f
     for f in (
-        Elementwise("relu", lambda a: np.maximum(a, 0.0), lambda a, z: (a > 0).astype(float), "({a} > 0)", kink=0.0),
+        Elementwise(
+            "relu",
+            lambda a: np.maximum(a, 0.0),
+            lambda a, z: (a > 0).astype(float),
+            "({a} > 0)",
+            kink=0.0,
+        ),
         Elementwise("sigmoid", _sigmoid, lambda a, z: z * (1.0 - z), "({z} * (1 - {z}))"),
         Elementwise("tanh", np.tanh, lambda a, z: 1.0 - z * z, "(1 - {z}**2)"),
         Elementwise("exp", np.exp, lambda a, z: z, "{z}"),
@@ -69,6 +75,7 @@ ELEMENTWISE: dict[str, Elementwise] = {
         Elementwise("square", np.square, lambda a, z: 2.0 * a, "(2 * {a})"),
     )
 }
+
 
 class ShapeError(ValueError):
     """A forward line whose operands' shapes do not fit the operation (the message says why)."""

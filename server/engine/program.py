@@ -22,6 +22,7 @@ _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 # Python's operator nodes; which operation each is comes from the table (``Operation.symbol``).
 _AST_SYMBOLS = {ast.MatMult: "@", ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 
+
 @dataclass(frozen=True)
 class SpecIssue:
     line: int | None
@@ -100,7 +101,6 @@ class Program:
                 yield item, None
 
 
-
 def substitute_choices(template: str, picked: Mapping[str, str]) -> tuple[str, list[int]]:
     """Replace ``{name}`` placeholders; returns the text and, per output line,
     the 0-based template line it came from (a multi-line choice maps every
@@ -144,12 +144,17 @@ class ProgramCompiler:
     def src(self, lineno: int) -> str:
         return self.src_lines[lineno - 1].strip() if 1 <= lineno <= len(self.src_lines) else ""
 
-    def compile(self, given: str, ask: tuple[str, ...], given_line=None, ask_line=None) -> Program | None:
+    def compile(
+        self, given: str, ask: tuple[str, ...], given_line=None, ask_line=None
+    ) -> Program | None:
         self.given_line, self.ask_line = given_line, ask_line
         for lineno, line in enumerate(self.src_lines, 1):
             match = _PLACEHOLDER.search(line)
             if match:
-                self.err(lineno, f"unknown choice placeholder {{{match.group(1)}}} (declare it in [choose])")
+                self.err(
+                    lineno,
+                    f"unknown choice placeholder {{{match.group(1)}}} (declare it in [choose])",
+                )
         if self.issues:
             return None
         try:
@@ -172,7 +177,11 @@ class ProgramCompiler:
         for name in sorted(names):
             if "d" + name in names:
                 self.issues.append(
-                    SpecIssue(None, f"the names {name!r} and {'d' + name!r} clash: d{name} is the gradient of {name}")
+                    SpecIssue(
+                        None,
+                        f"the names {name!r} and {'d' + name!r} clash: d{name} is the "
+                        f"gradient of {name}",
+                    )
                 )
         if self.issues:
             return None
@@ -209,15 +218,23 @@ class ProgramCompiler:
         if isinstance(node, ast.Assign):
             return self._step(node, loop)
         if isinstance(node, ast.AugAssign):
-            self.err(node.lineno, "forward steps define each value once: use '=', not an augmented assignment")
+            self.err(
+                node.lineno,
+                "forward steps define each value once: use '=', not an augmented assignment",
+            )
             return None
-        self.err(node.lineno, f"not a forward step: {self.src(node.lineno)!r} (write 'name = operation')")
+        self.err(
+            node.lineno, f"not a forward step: {self.src(node.lineno)!r} (write 'name = operation')"
+        )
         return None
 
     def _loop(self, node: ast.For) -> Loop | None:
         header = self.src(node.lineno)
         if not isinstance(node.target, ast.Name):
-            self.err(node.lineno, "loop variable must be a plain name, as in 'for t in range(T - N + 1):'")
+            self.err(
+                node.lineno,
+                "loop variable must be a plain name, as in 'for t in range(T - N + 1):'",
+            )
             return None
         var = node.target.id
         if var in self.vars or var in self.dims or var in self.all_targets:
@@ -231,7 +248,10 @@ class ProgramCompiler:
             and 1 <= len(it.args) <= 2
             and not it.keywords
         ):
-            self.err(node.lineno, "loops must be 'for t in range(STOP):' or 'for t in range(START, STOP):'")
+            self.err(
+                node.lineno,
+                "loops must be 'for t in range(STOP):' or 'for t in range(START, STOP):'",
+            )
             return None
         try:
             bounds = [parse_lin(a, self.dims).subst(self.fixed) for a in it.args]
@@ -264,12 +284,15 @@ class ProgramCompiler:
         tnode = node.targets[0]
         indexed = False
         if isinstance(tnode, ast.Subscript):
-            if loop is None or not (isinstance(tnode.slice, ast.Name) and tnode.slice.id == loop[0]):
+            if loop is None or not (
+                isinstance(tnode.slice, ast.Name) and tnode.slice.id == loop[0]
+            ):
                 self.err(
                     lineno,
                     "only per-step values inside a loop may be indexed, as in 'z1[t] = ...'"
                     if loop is None
-                    else f"index the target by the loop variable: {ast.unparse(tnode.value)}[{loop[0]}] = ...",
+                    else "index the target by the loop variable: "
+                    f"{ast.unparse(tnode.value)}[{loop[0]}] = ...",
                 )
                 return None
             tnode = tnode.value
@@ -282,7 +305,10 @@ class ProgramCompiler:
             self.err(lineno, f"inside a loop, define per-step values: {target}[{loop[0]}] = ...")
             return None
         if target in self.vars:
-            self.err(lineno, f"duplicate definition: {target} is declared in [vars] and cannot be redefined")
+            self.err(
+                lineno,
+                f"duplicate definition: {target} is declared in [vars] and cannot be redefined",
+            )
             return None
         if target in self.defined:
             self.err(lineno, f"duplicate definition: {target} is already defined")
@@ -299,7 +325,16 @@ class ProgramCompiler:
         self.shapes[target] = shape
         if indexed:
             self.indexed.add(target)
-        return Step(self.file_line(lineno) or lineno, source, target, indexed, op, tuple(args), region, region_text)
+        return Step(
+            self.file_line(lineno) or lineno,
+            source,
+            target,
+            indexed,
+            op,
+            tuple(args),
+            region,
+            region_text,
+        )
 
     # -- one relation -----------------------------------------------------------
 
@@ -335,7 +370,10 @@ class ProgramCompiler:
             return self._apply("neg", [a], lineno, ast.unparse(value))
         if isinstance(value, ast.Attribute):
             if value.attr != "T":
-                self.err(lineno, f"unknown operation '.{value.attr}': the only attribute is .T (transpose)")
+                self.err(
+                    lineno,
+                    f"unknown operation '.{value.attr}': the only attribute is .T (transpose)",
+                )
                 return None
             if not self._is_leaf(value.value, loop_var):
                 self._compound(lineno, target, indexed, loop_var, value)
@@ -349,14 +387,20 @@ class ProgramCompiler:
         if isinstance(value, ast.Subscript) and not self._is_indexed_ref(value, loop_var):
             return self._slice(value, lineno, loop)
         if self._is_leaf(value, loop_var):
-            self.err(lineno, f"'{self.src(lineno)}' copies a value; every step must apply one operation")
+            self.err(
+                lineno, f"'{self.src(lineno)}' copies a value; every step must apply one operation"
+            )
             return None
         self.err(lineno, f"unknown operation in '{self.src(lineno)}'")
         return None
 
     def _call(self, value: ast.Call, lineno, target, indexed, loop_var):
         func = value.func
-        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id in ("np", "numpy"):
+        if (
+            isinstance(func, ast.Attribute)
+            and isinstance(func.value, ast.Name)
+            and func.value.id in ("np", "numpy")
+        ):
             name = func.attr
         elif isinstance(func, ast.Name):
             name = func.id
@@ -414,8 +458,14 @@ class ProgramCompiler:
             if axis < len(parts):
                 p = parts[axis]
                 try:
-                    lo = parse_lin(p.lower, known).subst(self.fixed) if p.lower is not None else Lin(0)
-                    hi = parse_lin(p.upper, known).subst(self.fixed) if p.upper is not None else size
+                    lo = (
+                        parse_lin(p.lower, known).subst(self.fixed)
+                        if p.lower is not None
+                        else Lin(0)
+                    )
+                    hi = (
+                        parse_lin(p.upper, known).subst(self.fixed) if p.upper is not None else size
+                    )
                 except DimExprError as exc:
                     self.err(lineno, f"slice bound: {exc}")
                     return None
@@ -436,7 +486,8 @@ class ProgramCompiler:
             if not self._always(hi - size, loop, lambda v: max_over(v, self.dims) <= 0):
                 self.err(
                     lineno,
-                    f"slice {texts[-1]} can run past the end of {a.name} (axis {axis} has size {size}) for the allowed dims",
+                    f"slice {texts[-1]} can run past the end of {a.name} (axis {axis} has "
+                    f"size {size}) for the allowed dims",
                 )
                 return None
             region.append((lo, hi))
@@ -474,7 +525,11 @@ class ProgramCompiler:
     def _is_leaf(self, node: ast.expr, loop_var: str | None) -> bool:
         if isinstance(node, ast.Name) or self._is_indexed_ref(node, loop_var):
             return True
-        if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, int | float)
+            and not isinstance(node.value, bool)
+        ):
             return True
         return (
             isinstance(node, ast.UnaryOp)
@@ -492,7 +547,10 @@ class ProgramCompiler:
         name = node.value.id if indexed else node.id
         if name in self.vars or (name in self.defined):
             if indexed and name not in self.indexed:
-                self.err(lineno, f"{name} is not indexed over {loop_var}; write {name}, not {name}[{loop_var}]")
+                self.err(
+                    lineno,
+                    f"{name} is not indexed over {loop_var}; write {name}, not {name}[{loop_var}]",
+                )
                 return None
             if not indexed and name in self.indexed:
                 self.err(lineno, f"{name} has one value per step; write {name}[{loop_var}]")
@@ -511,7 +569,9 @@ class ProgramCompiler:
         return None
 
     def _compound(self, lineno: int, target: str, indexed: bool, loop_var, value: ast.expr) -> None:
-        rewrite = _rewrite(target + (f"[{loop_var}]" if indexed else ""), target, value, loop_var, self)
+        rewrite = _rewrite(
+            target + (f"[{loop_var}]" if indexed else ""), target, value, loop_var, self
+        )
         self.err(
             lineno,
             "compound relation: each step must be one unary or binary operation. Rewrite "
@@ -521,27 +581,42 @@ class ProgramCompiler:
     def _check_given_ask(self, given: str, ask: tuple[str, ...], items) -> None:
         gline, aline = self.given_line, self.ask_line
         if given not in self.defined:
-            where = "a declared input" if given in self.vars else "never defined by the forward program"
-            self.issues.append(SpecIssue(gline, f"given names {given!r}, which is {where}; it must be a computed value"))
+            where = (
+                "a declared input" if given in self.vars else "never defined by the forward program"
+            )
+            self.issues.append(
+                SpecIssue(
+                    gline, f"given names {given!r}, which is {where}; it must be a computed value"
+                )
+            )
             return
         ancestors = _ancestors(items, given)
         for a in ask:
             if a in self.vars:
                 if self.vars[a].role == "const":
-                    self.issues.append(SpecIssue(aline, f"ask names {a!r}, a constant (role = \"const\") with no gradient"))
+                    self.issues.append(
+                        SpecIssue(
+                            aline, f'ask names {a!r}, a constant (role = "const") with no gradient'
+                        )
+                    )
                 continue  # a declared var unused in this program variant is simply not asked
             if a not in self.defined:
                 self.issues.append(
                     SpecIssue(
                         aline,
-                        f"ask names {a!r}, which the forward program never defines{did_you_mean(a, list(self.vars) + self.defined)}",
+                        f"ask names {a!r}, which the forward program never defines"
+                        f"{did_you_mean(a, list(self.vars) + self.defined)}",
                     )
                 )
             elif a not in ancestors:
-                self.issues.append(SpecIssue(aline, f"ask names {a!r}, which does not influence {given!r}"))
+                self.issues.append(
+                    SpecIssue(aline, f"ask names {a!r}, which does not influence {given!r}")
+                )
         for a in ask:
             if a in self.vars and a in self.used and a not in ancestors:
-                self.issues.append(SpecIssue(aline, f"ask names {a!r}, which does not influence {given!r}"))
+                self.issues.append(
+                    SpecIssue(aline, f"ask names {a!r}, which does not influence {given!r}")
+                )
 
 
 def _ancestors(items, name: str) -> set[str]:
@@ -570,7 +645,9 @@ def _rewrite(target_text: str, target: str, value: ast.expr, loop_var, compiler)
         if compiler._is_leaf(node, loop_var):
             return ast.unparse(node)
         if isinstance(node, ast.BinOp):
-            rebuilt = ast.BinOp(ast.Name(flatten(node.left, False)), node.op, ast.Name(flatten(node.right, False)))
+            rebuilt = ast.BinOp(
+                ast.Name(flatten(node.left, False)), node.op, ast.Name(flatten(node.right, False))
+            )
         elif isinstance(node, ast.UnaryOp):
             rebuilt = ast.UnaryOp(node.op, ast.Name(flatten(node.operand, False)))
         elif isinstance(node, ast.Attribute):
@@ -592,9 +669,14 @@ def _rewrite(target_text: str, target: str, value: ast.expr, loop_var, compiler)
 
 
 def _op_symbol(op: ast.operator) -> str:
-    return {ast.Pow: "**", ast.FloorDiv: "//", ast.Mod: "%", ast.BitXor: "^", ast.BitAnd: "&", ast.BitOr: "|"}.get(
-        type(op), type(op).__name__
-    )
+    return {
+        ast.Pow: "**",
+        ast.FloorDiv: "//",
+        ast.Mod: "%",
+        ast.BitXor: "^",
+        ast.BitAnd: "&",
+        ast.BitOr: "|",
+    }.get(type(op), type(op).__name__)
 
 
 def did_you_mean(name: str, candidates) -> str:

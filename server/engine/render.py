@@ -6,7 +6,9 @@ import numpy as np
 
 
 def format_array(a: np.ndarray, decimals: int = 4) -> str:
-    return np.array2string(np.asarray(a), precision=decimals, suppress_small=True, floatmode="maxprec")
+    return np.array2string(
+        np.asarray(a), precision=decimals, suppress_small=True, floatmode="maxprec"
+    )
 
 
 def _shape(a) -> str:
@@ -98,12 +100,21 @@ def forward_mathml(spec, program) -> list[dict]:
             lines.append({"kind": "loop", "number": None, "source": item.header, "mathml": ""})
         for step in steps:
             number += 1
-            lhs = mathml(symbol(step.target, step.indexed, loop_var), printer="presentation", order="none")
-            body = f"<mrow>{lhs}<mo>=</mo>{rhs(step, loop_var)}</mrow>".replace("&InvisibleTimes;", "&#x2062;")
-            lines.append({
-                "kind": "step", "number": number, "source": step.source,
-                "mathml": f'<math xmlns="http://www.w3.org/1998/Math/MathML" display="block">{body}</math>',
-            })
+            lhs = mathml(
+                symbol(step.target, step.indexed, loop_var), printer="presentation", order="none"
+            )
+            body = f"<mrow>{lhs}<mo>=</mo>{rhs(step, loop_var)}</mrow>".replace(
+                "&InvisibleTimes;", "&#x2062;"
+            )
+            lines.append(
+                {
+                    "kind": "step",
+                    "number": number,
+                    "source": step.source,
+                    "mathml": '<math xmlns="http://www.w3.org/1998/Math/MathML" '
+                    f'display="block">{body}</math>',
+                }
+            )
     return lines
 
 

@@ -111,7 +111,9 @@ def parse_spec(text: str, path: str = "<spec>") -> ProblemSpec:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"line (\d+)", str(exc))
-        raise SpecError(path, [SpecIssue(int(match.group(1)) if match else None, f"malformed TOML: {exc}")]) from None
+        raise SpecError(
+            path, [SpecIssue(int(match.group(1)) if match else None, f"malformed TOML: {exc}")]
+        ) from None
     _hoist_top_level_keys(data)
     builder = SpecBuilder(data, text, path)
     spec = builder.build()
@@ -126,8 +128,9 @@ _SCALAR_TOP_KEYS = TOP_KEYS - {"dims", "choose", "vars", "weights", "constants"}
 
 def _hoist_top_level_keys(data: dict) -> None:
     """TOML puts ``forward = ...`` written after ``[vars]`` inside that table.
-    The design's example (docs/design.md section 3) is written that way, so top-level keys found in the
-    last table are moved back up (a variable cannot be called ``forward``)."""
+    The design's example (docs/design.md section 3) is written that way, so
+    top-level keys found in the last table are moved back up (a variable cannot
+    be called ``forward``)."""
     for table in ("dims", "choose", "vars", "weights", "constants"):
         inner = data.get(table)
         if isinstance(inner, dict):
@@ -255,7 +258,9 @@ class SpecBuilder:
     def _enum(self, key: str, allowed: tuple[str, ...], default: str) -> str:
         value = self.data.get(key, default)
         if value not in allowed:
-            self.err(self.line_of(key), f"{key} must be one of {', '.join(allowed)} (got {value!r})")
+            self.err(
+                self.line_of(key), f"{key} must be one of {', '.join(allowed)} (got {value!r})"
+            )
             return default
         return value
 
@@ -275,7 +280,9 @@ class SpecBuilder:
         numbers = isinstance(value, list) and len(value) == 2 and all(
             isinstance(v, int | float) and not isinstance(v, bool) for v in value)
         if not numbers or not all(abs(v) <= 1e6 for v in value) or value[0] >= value[1]:
-            self.err(line, f"domain must be [low, high] with low < high, within ±1e6 (got {value!r})")
+            self.err(
+                line, f"domain must be [low, high] with low < high, within ±1e6 (got {value!r})"
+            )
             return None
         return float(value[0]), float(value[1])
 
@@ -319,17 +326,26 @@ class SpecBuilder:
             line = self.line_of(name, "choose") or self.line_of("choose")
             if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
                 out[name] = tuple((v, v) for v in value)
-            elif isinstance(value, dict) and value and all(isinstance(v, str) for v in value.values()):
+            elif (
+                isinstance(value, dict)
+                and value
+                and all(isinstance(v, str) for v in value.values())
+            ):
                 out[name] = tuple((label, text.strip("\n")) for label, text in value.items())
             else:
-                self.err(line, f"choice {name} must be a non-empty list of strings or a table label = text")
+                self.err(
+                    line,
+                    f"choice {name} must be a non-empty list of strings or a table label = text",
+                )
         return out
 
     def variables(self, dims: Mapping[str, tuple[int, int]]) -> dict[str, VarDecl]:
         raw = self.data.get("vars", {})
         out: dict[str, VarDecl] = {}
         if not isinstance(raw, dict) or not raw:
-            self.err(self.line_of("vars"), "[vars] must declare the inputs and parameters with shapes")
+            self.err(
+                self.line_of("vars"), "[vars] must declare the inputs and parameters with shapes"
+            )
             return out
         fixed = {n: lo for n, (lo, hi) in dims.items() if lo == hi}
         for name, decl in raw.items():
@@ -341,14 +357,19 @@ class SpecBuilder:
                 self.err(line, f"{name!r} is both a dim and a variable")
                 continue
             if not isinstance(decl, dict):
-                self.err(line, f"variable {name} must be a table like {{ shape = [\"N\", 1], role = \"input\" }}")
+                self.err(
+                    line,
+                    f'variable {name} must be a table like {{ shape = ["N", 1], role = "input" }}',
+                )
                 continue
             for key in decl:
                 if key not in VAR_KEYS:
-                    self.err(line, f"variable {name}: unknown key {key!r}{did_you_mean(key, VAR_KEYS)}")
+                    self.err(
+                        line, f"variable {name}: unknown key {key!r}{did_you_mean(key, VAR_KEYS)}"
+                    )
             shape = decl.get("shape")
             if not (isinstance(shape, list) and len(shape) == 2):
-                self.err(line, f"variable {name}: shape must be a list of two dims, e.g. [\"N\", 1]")
+                self.err(line, f'variable {name}: shape must be a list of two dims, e.g. ["N", 1]')
                 continue
             try:
                 dims_shape = tuple(parse_lin(s, dims).subst(fixed) for s in shape)
@@ -357,10 +378,14 @@ class SpecBuilder:
                 continue
             for s in dims_shape:
                 if min_over(s, dims) < 1:
-                    self.err(line, f"variable {name}: dimension {s} can be below 1 for the allowed dims")
+                    self.err(
+                        line, f"variable {name}: dimension {s} can be below 1 for the allowed dims"
+                    )
             role = decl.get("role", "input")
             if role not in ROLES:
-                self.err(line, f"variable {name}: role must be one of {', '.join(ROLES)} (got {role!r})")
+                self.err(
+                    line, f"variable {name}: role must be one of {', '.join(ROLES)} (got {role!r})"
+                )
                 continue
             low, high = -1.0, 1.0
             if "range" in decl:
@@ -379,7 +404,9 @@ class SpecBuilder:
                 self.err(line, f"variable {name}: dist must be uniform or onehot")
                 continue
             if dist == "onehot" and (role != "const" or not dims_shape[1] == Lin(1)):
-                self.err(line, f"variable {name}: a onehot variable must be a column with role = \"const\"")
+                self.err(
+                    line, f'variable {name}: a onehot variable must be a column with role = "const"'
+                )
                 continue
             out[name] = VarDecl(name, dims_shape, role, low, high, dist)
         return out
@@ -388,7 +415,9 @@ class SpecBuilder:
         raw = self.data.get("weights", {})
         out = {a: 1.0 for a in ask}
         if not isinstance(raw, dict):
-            self.err(self.line_of("weights"), "[weights] must be a table of asked variable = weight")
+            self.err(
+                self.line_of("weights"), "[weights] must be a table of asked variable = weight"
+            )
             return out
         for name, w in raw.items():
             line = self.line_of(name, "weights")
@@ -414,7 +443,10 @@ class SpecBuilder:
     def compile_all(self, template, choices, variables, dims, given, ask) -> dict:
         combos = list(itertools.product(*(range(len(v)) for v in choices.values())))
         if len(combos) > MAX_CHOICE_COMBINATIONS:
-            self.err(self.line_of("choose"), f"{len(combos)} combinations of choices; at most {MAX_CHOICE_COMBINATIONS}")
+            self.err(
+                self.line_of("choose"),
+                f"{len(combos)} combinations of choices; at most {MAX_CHOICE_COMBINATIONS}",
+            )
             return {}
         programs = {}
         first = self._forward_first_line()

@@ -21,7 +21,7 @@ class SpecLike(Protocol):
 
     id: str
     title: str
-    answer: str
+    answer_kind: str
     statement: str
     source: str  # the spec file's text
     version: str  # a hash of the source: equal text, equal version
@@ -33,8 +33,9 @@ def record_problem_version(
     """The ProblemVersion for ``spec``, creating the problem and version rows if new.
 
     ``spec_text`` is the spec's source text; by default ``spec.source``.
-    ``spec.version`` (a hash of the text) identifies the version: the same hash always maps to the same version; a changed spec gets the
-    next version number. The title and answer type follow the latest spec.
+    ``spec.version`` (a hash of the text) identifies the version: the same hash
+    always maps to the same version; a changed spec gets the next version number.
+    The title and answer type follow the latest spec.
     """
     text = spec.source if spec_text is None else spec_text
     problem = session.get(Problem, spec.id)

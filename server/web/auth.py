@@ -124,7 +124,9 @@ def change_password() -> Response | tuple[str, int]:
         except ValidationError as exc:
             getattr(form, exc.field).errors.append(exc.reason)
         else:
-            login_user(current_user._get_current_object())  # the session id includes the password fingerprint
+            login_user(
+                current_user._get_current_object()
+            )  # the session id includes the password fingerprint
             flash("Your password was changed. Other sessions are logged out.")
             return redirect(url_for("auth.profile"))
     return _render_profile(password_form=form, status=400)

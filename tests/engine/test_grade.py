@@ -43,7 +43,9 @@ def test_seed_answer_scores_one(variant):
     if variant != "numbered":
         text = "\n".join(ln.split(". ", 1)[1] for ln in text.splitlines())
     if variant == "np":
-        text = text.replace("(z5 > 0)", "np.where(z5 > 0, 1, 0)").replace("(z2 > 0)", "np.maximum(z2 > 0, 0)")
+        text = text.replace("(z5 > 0)", "np.where(z5 > 0, 1, 0)").replace(
+            "(z2 > 0)", "np.maximum(z2 > 0, 0)"
+        )
     for seed in range(10):
         result = grade(MLP, text, seed)
         assert result.score == 1.0, result.to_json()
@@ -51,7 +53,9 @@ def test_seed_answer_scores_one(variant):
 
 
 def test_mask_from_z5_on_line_10_is_a_shape_message():
-    result = grade(MLP, SEED_ANSWER.replace("10. dz2 = dz3 * (z2 > 0).T", "10. dz2 = dz3 * (z5 > 0).T"))
+    result = grade(
+        MLP, SEED_ANSWER.replace("10. dz2 = dz3 * (z2 > 0).T", "10. dz2 = dz3 * (z5 > 0).T")
+    )
     ten = line(result, 10)
     assert ten.verdict == "wrong_shape" and ten.rule_correct is False
     assert "(z5 > 0).T is 1×" in ten.message and "must come from z2" in ten.message

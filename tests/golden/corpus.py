@@ -34,7 +34,9 @@ def equations_answers(model: str) -> dict[str, str]:
     lines = model.splitlines()
     first = lines[0]
     target, _, rhs = first.partition(" = ")
-    weight = next((i for i, line in enumerate(lines) if re.match(r"\s*(\d+\.\s*)?dW\w* = ", line)), None)
+    weight = next(
+        (i for i, line in enumerate(lines) if re.match(r"\s*(\d+\.\s*)?dW\w* = ", line)), None
+    )
     accumulated = next((i for i, line in enumerate(lines) if " += " in line), None)
     answers = {
         "model": model,

@@ -40,7 +40,9 @@ def test_hidden_instances_have_the_same_structure_and_other_dims(inst):
 def test_hard_coded_answer_fails_on_hidden_instances(inst):
     literal = {k: np.array2string(v, separator=",", precision=17, threshold=10**6)
                for k, v in inst.reference.items()}
-    body = ", ".join(f'"{g}": np.array({literal[g]})' for g in ("dx", "dW1", "db1", "dW2", "db2", "dW3", "db3"))
+    body = ", ".join(
+        f'"{g}": np.array({literal[g]})' for g in ("dx", "dW1", "db1", "dW2", "db2", "dW3", "db3")
+    )
     source = f"import numpy as np\n\ndef backward(**kw):\n    return {{{body}}}\n"
     result = grade_numpy(SPEC, inst, source)
     assert result.valid and result.score == 0.0
@@ -61,7 +63,9 @@ def test_missing_gradient_and_runtime_error(inst):
     boom = "def backward(**kw):\n    return {'dx': kw['nope']}\n"
     result = grade_numpy(SPEC, inst, boom)
     assert result.gradients["dx"].verdict == "runtime_error"
-    assert "KeyError" in result.errors[0]["message"]  # shown once (tests/grading/test_numpy_feedback.py)
+    assert (
+        "KeyError" in result.errors[0]["message"]
+    )  # shown once (tests/grading/test_numpy_feedback.py)
     assert "/work/" not in result.errors[0]["message"]
 
 
@@ -76,7 +80,9 @@ def test_infinite_loop_is_a_time_limit(inst):
     assert {g.verdict for g in result.gradients.values()} == {"time_limit"}
 
 
-@pytest.mark.parametrize("problem", [s.id for s in load_bank().values() if s.answer_kind != "expression"])
+@pytest.mark.parametrize(
+    "problem", [s.id for s in load_bank().values() if s.answer_kind != "expression"]
+)
 def test_model_numpy_answer_of_every_array_problem_scores_one(problem):
     """The derived backward() (dims read off shapes, no in-place aliasing) for
     every network in the bank, as if it were a numpy problem."""

@@ -209,11 +209,15 @@ def test_an_own_runtime_error_is_shown_once_with_its_traceback(inst):
     assert "KeyError: 'nope'" in error["message"] and "/work/" not in error["message"]
     for g in ASKED:
         assert result.gradients[g].verdict == "runtime_error"
-        assert result.gradients[g].message == "not computed: the run failed (see the error at line 2)"
+        assert (
+            result.gradients[g].message == "not computed: the run failed (see the error at line 2)"
+        )
 
 
 def test_an_error_while_loading_is_shown_once(inst):
-    source = "import numpy as np\nW = np.zeros(3) @ np.zeros(4)\ndef backward(**kw):\n    return {}\n"
+    source = (
+        "import numpy as np\nW = np.zeros(3) @ np.zeros(4)\ndef backward(**kw):\n    return {}\n"
+    )
     result = grade(inst, source)
     (error,) = result.errors
     assert error["line"] == 2 and "ValueError" in error["message"]

@@ -95,6 +95,7 @@ def test_runtime_error_in_one_call_does_not_stop_the_others(sandbox):
 def helper(x):
     return x[10]
 
+
 def backward(x, W, dy):
     if x.shape[0] == 2:
         return {"v": helper(x)}
@@ -185,7 +186,9 @@ def backward(x, W, dy):
     r = run_job("import builtins\nbuiltins.len = None\ndef backward(**kw):\n    return {}\n",
                 [call_args()])
     assert r.status == "runtime_error"
-    clean = "import numpy as np\ndef backward(x, W, dy):\n    return {'p': np.dot(x, W), 'n': len(x)}\n"
+    clean = (
+        "import numpy as np\ndef backward(x, W, dy):\n    return {'p': np.dot(x, W), 'n': len(x)}\n"
+    )
     r = run_job(clean, [call_args()])
     np.testing.assert_allclose(r.calls[0].outputs["p"], call_args()["x"] @ call_args()["W"])
     assert r.calls[0].outputs["n"] == 3

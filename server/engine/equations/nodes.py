@@ -216,7 +216,9 @@ class _Run:
 
     def charge(self, n: int, col: int | None) -> None:
         if n > MAX_ELEMENTS:
-            raise _Fail(f"an intermediate result would have {n} elements (limit {MAX_ELEMENTS})", col)
+            raise _Fail(
+                f"an intermediate result would have {n} elements (limit {MAX_ELEMENTS})", col
+            )
         self.work += n
         if self.work > MAX_WORK:
             raise _Fail("too much computation: the answer does far more work than needed", col,

@@ -70,10 +70,12 @@ class ProgramKind(AnswerKind):
         mutants = sum(len(c.mutants.mutants) for c in structures.values())
         equivalent = sum(len(c.equivalent) for c in structures.values())
         where = f" in {len(structures)} structures" if len(structures) > 1 else ""
-        return (f": {mutants} mutants{where}, {mutants - equivalent} separated, {equivalent} "
-                f"equivalent; {statistics.mean(redraws):.2f} redraws per draw "
-                f"({statistics.mean(for_mutants):.2f} for mutants); draw "
-                f"{statistics.median(times):.2f} ms median (calibration {calibration * 1e3:.0f} ms)")
+        return (
+            f": {mutants} mutants{where}, {mutants - equivalent} separated, {equivalent} "
+            f"equivalent; {statistics.mean(redraws):.2f} redraws per draw "
+            f"({statistics.mean(for_mutants):.2f} for mutants); draw "
+            f"{statistics.median(times):.2f} ms median (calibration {calibration * 1e3:.0f} ms)"
+        )
 
     def render_text(self, spec: ProblemSpec, inst: ArrayInstance) -> str:
         return render_instance_text(spec, inst)

@@ -40,7 +40,9 @@ class ExpressionKind(AnswerKind):
                       variables: Mapping, dims: Mapping, constants: Mapping, given: str,
                       ask: Sequence[str]) -> dict:
         if len(ask) != 1:
-            builder.err(builder.line_of("ask"), "an expression problem asks for exactly one variable")
+            builder.err(
+                builder.line_of("ask"), "an expression problem asks for exactly one variable"
+            )
             return {}
         if builder.data.get("vars"):
             builder.err(builder.line_of("vars"),

@@ -291,7 +291,11 @@ def numpy_model_answer(spec: ProblemSpec, inst: ArrayInstance, equations: str) -
         if name in program.indexed:
             body.append(f"    d{name} = [None] * len({name})")
         elif name in accumulated:  # gradients start at zero
-            zero = f"np.zeros_like({name}.T)" if spec.layout == "numerator" else f"np.zeros_like({name})"
+            zero = (
+                f"np.zeros_like({name}.T)"
+                if spec.layout == "numerator"
+                else f"np.zeros_like({name})"
+            )
             body.append(f"    d{name} = {zero}")
     code = []
     for line in equations.splitlines():
