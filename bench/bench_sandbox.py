@@ -37,7 +37,6 @@ from server.sandbox import client, run_job, sandbox_status, wire  # noqa: E402
 SOURCE = """
 import numpy as np
 
-
 def backward(x, W1, z1, dy):
     dz1 = dy * (z1 > 0)
     return {"dW1": x.T @ dz1, "dx": dz1 @ W1.T}

@@ -328,7 +328,6 @@ def _execute(header: dict[str, object], blob: bytes | bytearray, send) -> None:
 _WARMUP_SOURCE = """
 import numpy as np
 
-
 def backward(x, W, z, dy):
     dz = dy * (z > 0)
     return {"dW": x.T @ dz, "dx": dz @ W.T, "s": float(np.sum(dz))}

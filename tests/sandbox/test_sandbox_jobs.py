@@ -95,7 +95,6 @@ def test_runtime_error_in_one_call_does_not_stop_the_others(sandbox):
 def helper(x):
     return x[10]
 
-
 def backward(x, W, dy):
     if x.shape[0] == 2:
         return {"v": helper(x)}
