@@ -32,10 +32,14 @@ demo: $(STAMP)
 	$(BIN)/nabla demo
 	$(BIN)/nabla serve --bind 127.0.0.1:5000
 
-test: $(DEVSTAMP)
+test: $(DEVSTAMP) /usr/bin/chromium
 	$(BIN)/ruff check server tests bench
 	$(BIN)/nabla problems check
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The browser tests (tests/browser) drive Debian's Chromium; never a browser Playwright downloads.
+/usr/bin/chromium:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 bench: $(DEVSTAMP)
 	$(BIN)/python bench/run_all.py

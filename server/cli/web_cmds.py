@@ -298,13 +298,17 @@ def create_demo(session: Any, bank: dict[str, Any], now: Any) -> list[tuple[str,
 
 @main.command()
 def demo() -> None:
-    """Create (or refresh) a demo course with users and two assignments from the bank."""
-    from server.engine.bank import load_bank
+    """Sync the bank folder into the database, then create (or refresh) a demo course
+    with users and two assignments from the bank."""
+    from server.cli.bank_cmds import print_report, sync_bank
+    from server.engine.bank import BANK_DIR
     from server.models import utcnow
+    from server.services.bank import DatabaseBank
 
-    bank = load_bank()
     with _transaction() as session:
-        logins = create_demo(session, bank, utcnow())
+        report = sync_bank(session, BANK_DIR)
+        print_report(report)
+        logins = create_demo(session, DatabaseBank(session), utcnow())
     click.echo(f"Demo course {DEMO_COURSE[0]}: {DEMO_COURSE[1]}")
     click.echo(f"Logins (password for all: {DEMO_PASSWORD}):")
     for email, role in logins:

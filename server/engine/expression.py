@@ -13,6 +13,7 @@ per submission.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -193,13 +194,33 @@ def sample_seed(inst: ExpressionInstance, hidden_seeds: Sequence[int] = ()) -> i
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
 
 
+# "dL/dx = 3*x", "L' = ...", "y = ...": a left-hand side before a single '='
+_LEFT_SIDE_RE = re.compile(r"^\s*([^=<>!]{1,40}?)\s*=(?!=)")
+
+
+def check_expression(spec: ProblemSpec, inst: ExpressionInstance, text: str) -> GradeResult:
+    """Validation only: whether ``text`` parses as an expression in the variable.
+    ``valid`` with no errors if it does; an invalid result naming the column if not."""
+    left = _LEFT_SIDE_RE.match(text)
+    if left:
+        name = left.group(1).strip()
+        return invalid([{"line": 1, "message": (
+            f"write only the right-hand side: the expression in {inst.variable} "
+            f"after '=', without '{name} ='")}])
+    try:
+        parse_scalar_expression(text, [inst.variable])
+    except ExpressionFormatError as exc:
+        return invalid([{"line": 1, "message": exc.render(text)}])
+    return GradeResult(True, 0.0)
+
+
 def grade_expression(spec: ProblemSpec, inst: ExpressionInstance, text: str, *,
                      hidden_seeds: Sequence[int] = ()) -> GradeResult:
     target = "d" + inst.variable
-    try:
-        answer = parse_scalar_expression(text, [inst.variable])
-    except ExpressionFormatError as exc:
-        return invalid([{"line": 1, "message": exc.render(text)}])
+    problem = check_expression(spec, inst, text)
+    if problem.errors:
+        return problem
+    answer = parse_scalar_expression(text, [inst.variable])
     # the reference is recomputed from the spec and seed, never parsed back from stored text
     if inst.derivative is None or inst.function is None:
         inst = draw_expression_instance(spec, inst.seed)

@@ -175,6 +175,39 @@ def grade_equations(spec: ProblemSpec, inst: ArrayInstance, text: str, *,
     return result
 
 
+def check_equations(spec: ProblemSpec, inst: ArrayInstance, text: str) -> GradeResult:
+    """Validation only: parse ``text`` and run it on ``inst`` without comparing anything
+    with the reference. Every line that does not parse, has the wrong shape for this
+    instance or reads a gradient no earlier line assigned is an error at its line; the
+    result has no verdicts and no score (``valid`` says whether grading would run)."""
+    try:
+        parsed = parse_equations(text, answer_context(spec, inst))
+    except AnswerFormatError as exc:
+        lines = exc.source_lines or text.splitlines()
+        return invalid([{"line": e.line, "message": e.render(lines)} for e in exc.errors])
+    lines = text.splitlines()
+    errors: list[dict] = []
+
+    def on_error(exc: AnswerRuntimeError) -> None:
+        errors.append({"line": exc.line, "message": exc.render(lines)})
+
+    try:
+        run_equations(parsed, _forward_values(inst), _initial_grads(spec, inst),
+                      on_error=on_error, strict_reads=True)
+    except AnswerRuntimeError as exc:  # a whole-run limit (too many steps)
+        errors.append({"line": exc.line, "message": exc.render(lines)})
+    # A loop body fails once per step: its first failure, and how many steps failed.
+    first: dict[int, dict] = {}
+    count: dict[int, int] = {}
+    for error in errors:
+        first.setdefault(error["line"], error)
+        count[error["line"]] = count.get(error["line"], 0) + 1
+    merged = [{"line": line, "message": error["message"] + (
+        f"\n(and at {count[line] - 1} more step{'s' if count[line] > 2 else ''} of the loop)"
+        if count[line] > 1 else "")} for line, error in sorted(first.items())]
+    return GradeResult(True, 0.0, merged)
+
+
 def _anything_correct(result: GradeResult) -> bool:
     return (any(e.verdict == "correct" for e in result.equations)
             or any(g.verdict == "correct" for g in result.gradients.values()))

@@ -29,3 +29,10 @@ def grade_answer(spec: ProblemSpec, inst: Any, text: str, *,
     """Grade an answer (``sandbox``: ``run_job`` and ``check_source`` for the kinds
     that run student code). ``hidden_seeds``: see ``AnswerKind.grade``."""
     return spec.kind.grade(spec, inst, text, hidden_seeds=hidden_seeds, **sandbox)
+
+
+def check_answer(spec: ProblemSpec, inst: Any, text: str, **sandbox: Any):
+    """Validation without grading (``AnswerKind.check``): parse the answer and, where
+    the kind can without running student code, check every line's shape on ``inst``.
+    A GradeResult with ``errors`` only (no verdicts, no score)."""
+    return spec.kind.check(spec, inst, text, **sandbox)

@@ -73,11 +73,12 @@ def document_key(text: str) -> str:
 
 
 def grade(judge: Judge, spec: Any, document_json: str, answer: str,
-          hidden_seeds: Sequence[int] = ()) -> dict:
+          hidden_seeds: Sequence[int] = (), *, task: str = "grade") -> dict:
     """``grade_answer(spec, instance, answer, hidden_seeds=...)`` in a judge process;
-    returns ``GradeResult.to_json()``. Raises JudgeError (``timeout``, ``memory``, ...)."""
+    returns ``GradeResult.to_json()``. Raises JudgeError (``timeout``, ``memory``, ...).
+    With ``task="check"``: ``check_answer`` (parse and shapes only, no verdicts)."""
     message = {
-        "task": "grade",
+        "task": task,
         "spec": {"key": spec.version},
         "document": {"key": document_key(document_json)},
         "answer": answer,

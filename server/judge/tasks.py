@@ -40,7 +40,8 @@ def _remember(cache: OrderedDict, key: Any, value: Any, size: int) -> Any:
 
 
 def grade(message: dict) -> dict:
-    from server.engine.problem import grade_answer, instance_from_document
+    """``grade_answer``, or with ``"task": "check"`` ``check_answer`` (validation only)."""
+    from server.engine.problem import check_answer, grade_answer, instance_from_document
     from server.engine.spec import parse_spec
 
     spec_part, document_part = message["spec"], message["document"]
@@ -66,14 +67,17 @@ def grade(message: dict) -> dict:
         return {"status": "missing", "missing": missing}
     _specs.move_to_end(spec_key)
     _instances.move_to_end((spec_key, document_key))
-    result = grade_answer(spec, instance, message["answer"],
-                          hidden_seeds=tuple(int(s) for s in message.get("hidden_seeds", ())))
+    if message.get("task") == "check":
+        result = check_answer(spec, instance, message["answer"])
+    else:
+        result = grade_answer(spec, instance, message["answer"],
+                              hidden_seeds=tuple(int(s) for s in message.get("hidden_seeds", ())))
     return {"status": "ok", "result": result.to_json()}
 
 
 def handle(message: dict) -> dict:
     task = message.get("task")
-    if task == "grade":
+    if task in ("grade", "check"):
         return grade(message)
     if task == "ping":
         return {"status": "ok"}

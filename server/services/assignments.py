@@ -139,7 +139,7 @@ def create_assignment(
     )
     session.add(assignment)
     for position, choice in enumerate(draft.problems):
-        record_problem_version(session, bank[choice.problem_id])
+        record_problem_version(session, bank[choice.problem_id], problem_key=choice.problem_id)
         assignment.problems.append(
             AssignmentProblem(problem_id=choice.problem_id, weight=choice.weight, position=position)
         )
@@ -190,7 +190,7 @@ def update_assignment(
     for position, choice in enumerate(draft.problems):
         ap = current.get(choice.problem_id)
         if ap is None:
-            record_problem_version(session, bank[choice.problem_id])
+            record_problem_version(session, bank[choice.problem_id], problem_key=choice.problem_id)
             ap = AssignmentProblem(problem_id=choice.problem_id)
             assignment.problems.append(ap)
         ap.weight = choice.weight
@@ -323,9 +323,11 @@ def problem_score(submissions: Sequence[Submission], policy: str) -> float | Non
 
 
 def student_assignments(
-    session: Session, user: User, now: dt.datetime, course: Course | None = None
+    session: Session, user: User, now: dt.datetime, course: Course | None = None,
+    assignment_id: int | None = None,
 ) -> list[AssignmentStatus]:
-    """Assignments of every course where ``user`` is a student (or of ``course``)."""
+    """Assignments of every course ``user`` is enrolled in (or of ``course``, or the one
+    ``assignment_id``), with the user's attempts and scores."""
     query = (
         select(Assignment)
         .join(Enrollment, Enrollment.course_id == Assignment.course_id)
@@ -338,6 +340,8 @@ def student_assignments(
     )
     if course is not None:
         query = query.where(Assignment.course_id == course.id)
+    if assignment_id is not None:
+        query = query.where(Assignment.id == assignment_id)
     assignments = list(session.scalars(query))
     problem_ids = [ap.id for a in assignments for ap in a.problems]
     by_problem: dict[int, list[Submission]] = {}

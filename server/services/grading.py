@@ -189,10 +189,12 @@ def ensure_instance(
     write_transaction(session)
     try:
         with session.begin_nested():
-            version = record_problem_version(session, spec)
+            version = record_problem_version(session, spec,
+                                             problem_key=assignment_problem.problem_id)
     except IntegrityError:  # a concurrent first visit recorded the same new version
         version = session.scalar(select(ProblemVersion).where(
-            ProblemVersion.problem_id == spec.id, ProblemVersion.spec_hash == spec.version))
+            ProblemVersion.problem_id == assignment_problem.problem_id,
+            ProblemVersion.spec_hash == spec.version))
         if version is None:
             raise
     return get_or_create_instance(session, user, assignment_problem, version, secret,
@@ -439,3 +441,49 @@ def submit_answer(
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+# --- checking without grading ------------------------------------------------------
+
+
+def check_answer(
+    session: Session, *, user: User, assignment_id: int, problem_id: str, answer: Any,
+    now: dt.datetime, bank: Mapping[str, Any], secret: bytes, judge: Any = None,
+    commit: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Validation only, as STACK separates validation from assessment: parse the answer
+    and (equations) check every line's shape on the student's instance. Nothing is
+    stored, nothing is graded, no attempt is used; works in any phase once the
+    assignment is open. Returns ``{"valid", "errors": [{"line", "message"}], "stored":
+    False}``; raises ValidationError (bad text), NotFound, Unavailable (the check took
+    too long, or failed on our side). ``commit`` (the caller's) is called once the
+    instance is read or drawn, so that no lock is held while the judge checks."""
+    text = clean_answer(answer)
+    assignment_problem = assignment_problem_for(session, user, assignment_id, problem_id)
+    if now < assignment_problem.assignment.open_at and not user.is_admin:
+        raise NotFound(f"problem: no problem {problem_id!r} in assignment {assignment_id} "
+                       "of your courses is open yet")
+    instance = ensure_instance(session, user, assignment_problem, bank, secret)
+    spec = spec_for_version(bank, instance.problem_version)
+    document_json = instance.reference_json
+    if commit is not None:
+        commit()
+    kind = kind_of(spec)
+    if kind.runs_student_code:  # checked here, without running it (``AnswerKind.check``)
+        from server.sandbox import check_source
+
+        result = kind.check(spec, None, text, check_source=check_source).to_json()
+    else:
+        from server.judge import JudgeError, get_judge, grade
+
+        try:
+            result = grade(judge or get_judge(), spec, document_json, text, task="check")
+        except JudgeError as exc:
+            log.warning("checking an answer to %s failed in the judge (%s)", spec.id, exc.kind)
+            why = {"timeout": "it took too long to evaluate",
+                   "memory": "it needed too much memory"}.get(exc.kind, "our checker failed")
+            raise Unavailable(f"answer: could not be checked: {why}. Nothing was stored; "
+                              "simplify it, or try again in a moment") from None
+    errors = list(result.get("errors", []))
+    return {"valid": not errors, "errors": errors, "stored": False,
+            "answer_type": spec.answer_kind}

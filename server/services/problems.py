@@ -1,9 +1,9 @@
 """The problem bank in the database: problems and their spec versions.
 
-The bank itself is read by the engine (``server.engine.bank.load_bank``, a
-dict id -> ProblemSpec). Here a spec is recorded as a ``Problem`` row and a
+The bank of record is the database (``services.bank``: sync, the editor,
+``DatabaseBank``). Here a spec is recorded as a ``Problem`` row and a
 ``ProblemVersion`` per distinct spec text, so every instance keeps the exact
-version it was drawn from.
+version it was drawn from; a spec the database has already is just looked up.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ class SpecLike(Protocol):
 
 
 def record_problem_version(
-    session: Session, spec: SpecLike | Any, spec_text: str | None = None
+    session: Session, spec: SpecLike | Any, spec_text: str | None = None,
+    problem_key: str | None = None,
 ) -> ProblemVersion:
     """The ProblemVersion for ``spec``, creating the problem and version rows if new.
 
@@ -36,25 +37,31 @@ def record_problem_version(
     ``spec.version`` (a hash of the text) identifies the version: the same hash
     always maps to the same version; a changed spec gets the next version number.
     The title and answer type follow the latest spec.
+
+    ``problem_key``: the problem's key (default: the spec id, a shared
+    problem); a course's problem must exist already (``services.bank``).
     """
     text = spec.source if spec_text is None else spec_text
-    problem = session.get(Problem, spec.id)
+    key = spec.id if problem_key is None else problem_key
+    version = session.scalar(
+        select(ProblemVersion).where(
+            ProblemVersion.problem_id == key, ProblemVersion.spec_hash == spec.version
+        )
+    )
+    if version is not None:  # the bank of record has it: nothing to write
+        return version
+    problem = session.get(Problem, key)
     if problem is None:
-        problem = Problem(id=spec.id, title=spec.title, answer_type=spec.answer_kind)
+        if key != spec.id:
+            raise LookupError(f"no problem {key!r} in the database")
+        problem = Problem(id=key, spec_id=spec.id, title=spec.title, answer_type=spec.answer_kind)
         session.add(problem)
     else:
         problem.title = spec.title
         problem.answer_type = spec.answer_kind
     session.flush()
-    version = session.scalar(
-        select(ProblemVersion).where(
-            ProblemVersion.problem_id == spec.id, ProblemVersion.spec_hash == spec.version
-        )
-    )
-    if version is not None:
-        return version
     latest = session.scalar(
-        select(func.max(ProblemVersion.version)).where(ProblemVersion.problem_id == spec.id)
+        select(func.max(ProblemVersion.version)).where(ProblemVersion.problem_id == key)
     )
     version = ProblemVersion(
         problem=problem,

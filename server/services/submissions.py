@@ -206,6 +206,20 @@ def attempts_left(session: Session, submission_or_problem: Submission | Assignme
     return max(0, limit - len(used_attempts(session, user_id, assignment_problem.id)))
 
 
+def attempts_left_after(session: Session, submission: Submission) -> int | None:
+    """Attempts its author had left right after ``submission`` (None: unlimited):
+    what a past submission's feedback says, whatever came later."""
+    limit = submission.assignment_problem.assignment.max_attempts
+    if limit is None:
+        return None
+    used = session.scalar(select(func.count(Submission.id)).where(
+        Submission.user_id == submission.user_id,
+        Submission.assignment_problem_id == submission.assignment_problem_id,
+        Submission.attempt.is_not(None),
+        Submission.id <= submission.id))
+    return max(0, limit - int(used or 0))
+
+
 def own_submission(session: Session, user: User, submission_id: int) -> Submission:
     """One of ``user``'s submissions. NotFound if unknown, Forbidden if someone else's."""
     submission = session.get(Submission, submission_id)
@@ -229,9 +243,11 @@ def problem_submissions(session: Session, user: User,
 
 def course_submissions(
     session: Session, course: Course, assignment_id: int | None = None, *,
-    status: str | None = None, limit: int = 500,
+    status: str | None = None, user_id: int | None = None, problem_id: str | None = None,
+    limit: int = 500,
 ) -> list[Submission]:
-    """Every submission in a course (refused ones too), newest first, for staff."""
+    """Every submission in a course (refused ones too), newest first, for staff;
+    optionally of one assignment, status, student or problem."""
     query = (
         select(Submission)
         .join(AssignmentProblem, AssignmentProblem.id == Submission.assignment_problem_id)
@@ -247,6 +263,10 @@ def course_submissions(
         query = query.where(Assignment.id == assignment_id)
     if status is not None:
         query = query.where(Submission.status == status)
+    if user_id is not None:
+        query = query.where(Submission.user_id == user_id)
+    if problem_id is not None:
+        query = query.where(AssignmentProblem.problem_id == problem_id)
     return list(session.scalars(query))
 
 

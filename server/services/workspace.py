@@ -25,7 +25,7 @@ from server.services.grading import cached, ensure_instance, spec_for_version
 from server.services.submissions import problem_submissions
 
 PRIVATE_KEYS = ("reference", "accumulation")
-_MATHML_CACHE: OrderedDict[tuple[str, str], list[dict]] = OrderedDict()
+_MATHML_CACHE: OrderedDict[tuple[str, ...], Any] = OrderedDict()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,14 +190,21 @@ def values_npz(instance: Instance) -> bytes:
     return buffer.getvalue()
 
 
-def formatted_values(spec: Any, document: Mapping[str, Any]) -> list[tuple[str, str, str]]:
-    """(name, shape, text) for showing values on the page, as the spec's decimals print them."""
+def formatted_values(spec: Any, document: Mapping[str, Any],
+                     order: list[str] | None = None) -> list[tuple[str, str, str]]:
+    """(name, shape, text) for showing values on the page, as the spec's decimals print
+    them; in ``order`` (the variables table's: inputs and parameters, then the forward
+    steps), then the given gradient and anything else."""
     import numpy as np
 
     from server.engine.render import format_array
 
+    values = document.get("values", {})
+    rank = {name: k for k, name in enumerate(order or [])}
+    names = sorted(values, key=lambda n: (rank.get(n, len(rank)), n.startswith("d")))
     out = []
-    for name, value in document.get("values", {}).items():
+    for name in names:
+        value = values[name]
         if isinstance(value, list) and value and isinstance(value[0], list) and value[0] \
                 and isinstance(value[0][0], list):
             for t, step in enumerate(value):
@@ -208,3 +215,50 @@ def formatted_values(spec: Any, document: Mapping[str, Any]) -> list[tuple[str, 
             array = np.asarray(value, dtype=float)
             out.append((name, "×".join(map(str, array.shape)), format_array(array, spec.decimals)))
     return out
+
+
+def formatted_references(spec: Any, reference: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(name, shape, text) of the reference gradients, for staff: arrays as
+    ``formatted_values`` prints them, an expression kind's derivative as text."""
+    if kind_of(spec).has_arrays:
+        return formatted_values(spec, {"values": reference})
+    return [(name, "expression", str(value)) for name, value in reference.items()]
+
+
+# --- help where the student writes ------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ConstantUse:
+    name: str
+    value: int
+    used_in: list[str]  # the definitions that use it (empty: not used by this draw)
+
+
+def constant_uses(spec: Any, document: Mapping[str, Any]) -> list[ConstantUse]:
+    """An expression problem's constants, and which of the student's definitions use
+    them (the definitions are shown with the constants already substituted)."""
+    import re
+
+    from server.engine.spec import substitute_choices
+
+    constants = document.get("constants") or {}
+    if not constants:
+        return []
+    picked = {name: spec.choices[name][index][1]
+              for name, index in zip(spec.choices, document["choice_index"])}
+    text, _ = substitute_choices(spec.forward_template, picked)
+    uses: dict[str, list[str]] = {name: [] for name in constants}
+    for line in text.splitlines():
+        target, _, expr = line.partition("=")
+        for name in constants:
+            if re.search(rf"\b{re.escape(name)}\b", expr):
+                uses[name].append(target.strip())
+    return [ConstantUse(name, int(value), uses[name]) for name, value in constants.items()]
+
+
+def worked_line(spec: Any, document: Mapping[str, Any]) -> dict[str, str] | None:
+    """One line worked from this problem's own structure, for the help box:
+    ``{"source", "line", "why"}`` (``AnswerKind.worked_line``)."""
+    return cached(_MATHML_CACHE, ("worked", spec.version, document["forward"]),
+                  lambda: kind_of(spec).worked_line(spec, document))

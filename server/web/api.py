@@ -10,6 +10,8 @@ A submission in an error body is under ``"submission"``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from flask import Blueprint, abort, g, jsonify, request
@@ -127,6 +129,52 @@ def problem(assignment_id: int, problem_id: str) -> Response:
     )
 
 
+def _answer_body() -> dict[str, Any]:
+    """The request's ``{"answer": "..."}``, or a 400 naming what is wrong."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        abort(400, 'body: send a JSON object {"answer": "..."} '
+                   "with Content-Type: application/json")
+    if "answer" not in body:
+        abort(400, "answer: is required")
+    unknown = sorted(set(body) - {"answer"})
+    if unknown:
+        abort(400, f"body: unknown field(s) {', '.join(unknown)}; only 'answer' is read")
+    return body
+
+
+@bp.route("/assignments/<int:assignment_id>/problems/<problem_id>/check", methods=["POST"])
+@token_required
+@reads_first  # the write lock only to draw the instance on a first visit (server.db)
+def check(assignment_id: int, problem_id: str) -> Response:
+    """Validate ``{"answer": "..."}`` without grading or storing it: 200 with ``valid``,
+    ``errors`` (line and message, as a submission's) and ``stored: false``."""
+    body = _answer_body()
+    with _service_errors():
+        result = grading.check_answer(
+            get_session(), user=g.api_user, assignment_id=assignment_id,
+            problem_id=problem_id, answer=body["answer"], now=utcnow(),
+            bank=get_bank_for_students(), secret=instance_secret(), commit=end_transaction)
+    return jsonify(result)
+
+
+@contextmanager
+def _service_errors() -> Iterator[None]:
+    """A service's refusal as the HTTP status that says it (the body names the field)."""
+    try:
+        yield
+    except NotFound as exc:
+        abort(404, str(exc))
+    except grading.AnswerTooLarge as exc:
+        abort(413, str(exc))
+    except ValidationError as exc:
+        abort(400, str(exc))
+    except Conflict as exc:  # too many racing submissions: nothing stored, send again
+        abort(409, str(exc))
+    except Unavailable as exc:
+        abort(503, str(exc))
+
+
 STATUS_CODES = {
     SubmissionStatus.GRADED: 201,
     SubmissionStatus.INVALID: 422,
@@ -142,15 +190,7 @@ STATUS_CODES = {
 @reads_first  # the write lock for storing the answer and for its verdict only (server.db)
 def submit(assignment_id: int, problem_id: str) -> Response:
     """Store and grade ``{"answer": "..."}``; an ``Idempotency-Key`` header makes retries safe."""
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        abort(400, 'body: send a JSON object {"answer": "..."} '
-                   "with Content-Type: application/json")
-    if "answer" not in body:
-        abort(400, "answer: is required")
-    unknown = sorted(set(body) - {"answer"})
-    if unknown:
-        abort(400, f"body: unknown field(s) {', '.join(unknown)}; only 'answer' is read")
+    body = _answer_body()
     # Before anything is stored. The request's transaction ends first: on SQLite
     # it may hold the write lock (the token's use), which the counter needs.
     end_transaction()
@@ -161,22 +201,12 @@ def submit(assignment_id: int, problem_id: str) -> Response:
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
     session = get_session()
-    try:
+    with _service_errors():
         result = grading.submit_answer(
             session, user=g.api_user, assignment_id=assignment_id, problem_id=problem_id,
             answer=body["answer"], client_key=request.headers.get("Idempotency-Key"),
             now=utcnow(), bank=get_bank_for_students(), secret=instance_secret(),
             commit=session.commit, client_ip=request.remote_addr)
-    except NotFound as exc:
-        abort(404, str(exc))
-    except grading.AnswerTooLarge as exc:
-        abort(413, str(exc))
-    except ValidationError as exc:
-        abort(400, str(exc))
-    except Conflict as exc:  # too many racing submissions: nothing stored, send again
-        abort(409, str(exc))
-    except Unavailable as exc:
-        abort(503, str(exc))
     # Commit here: the teardown rolls back on a 5xx, and a 503 (our grader
     # failed) must still record the submission's error and give its attempt back.
     session.commit()

@@ -120,18 +120,27 @@ def build_app(config: dict[str, Any] | None = None) -> Flask:
 
 
 def _register_blueprints(app: Flask) -> None:
-    from server.web import api, auth, instructor, staff, student
+    from server.web import api, api_problems, auth, instructor, staff, staff_problems, student
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(student.bp)
     app.register_blueprint(staff.bp)
     app.register_blueprint(instructor.bp)
+    app.register_blueprint(staff_problems.bp)
     csrf.exempt(api.bp)  # token-authenticated, no cookies: CSRF does not apply
     app.register_blueprint(api.bp)
+    csrf.exempt(api_problems.bp)
+    app.register_blueprint(api_problems.bp)
     # The static view is public (declared here, since Flask creates it).
     from server.web.access import public
 
     public(app.view_functions["static"])
+
+    def favicon() -> Response:
+        # Browsers that ignore <link rel="icon"> ask for /favicon.ico: no 404 in the log.
+        return app.send_static_file("favicon.svg")
+
+    app.add_url_rule("/favicon.ico", "favicon", public(favicon))
 
 
 def _register_template_helpers(app: Flask) -> None:

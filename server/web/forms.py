@@ -57,6 +57,10 @@ class ProblemRowForm(Form):
 
     problem_id = HiddenField(validators=[InputRequired()])
     include = BooleanField("Include")
+    # The problems' order on the assignment: smallest first (ties keep the form's order).
+    position = IntegerField(
+        "Order", validators=[Optional(), NumberRange(min=1, max=1000, message="must be 1 to 1000")],
+    )
     weight = FloatField(
         "Weight",
         default=1.0,

@@ -41,9 +41,9 @@ def _to_local(value: dt.datetime | None) -> dt.datetime | None:
     return value.astimezone(zone).replace(tzinfo=None)
 
 
-def _assignment_form(assignment: Assignment | None = None) -> AssignmentForm:
+def _assignment_form(course: Course, assignment: Assignment | None = None) -> AssignmentForm:
     """The form, with one row per bank problem (the assignment's own first, in order)."""
-    bank = get_bank()
+    bank = get_bank(course)
     if assignment is None:
         form = AssignmentForm()
         rows = [(pid, False, 1.0) for pid in sorted(bank)]
@@ -61,9 +61,10 @@ def _assignment_form(assignment: Assignment | None = None) -> AssignmentForm:
         rows = [(ap.problem_id, True, ap.weight) for ap in assignment.problems]
         rows += [(pid, False, 1.0) for pid in sorted(bank) if pid not in chosen]
     if not form.is_submitted():
-        for problem_id, include, weight in rows:
+        for position, (problem_id, include, weight) in enumerate(rows, 1):
             form.problems.append_entry(
-                {"problem_id": problem_id, "include": include, "weight": weight}
+                {"problem_id": problem_id, "include": include, "weight": weight,
+                 "position": position}
             )
     return form
 
@@ -79,8 +80,9 @@ def _draft_from(form: AssignmentForm) -> AssignmentDraft:
         score_policy=form.score_policy.data,
         problems=[
             ProblemChoice(row.problem_id.data, row.weight.data or 1.0)
-            for row in form.problems
-            if row.include.data
+            for _, _, row in sorted(
+                (row.position.data if row.position.data is not None else 10**6, k, row)
+                for k, row in enumerate(form.problems) if row.include.data)
         ],
     )
 
@@ -99,7 +101,7 @@ def _render_assignment_form(
     return (
         render_template(
             "instructor/assignment_form.html",
-            course=course, form=form, bank=get_bank(), assignment=assignment,
+            course=course, form=form, bank=dict(get_bank(course).items()), assignment=assignment,
         ),
         400 if form.is_submitted() else 200,
     )
@@ -108,10 +110,11 @@ def _render_assignment_form(
 @bp.route("/<course_code>/assignments/new", methods=["GET", "POST"])
 @role_required("instructor")
 def new_assignment(course: Course) -> Response | tuple[str, int]:
-    form = _assignment_form()
+    form = _assignment_form(course)
     if form.validate_on_submit():
         try:
-            assignment = create_assignment(get_session(), course, _draft_from(form), get_bank())
+            assignment = create_assignment(get_session(), course, _draft_from(form),
+                                           get_bank(course))
         except ValidationError as exc:
             _show_error(form, exc)
         else:
@@ -128,10 +131,10 @@ def edit_assignment(course: Course, assignment_id: int) -> Response | tuple[str,
         assignment = get_course_assignment(session, course, assignment_id)
     except NotFound as exc:
         abort(404, str(exc))
-    form = _assignment_form(assignment)
+    form = _assignment_form(course, assignment)
     if form.validate_on_submit():
         try:
-            update_assignment(session, assignment, _draft_from(form), get_bank())
+            update_assignment(session, assignment, _draft_from(form), get_bank(course))
         except ValidationError as exc:  # raised before anything is changed
             _show_error(form, exc)
         else:

@@ -3,16 +3,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, abort, render_template, request
 
 from server.db import get_session
-from server.models import STATUS_VALUES, Course
-from server.services.assignments import course_assignments, get_course_assignment
+from server.models import STATUS_VALUES, Course, utcnow
+from server.services.assignments import (
+    course_assignments,
+    get_course_assignment,
+    student_assignments,
+)
 from server.services.courses import roster
 from server.services.errors import NotFound
 from server.services.feedback import annotated_lines, general_errors, submission_summary
 from server.services.submissions import (
-    attempts_left,
+    attempts_left_after,
     course_submission,
     course_submission_counts,
     course_submissions,
@@ -48,13 +54,48 @@ def submissions(course: Course, assignment_id: int) -> str:
     status = request.args.get("status") or None
     if status is not None and status not in STATUS_VALUES:
         abort(400, f"status: {status!r} is not one of {', '.join(STATUS_VALUES)}")
-    submissions = course_submissions(session, course, assignment.id, status=status)
+    members = roster(session, course)
+    student = _student_filter(members)
+    problem = request.args.get("problem") or None
+    problem_ids = [ap.problem_id for ap in assignment.problems]
+    if problem is not None and problem not in problem_ids:
+        abort(400, f"problem: {problem!r} is not a problem of {assignment.title!r}")
+    submissions = course_submissions(
+        session, course, assignment.id, status=status, problem_id=problem,
+        user_id=None if student is None else student.user_id)
     end_transaction()
     return render_template(
         "staff/submissions.html",
         course=course, assignment=assignment, status=status, statuses=STATUS_VALUES,
-        submissions=submissions,
+        submissions=submissions, members=members, student=student, problem=problem,
+        problems=assignment.problems,
     )
+
+
+def _student_filter(members: list) -> Any:
+    """The enrollment chosen by ``?student=<user id>`` (None: everyone), or a 400."""
+    raw = request.args.get("student") or None
+    if raw is None:
+        return None
+    member = next((e for e in members if str(e.user_id) == raw), None)
+    if member is None:
+        abort(400, f"student: {raw!r} is not the id of someone in this course")
+    return member
+
+
+@bp.route("/<course_code>/students/<int:user_id>")
+@role_required("ta", "instructor")
+def student(course: Course, user_id: int) -> str:
+    """One member of the course: their assignments and scores, and every submission."""
+    session = get_session()
+    member = next((e for e in roster(session, course) if e.user_id == user_id), None)
+    if member is None:
+        abort(404, f"student: no one with id {user_id} in {course.code}")
+    statuses = student_assignments(session, member.user, utcnow(), course)
+    submissions = course_submissions(session, course, user_id=user_id)
+    end_transaction()
+    return render_template("staff/student.html", course=course, member=member,
+                           statuses=statuses, submissions=submissions)
 
 
 @bp.route("/<course_code>/submissions/<int:submission_id>")
@@ -65,7 +106,7 @@ def submission(course: Course, submission_id: int) -> str:
         sub = course_submission(session, course, submission_id)
     except NotFound as exc:
         abort(404, str(exc))
-    left = attempts_left(session, sub, sub.user_id)
+    left = attempts_left_after(session, sub)  # as of this submission
     sub.user, sub.assignment_problem.problem  # noqa: B018  (for the template)
     end_transaction()
     return render_template(

@@ -28,7 +28,11 @@ from server.services.courses import STAFF_ROLES, courses_for_user
 from server.services.errors import Conflict, Forbidden, NotFound, Unavailable, ValidationError
 from server.services.feedback import annotated_lines, general_errors, submission_summary
 from server.services.limits import SubmissionRateLimited, take_submission_slot
-from server.services.submissions import attempts_left, own_submission
+from server.services.submissions import (
+    attempts_left_after,
+    course_submission_counts,
+    own_submission,
+)
 from server.web.access import end_transaction, login_required
 from server.web.app import limiter, rate
 from server.web.bank import get_bank_for_students
@@ -51,12 +55,33 @@ def dashboard() -> str:
     by_course: dict[int, list] = {}
     for status in statuses:
         by_course.setdefault(status.assignment.course_id, []).append(status)
+    # Staff see their course's assignments with its submissions, not attempts of their own.
+    staff_counts = {course.id: course_submission_counts(session, course)
+                    for course, role in courses if role in STAFF_ROLES}
+    end_transaction()
     return render_template(
         "student/dashboard.html",
         courses=courses,
         by_course=by_course,
+        staff_counts=staff_counts,
         staff_roles=STAFF_ROLES,
     )
+
+
+@bp.route("/assignments/<int:assignment_id>")
+@login_required
+def assignment(assignment_id: int) -> str:
+    """One assignment: its problems in the instructor's order, with my attempts and scores."""
+    statuses = student_assignments(get_session(), current_user, utcnow(),
+                                   assignment_id=assignment_id)
+    if not statuses:
+        abort(404, f"assignment: no assignment {assignment_id} in your courses")
+    status = statuses[0]
+    if status.window.phase == "upcoming" and not current_user.is_admin:
+        abort(404, f"assignment: {status.assignment.title!r} is not open yet "
+                   f"({status.window.message})")
+    end_transaction()
+    return render_template("student/assignment.html", status=status)
 
 
 def _open(assignment_id: int, problem_id: str) -> workspace.ProblemWorkspace:
@@ -71,18 +96,27 @@ def _open(assignment_id: int, problem_id: str) -> workspace.ProblemWorkspace:
 
 
 def _render_problem(ws: workspace.ProblemWorkspace, form: AnswerForm | None = None,
-                    error: str | None = None, status: int = 200) -> tuple[str, int]:
+                    error: str | None = None, status: int = 200,
+                    check: dict[str, Any] | None = None) -> tuple[str, int]:
     if form is None:
         form = AnswerForm(formdata=None, answer=ws.last_answer)
     # A fresh key for every rendering: one key, one submission.
     form.submission_key.data = secrets.token_urlsafe(16)
     ws.assignment.course  # noqa: B018  (loaded for the template, before the commit)
+    siblings = [ap for ap in ws.assignment.problems]
+    position = next((k for k, ap in enumerate(siblings)
+                     if ap.problem_id == ws.assignment_problem.problem_id), 0)
+    next_problem = siblings[position + 1].problem if position + 1 < len(siblings) else None
     end_transaction()
+    order = [v.name for v in ws.variables]
     return render_template(
         "student/problem.html",
-        ws=ws, form=form, error=error,
-        values=workspace.formatted_values(ws.spec, ws.document),
+        ws=ws, form=form, error=error, check=check,
+        values=workspace.formatted_values(ws.spec, ws.document, order),
         history=[(s, s.result) for s in ws.submissions],
+        worked=workspace.worked_line(ws.spec, ws.document),
+        constants=workspace.constant_uses(ws.spec, ws.document),
+        position=position, count=len(siblings), next_problem=next_problem,
     ), status
 
 
@@ -132,6 +166,36 @@ def submit(assignment_id: int, problem_id: str) -> Any:
     return redirect(url_for("student.submission", submission_id=submission.id))
 
 
+@bp.route("/assignments/<int:assignment_id>/problems/<problem_id>/check")
+@login_required
+def check_page(assignment_id: int, problem_id: str) -> Any:
+    """A reload or bookmark of a Check's page: the problem itself."""
+    return redirect(url_for("student.problem", assignment_id=assignment_id,
+                            problem_id=problem_id))
+
+
+@bp.route("/assignments/<int:assignment_id>/problems/<problem_id>/check", methods=["POST"])
+@login_required
+@reads_first  # the write lock only to draw the instance on a first visit (server.db)
+def check(assignment_id: int, problem_id: str) -> tuple[str, int]:
+    """The Check button: parse the answer and check its shapes on my instance; nothing
+    is stored or graded and no attempt is used. The page comes back with the text."""
+    form = AnswerForm()
+    result, error, code = None, None, 200
+    try:
+        result = grading.check_answer(
+            get_session(), user=current_user, assignment_id=assignment_id,
+            problem_id=problem_id, answer=form.answer.data or "", now=utcnow(),
+            bank=get_bank_for_students(), secret=instance_secret(), commit=end_transaction)
+    except NotFound as exc:
+        abort(404, str(exc))
+    except (ValidationError, Unavailable) as exc:
+        error = str(exc)
+        code = (413 if isinstance(exc, grading.AnswerTooLarge)
+                else 503 if isinstance(exc, Unavailable) else 400)
+    return _render_problem(_open(assignment_id, problem_id), form, error, code, check=result)
+
+
 @bp.route("/assignments/<int:assignment_id>/problems/<problem_id>/values.json")
 @login_required
 def values_json(assignment_id: int, problem_id: str) -> Response:
@@ -167,7 +231,7 @@ def submission(submission_id: int) -> tuple[str, int]:
         abort(404, str(exc))
     except Forbidden as exc:
         abort(403, str(exc))
-    left = attempts_left(session, sub, current_user.id)
+    left = attempts_left_after(session, sub)  # as of this submission
     assignment = sub.assignment_problem.assignment
     assignment.course, sub.assignment_problem.problem  # noqa: B018  (for the template)
     end_transaction()

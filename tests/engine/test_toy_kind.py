@@ -10,7 +10,13 @@ import jinja2
 import pytest
 
 from server.engine.kinds import KINDS, AnswerKind
-from server.engine.problem import draw, grade_answer, instance_from_document, model_answer
+from server.engine.problem import (
+    check_answer,
+    draw,
+    grade_answer,
+    instance_from_document,
+    model_answer,
+)
 from server.engine.results import GradeResult, GradientResult, invalid, weighted_score
 from server.engine.spec import SpecError, parse_spec
 
@@ -59,12 +65,19 @@ class NumberKind(AnswerKind):
     def from_json(self, spec, document) -> ToyInstance:
         return ToyInstance(int(document["seed"]), int(document["a"]), int(document["x"]))
 
-    def grade(self, spec, inst, text, *, hidden_seeds=None, run_job=None,
-              check_source=None) -> GradeResult:
+    def check(self, spec, inst, text, *, check_source=None) -> GradeResult:
         try:
-            value = float(text)
+            float(text)
         except ValueError:
             return invalid([{"line": 1, "message": "line 1: write one number"}])
+        return GradeResult(True, 0.0)
+
+    def grade(self, spec, inst, text, *, hidden_seeds=None, run_job=None,
+              check_source=None) -> GradeResult:
+        problem = self.check(spec, inst, text)
+        if problem.errors:
+            return problem
+        value = float(text)
         verdict = GradientResult("correct" if abs(value - inst.reference) <= spec.rtol
                                  else "incorrect")
         verdicts = {"dx": verdict}
@@ -80,11 +93,15 @@ class NumberKind(AnswerKind):
         return [{"kind": "step", "number": 1, "source": document["forward"], "mathml": ""}]
 
 
-# 3. The partial: heading(), task(doc), hint(doc) and rows.
+# 3. The partial: heading(), task(doc), help(doc), checked(), costs(), answer_input(text)
+#    and rows.
 PARTIAL = """{% set rows = 1 %}
 {% macro heading() %}The function{% endmacro %}
 {% macro task(doc) %}<p>Find dL/dx at x = {{ doc.x }}.</p>{% endmacro %}
-{% macro hint(doc) %}<p class="hint">One number.</p>{% endmacro %}
+{% macro help(doc) %}<p>One number.</p>{% endmacro %}
+{% macro checked() %}It is a number.{% endmacro %}
+{% macro costs() %}{% endmacro %}
+{% macro answer_input(text) %}<input id="answer" name="answer" value="{{ text }}">{% endmacro %}
 """
 
 SPEC = '''
@@ -112,6 +129,9 @@ def test_a_spec_of_the_new_kind_parses_draws_and_grades(number_kind):
     wrong = grade_answer(spec, inst, "41")
     assert wrong.valid and wrong.score == 0 and wrong.gradients["dx"].verdict == "incorrect"
     assert not grade_answer(spec, inst, "forty").valid
+    assert check_answer(spec, inst, "41").errors == []
+    assert check_answer(spec, inst, "forty").errors == [
+        {"line": 1, "message": "line 1: write one number"}]
 
 
 def test_the_new_kind_checks_its_own_spec_parts(number_kind):
@@ -131,8 +151,10 @@ def test_the_problem_page_shows_the_partial_of_the_new_kind(number_kind):
                                   jinja2.FileSystemLoader(TEMPLATES)])
     env = jinja2.Environment(loader=loader, autoescape=True)
     page = env.from_string("{% import kind.partial as k %}<h2>{{ k.heading() }}</h2>"
-                           "{{ k.task(doc) }}{{ k.hint(doc) }}<textarea rows={{ k.rows }}>")
+                           "{{ k.task(doc) }}{{ k.help(doc) }}{{ k.checked() }}"
+                           "{{ k.answer_input('4') }}<textarea rows={{ k.rows }}>")
     spec = parse_spec(SPEC, "toy-number.toml")
     html = page.render(kind=spec.kind, doc=draw(spec, 1).to_json(include_reference=False))
     assert html == ("<h2>The function</h2><p>Find dL/dx at x = 2.</p>"
-                    '<p class="hint">One number.</p><textarea rows=1>')
+                    '<p>One number.</p>It is a number.<input id="answer" name="answer" value="4">'
+                    "<textarea rows=1>")

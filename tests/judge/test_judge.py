@@ -235,3 +235,17 @@ def test_the_judge_knows_nothing_of_the_web_or_the_database():
             if root in FORBIDDEN_ROOTS or root == "server" and not name.startswith(allowed):
                 bad.append(f"{path.name}:{line} imports {name}")
     assert bad == []
+
+
+@pytest.mark.parametrize(("problem_id", "answer"), [
+    ("mlp-relu", "dz7 = doutput\ndW3 = dz7 @ z6"),
+    ("mlp-relu", "dx = dz1 @ W1"),
+    ("rule-4a-generalized-chain", "dL/dx = 3*x"),
+])
+def test_check_in_the_judge_is_the_engines_check(judge, problem_id, answer):
+    from server.engine.problem import check_answer
+
+    spec, inst, document = _job(problem_id)
+    expected = check_answer(spec, inst, answer).to_json()
+    assert expected["errors"] and not expected["equations"] and not expected["gradients"]
+    assert grade(judge, spec, document, answer, task="check") == expected

@@ -1,45 +1,39 @@
-"""The app checks the problem folder for edits at most once a second per process."""
+"""The app reads the bank from the database: a version saved by another process
+(here: another session) is used at the next request, and a text is parsed once
+per process and hash."""
 
-import pytest
-
+from server.services import bank as bank_service
 from server.web import bank
+from tests.services.test_bank import tiny
 
 
-@pytest.fixture
-def engine_bank_calls(app, monkeypatch):
-    from server.engine import bank as engine_bank
-
-    calls = []
-    monkeypatch.setattr(engine_bank, "load_bank", lambda: calls.append(1) or {"v": len(calls)})
-    monkeypatch.setattr(bank, "_loaded", None)
+def test_a_new_version_is_used_at_once_and_parsed_once(app, app_session, monkeypatch):
     app.config.pop("NABLA_PROBLEM_BANK")
-    return calls
+    bank_service.save_version(app_session, tiny("First"))
+    app_session.commit()
+    parsed = []
+    real_parse = bank_service.spec_of_text
+
+    def counting(spec_hash, load_text):
+        parsed.append(spec_hash)
+        return real_parse(spec_hash, load_text)
+
+    monkeypatch.setattr(bank_service, "spec_of_text", counting)
+    with app.test_request_context():
+        assert bank.get_bank()["tiny"].title == "First"
+    bank_service.save_version(app_session, tiny("Second"))
+    app_session.commit()
+    with app.test_request_context():
+        assert bank.get_bank()["tiny"].title == "Second"
+        assert bank.get_bank()["tiny"].title == "Second"
+    assert len(set(parsed)) == 2
+    assert bank_service._SPECS  # cached by hash for the next request
 
 
-def test_the_bank_is_checked_for_edits_at_most_once_a_second(app, engine_bank_calls,
-                                                             monkeypatch):
-    clock = [100.0]
-    monkeypatch.setattr(bank.time, "monotonic", lambda: clock[0])
-    with app.app_context():
-        assert bank.get_bank() == {"v": 1}
-        clock[0] += 0.5
-        assert bank.get_bank() == {"v": 1} and engine_bank_calls == [1]
-        clock[0] += 0.6  # an edit is seen a second after the last check
-        assert bank.get_bank() == {"v": 2}
+def test_a_broken_configured_bank_gives_students_an_empty_bank(app):
+    def broken():
+        raise ValueError("problems/bad.toml: line 3: unknown name 'W9'")
 
-
-def test_a_bank_that_breaks_is_not_served_from_before(app, engine_bank_calls, monkeypatch):
-    from server.engine import bank as engine_bank
-
-    clock = [100.0]
-    monkeypatch.setattr(bank.time, "monotonic", lambda: clock[0])
-    with app.app_context():
-        assert bank.get_bank() == {"v": 1}
-
-        def broken():
-            raise ValueError("problems/bad.toml: line 3: unknown name 'W9'")
-
-        monkeypatch.setattr(engine_bank, "load_bank", broken)
-        clock[0] += 1.5
-        for _ in range(2):  # each request looks again: nothing broken is kept
-            assert bank.get_bank_for_students() == {}
+    app.config["NABLA_PROBLEM_BANK"] = broken
+    with app.test_request_context():
+        assert bank.get_bank_for_students() == {}

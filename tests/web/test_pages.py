@@ -357,10 +357,13 @@ def test_a_broken_problem_bank_is_a_clear_503(app, client, course_people):
     assert "nabla problems check" in page
 
 
-def test_the_real_bank_is_used_when_none_is_configured(app, client, course_people):
-    from server.engine.bank import load_bank
+def test_the_real_bank_is_used_when_none_is_configured(app, client, course_people, app_session):
+    from server.engine.bank import BANK_DIR, load_bank
+    from server.services.bank import sync_folder
 
     app.config.pop("NABLA_PROBLEM_BANK")
+    sync_folder(app_session, BANK_DIR)  # the database is the bank of record
+    app_session.commit()
     login(client, "instructor@example.edu")
     page = client.get(NEW).get_data(as_text=True)
     for problem_id in load_bank():

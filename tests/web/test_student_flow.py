@@ -156,7 +156,7 @@ def test_no_attempts_left_is_refused_and_the_text_is_stored(client, app_session,
     text = _text(response)
     assert "Not accepted: no attempts left" in text
     assert "dz7 = doutput\ndb3 = doutput" in text  # back in the box
-    assert '<button type="submit" disabled>' in text
+    assert '<button type="submit" data-submit disabled>' in text
     assert [(s, a) for s, a, _ in stored(app_session)] == [("graded", 1), ("refused", None)]
 
 
@@ -268,7 +268,7 @@ def test_the_answer_box_keeps_a_leading_blank_line(client, app_session, course):
     login(client, "student1@example.edu")
     _submit(client, course["hw"], "mlp-relu", "\ndz7 = doutput")
     page = client.get(_page(course["hw"], "mlp-relu")).get_data(as_text=True)
-    assert 'autocomplete="off">\n\ndz7 = doutput</textarea>' in page
+    assert 'aria-describedby="answer-keys">\n\ndz7 = doutput</textarea>' in page
 
 
 @pytest.mark.parametrize("path", ["/submissions/{big}", "/assignments/{big}/problems/mlp-relu",
@@ -293,7 +293,7 @@ def test_pages_end_their_transaction_before_rendering(app, client, app_session, 
     open_at = []
 
     def check(sender, template, context, **extra):
-        mine = template.name.startswith(("student/problem", "student/submission", "ta/"))
+        mine = template.name.startswith(("student/problem", "student/submission", "staff/"))
         if mine and get_session().in_transaction():
             open_at.append(template.name)
 

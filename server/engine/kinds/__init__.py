@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.engine.kinds.base import AnswerKind
+from server.engine.kinds.base import AnswerKind, Drawn
 from server.engine.kinds.equations import EquationsKind
 from server.engine.kinds.expression import ExpressionKind
 from server.engine.kinds.numpy import NumpyKind
@@ -25,4 +25,4 @@ def kind_of(spec: Any) -> AnswerKind:
     return KINDS[spec.answer_kind]
 
 
-__all__ = ["KINDS", "AnswerKind", "kind_of"]
+__all__ = ["KINDS", "AnswerKind", "Drawn", "kind_of"]

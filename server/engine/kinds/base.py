@@ -12,11 +12,20 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 if TYPE_CHECKING:
     from server.engine.results import GradeResult
     from server.engine.spec import ProblemSpec, SpecBuilder
+
+
+class Drawn(NamedTuple):
+    """One draw measured for the draw statistics (``AnswerKind.draw_measured``)."""
+
+    instance: Any
+    values: dict[str, Any]  # what varies between draws: the dims (or the constants)
+    redraws: int | None  # None: this kind never redraws
+    calibration_seconds: float  # spent calibrating (once per structure and process)
 
 
 class AnswerKind(ABC):
@@ -25,7 +34,8 @@ class AnswerKind(ABC):
 
     name: ClassVar[str]  # the spec's ``answer = "..."``
     # The template partial (in server/templates) with the macros ``heading()``,
-    # ``task(doc)`` and ``hint(doc)`` and the variable ``rows`` (the answer box's height).
+    # ``task(doc)``, ``help(doc)``, ``checked()``, ``costs()`` and ``answer_input(text)``
+    # and the variable ``rows`` (docs/design.md, "How to add an answer kind").
     partial: ClassVar[str]
     file_suffix: ClassVar[str] = ".txt"  # what ``nabla grade`` reads for this kind
     # Answers are code that runs in the sandbox (``grade`` needs ``run_job`` and
@@ -67,6 +77,20 @@ class AnswerKind(ABC):
         """The relative tolerance answers are graded with."""
         return spec.rtol
 
+    def draw_measured(self, spec: ProblemSpec, seed: int) -> Drawn:
+        """Draw ``seed`` for the draw statistics of the staff pages."""
+        return Drawn(self.draw(spec, seed), {}, None, 0.0)
+
+    def own_hidden_seeds(self, inst: Any) -> tuple[int, ...]:
+        """The instance's own deterministic hidden seeds: what ``hidden_seeds=None``
+        means to ``grade`` (previews and ``nabla grade`` use them)."""
+        return ()
+
+    def model_check_spec(self, spec: ProblemSpec) -> ProblemSpec:
+        """The spec whose model answer is graded (in this process, without the
+        sandbox) to validate a spec: ``spec`` itself unless the kind runs student code."""
+        return spec
+
     def check_draws(self, spec: ProblemSpec, seeds: int) -> str:
         """Draw ``seeds`` instances (``nabla problems check``); figures to report."""
         for seed in range(seeds):
@@ -86,8 +110,21 @@ class AnswerKind(ABC):
         student code; the engine never imports it."""
 
     @abstractmethod
+    def check(self, spec: ProblemSpec, inst: Any, text: str, *,
+              check_source: Callable[..., Any] | None = None) -> GradeResult:
+        """Validation without grading (the student's Check): whether ``text`` is an
+        answer, with an error at each line that is not; nothing compared with the
+        reference, so no verdicts and no score. ``check_source`` (the sandbox's) for
+        kinds that run student code: they are checked without running anything."""
+
+    @abstractmethod
     def model_answer(self, spec: ProblemSpec, inst: Any) -> str:
         """The model answer, in this kind's answer language."""
+
+    def worked_line(self, spec: ProblemSpec, document: Mapping) -> dict[str, str] | None:
+        """One line worked from this problem's own structure for the help box beside
+        the answer (``{"source", "line", "why"}``), or None; never an asked gradient."""
+        return None
 
     # -- showing an instance -----------------------------------------------------------
 

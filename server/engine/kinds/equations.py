@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from server.engine.grade import grade_equations
+from server.engine.grade import check_equations, grade_equations
 from server.engine.instance import (
     ArrayInstance,
     draw_hidden_instances,
     draw_instance,
     legacy_hidden_seeds,
 )
-from server.engine.kinds.base import AnswerKind
+from server.engine.kinds.base import AnswerKind, Drawn
 from server.engine.render import forward_mathml, render_instance_text
 from server.engine.results import GradeResult
 from server.engine.solution import model_solution
@@ -46,6 +46,16 @@ class ProgramKind(AnswerKind):
 
     def from_json(self, spec: ProblemSpec, document: Mapping) -> ArrayInstance:
         return ArrayInstance.from_json(document)
+
+    def draw_measured(self, spec: ProblemSpec, seed: int) -> Drawn:
+        from server.engine.instance import DrawStats
+
+        stats = DrawStats()
+        inst = draw_instance(spec, seed, stats=stats)
+        return Drawn(inst, dict(inst.dims), stats.redraws, stats.calibration_seconds)
+
+    def own_hidden_seeds(self, inst: ArrayInstance) -> tuple[int, ...]:
+        return tuple(legacy_hidden_seeds(inst))
 
     def check_draws(self, spec: ProblemSpec, seeds: int) -> str:
         """The mutant figures of the structures drawn (``nabla problems check``)."""
@@ -80,6 +90,35 @@ class ProgramKind(AnswerKind):
     def render_text(self, spec: ProblemSpec, inst: ArrayInstance) -> str:
         return render_instance_text(spec, inst)
 
+    def worked_line(self, spec: ProblemSpec, document: Mapping) -> dict[str, str] | None:
+        """A line of the model backward program that shows a rule in the answer
+        language (a relu mask, else an element-wise derivative, else a transpose in a
+        product); without one, the notation with this problem's own names."""
+        from server.engine.solution import model_lines
+
+        program = spec.program(tuple(document["choice_index"]))
+        # Never a line that writes an asked gradient: the help shows the language, it
+        # does not answer the problem.
+        lines = [line for line in model_lines(spec, program)
+                 if line.target[1:] not in program.ask]
+
+        def pick(test: Callable[[str], bool]) -> Any:
+            return next((line for line in lines if test(line.rhs)), None)
+
+        chosen = (pick(lambda rhs: "> 0" in rhs) or pick(lambda rhs: "*" in rhs and "(" in rhs)
+                  or pick(lambda rhs: ".T" in rhs or "@" in rhs))
+        if chosen is not None:
+            return {"source": chosen.step.source, "line": chosen.statement,
+                    "why": "the rule of this forward step"}
+        # Only asked gradients to write: the notation with this problem's own names.
+        names = ([n for n in program.leaves if n in document["shapes"]]
+                 or list(document["shapes"]))
+        if not names:
+            return None
+        a = names[0]
+        return {"source": "", "line": f"{a}.T,  ({a} > 0),  ones_like({a})",
+                "why": f"the transpose of {a}, a 0/1 mask from {a}, ones of {a}'s shape"}
+
     def forward_mathml(self, spec: ProblemSpec, document: Mapping) -> list[dict[str, Any]]:
         return forward_mathml(spec, spec.program(tuple(document["choice_index"])))
 
@@ -97,9 +136,15 @@ class EquationsKind(ProgramKind):
         the instance's own deterministic seeds (``legacy_hidden_seeds``), and
         ``()`` no hidden check."""
         if hidden_seeds is None:
-            hidden_seeds = legacy_hidden_seeds(inst)
+            hidden_seeds = self.own_hidden_seeds(inst)
         hidden = draw_hidden_instances(spec, inst, hidden_seeds) if hidden_seeds else []
         return grade_equations(spec, inst, text, hidden=hidden)
+
+    def check(self, spec: ProblemSpec, inst: ArrayInstance, text: str, *,
+              check_source: Callable[..., Any] | None = None) -> GradeResult:
+        """Parse ``text`` and run it on ``inst``: every line that does not parse, has
+        the wrong shape or reads a gradient no earlier line assigned is an error."""
+        return check_equations(spec, inst, text)
 
     def model_answer(self, spec: ProblemSpec, inst: ArrayInstance) -> str:
         return model_solution(spec, spec.program(inst.choice_index))

@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from server.engine.expression import (
     ExpressionInstance,
+    check_expression,
     check_expression_spec,
     draw_expression_instance,
     grade_expression,
 )
-from server.engine.kinds.base import AnswerKind
+from server.engine.kinds.base import AnswerKind, Drawn
 from server.engine.render import render_expression_text
 
 if TYPE_CHECKING:
@@ -60,6 +61,11 @@ class ExpressionKind(AnswerKind):
         JSON does not keep (deterministic)."""
         return draw_expression_instance(spec, int(document["seed"]))
 
+    def draw_measured(self, spec: ProblemSpec, seed: int) -> Drawn:
+        """The constants vary between draws; nothing is redrawn."""
+        inst = self.draw(spec, seed)
+        return Drawn(inst, dict(inst.to_json().get("constants", {})), None, 0.0)
+
     def grade(self, spec: ProblemSpec, inst: ExpressionInstance, text: str, *,
               hidden_seeds: Sequence[int] | None = None,
               run_job: Callable[..., Any] | None = None,
@@ -68,8 +74,28 @@ class ExpressionKind(AnswerKind):
         return grade_expression(spec, inst, text,
                                 hidden_seeds=() if hidden_seeds is None else hidden_seeds)
 
+    def check(self, spec: ProblemSpec, inst: ExpressionInstance, text: str, *,
+              check_source: Callable[..., Any] | None = None) -> GradeResult:
+        """Whether ``text`` parses as an expression in the variable (only the
+        right-hand side: ``dL/dx = ...`` is an error saying so)."""
+        return check_expression(spec, inst, text)
+
     def model_answer(self, spec: ProblemSpec, inst: ExpressionInstance) -> str:
         return inst.reference
+
+    def worked_line(self, spec: ProblemSpec, document: Mapping) -> dict[str, str] | None:
+        """The derivative of the first definition, the chain rule's first factor."""
+        import sympy
+
+        from server.engine.symbolic import parse_scalar_expression
+
+        variable = document["ask"][0]
+        first = document["forward"].splitlines()[0]
+        name, _, text = first.partition("=")
+        derivative = sympy.diff(parse_scalar_expression(text, [variable]),
+                                sympy.Symbol(variable))
+        return {"source": first.strip(), "line": sympy.sstr(derivative),
+                "why": f"d{name.strip()}/d{variable}, the first factor of the chain rule"}
 
     def render_text(self, spec: ProblemSpec, inst: ExpressionInstance) -> str:
         return render_expression_text(spec, inst)
@@ -88,8 +114,14 @@ class ExpressionKind(AnswerKind):
             name = name.strip()
             try:
                 expr = parse_scalar_expression(text, symbols, what="spec")
-                body = (f"<mrow><mi>{name}</mi><mo>=</mo>"
+                # The name as sympy prints it on the right-hand sides (g1 is g with
+                # subscript 1 everywhere), and exp(u) as e^u with an upright e, not
+                # the double-struck exponential e.
+                lhs = mathml(sympy.Symbol(name), printer="presentation")
+                body = (f"<mrow>{lhs}<mo>=</mo>"
                         f"{mathml(expr, printer='presentation')}</mrow>")
+                body = body.replace("<mi>&ExponentialE;</mi>",
+                                    '<mi mathvariant="normal">e</mi>')
                 markup = ('<math xmlns="http://www.w3.org/1998/Math/MathML" display="block">'
                           + body.replace("&InvisibleTimes;", "&#x2062;") + "</math>")
             except (ExpressionFormatError, sympy.SympifyError):

@@ -64,6 +64,12 @@ class NumpyKind(ProgramKind):
     def tolerance(self, spec: ProblemSpec) -> float:
         return spec.numpy_rtol
 
+    def model_check_spec(self, spec: ProblemSpec) -> ProblemSpec:
+        """The equations form: the numpy model is generated from it line by line."""
+        import dataclasses
+
+        return dataclasses.replace(spec, answer_kind="equations")
+
     def grade(self, spec: ProblemSpec, inst: ArrayInstance, text: str, *,
               hidden_seeds: Sequence[int] | None = None,
               run_job: Callable[..., Any] | None = None,
@@ -73,6 +79,17 @@ class NumpyKind(ProgramKind):
                             "(server.sandbox)")
         return grade_numpy(spec, inst, text, hidden_seeds=hidden_seeds, run_job=run_job,
                            check_source=check_source)
+
+    def check(self, spec: ProblemSpec, inst: ArrayInstance | None, text: str, *,
+              check_source: Callable[..., Any] | None = None) -> GradeResult:
+        """Whether the module compiles and binds ``backward`` (``check_source``, the
+        sandbox's); its shapes are known only by running it, which a check never does."""
+        if check_source is None:
+            raise TypeError("numpy answers are checked with the sandbox's check_source")
+        problem = check_source(text, FUNCTION)
+        if problem is not None:
+            return invalid([{"line": problem.line or 0, "message": problem.message}])
+        return GradeResult(True, 0.0)
 
     def model_answer(self, spec: ProblemSpec, inst: ArrayInstance) -> str:
         return numpy_model_answer(spec, inst, model_solution(spec, spec.program(inst.choice_index)))
