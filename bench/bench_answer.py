@@ -1,4 +1,4 @@
-"""Answer-language figures: parse and run the 14-equation MLP answer of DESIGN.md §5,
+"""Answer-language figures: parse and run the 14-equation MLP answer of docs/design.md, section 5,
 re-evaluate every line with reference inputs (carry-forward), and parse and judge a
 scalar expression.  Prints median and p99 in microseconds, with a baseline measured in
 the same run: the same 14 equations written directly in numpy.
@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from server.engine.answer import AnswerContext, evaluate_rhs, parse_equations, run_equations
+from server.engine.equations import AnswerContext, evaluate_rhs, parse_equations, run_equations
 from server.engine.symbolic import expressions_equivalent, parse_scalar_expression
 
 N, H1, H2, K = 3, 5, 4, 2

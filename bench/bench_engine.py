@@ -76,7 +76,7 @@ def draws(bank, n: int) -> None:
     print(f"{'problem':28} {'median':>7} {'p99':>7} {'base med':>8} {'base p99':>8} "
           f"{'redraws':>7} {'mutants':>7} {'equiv':>5} {'calib ms':>8}")
     for spec in bank.values():
-        if spec.answer == "expression":
+        if spec.answer_kind == "expression":
             xs = timed(lambda i, s=spec: draw(s, i), n)
             print(f"{spec.id:28} {statistics.median(xs):7.3f} {pct(xs, 99):7.3f}")
             continue

@@ -248,10 +248,10 @@ def main() -> None:
     if not 0 < args.seconds <= 300:
         parser.error("--seconds must be in (0, 300]")
 
-    from server import db
+    from tests import scratch_db
 
     folder = Path(tempfile.mkdtemp(prefix="nabla-bench-http-"))
-    url = (db.create_postgres_database(args.postgres, "nabla_bench") if args.postgres
+    url = (scratch_db.create_postgres_database(args.postgres, "nabla_bench") if args.postgres
            else f"sqlite:///{folder / 'bench.sqlite3'}")
     process = None
     keep_folder = False
@@ -298,7 +298,7 @@ def main() -> None:
         if process is not None:
             stop_server(process)
         if args.postgres:
-            db.drop_postgres_database(args.postgres, url)
+            scratch_db.drop_postgres_database(args.postgres, url)
         if not keep_folder:
             shutil.rmtree(folder, ignore_errors=True)
 

@@ -105,15 +105,15 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{args.takes} takes per store, one at a time; {os.cpu_count()} CPUs; "
           f"load average {os.getloadavg()[0]:.2f}")
-    from server import db
+    from tests import scratch_db
 
     with tempfile.TemporaryDirectory(prefix="nabla-bench-limits-") as folder:
         bench_database("SQLite", f"sqlite:///{folder}/bench.sqlite3", args.takes)
-    url = db.create_postgres_database(args.postgres, "nabla_bench")
+    url = scratch_db.create_postgres_database(args.postgres, "nabla_bench")
     try:
         bench_database("PostgreSQL", url, args.takes)
     finally:
-        db.drop_postgres_database(args.postgres, url)
+        scratch_db.drop_postgres_database(args.postgres, url)
     bench_redis(args.redis, args.takes)
     print(f"load average {os.getloadavg()[0]:.2f}")
 

@@ -57,7 +57,7 @@ def after(args) -> None:
     print(f"{'problem':28} {'structs':>7} {'mutants':>7} {'separ.':>6} {'equiv.':>6} "
           f"{'seeds with a mutant at 100%':>27} {'seconds':>7}")
     for spec in bank.values():
-        if spec.answer != "equations":
+        if spec.answer_kind != "equations":
             continue
         checks, hit = {}, 0
         start = time.perf_counter()

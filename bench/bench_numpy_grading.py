@@ -14,6 +14,7 @@ has not seen; "resubmission" grades one of 50 instances again.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import statistics
 import threading
@@ -21,11 +22,16 @@ import time
 
 import numpy as np
 
+from server import sandbox
 from server.engine.bank import load_bank
 from server.engine.grade import grade_equations
 from server.engine.instance import draw_instance
+from server.engine.kinds.numpy import grade_numpy as engine_grade_numpy
 from server.engine.problem import model_answer
-from server.grading import grade_numpy
+
+# The engine's numpy grader, with the sandbox passed in (as services and the CLI do).
+grade_numpy = functools.partial(engine_grade_numpy, run_job=sandbox.run_job,
+                                check_source=sandbox.check_source)
 
 _seeds = itertools.count(10_000)
 _seeds_lock = threading.Lock()

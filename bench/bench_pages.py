@@ -82,7 +82,8 @@ def measure(requests: int) -> dict[str, dict[str, float]]:
     assert response.status_code == 302, response.status_code
     answer_url = f"/assignments/{hw2}/problems/mlp-relu"
     client.get(answer_url)
-    sent = client.post(answer_url, data={"answer": "dz7 = doutput", "submission_key": "bench-key-1"})
+    sent = client.post(answer_url,
+                       data={"answer": "dz7 = doutput", "submission_key": "bench-key-1"})
     sub = sent.headers["Location"].rsplit("/", 1)[1]
     names = {"hw1": hw1, "hw2": hw2, "sub": sub}
     out: dict[str, dict[str, float]] = {}

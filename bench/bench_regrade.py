@@ -80,7 +80,7 @@ def fill(url: str, students: int, submissions: int) -> tuple[int, int]:
         for ap in assignment.problems:
             spec = bank[ap.problem_id]
             version = latest_version(session, ap.problem_id)
-            wrong = ("dz7 = doutput\n" if spec.answer == "equations"
+            wrong = ("dz7 = doutput\n" if spec.answer_kind == "equations"
                      else "def backward(**kw):\n    return {}\n")
             for n, user_id in enumerate(users):
                 seed = 1000 + n
@@ -95,7 +95,7 @@ def fill(url: str, students: int, submissions: int) -> tuple[int, int]:
                 session.execute(insert(Submission), [
                     {"user_id": user_id, "assignment_problem_id": ap.id,
                      "instance_id": instance_id, "answer": right if k % 2 == 0 else wrong,
-                     "kind": spec.answer, "status": "pending", "attempt": k + 1,
+                     "kind": spec.answer_kind, "status": "pending", "attempt": k + 1,
                      "late": False, "created_at": now + dt.timedelta(seconds=k),
                      "hidden_seeds_json": json.dumps([rng.randrange(2**31),
                                                       rng.randrange(2**31)])}

@@ -229,8 +229,11 @@ def main() -> None:
     print(f"  pool, 3 one-call jobs at once   {summary(split)}  ({g} gaps; one child per call)")
     print(f"  CPU per pooled job (worker + child: fork, set-up, warm-up, job, exit): "
           f"{cpu_per_job:.1f} ms")
-    print(f"  speed-up of the pool (p50): {statistics.median(fresh) / statistics.median(spaced):.0f}x "
-          f"({g} gaps), {statistics.median(fresh) / statistics.median(back):.0f}x (back to back)")
+    print(
+        "  speed-up of the pool (p50): "
+        f"{statistics.median(fresh) / statistics.median(spaced):.0f}x "
+        f"({g} gaps), {statistics.median(fresh) / statistics.median(back):.0f}x (back to back)"
+    )
     print()
     print("throughput (concurrent callers in one process, back to back):")
     for callers in (2, 8):

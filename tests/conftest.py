@@ -147,12 +147,14 @@ def postgres_server_url(request: pytest.FixtureRequest) -> str:
     return url
 
 
-def _new_database(request: pytest.FixtureRequest, db_backend: str, sqlite_path: Any) -> Iterator[str]:
+def _new_database(
+    request: pytest.FixtureRequest, db_backend: str, sqlite_path: Any
+) -> Iterator[str]:
     """A URL of a new, empty database of the backend, dropped afterwards."""
     if db_backend == "sqlite":
         yield f"sqlite:///{sqlite_path}"
         return
-    from server.db import create_postgres_database, drop_postgres_database
+    from tests.scratch_db import create_postgres_database, drop_postgres_database
 
     server_url = request.getfixturevalue("postgres_server_url")
     url = create_postgres_database(server_url, "nabla_test")
@@ -240,7 +242,7 @@ def session(db_engine: Any, fast_password_hashing: None) -> Iterator[Any]:
 class FakeSpec:
     id: str
     title: str
-    answer: str
+    answer_kind: str
     statement: str
     version: str
     source: str
@@ -248,9 +250,20 @@ class FakeSpec:
 
 def make_fake_bank() -> dict[str, FakeSpec]:
     specs = [
-        FakeSpec("mlp-relu", "An MLP with relu", "equations", "Backprop an MLP.", "h1", "id='mlp-relu'"),
-        FakeSpec("affine-np", "An affine layer in numpy", "numpy", "Write backward.", "h2", "id='affine-np'"),
-        FakeSpec("scalar-chain", "The scalar chain rule", "expression", "Differentiate.", "h3", "id='sc'"),
+        FakeSpec(
+            "mlp-relu", "An MLP with relu", "equations", "Backprop an MLP.", "h1", "id='mlp-relu'"
+        ),
+        FakeSpec(
+            "affine-np",
+            "An affine layer in numpy",
+            "numpy",
+            "Write backward.",
+            "h2",
+            "id='affine-np'",
+        ),
+        FakeSpec(
+            "scalar-chain", "The scalar chain rule", "expression", "Differentiate.", "h3", "id='sc'"
+        ),
     ]
     return {spec.id: spec for spec in specs}
 

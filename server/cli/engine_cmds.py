@@ -57,14 +57,17 @@ def problems_list(as_json: bool) -> None:
         fail(f"the problem bank has invalid specs:\n{exc}", 1)
     for spec in bank.values():
         if as_json:
-            click.echo(json.dumps({"id": spec.id, "title": spec.title, "answer": spec.answer}))
+            click.echo(json.dumps({"id": spec.id, "title": spec.title,
+                                   "answer": spec.answer_kind}))
         else:
-            click.echo(f"{spec.id:32} {spec.answer:10} {spec.title}")
+            click.echo(f"{spec.id:32} {spec.answer_kind:10} {spec.title}")
 
 
 @problems.command("check")
 @click.argument("refs", nargs=-1)
-@click.option("--seeds", default=CHECK_SEEDS, show_default=True, help="Draws to verify per problem.")
+@click.option(
+    "--seeds", default=CHECK_SEEDS, show_default=True, help="Draws to verify per problem."
+)
 def problems_check(refs: tuple[str, ...], seeds: int) -> None:
     """Validate specs (spec files, folders of them, or ids; default: the whole bank)
     and verify draws.
@@ -83,12 +86,12 @@ def problems_check(refs: tuple[str, ...], seeds: int) -> None:
     for ref in targets:
         try:
             spec = find_problem(ref)
-            report = check_draws(spec, seeds)
+            report = spec.kind.check_draws(spec, seeds)
         except (SpecError, UnknownProblemError, InstanceError) as exc:
             bad += 1
             click.echo(f"FAIL {ref}\n{exc}", err=True)
             continue
-        click.echo(f"ok   {spec.id} ({spec.answer}, {seeds} draws verified){report}")
+        click.echo(f"ok   {spec.id} ({spec.answer_kind}, {seeds} draws verified){report}")
     if bad:
         click.echo(f"{bad} of {len(targets)} specs failed", err=True)
         sys.exit(1)
@@ -112,48 +115,16 @@ def _spec_targets(refs: tuple[str, ...]) -> list[str]:
     return targets
 
 
-def check_draws(spec, seeds: int) -> str:
-    """Draw ``seeds`` instances; for array problems, the mutant figures."""
-    import statistics
-    import time
-
-    from server.engine.instance import DrawStats, draw_instance, mutant_check
-    from server.engine.problem import draw
-
-    if spec.answer == "expression":
-        for seed in range(seeds):
-            draw(spec, seed)
-        return ""
-    times, redraws, for_mutants, structures, calibration = [], [], [], {}, 0.0
-    for seed in range(seeds):
-        stats = DrawStats()
-        start = time.perf_counter()
-        inst = draw_instance(spec, seed, stats=stats)
-        elapsed = time.perf_counter() - start
-        calibration += stats.calibration_seconds
-        times.append((elapsed - stats.calibration_seconds) * 1e3)
-        redraws.append(stats.redraws)
-        for_mutants.append(stats.mutant_rejections)
-        structures[inst.choice_index] = mutant_check(spec, inst.choice_index)
-    if not seeds:
-        return ""
-    mutants = sum(len(c.mutants.mutants) for c in structures.values())
-    equivalent = sum(len(c.equivalent) for c in structures.values())
-    where = f" in {len(structures)} structures" if len(structures) > 1 else ""
-    return (f": {mutants} mutants{where}, {mutants - equivalent} separated, {equivalent} "
-            f"equivalent; {statistics.mean(redraws):.2f} redraws per draw "
-            f"({statistics.mean(for_mutants):.2f} for mutants); draw "
-            f"{statistics.median(times):.2f} ms median (calibration {calibration * 1e3:.0f} ms)")
-
-
 @main.command()
 @click.argument("problem")
-@click.option("--seed", "seeds", type=int, multiple=True, required=True, help="Instance seed (repeatable).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, with the reference.")
+@click.option(
+    "--seed", "seeds", type=int, multiple=True, required=True, help="Instance seed (repeatable)."
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object per line, with the reference."
+)
 def instance(problem: str, seeds: tuple[int, ...], as_json: bool) -> None:
     """Print the instance of PROBLEM for each seed."""
-    from server.engine.render import render_instance_text
-
     spec = get_problem(problem)
     for seed in seeds:
         if seed < 0:
@@ -162,7 +133,7 @@ def instance(problem: str, seeds: tuple[int, ...], as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps(inst.to_json()))
         else:
-            click.echo(render_instance_text(spec, inst))
+            click.echo(spec.kind.render_text(spec, inst))
 
 
 @main.command()
@@ -190,7 +161,7 @@ def grade(problem: str, seed: int, files: tuple[str, ...], as_json: bool) -> Non
     """Grade answer FILES against the instance of PROBLEM for SEED.
 
     .txt files hold equations or an expression; .py files a numpy backward function."""
-    from server.engine.problem import grade_answer
+    from server import sandbox
 
     spec = get_problem(problem)
     if seed < 0:
@@ -210,16 +181,15 @@ def grade(problem: str, seed: int, files: tuple[str, ...], as_json: bool) -> Non
         except UnicodeDecodeError:
             fail(f"{path} is not UTF-8 text")
     for path, text in texts:
-        if path.endswith(".py") or spec.answer == "numpy":
-            if spec.answer != "numpy":
-                fail(f"{path}: {spec.id} expects {spec.answer} (a .txt file), not a numpy function")
-            from server.grading import grade_numpy
-
-            result = grade_numpy(spec, inst, text)
-        else:
-            result = grade_answer(spec, inst, text)
+        if path.endswith(".py") and spec.kind.file_suffix != ".py":
+            fail(f"{path}: {spec.id} expects {spec.answer_kind} (a {spec.kind.file_suffix} file), "
+                 "not a numpy function")
+        result = spec.kind.grade(spec, inst, text, run_job=sandbox.run_job,
+                                 check_source=sandbox.check_source)
         if as_json:
-            click.echo(json.dumps({"file": path, "problem": spec.id, "seed": seed, **result.to_json()}))
+            click.echo(
+                json.dumps({"file": path, "problem": spec.id, "seed": seed, **result.to_json()})
+            )
         else:
             click.echo(render_result(path, text, result))
 

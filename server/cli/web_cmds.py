@@ -292,7 +292,9 @@ def create_demo(session: Any, bank: dict[str, Any], now: Any) -> list[tuple[str,
             # Keep the printed logins true even if someone changed a demo password.
             accounts.set_password(session, user, DEMO_PASSWORD)
         course_service.enroll(session, course, user, role)
-    existing = set(session.scalars(select(Assignment.title).where(Assignment.course_id == course.id)))
+    existing = set(
+        session.scalars(select(Assignment.title).where(Assignment.course_id == course.id))
+    )
     day = dt.timedelta(days=1)
     for title, problem_ids in demo_assignment_plan(list(bank)):
         if title in existing:

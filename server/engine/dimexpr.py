@@ -108,7 +108,8 @@ def _lin(node: ast.AST, known: frozenset[str]) -> Lin:
     if isinstance(node, ast.Name):
         if node.id not in known:
             raise DimExprError(
-                f"unknown name {node.id!r} in a dims expression (dims: {', '.join(sorted(known)) or 'none'})"
+                f"unknown name {node.id!r} in a dims expression "
+                f"(dims: {', '.join(sorted(known)) or 'none'})"
             )
         return Lin.of(node.id)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
@@ -123,7 +124,9 @@ def _lin(node: ast.AST, known: frozenset[str]) -> Lin:
         if right.is_const():
             return left.scale(right.const)
         raise DimExprError(f"{ast.unparse(node)!r}: dims expressions must be linear (no dim * dim)")
-    raise DimExprError(f"{ast.unparse(node)!r} is not a dims expression (integers, dims, + - and * by an integer)")
+    raise DimExprError(
+        f"{ast.unparse(node)!r} is not a dims expression (integers, dims, + - and * by an integer)"
+    )
 
 
 def min_over(expr: Lin, ranges: Mapping[str, tuple[int, int]]) -> int:
@@ -137,3 +140,12 @@ def min_over(expr: Lin, ranges: Mapping[str, tuple[int, int]]) -> int:
 
 def max_over(expr: Lin, ranges: Mapping[str, tuple[int, int]]) -> int:
     return -min_over(expr.scale(-1), ranges)
+
+
+def shape_text(shape: tuple[Lin, Lin]) -> str:
+    """A shape as a student reads it: ``H1×N``, ``(T - N + 1)×1``."""
+    def one(s: Lin) -> str:
+        text = str(s)
+        return f"({text})" if len(s.terms) + (1 if s.const else 0) > 1 else text
+
+    return f"{one(shape[0])}×{one(shape[1])}"

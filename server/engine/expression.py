@@ -16,13 +16,17 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import sympy
 
-from server.engine.grade import GradeResult, GradientResult, invalid, weighted_score
 from server.engine.instance import BrokenProblemError, draw_dims
-from server.engine.spec import ProblemSpec, SpecIssue, substitute_choices
+from server.engine.program import SpecIssue, substitute_choices
+from server.engine.results import GradeResult, GradientResult, invalid, weighted_score
+
+if TYPE_CHECKING:
+    from server.engine.spec import ProblemSpec
 from server.engine.symbolic import (
     ExpressionFormatError,
     judge_expression,
@@ -66,12 +70,22 @@ class ExpressionInstance:
     def from_json(cls, data) -> ExpressionInstance:
         ask = tuple(data["ask"])
         return cls(
-            data["problem"], data["version"], int(data["seed"]), dict(data["constants"]), dict(data["choices"]),
-            tuple(data["choice_index"]), data["forward"], data["given"], ask, data["reference"]["d" + ask[0]],
+            data["problem"],
+            data["version"],
+            int(data["seed"]),
+            dict(data["constants"]),
+            dict(data["choices"]),
+            tuple(data["choice_index"]),
+            data["forward"],
+            data["given"],
+            ask,
+            data["reference"]["d" + ask[0]],
         )
 
 
-def compile_definitions(spec_lines: str, variable: str, constants) -> tuple[list[tuple[str, sympy.Expr]], list[str]]:
+def compile_definitions(
+    spec_lines: str, variable: str, constants
+) -> tuple[list[tuple[str, sympy.Expr]], list[str]]:
     """Parse ``name = expression`` lines; returns the definitions and error messages."""
     defined: list[tuple[str, sympy.Expr]] = []
     errors: list[str] = []
@@ -103,7 +117,9 @@ def _expand(defined, given: str) -> sympy.Expr:
     return env[sympy.Symbol(given)]
 
 
-def check_expression_spec(spec_data: dict, choices, constants, given: str, ask: list[str], line_of) -> list[SpecIssue]:
+def check_expression_spec(
+    spec_data: dict, choices, constants, given: str, ask: list[str], line_of
+) -> list[SpecIssue]:
     """Validate every choice combination of an expression problem."""
     import itertools
 
@@ -118,7 +134,11 @@ def check_expression_spec(spec_data: dict, choices, constants, given: str, ask: 
             if issue not in issues:
                 issues.append(issue)
         if not errors and given not in [n for n, _ in defined]:
-            issues.append(SpecIssue(line_of("given"), f"given names {given!r}, which the forward lines never define"))
+            issues.append(
+                SpecIssue(
+                    line_of("given"), f"given names {given!r}, which the forward lines never define"
+                )
+            )
         if issues:
             break
     return issues

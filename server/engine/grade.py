@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from server.engine.answer import (
+from server.engine.dimexpr import shape_text
+from server.engine.equations import (
     AnswerContext,
     AnswerFormatError,
     AnswerRuntimeError,
@@ -33,76 +34,25 @@ from server.engine.answer import (
     prepare_values,
     run_equations,
 )
-from server.engine.instance import Instance
+from server.engine.instance import ArrayInstance
 from server.engine.ops import ELEMENTWISE
-from server.engine.spec import ProblemSpec, Program, shape_text
-
-VERDICTS = (
-    "correct", "incorrect", "transposed", "wrong_layout", "wrong_shape", "sign",
-    "missing_accumulation", "missing", "invalid",
+from server.engine.program import Program
+from server.engine.results import (
+    GradeResult,
+    GradientResult,
+    LineResult,
+    invalid,
+    weighted_score,
 )
 
-
-@dataclass(frozen=True)
-class LineResult:
-    line: int
-    target: str
-    verdict: str
-    rule_correct: bool | None
-    message: str
-
-    def to_json(self) -> dict:
-        return {
-            "line": self.line, "target": self.target, "verdict": self.verdict,
-            "rule_correct": self.rule_correct, "message": self.message,
-        }
-
-
-@dataclass(frozen=True)
-class GradientResult:
-    verdict: str
-    message: str = ""
-
-    def to_json(self) -> dict:
-        return {"verdict": self.verdict, "message": self.message}
-
-
-@dataclass(frozen=True)
-class GradeResult:
-    valid: bool
-    score: float
-    errors: list[dict] = field(default_factory=list)  # {"line", "message"}
-    equations: list[LineResult] = field(default_factory=list)
-    gradients: dict[str, GradientResult] = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {
-            "valid": self.valid,
-            "score": self.score,
-            "errors": list(self.errors),
-            "equations": [e.to_json() for e in self.equations],
-            "gradients": {k: v.to_json() for k, v in self.gradients.items()},
-        }
-
-
-def invalid(errors: list[dict]) -> GradeResult:
-    return GradeResult(valid=False, score=0.0, errors=errors)
-
-
-def weighted_score(gradients: Mapping[str, GradientResult], weights: Mapping[str, float]) -> float:
-    """The score of every answer kind: the weighted share of the asked
-    gradients (keys "d<var>") that are correct, with the spec's ``[weights]``
-    per variable (default 1) on both the points earned and the total, so it
-    is never above 1."""
-    total = sum(weights.get(g[1:], 1.0) for g in gradients)
-    earned = sum(weights.get(g[1:], 1.0) for g, v in gradients.items() if v.verdict == "correct")
-    return round(min(earned / total, 1.0), 6) if total > 0 else 0.0
+if TYPE_CHECKING:
+    from server.engine.spec import ProblemSpec
 
 
 # --------------------------------------------------------------------------- context
 
 
-def answer_context(spec: ProblemSpec, inst: Instance) -> AnswerContext:
+def answer_context(spec: ProblemSpec, inst: ArrayInstance) -> AnswerContext:
     """What an answer to this instance may name, with shapes in the layout."""
     program = spec.program(inst.choice_index)
     forward: dict = {}
@@ -112,20 +62,29 @@ def answer_context(spec: ProblemSpec, inst: Instance) -> AnswerContext:
         layout_shape = shape[::-1] if inst.layout == "numerator" else shape
         per_step = name in program.indexed
         forward[name] = [shape] * inst.steps if per_step else shape
-        if name == spec.given or spec.vars.get(name) is not None and spec.vars[name].role == "const":
+        if (
+            name == spec.given
+            or spec.vars.get(name) is not None
+            and spec.vars[name].role == "const"
+        ):
             continue
         gradients["d" + name] = [layout_shape] * inst.steps if per_step else layout_shape
     return AnswerContext(
-        forward=forward, gradients=gradients, readonly=frozenset({"d" + spec.given}), dims=dict(inst.dims)
+        forward=forward,
+        gradients=gradients,
+        readonly=frozenset({"d" + spec.given}),
+        dims=dict(inst.dims),
     )
 
 
-def _initial_grads(spec: ProblemSpec, inst: Instance) -> dict:
+def _initial_grads(spec: ProblemSpec, inst: ArrayInstance) -> dict:
     return {"d" + spec.given: inst.values["d" + spec.given]}
 
 
-def _forward_values(inst: Instance) -> dict:
-    return {k: v for k, v in inst.values.items() if not k.startswith("d") or k[1:] not in inst.values}
+def _forward_values(inst: ArrayInstance) -> dict:
+    return {
+        k: v for k, v in inst.values.items() if not k.startswith("d") or k[1:] not in inst.values
+    }
 
 
 # --------------------------------------------------------------------------- comparing
@@ -137,7 +96,7 @@ def close(a: np.ndarray, b: np.ndarray, rtol: float) -> bool:
     return bool(np.linalg.norm(a - b) <= rtol * np.linalg.norm(b) + 1e-12)
 
 
-def _ref_at(inst: Instance, target: str, index: tuple[int, ...]) -> np.ndarray:
+def _ref_at(inst: ArrayInstance, target: str, index: tuple[int, ...]) -> np.ndarray:
     r = inst.reference[target]
     return r[index[0]] if isinstance(r, list) else r
 
@@ -166,7 +125,7 @@ def _region_slices(region: str, shape: tuple[int, int]) -> tuple[slice, slice]:
 class Layout:
     """Explains shapes: what a gradient's shape must be, and why."""
 
-    def __init__(self, spec: ProblemSpec, program: Program, inst: Instance):
+    def __init__(self, spec: ProblemSpec, program: Program, inst: ArrayInstance):
         self.spec, self.program, self.inst = spec, program, inst
 
     def rule(self, var: str) -> str:
@@ -178,7 +137,9 @@ class Layout:
             if c == "1":
                 return f"in numerator layout the derivative with respect to a {r}×1 vector is 1×{r}"
             return f"in numerator layout the derivative with respect to a {r}×{c} matrix is {c}×{r}"
-        return f"in denominator layout a gradient has the shape of its variable ({shape_text(shape)})"
+        return (
+            f"in denominator layout a gradient has the shape of its variable ({shape_text(shape)})"
+        )
 
     def expected(self, var: str, actual: np.ndarray, expected: np.ndarray) -> str:
         got = "×".join(map(str, actual.shape))
@@ -190,8 +151,8 @@ class Layout:
 # --------------------------------------------------------------------------- grading
 
 
-def grade_equations(spec: ProblemSpec, inst: Instance, text: str, *,
-                    hidden: Sequence[Instance] = ()) -> GradeResult:
+def grade_equations(spec: ProblemSpec, inst: ArrayInstance, text: str, *,
+                    hidden: Sequence[ArrayInstance] = ()) -> GradeResult:
     """Grade ``text`` on ``inst`` and on the ``hidden`` instances (drawn with
     ``draw_hidden_instances``: the same structure, other dims and values)."""
     program = spec.program(inst.choice_index)
@@ -214,7 +175,7 @@ def grade_equations(spec: ProblemSpec, inst: Instance, text: str, *,
     return result
 
 
-def check_equations(spec: ProblemSpec, inst: Instance, text: str) -> GradeResult:
+def check_equations(spec: ProblemSpec, inst: ArrayInstance, text: str) -> GradeResult:
     """Validation only: parse ``text`` and run it on ``inst`` without comparing anything
     with the reference. Every line that does not parse, has the wrong shape for this
     instance or reads a gradient no earlier line assigned is an error at its line; the
@@ -294,7 +255,7 @@ def _score(spec: ProblemSpec, equations: list[LineResult], gradients: dict[str, 
     return weighted_score(gradients, spec.weights)
 
 
-def flip_layout(inst: Instance) -> Instance:
+def flip_layout(inst: ArrayInstance) -> ArrayInstance:
     """The same instance seen in the other layout (every gradient transposed)."""
 
     def t(v):
@@ -306,7 +267,10 @@ def flip_layout(inst: Instance) -> Instance:
         layout="denominator" if inst.layout == "numerator" else "numerator",
         values={k: t(v) if k == given else v for k, v in inst.values.items()},
         reference={k: t(v) for k, v in inst.reference.items()},
-        contributions={k: [(ln, step, c.T.copy()) for ln, step, c in items] for k, items in inst.contributions.items()},
+        contributions={
+            k: [(ln, step, c.T.copy()) for ln, step, c in items]
+            for k, items in inst.contributions.items()
+        },
     )
 
 
@@ -321,11 +285,13 @@ def _check_other_layout(spec, program, inst, text, result: GradeResult) -> Grade
     if alt.score <= result.score or alt.score < 1:
         return result
     message = (
-        f"this answer is right in {other.layout} layout, but the problem uses {inst.layout} layout: "
+        f"this answer is right in {other.layout} layout, but the problem uses "
+        f"{inst.layout} layout: "
         + Layout(spec, program, inst).rule(program.ask[0])
     )
     gradients = {
-        k: v if v.verdict == "correct" else GradientResult("wrong_layout", message) for k, v in result.gradients.items()
+        k: v if v.verdict == "correct" else GradientResult("wrong_layout", message)
+        for k, v in result.gradients.items()
     }
     return dataclasses.replace(result, gradients=gradients)
 
@@ -379,7 +345,9 @@ class _Grader:
     def merge(self, line: int, results: list[LineResult]) -> LineResult:
         wrong = [r for r in results if r.verdict != "correct"]
         first = wrong[0] if wrong else results[0]
-        rule = all(r.rule_correct for r in results if r.rule_correct is not None) if results else None
+        rule = (
+            all(r.rule_correct for r in results if r.rule_correct is not None) if results else None
+        )
         if wrong and len(results) > 1 and len(wrong) < len(results):
             message = first.message + f" (wrong at {len(wrong)} of {len(results)} steps)"
         else:
@@ -401,7 +369,9 @@ class _Grader:
         self.tainted[target] = exc.line
         self.carries[(target, exc.index)] = frozenset({exc.line})
         self.assigned.add(target)
-        self.record(exc.line, LineResult(exc.line, _label(target, exc.index), verdict, False, message))
+        self.record(
+            exc.line, LineResult(exc.line, _label(target, exc.index), verdict, False, message)
+        )
 
     def mask_hint(self, target: str) -> str:
         """For the gradient of an element-wise function's input: where its derivative comes from."""
@@ -480,7 +450,10 @@ class _Grader:
         matched = self.matched.setdefault(key, [])
         if after.shape != ref.shape:
             if after.shape == ref.T.shape and close(after, ref.T, self.rtol):
-                return "transposed", f"d{var} is the transpose of the right value: " + self.layout.rule(var)
+                return (
+                    "transposed",
+                    f"d{var} is the transpose of the right value: " + self.layout.rule(var),
+                )
             return "wrong_shape", self.layout.expected(var, after, ref)
         if close(after, ref, self.rtol):
             self.matched[key] = list(range(len(contribs)))
@@ -495,8 +468,9 @@ class _Grader:
                     self.matched[key] = [i]
                     self.accumulation_errors.setdefault(ev.target, ev.line)
                     return "missing_accumulation", (
-                        f"'=' overwrites what earlier steps added to {ev.target}: {var} is used more than "
-                        f"once in the forward pass, so its gradient accumulates; use '+='"
+                        f"'=' overwrites what earlier steps added to {ev.target}: {var} is "
+                        "used more than once in the forward pass, so its gradient "
+                        "accumulates; use '+='"
                     )
                 matched.append(i)
                 return "correct", ""
@@ -505,10 +479,17 @@ class _Grader:
             return "correct", ""
         if ev.op == "=" and ev.before.any() and close(ev.before + after, ref, self.rtol):
             self.accumulation_errors.setdefault(ev.target, ev.line)
-            return "missing_accumulation", f"use '+=' for {ev.target}: it already holds another contribution"
-        return self.diagnose(var, after - partial if ev.op != "=" else after, contribs, unmatched, ref)
+            return (
+                "missing_accumulation",
+                f"use '+=' for {ev.target}: it already holds another contribution",
+            )
+        return self.diagnose(
+            var, after - partial if ev.op != "=" else after, contribs, unmatched, ref
+        )
 
-    def judge_region_assignment(self, ev, var, contribs, matched, unmatched, ref) -> tuple[str, str]:
+    def judge_region_assignment(
+        self, ev, var, contribs, matched, unmatched, ref
+    ) -> tuple[str, str]:
         """``dX[:, a:b] = value``: right only if nothing else was added to that region."""
         rows, cols = _region_slices(ev.region, ev.before.shape)
         written = ev.after[rows, cols]
@@ -519,20 +500,30 @@ class _Grader:
                 if np.any(partial[rows, cols]):
                     self.accumulation_errors.setdefault(ev.target, ev.line)
                     return "missing_accumulation", (
-                        f"'=' overwrites what earlier steps added to {ev.target}{ev.region}: the windows "
-                        f"overlap, so use '+='"
+                        f"'=' overwrites what earlier steps added to "
+                        f"{ev.target}{ev.region}: the windows overlap, so use '+='"
                     )
                 return "correct", ""
-        return self.diagnose(var, written, [c[rows, cols] for c in contribs], unmatched, ref[rows, cols])
+        return self.diagnose(
+            var, written, [c[rows, cols] for c in contribs], unmatched, ref[rows, cols]
+        )
 
     def diagnose(self, var: str, value: np.ndarray, contribs, unmatched, ref) -> tuple[str, str]:
         targets = [contribs[i] for i in unmatched] or [ref]
         for expected in targets + [ref]:
             if value.shape == expected.shape and close(value, -expected, self.rtol):
                 return "sign", f"d{var} has the wrong sign"
-            if value.shape == expected.T.shape and value.shape != expected.shape and close(value, expected.T, self.rtol):
+            if (
+                value.shape == expected.T.shape
+                and value.shape != expected.shape
+                and close(value, expected.T, self.rtol)
+            ):
                 return "transposed", f"d{var} is transposed: " + self.layout.rule(var)
-            if value.shape == expected.shape and value.shape[0] == value.shape[1] and close(value, expected.T, self.rtol):
+            if (
+                value.shape == expected.shape
+                and value.shape[0] == value.shape[1]
+                and close(value, expected.T, self.rtol)
+            ):
                 return "transposed", f"d{var} is transposed"
         hint = self.derivative_hint(var, value)
         return "incorrect", hint or f"d{var} does not match the expected value"
@@ -547,7 +538,9 @@ class _Grader:
             if upstream is None or isinstance(upstream, list):
                 return ""
             if close(value, upstream, self.rtol):
-                what = f"the mask ({var} > 0)" if step.op == "relu" else f"the derivative of {step.op}"
+                what = (
+                    f"the mask ({var} > 0)" if step.op == "relu" else f"the derivative of {step.op}"
+                )
                 return f"d{var} is missing {what}: '{step.source}' is element-wise"
             for other, _ in self.program.steps():
                 if other is step or other.op != step.op or other.indexed:
@@ -558,7 +551,8 @@ class _Grader:
                 if deriv.shape[::-1] == upstream.shape or deriv.shape == upstream.shape:
                     d = deriv.T if self.inst.layout == "numerator" else deriv
                     if d.shape == upstream.shape and close(value, upstream * d, self.rtol):
-                        return f"the derivative must come from {var}, the input of '{step.source}', not {other.args[0].name}"
+                        return (f"the derivative must come from {var}, the input of "
+                                f"'{step.source}', not {other.args[0].name}")
             a, z = self.inst.values[var], self.inst.values[step.target]
             for name, other_fn in ELEMENTWISE.items():
                 if name == step.op:
@@ -566,7 +560,11 @@ class _Grader:
                 with np.errstate(all="ignore"):
                     d = other_fn.derivative(a, z)
                 d = d.T if self.inst.layout == "numerator" else d
-                if d.shape == upstream.shape and np.all(np.isfinite(d)) and close(value, upstream * d, self.rtol):
+                if (
+                    d.shape == upstream.shape
+                    and np.all(np.isfinite(d))
+                    and close(value, upstream * d, self.rtol)
+                ):
                     return (
                         f"wrong derivative: d{var} uses the derivative formula of {name}, "
                         f"but '{step.source}' applies {step.op}"
@@ -584,7 +582,9 @@ class _Grader:
                 out[g] = GradientResult("missing", f"{g} is never assigned")
                 continue
             if g in self.tainted:
-                out[g] = GradientResult("incorrect", f"{g} depends on line {self.tainted[g]}, which failed")
+                out[g] = GradientResult(
+                    "incorrect", f"{g} depends on line {self.tainted[g]}, which failed"
+                )
                 continue
             values = final[g] if isinstance(final[g], list) else [final[g]]
             refs = ref if isinstance(ref, list) else [ref]
@@ -592,18 +592,32 @@ class _Grader:
             out[g] = next((v for v in verdicts if v.verdict != "correct"), verdicts[0])
         wrong = [v for v in out.values() if v.verdict != "correct"]
         transposed = [v for v in out.values() if v.verdict == "transposed"]
-        if len(out) > 1 and wrong and len(transposed) == len(wrong) and len(transposed) >= max(2, len(out) // 2 + 1):
+        if (
+            len(out) > 1
+            and wrong
+            and len(transposed) == len(wrong)
+            and len(transposed) >= max(2, len(out) // 2 + 1)
+        ):
             other = "denominator" if self.inst.layout == "numerator" else "numerator"
             message = f"this answer uses {other} layout; the problem uses {self.inst.layout} layout"
-            out = {k: GradientResult("wrong_layout", message) if v.verdict == "transposed" else v for k, v in out.items()}
+            out = {
+                k: GradientResult("wrong_layout", message) if v.verdict == "transposed" else v
+                for k, v in out.items()
+            }
         return out
 
     def final_verdict(self, var: str, value: np.ndarray, ref: np.ndarray) -> GradientResult:
         g = "d" + var
         return judge_gradient(
-            var, value, ref, layout=self.layout, rtol=self.rtol,
+            var,
+            value,
+            ref,
+            layout=self.layout,
+            rtol=self.rtol,
             contributions=[c for _, _, c in self.inst.contributions.get(g, [])],
-            accumulation_line=self.accumulation_errors.get(g, 0) if g in self.accumulation_errors else None,
+            accumulation_line=self.accumulation_errors.get(g, 0)
+            if g in self.accumulation_errors
+            else None,
         )
 
 
@@ -634,10 +648,15 @@ def judge_gradient(
         return GradientResult("wrong_shape", layout.expected(var, value, ref))
     if close(value, -ref, rtol):
         return GradientResult("sign", f"{g} has the wrong sign")
-    if accumulation_line is not None or (contributions and len(contributions) > 1 and any(close(value, c, rtol) for c in contributions)):
+    if accumulation_line is not None or (
+        contributions
+        and len(contributions) > 1
+        and any(close(value, c, rtol) for c in contributions)
+    ):
         where = f" (line {accumulation_line})" if accumulation_line else ""
         return GradientResult(
             "missing_accumulation",
-            f"{g} holds only part of its gradient{where}: {var} is used more than once, so its contributions add up (+=)",
+            f"{g} holds only part of its gradient{where}: {var} is used more than once, "
+            "so its contributions add up (+=)",
         )
     return GradientResult("incorrect", f"{g} does not match the expected value")

@@ -4,7 +4,7 @@
 where the ranges allow, so that a transpose changes the shape) and values
 rounded to the spec's decimals (used exactly as shown), runs the forward
 program and reverse mode, and redraws the values until the draw is
-discriminating (DESIGN.md section 6): every relu input is at least a margin
+discriminating (docs/design.md section 6): every relu input is at least a margin
 away from its kink, every relu layer has active and inactive units, log
 inputs are positive, no gradient that matters is all zeros, square matrices
 are not symmetric and no variable has all-equal entries, and until every
@@ -29,13 +29,17 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from server.engine import reference as ref
 from server.engine.mutants import Evaluation, MutantSet, compile_mutants
-from server.engine.ops import ELEMENTWISE
-from server.engine.spec import Loop, ProblemSpec, Program
+from server.engine.ops import OPS
+from server.engine.program import Loop, Program
+
+if TYPE_CHECKING:
+    from server.engine.spec import ProblemSpec
 
 MAX_DRAWS = 400
 CALIBRATION_DRAWS = 48  # fixed draws per structure that decide which mutants are equivalent
@@ -64,7 +68,7 @@ Value = np.ndarray | list[np.ndarray]
 
 
 @dataclass(frozen=True)
-class Instance:
+class ArrayInstance:
     problem: str
     version: str
     seed: int
@@ -80,12 +84,9 @@ class Instance:
     steps: int  # loop steps (0 without a loop)
     values: dict[str, Value]  # leaves, intermediates and d<given>
     reference: dict[str, Value]  # d<name> for inputs, params and intermediates, in the layout
-    # for gradients that receive several contributions: d<name> (or "d<name>[t]") -> [(forward line, t, value)]
+    # for gradients that receive several contributions:
+    # d<name> (or "d<name>[t]") -> [(forward line, t, value)]
     contributions: dict[str, list[tuple[int, int | None, np.ndarray]]] = field(default_factory=dict)
-
-    @property
-    def given_gradient(self) -> str:
-        return "d" + self.given
 
     def to_json(self, *, include_reference: bool = True) -> dict:
         out = {
@@ -116,7 +117,7 @@ class Instance:
         return out
 
     @classmethod
-    def from_json(cls, data: Mapping) -> Instance:
+    def from_json(cls, data: Mapping) -> ArrayInstance:
         indexed = frozenset(data["indexed"])
 
         def arr(name: str, v):
@@ -146,6 +147,11 @@ class Instance:
                 for k, items in data.get("accumulation", {}).items()
             },
         )
+
+
+# The name before the engine's instance and the database model's stopped sharing
+# one; kept for code written against it (new code: ArrayInstance).
+Instance = ArrayInstance
 
 
 def used_dims(program: Program) -> set[str]:
@@ -235,13 +241,14 @@ def draw_instance(
     other_than: Mapping[str, int] | None = None,
     discriminate: bool = True,
     stats: DrawStats | None = None,
-) -> Instance:
+) -> ArrayInstance:
     """The instance for ``seed``. ``choice_index`` forces the structure and
     ``other_than`` asks for dims that differ from those (hidden instances that
     check an answer on the same structure at other sizes). ``discriminate``
     False skips the mutant check (hidden instances)."""
-    if spec.answer == "expression":
-        raise InstanceError(f"{spec.id} is an expression problem: use draw_expression_instance")
+    if not spec.programs:
+        raise InstanceError(f"{spec.id} has no forward program of arrays: draw it with its "
+                            "answer kind (spec.kind.draw)")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer (got {seed!r})")
     rng = np.random.default_rng(seed)
@@ -285,7 +292,9 @@ def _draw_values(spec: ProblemSpec, program: Program, dims, rng, check, stats, w
         if stats is not None:
             stats.attempts = attempt
         leaves = {n: _draw_value(spec, n, shapes[n], rng) for n in program.leaves}
-        seeds = {k: round_to(rng.uniform(-1, 1, shapes[spec.given]), spec.decimals) for k in given_keys}
+        seeds = {
+            k: round_to(rng.uniform(-1, 1, shapes[spec.given]), spec.decimals) for k in given_keys
+        }
         reason = _reject_values(spec, program, leaves, shapes) or ""
         if reason:
             continue
@@ -373,7 +382,7 @@ def mutant_check(spec: ProblemSpec, choice_index: tuple[int, ...],
                  stats: DrawStats | None = None) -> MutantCheck:
     """The mutant check of one structure, compiled and calibrated once per
     spec version and choice."""
-    rtol = spec.numpy_rtol if spec.answer == "numpy" else spec.rtol
+    rtol = spec.kind.tolerance(spec)
     key = (spec.id, spec.version, spec.layout, rtol, tuple(choice_index))
     check = _MUTANT_CHECKS.get(key)
     if check is None:
@@ -435,7 +444,9 @@ def _gradients(spec: ProblemSpec, seeds, grads):
 HIDDEN_INSTANCES = 2  # hidden checks per answer, besides the student's own instance
 
 
-def draw_hidden_instances(spec: ProblemSpec, inst: Instance, seeds: Sequence[int]) -> list[Instance]:
+def draw_hidden_instances(
+    spec: ProblemSpec, inst: ArrayInstance, seeds: Sequence[int]
+) -> list[ArrayInstance]:
     """The hidden instances an answer is also checked on: the structure of
     ``inst`` (its choices) with other dims and values, one per seed. The server
     draws the seeds per submission, so nothing learned about one submission's
@@ -445,7 +456,7 @@ def draw_hidden_instances(spec: ProblemSpec, inst: Instance, seeds: Sequence[int
             for s in seeds]
 
 
-def legacy_hidden_seeds(inst: Instance, count: int = HIDDEN_INSTANCES) -> list[int]:
+def legacy_hidden_seeds(inst: ArrayInstance, count: int = HIDDEN_INSTANCES) -> list[int]:
     """The hidden seeds of submissions stored before seeds were drawn per
     submission (they were a function of the instance alone); regrades of those
     reproduce them."""
@@ -478,8 +489,8 @@ def _reject_forward(spec: ProblemSpec, sched, values) -> str | None:
     margin = spec.kink_margin
     inputs: dict[int, list[np.ndarray]] = {}
     for ex in sched:
-        fn = ELEMENTWISE.get(ex.step.op)
-        if fn is None or (fn.kink is None and not fn.positive_domain):
+        fn = OPS[ex.step.op]  # the operation's record says where its inputs may not go
+        if fn.kink is None and not fn.positive_domain:
             continue
         a = values[ex.args[0]]
         if not np.isfinite(a).all():
@@ -542,7 +553,9 @@ def _build(spec, seed, program, choice_index, dims, draw: _Draw):
 
     names = list(program.leaves) + list(program.intermediates)
     vals = collect(lambda k: values[k], names)
-    vals["d" + spec.given] = collect(lambda k: ref.to_layout(seeds[k], layout), [spec.given])[spec.given]
+    vals["d" + spec.given] = collect(lambda k: ref.to_layout(seeds[k], layout), [spec.given])[
+        spec.given
+    ]
 
     def grad(k):
         g = back.grads.get(k)
@@ -555,8 +568,10 @@ def _build(spec, seed, program, choice_index, dims, draw: _Draw):
         if len(items) > 1:
             label = "d" + (f"{key[0]}[{key[1]}]" if isinstance(key, tuple) else key)
             t_of = {ex.index: ex.t for ex in sched}
-            contributions[label] = [(line_of[i], t_of[i], ref.to_layout(c, layout)) for i, c in items]
-    return Instance(
+            contributions[label] = [
+                (line_of[i], t_of[i], ref.to_layout(c, layout)) for i, c in items
+            ]
+    return ArrayInstance(
         problem=spec.id,
         version=spec.version,
         seed=seed,

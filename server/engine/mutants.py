@@ -41,13 +41,17 @@ import copy
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from server.engine.dimexpr import Lin
 from server.engine.ops import ELEMENTWISE, rule_text
+from server.engine.program import Program
 from server.engine.solution import ModelLine, model_lines, render_lines
-from server.engine.spec import ProblemSpec, Program
+
+if TYPE_CHECKING:
+    from server.engine.spec import ProblemSpec
 
 Key = str | tuple[str, int]
 Shape = tuple[Lin, Lin]
@@ -950,7 +954,7 @@ def _base(key: Key) -> str:
 
 
 def instance_values(inst) -> tuple[dict[Key, np.ndarray], Callable[[Key], np.ndarray]]:
-    """An Instance's forward values and gradients (reference and given), as
+    """An ArrayInstance's forward values and gradients (reference and given), as
     Evaluation takes them."""
     values: dict[Key, np.ndarray] = {}
     for name, v in inst.values.items():

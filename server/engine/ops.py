@@ -1,22 +1,31 @@
-"""The operations a forward program may use, and their backward rules.
+"""The operations a forward program may use: one record per operation, in ``OPS``.
 
-Each operation knows three things:
+Each record knows everything about its operation, and the rest of the engine
+reads the table instead of naming operations:
 
+- its arity and how a forward line writes it (``a @ b``, ``-a``, ``a.T``,
+  ``f(a)``, ``a[r0:r1, c0:c1]``),
+- its shape rule over the dims forms (the compiler, ``engine/program.py``),
 - its forward value (numpy, written on the last two axes so the same code
   runs on a batch of perturbed copies for finite differences),
 - its vector-Jacobian product in *denominator* layout (the gradient has the
   shape of the variable; numerator layout is its transpose, applied once at
   the end),
 - the model-solution line in each layout, in the answer language of
-  DESIGN.md section 5.
-"""
+  docs/design.md section 5 (``engine/solution.py``),
+- its MathML on the problem page (``engine/render.py``),
+- a kink that drawn inputs keep a margin from, or a domain (``engine/instance.py``).
 
+How to add an operation: docs/design.md, "How to add an operation".
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+from server.engine.dimexpr import Lin, shape_text
 
 Array = np.ndarray
 
@@ -52,7 +61,13 @@ class Elementwise:
 ELEMENTWISE: dict[str, Elementwise] = {
     f.name: f
     for f in (
-        Elementwise("relu", lambda a: np.maximum(a, 0.0), lambda a, z: (a > 0).astype(float), "({a} > 0)", kink=0.0),
+        Elementwise(
+            "relu",
+            lambda a: np.maximum(a, 0.0),
+            lambda a, z: (a > 0).astype(float),
+            "({a} > 0)",
+            kink=0.0,
+        ),
         Elementwise("sigmoid", _sigmoid, lambda a, z: z * (1.0 - z), "({z} * (1 - {z}))"),
         Elementwise("tanh", np.tanh, lambda a, z: 1.0 - z * z, "(1 - {z}**2)"),
         Elementwise("exp", np.exp, lambda a, z: z, "{z}"),
@@ -61,69 +76,265 @@ ELEMENTWISE: dict[str, Elementwise] = {
     )
 }
 
-# operations that are not element-wise functions, by arity
-BINARY_OPS = {"matmul": "@", "add": "+", "sub": "-", "mul": "*", "div": "/"}
-UNARY_OPS = ("neg", "transpose", "softmax", "sum", "slice") + tuple(ELEMENTWISE)
-ALL_OPS = tuple(BINARY_OPS) + UNARY_OPS
+
+class ShapeError(ValueError):
+    """A forward line whose operands' shapes do not fit the operation (the message says why)."""
+
+
+Region = tuple  # ((row start, row stop), (col start, col stop)), for slices
+Shape = tuple  # (rows, cols) as dims forms (server.engine.dimexpr.Lin)
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One operation of forward programs.
+
+    ``shape(text, names, shapes)`` returns the output shape or raises
+    ``ShapeError``; ``names`` are the operands' names (None for a constant,
+    whose shape is None). ``forward(args, region)`` and ``vjp(i, g, args, out,
+    region)`` compute on arrays (constants are Python floats). ``rule(i, dz,
+    names, z, numerator, region_text)`` is the model-solution line for operand
+    ``i``: (target suffix, right-hand side). ``mathml(args, region_text)`` is
+    the presentation MathML of the right-hand side, from sympy operands.
+    """
+
+    name: str
+    arity: int  # 1 or 2
+    syntax: str  # "call" f(a), "infix" a OP b, "prefix" OP a, "postfix" a.T, "slice" a[...]
+    shape: Callable[[str, list, list], Shape]
+    forward: Callable[[list, Region | None], Array]
+    vjp: Callable[[int, Array, list, Array, Region | None], Array]
+    rule: Callable[[int, str, list, str, bool, tuple | None], tuple[str, str]]
+    mathml: Callable[[list, tuple | None], str]
+    symbol: str = ""  # the operator, for infix, prefix and postfix syntax
+    constants: str = "any"  # where constants may be operands: "any", "none", "second"
+    kink: float | None = None  # a non-differentiable input that drawn inputs stay away from
+    positive_domain: bool = False  # drawn inputs must be > 0 (log)
+
+
+def _presentation(expr) -> str:
+    from sympy.printing.mathml import mathml
+
+    return mathml(expr, printer="presentation", order="none")
+
+
+def elementwise_op(fn: Elementwise) -> Operation:
+    def rule(i, dz, names, z, num, region_text):
+        deriv = fn.derivative_text.format(a=names[0], z=z)
+        return "", f"{dz} * {deriv}.T" if num else f"{dz} * {deriv}"
+
+    return Operation(
+        name=fn.name, arity=1, syntax="call", shape=lambda text, names, shapes: shapes[0],
+        forward=lambda args, region: fn.forward(args[0]),
+        vjp=lambda i, g, args, out, region: g * fn.derivative(args[0], out),
+        rule=rule, mathml=_call_mathml(fn.name), constants="none", kink=fn.kink,
+        positive_domain=fn.positive_domain)
+
+
+def _binary_shape(symbol: str) -> Callable[[str, list, list], Shape]:
+    def shape(text: str, names: list, shapes: list) -> Shape:
+        if shapes[0] is None or shapes[1] is None:
+            return shapes[0] if shapes[1] is None else shapes[1]
+        if shapes[0] != shapes[1]:
+            raise ShapeError(
+                f"shape mismatch in '{text}': {names[0]} is {shape_text(shapes[0])} and "
+                f"{names[1]} is {shape_text(shapes[1])}; element-wise {symbol} needs equal "
+                "shapes")
+        return shapes[0]
+
+    return shape
+
+
+def _matmul_shape(text: str, names: list, shapes: list) -> Shape:
+    if shapes[0] is None or shapes[1] is None:
+        raise ShapeError(f"'{text}': @ needs two variables; use * to scale by a constant")
+    (m, n), (n2, p) = shapes
+    if n != n2:
+        raise ShapeError(
+            f"shape mismatch in '{text}': {names[0]} is {shape_text((m, n))} and "
+            f"{names[1]} is {shape_text((n2, p))} ({n} columns vs {n2} rows)")
+    return (m, p)
+
+
+def _matmul_rule(i, dz, names, z, num, region_text):
+    a, b = names
+    if num:
+        return "", f"{b} @ {dz}" if i == 0 else f"{dz} @ {a}"
+    return "", f"{dz} @ {b}.T" if i == 0 else f"{a}.T @ {dz}"
+
+
+def _mul_rule(i, dz, names, z, num, region_text):
+    other = names[1 - i]
+    if _is_number(other):
+        return "", f"{other} * {dz}"
+    return "", f"{dz} * {other}.T" if num else f"{dz} * {other}"
+
+
+def _matrix_args(args) -> bool:
+    import sympy
+
+    return all(isinstance(a, sympy.MatrixExpr) for a in args)
+
+
+def _add_mathml(args, region_text):
+    import sympy
+
+    return _presentation(sympy.MatAdd(*args, evaluate=False) if _matrix_args(args)
+                         else sympy.Add(*args, evaluate=False))
+
+
+def _sub_mathml(args, region_text):
+    import sympy
+
+    return _presentation(sympy.MatAdd(args[0], -args[1], evaluate=False) if _matrix_args(args)
+                         else sympy.Add(args[0], -args[1], evaluate=False))
+
+
+def _mul_mathml(args, region_text):
+    import sympy
+
+    return _presentation(sympy.HadamardProduct(*args, evaluate=False) if _matrix_args(args)
+                         else sympy.MatMul(*args, evaluate=False))
+
+
+def _matmul_mathml(args, region_text):
+    import sympy
+
+    return _presentation(sympy.MatMul(*args, evaluate=False))
+
+
+def _div_mathml(args, region_text):
+    import sympy
+
+    return _presentation(sympy.MatMul(sympy.Rational(1) / args[1], args[0], evaluate=False))
+
+
+def _softmax_shape(text: str, names: list, shapes: list) -> Shape:
+    if shapes[0][1] != Lin(1):
+        raise ShapeError(f"softmax applies to a column vector; {names[0]} is "
+                         f"{shape_text(shapes[0])}")
+    return shapes[0]
+
+
+def _sum_shape(text: str, names: list, shapes: list) -> Shape:
+    return (Lin(1), Lin(1))
+
+
+def _softmax_rule(i, dz, names, z, num, region_text):
+    jac = f"(diag({z}) - {z} @ {z}.T)"
+    return "", f"{dz} @ {jac}" if num else f"{jac} @ {dz}"
+
+
+def _call_mathml(name: str) -> Callable[[list, tuple | None], str]:
+    def mathml(args, region_text):
+        import sympy
+
+        return _presentation(sympy.Function(name)(args[0]))
+
+    return mathml
+
+
+def _slice_forward(args, region):
+    (r0, r1), (c0, c1) = region
+    return args[0][..., r0:r1, c0:c1]
+
+
+def _slice_vjp(i, g, args, out, region):
+    (r0, r1), (c0, c1) = region
+    full = np.zeros_like(args[0])
+    full[..., r0:r1, c0:c1] = g
+    return full
+
+
+def _slice_rule(i, dz, names, z, num, region_text):
+    rows, cols = region_text
+    return (f"[{cols}, {rows}]" if num else f"[{rows}, {cols}]"), dz
+
+
+def _slice_mathml(args, region_text):
+    inner = _presentation(args[0])
+    rows, cols = region_text
+    index = rows if cols == ":" else f"{rows}, {cols}"
+    escaped = index.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return f"<mrow>{inner}<mo>[</mo><mi>{escaped}</mi><mo>]</mo></mrow>"
+
+
+def _neg_mathml(args, region_text):
+    return _presentation(-args[0])
+
+
+def _transpose_mathml(args, region_text):
+    import sympy
+
+    return _presentation(sympy.Transpose(args[0]))
+
+
+def _unchanged_shape(text: str, names: list, shapes: list) -> Shape:
+    return shapes[0]
+
+
+def _transposed_shape(text: str, names: list, shapes: list) -> Shape:
+    return shapes[0][::-1]
+
+
+OPS: dict[str, Operation] = {op.name: op for op in (
+    *(elementwise_op(fn) for fn in ELEMENTWISE.values()),
+    Operation("matmul", 2, "infix", _matmul_shape, lambda args, r: args[0] @ args[1],
+              lambda i, g, args, out, r: g @ _t(args[1]) if i == 0 else _t(args[0]) @ g,
+              _matmul_rule, _matmul_mathml, symbol="@", constants="none"),
+    Operation("add", 2, "infix", _binary_shape("+"), lambda args, r: args[0] + args[1],
+              lambda i, g, args, out, r: g,
+              lambda i, dz, names, z, num, rt: ("", dz), _add_mathml, symbol="+"),
+    Operation("sub", 2, "infix", _binary_shape("-"), lambda args, r: args[0] - args[1],
+              lambda i, g, args, out, r: g if i == 0 else -g,
+              lambda i, dz, names, z, num, rt: ("", dz if i == 0 else f"-{dz}"), _sub_mathml,
+              symbol="-"),
+    Operation("mul", 2, "infix", _binary_shape("*"), lambda args, r: args[0] * args[1],
+              lambda i, g, args, out, r: g * args[1 - i], _mul_rule, _mul_mathml, symbol="*"),
+    Operation("div", 2, "infix", _binary_shape("/"), lambda args, r: args[0] / args[1],
+              lambda i, g, args, out, r: g / args[1],
+              lambda i, dz, names, z, num, rt: ("", f"{dz} / {names[1]}"), _div_mathml,
+              symbol="/", constants="second"),
+    Operation("neg", 1, "prefix", _unchanged_shape, lambda args, r: -args[0],
+              lambda i, g, args, out, r: -g,
+              lambda i, dz, names, z, num, rt: ("", f"-{dz}"), _neg_mathml, symbol="-",
+              constants="none"),
+    Operation("transpose", 1, "postfix", _transposed_shape, lambda args, r: _t(args[0]),
+              lambda i, g, args, out, r: _t(g),
+              lambda i, dz, names, z, num, rt: ("", f"{dz}.T"), _transpose_mathml,
+              symbol=".T", constants="none"),
+    Operation("softmax", 1, "call", _softmax_shape, lambda args, r: _softmax(args[0]),
+              lambda i, g, args, out, r: out * (g - (g * out).sum(axis=-2, keepdims=True)),
+              _softmax_rule, _call_mathml("softmax"), constants="none"),
+    Operation("sum", 1, "call", _sum_shape,
+              lambda args, r: args[0].sum(axis=(-2, -1), keepdims=True),
+              lambda i, g, args, out, r: np.broadcast_to(g, args[0].shape).copy(),
+              lambda i, dz, names, z, num, rt: (
+                  "", f"{dz} * ones_like({names[0]}.T)" if num
+                  else f"{dz} * ones_like({names[0]})"),
+              _call_mathml("sum"), constants="none"),
+    Operation("slice", 1, "slice", _unchanged_shape, _slice_forward, _slice_vjp, _slice_rule,
+              _slice_mathml, constants="none"),
+)}
+
+# The infix operators of forward programs, by name.
+BINARY_OPS = {op.name: op.symbol for op in OPS.values() if op.syntax == "infix"}
+
+
+def calls() -> tuple[str, ...]:
+    """The operations written ``f(a)`` (read from the table each time: a record
+    added to ``OPS`` is accepted by the compiler at once)."""
+    return tuple(op.name for op in OPS.values() if op.syntax == "call")
 
 
 def forward(op: str, args: list, region: tuple | None = None) -> Array:
     """The value of one step. ``args`` are arrays or Python floats (constants)."""
-    if op in ELEMENTWISE:
-        return ELEMENTWISE[op].forward(args[0])
-    a = args[0]
-    if op == "matmul":
-        return a @ args[1]
-    if op == "add":
-        return a + args[1]
-    if op == "sub":
-        return a - args[1]
-    if op == "mul":
-        return a * args[1]
-    if op == "div":
-        return a / args[1]
-    if op == "neg":
-        return -a
-    if op == "transpose":
-        return _t(a)
-    if op == "softmax":
-        return _softmax(a)
-    if op == "sum":
-        return a.sum(axis=(-2, -1), keepdims=True)
-    if op == "slice":
-        (r0, r1), (c0, c1) = region
-        return a[..., r0:r1, c0:c1]
-    raise ValueError(f"unknown op {op}")
+    return OPS[op].forward(args, region)
 
 
 def vjp(op: str, i: int, g: Array, args: list, out: Array, region: tuple | None = None) -> Array:
     """Denominator-layout gradient flowing into argument ``i`` from the output gradient ``g``."""
-    if op in ELEMENTWISE:
-        return g * ELEMENTWISE[op].derivative(args[0], out)
-    if op == "matmul":
-        return g @ _t(args[1]) if i == 0 else _t(args[0]) @ g
-    if op == "add":
-        return g
-    if op == "sub":
-        return g if i == 0 else -g
-    if op == "mul":
-        return g * args[1 - i]
-    if op == "div":
-        return g / args[1]
-    if op == "neg":
-        return -g
-    if op == "transpose":
-        return _t(g)
-    if op == "softmax":
-        return out * (g - (g * out).sum(axis=-2, keepdims=True))
-    if op == "sum":
-        return np.broadcast_to(g, args[0].shape).copy()
-    if op == "slice":
-        (r0, r1), (c0, c1) = region
-        full = np.zeros_like(args[0])
-        full[..., r0:r1, c0:c1] = g
-        return full
-    raise ValueError(f"unknown op {op}")
+    return OPS[op].vjp(i, g, args, out, region)
 
 
 def rule_text(
@@ -141,40 +352,7 @@ def rule_text(
     ``2``), ``dz`` the output gradient's text, ``z`` the output's text. The
     target suffix is empty except for slices (``[:, t:t + N]``).
     """
-    num = layout == "numerator"
-    a = names[0]
-    if op in ELEMENTWISE:
-        deriv = ELEMENTWISE[op].derivative_text.format(a=a, z=z)
-        return "", f"{dz} * {deriv}.T" if num else f"{dz} * {deriv}"
-    if op == "matmul":
-        b = names[1]
-        if num:
-            return "", f"{b} @ {dz}" if i == 0 else f"{dz} @ {a}"
-        return "", f"{dz} @ {b}.T" if i == 0 else f"{a}.T @ {dz}"
-    if op == "add":
-        return "", dz
-    if op == "sub":
-        return "", dz if i == 0 else f"-{dz}"
-    if op == "mul":
-        other = names[1 - i]
-        if _is_number(other):
-            return "", f"{other} * {dz}"
-        return "", f"{dz} * {other}.T" if num else f"{dz} * {other}"
-    if op == "div":
-        return "", f"{dz} / {names[1]}"
-    if op == "neg":
-        return "", f"-{dz}"
-    if op == "transpose":
-        return "", f"{dz}.T"
-    if op == "softmax":
-        jac = f"(diag({z}) - {z} @ {z}.T)"
-        return "", f"{dz} @ {jac}" if num else f"{jac} @ {dz}"
-    if op == "sum":
-        return "", f"{dz} * ones_like({a}.T)" if num else f"{dz} * ones_like({a})"
-    if op == "slice":
-        rows, cols = region_text
-        return (f"[{cols}, {rows}]" if num else f"[{rows}, {cols}]"), dz
-    raise ValueError(f"unknown op {op}")
+    return OPS[op].rule(i, dz, names, z, layout == "numerator", region_text)
 
 
 def _is_number(text: str) -> bool:

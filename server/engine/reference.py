@@ -16,7 +16,7 @@ import numpy as np
 
 from server.engine.ops import forward as op_forward
 from server.engine.ops import vjp
-from server.engine.spec import Loop, Program, Step
+from server.engine.program import Loop, Program, Step
 
 Key = str | tuple[str, int]
 

@@ -6,7 +6,9 @@ import numpy as np
 
 
 def format_array(a: np.ndarray, decimals: int = 4) -> str:
-    return np.array2string(np.asarray(a), precision=decimals, suppress_small=True, floatmode="maxprec")
+    return np.array2string(
+        np.asarray(a), precision=decimals, suppress_small=True, floatmode="maxprec"
+    )
 
 
 def _shape(a) -> str:
@@ -27,11 +29,11 @@ def render_values(values: dict, decimals: int, indent: str = "  ") -> list[str]:
 
 
 def render_instance_text(spec, inst) -> str:
-    if spec.answer == "expression":
-        return render_expression_text(spec, inst)
+    """An instance of a forward program of arrays (``nabla instance``)."""
     out = [
         f"{spec.id}: {spec.title}",
-        f"version {inst.version}, seed {inst.seed}, {inst.layout} layout, answer: {spec.answer}",
+        f"version {inst.version}, seed {inst.seed}, {inst.layout} layout, "
+        f"answer: {spec.answer_kind}",
         "dims: " + ", ".join(f"{k} = {v}" for k, v in inst.dims.items()),
     ]
     if inst.choices:
@@ -47,6 +49,7 @@ def render_instance_text(spec, inst) -> str:
 
 
 def render_expression_text(spec, inst) -> str:
+    """An expression problem's instance (``nabla instance``)."""
     out = [
         f"{spec.id}: {spec.title}",
         f"version {inst.version}, seed {inst.seed}, answer: expression",
@@ -71,7 +74,8 @@ def forward_mathml(spec, program) -> list[dict]:
     import sympy
     from sympy.printing.mathml import mathml
 
-    from server.engine.spec import Loop
+    from server.engine.ops import OPS
+    from server.engine.program import Loop
 
     def symbol(name: str, indexed: bool, loop_var: str | None):
         shown = f"{name}^({loop_var})" if indexed else name
@@ -85,32 +89,7 @@ def forward_mathml(spec, program) -> list[dict]:
 
     def rhs(step, loop_var) -> str:
         args = [operand(a, loop_var) for a in step.args]
-        op = step.op
-        if op == "slice":
-            inner = mathml(args[0], printer="presentation", order="none")
-            rows, cols = step.region_text
-            index = rows if cols == ":" else f"{rows}, {cols}"
-            return f"<mrow>{inner}<mo>[</mo><mi>{_escape(index)}</mi><mo>]</mo></mrow>"
-        if op == "matmul":
-            expr = sympy.MatMul(*args, evaluate=False)
-        elif op == "add":
-            expr = sympy.MatAdd(*args, evaluate=False) if all(isinstance(a, sympy.MatrixExpr) for a in args) else sympy.Add(*args, evaluate=False)
-        elif op == "sub":
-            expr = sympy.MatAdd(args[0], -args[1], evaluate=False) if all(isinstance(a, sympy.MatrixExpr) for a in args) else sympy.Add(args[0], -args[1], evaluate=False)
-        elif op == "mul":
-            if all(isinstance(a, sympy.MatrixExpr) for a in args):
-                expr = sympy.HadamardProduct(*args, evaluate=False)
-            else:
-                expr = sympy.MatMul(*args, evaluate=False)
-        elif op == "div":
-            expr = sympy.MatMul(sympy.Rational(1) / args[1], args[0], evaluate=False)
-        elif op == "neg":
-            expr = -args[0]
-        elif op == "transpose":
-            expr = sympy.Transpose(args[0])
-        else:
-            expr = sympy.Function(op)(args[0])
-        return mathml(expr, printer="presentation", order="none")
+        return OPS[step.op].mathml(args, step.region_text)
 
     lines: list[dict] = []
     number = 0
@@ -121,17 +100,22 @@ def forward_mathml(spec, program) -> list[dict]:
             lines.append({"kind": "loop", "number": None, "source": item.header, "mathml": ""})
         for step in steps:
             number += 1
-            lhs = mathml(symbol(step.target, step.indexed, loop_var), printer="presentation", order="none")
-            body = f"<mrow>{lhs}<mo>=</mo>{rhs(step, loop_var)}</mrow>".replace("&InvisibleTimes;", "&#x2062;")
-            lines.append({
-                "kind": "step", "number": number, "source": step.source,
-                "mathml": f'<math xmlns="http://www.w3.org/1998/Math/MathML" display="block">{body}</math>',
-            })
+            lhs = mathml(
+                symbol(step.target, step.indexed, loop_var), printer="presentation", order="none"
+            )
+            body = f"<mrow>{lhs}<mo>=</mo>{rhs(step, loop_var)}</mrow>".replace(
+                "&InvisibleTimes;", "&#x2062;"
+            )
+            lines.append(
+                {
+                    "kind": "step",
+                    "number": number,
+                    "source": step.source,
+                    "mathml": '<math xmlns="http://www.w3.org/1998/Math/MathML" '
+                    f'display="block">{body}</math>',
+                }
+            )
     return lines
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def statement_html(text: str) -> str:

@@ -1,7 +1,7 @@
 """Model backward programs, derived from the forward program.
 
 One rule per line, from the last forward step to the first, in the answer
-language of DESIGN.md section 5: ``=`` the first time a gradient is written,
+language of docs/design.md section 5: ``=`` the first time a gradient is written,
 ``+=`` when a value is used more than once, and a loop mirroring each forward
 loop (shared parameters and slices always accumulate with ``+=`` inside it).
 
@@ -14,10 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from server.engine.dimexpr import Lin
 from server.engine.ops import rule_text
-from server.engine.spec import Loop, ProblemSpec, Program, Step
+from server.engine.program import Loop, Program, Step
+
+if TYPE_CHECKING:
+    from server.engine.spec import ProblemSpec
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,9 @@ class ExpressionFormatError(Exception):
 
     def render(self, text: str) -> str:
         flat = _flatten(text)
-        return f"col {self.col + 1}: {self.message}\n    {flat}\n    {' ' * min(self.col, len(flat))}^"
+        return (
+            f"col {self.col + 1}: {self.message}\n    {flat}\n    {' ' * min(self.col, len(flat))}^"
+        )
 
 
 def _flatten(text: str) -> str:

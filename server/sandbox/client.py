@@ -35,7 +35,7 @@ DEBUG_ENV = "NABLA_SANDBOX_DEBUG"
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _BOOTSTRAP = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
-    "from server.sandbox.worker import main; main(sys.argv[2:])"
+    "from server.sandbox.pool import main; main(sys.argv[2:])"
 )
 HELLO_TIMEOUT_S = 30.0
 QUEUE_TIMEOUT_S = 30.0

@@ -113,7 +113,9 @@ def validate_draft(draft: AssignmentDraft, bank: Mapping[str, Any]) -> Assignmen
     if isinstance(late_credit, bool) or not isinstance(late_credit, int):
         raise ValidationError("late_credit", "must be a whole number of percent")
     if not 0 <= late_credit <= 100:
-        raise ValidationError("late_credit", f"must be between 0 and 100 percent, got {late_credit}")
+        raise ValidationError(
+            "late_credit", f"must be between 0 and 100 percent, got {late_credit}"
+        )
     if late_until is None and late_credit:
         raise ValidationError("late_credit", "needs a late-until date (no late period is set)")
     max_attempts = draft.max_attempts
@@ -366,10 +368,6 @@ class AssignmentStatus:
         total = sum(p.assignment_problem.weight for p in self.problems)
         earned = sum(p.assignment_problem.weight * (p.score or 0.0) for p in self.problems)
         return earned / total if total else None
-
-    @property
-    def attempted(self) -> int:
-        return sum(1 for p in self.problems if p.attempts_used)
 
 
 def problem_score(submissions: Sequence[Submission], policy: str) -> float | None:

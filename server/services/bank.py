@@ -36,6 +36,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from server.db import write_transaction
+from server.engine.kinds import kind_of
 from server.models import Assignment, AssignmentProblem, Course, Problem, ProblemVersion, User
 from server.models.base import dumps
 from server.services.errors import Conflict, Forbidden, NotFound, ServiceError
@@ -117,7 +118,7 @@ def check_model_solution(spec: Any, seeds: int = CHECK_SEEDS) -> None:
     from server.engine.instance import InstanceError
     from server.engine.problem import draw, grade_answer, model_answer
 
-    checked = dataclasses.replace(spec, answer="equations") if spec.answer == "numpy" else spec
+    checked = kind_of(spec).model_check_spec(spec)
     for seed in range(seeds):
         try:
             inst = draw(checked, seed)
@@ -285,7 +286,7 @@ def save_version(
             with session.begin_nested():
                 problem = Problem(id=key, spec_id=spec.id, title=spec.title,
                                   course_id=None if course is None else course.id,
-                                  answer_type=spec.answer)
+                                  answer_type=spec.answer_kind)
                 session.add(problem)
         except IntegrityError:  # created by a concurrent save of the same new problem
             problem = session.get(Problem, key)
@@ -297,7 +298,7 @@ def save_version(
     if existing is not None:
         return Saved(existing, False)
     latest = latest_version(session, key)
-    problem.title, problem.answer_type = spec.title, spec.answer
+    problem.title, problem.answer_type = spec.title, spec.answer_kind
     session.flush()
     version = ProblemVersion(problem_id=key, version=(latest.version if latest else 0) + 1,
                              spec_text=text, spec_hash=spec.version, author=author,
@@ -505,12 +506,8 @@ def grade_preview(spec: Any, inst: Any, document: Mapping[str, Any], answer: str
     from server.services import grading
 
     text = grading.clean_answer(answer)
-    hidden: tuple[int, ...] = ()
-    if spec.answer != "expression":
-        from server.engine.instance import legacy_hidden_seeds
-
-        hidden = tuple(legacy_hidden_seeds(inst))
-    job = grading.GradingJob(0, spec, 0, json.dumps(document), text, hidden)
+    hidden = kind_of(spec).own_hidden_seeds(inst)
+    job = grading.GradingJob(0, spec, json.dumps(document), text, hidden)
     return grading.grade_job(job)
 
 
@@ -531,8 +528,7 @@ class DrawStatistics:
 def draw_statistics(spec: Any, seeds: int = STATISTICS_SEEDS) -> DrawStatistics:
     """Draw seeds 0 .. seeds-1: the spread of dims (constants for an expression
     problem) and of each [choose] choice, the mean redraws and the draw time."""
-    from server.engine.instance import DrawStats, InstanceError, draw_instance
-    from server.engine.problem import draw
+    from server.engine.instance import InstanceError
 
     dims: dict[str, Counter] = {}
     choices: dict[str, Counter] = {}
@@ -540,16 +536,12 @@ def draw_statistics(spec: Any, seeds: int = STATISTICS_SEEDS) -> DrawStatistics:
     for seed in range(seeds):
         start = time.perf_counter()
         try:
-            if spec.answer == "expression":
-                inst = draw(spec, seed)
-                drawn_dims = inst.to_json().get("constants", {})
-            else:
-                stats = DrawStats()
-                inst = draw_instance(spec, seed, stats=stats)
-                redraws.append(stats.redraws)
-                calibration += stats.calibration_seconds
-                start += stats.calibration_seconds  # once per structure and process
-                drawn_dims = inst.dims
+            drawn = kind_of(spec).draw_measured(spec, seed)
+            if drawn.redraws is not None:
+                redraws.append(drawn.redraws)
+            calibration += drawn.calibration_seconds
+            start += drawn.calibration_seconds  # once per structure and process
+            inst, drawn_dims = drawn.instance, drawn.values
         except InstanceError as exc:
             raise _refuse(f"seed {seed} cannot be drawn: {exc}") from None
         times.append((time.perf_counter() - start) * 1e3)
@@ -571,7 +563,7 @@ def draw_statistics(spec: Any, seeds: int = STATISTICS_SEEDS) -> DrawStatistics:
 def preview_feedback(outcome: Any, answer: str) -> dict[str, Any]:
     """What the feedback page shows for a graded preview (as for a submission):
     ``summary`` (score, message), ``lines`` (each line's verdict) and ``general``."""
-    from server.services import grading
+    from server.services import feedback
 
     result = outcome.result
     message = result.get("error") or ("graded" if outcome.status == "graded"
@@ -580,6 +572,6 @@ def preview_feedback(outcome: Any, answer: str) -> dict[str, Any]:
         "summary": {"score": outcome.score, "raw_score": outcome.score, "credit": 1.0,
                     "attempts_left": None, "message": message,
                     "gradients": result.get("gradients", {})},
-        "lines": grading.annotated_lines(answer, result),
-        "general": grading.general_errors(result, answer),
+        "lines": feedback.annotated_lines(answer, result),
+        "general": feedback.general_errors(result, answer),
     }

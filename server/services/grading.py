@@ -34,15 +34,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from server.db import write_transaction
+from server.engine.kinds import kind_of
 from server.models import (
-    Assignment,
     AssignmentProblem,
-    Course,
     Instance,
     ProblemVersion,
     Submission,
@@ -51,10 +50,10 @@ from server.models import (
 )
 from server.models.base import dumps
 from server.services.assignments import Window, assignment_problem_for, student_window
-from server.services.errors import Forbidden, NotFound, Unavailable, ValidationError
+from server.services.errors import NotFound, Unavailable, ValidationError
 from server.services.instances import Draw, derive_seed, get_instance, get_or_create_instance
 from server.services.problems import record_problem_version
-from server.services.submissions import store_submission_once, used_attempts
+from server.services.submissions import attempts_left, store_submission_once
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,6 @@ HIDDEN_INSTANCES = 2  # checks besides the student's own instance (numpy and equ
 # A whole backward pass is a few hundred lines at most; a numpy module a few kB.
 MAX_ANSWER_CHARS = 20_000
 MAX_CLIENT_KEY_CHARS = 64
-ANSWER_KINDS = ("equations", "numpy", "expression")
 
 
 class AnswerTooLarge(ValidationError):
@@ -208,20 +206,13 @@ def ensure_instance(
                                   _draw_from(spec))
 
 
-_EXPRESSION_CACHE: OrderedDict[tuple[str, int], Any] = OrderedDict()
 # Instance rows never change: their engine objects are kept per process.
 _INSTANCE_CACHE: OrderedDict[tuple[str, str], Any] = OrderedDict()
 
 
 def engine_instance(spec: Any, document: Mapping[str, Any]) -> Any:
     """The engine's instance from the stored document (reference included)."""
-    from server.engine.problem import instance_from_document
-
-    if spec.answer == "expression":  # drawn again from the seed: once per process
-        seed = int(document["seed"])
-        return cached(_EXPRESSION_CACHE, (spec.version, seed),
-                       lambda: instance_from_document(spec, document), size=STUDENTS_CACHED)
-    return instance_from_document(spec, document)
+    return kind_of(spec).from_json(spec, document)
 
 
 # --- step 1: store -------------------------------------------------------------------
@@ -233,7 +224,6 @@ class GradingJob:
 
     submission_id: int
     spec: Any
-    instance_id: int
     document_json: str  # the instance's engine JSON, reference included
     answer: str
     hidden_seeds: tuple[int, ...] = ()  # the hidden instances this answer is checked on
@@ -263,14 +253,13 @@ def store_answer(
     spec = spec_for_version(bank, instance.problem_version)
     submission, created, attempts_used = store_submission_once(
         session, user=user, assignment_problem=assignment_problem, instance=instance,
-        answer=text, kind=spec.answer, now=now, client_ip=client_ip, client_key=key)
+        answer=text, kind=spec.answer_kind, now=now, client_ip=client_ip, client_key=key)
     job = None
     if created and submission.status == SubmissionStatus.PENDING:
         seeds = draw_hidden_seeds(secret, submission.id, instance.seed)
         submission.hidden_seeds_json = dumps(seeds)
         session.flush()
-        job = GradingJob(submission.id, spec, instance.id, instance.reference_json, text,
-                         tuple(seeds))
+        job = GradingJob(submission.id, spec, instance.reference_json, text, tuple(seeds))
     return Stored(submission, created, window, job, attempts_used)
 
 
@@ -286,10 +275,9 @@ def hidden_seeds_of(submission: Submission, document: Mapping[str, Any]) -> list
     seeds = submission.hidden_seeds
     if seeds is not None:
         return seeds
-    from server.engine.instance import Instance as EngineInstance
-    from server.engine.instance import legacy_hidden_seeds
+    from server.engine.instance import ArrayInstance, legacy_hidden_seeds
 
-    return legacy_hidden_seeds(EngineInstance.from_json(document))
+    return legacy_hidden_seeds(ArrayInstance.from_json(document))
 
 
 # --- step 2: grade -------------------------------------------------------------------
@@ -313,9 +301,10 @@ TOO_LARGE = ("this answer needed more memory to grade than allowed and was stopp
 
 def grade_job(job: GradingJob, *, run_job: Callable[..., Any] | None = None,
               judge: Any = None) -> Outcome:
-    """Grade a stored answer; never raises. Equations and expressions are graded in a
-    judge process (``judge``, default: this process's), numpy answers in the sandbox."""
-    if job.spec.answer != "numpy":
+    """Grade a stored answer; never raises. Answers that are code run in the
+    sandbox (``run_job``, default: ``server.sandbox.run_job``); the others are
+    graded by the engine in a judge process (``judge``, default: this process's)."""
+    if not kind_of(job.spec).runs_student_code:
         return _grade_in_judge(job, judge)
     try:
         # Keyed by the document itself, not the row id: SQLite may reuse the id
@@ -323,7 +312,7 @@ def grade_job(job: GradingJob, *, run_job: Callable[..., Any] | None = None,
         inst = cached(_INSTANCE_CACHE, (job.spec.version, job.document_json),
                       lambda: engine_instance(job.spec, json.loads(job.document_json)),
                       size=STUDENTS_CACHED)
-        return _grade_numpy(job, inst, run_job)
+        return _grade_in_sandbox(job, inst, run_job)
     except Exception:
         log.exception("grading submission %s failed", job.submission_id)
         return Outcome(SubmissionStatus.ERROR.value, {"error": INTERNAL_ERROR}, None)
@@ -357,8 +346,9 @@ def _grade_in_judge(job: GradingJob, judge: Any) -> Outcome:
     return Outcome(status.value, result, score if valid else None)
 
 
-def _grade_numpy(job: GradingJob, inst: Any, run_job: Callable[..., Any] | None) -> Outcome:
-    from server.grading import grade_numpy
+def _grade_in_sandbox(job: GradingJob, inst: Any,
+                      run_job: Callable[..., Any] | None) -> Outcome:
+    from server.sandbox import check_source
 
     if run_job is None:
         from server.sandbox import run_job as sandbox_run_job
@@ -371,8 +361,8 @@ def _grade_numpy(job: GradingJob, inst: Any, run_job: Callable[..., Any] | None)
         jobs.append(job_result)  # one job per instance, from several threads
         return job_result
 
-    result = grade_numpy(job.spec, inst, job.answer, hidden_seeds=job.hidden_seeds,
-                         run_job=observed_run_job)
+    result = kind_of(job.spec).grade(job.spec, inst, job.answer, hidden_seeds=job.hidden_seeds,
+                                     run_job=observed_run_job, check_source=check_source)
     failed = [j for j in jobs if j.status == "error"]
     if failed:
         # The sandbox failed (not the student's code, which cannot cause an
@@ -483,12 +473,11 @@ def check_answer(
     document_json = instance.reference_json
     if commit is not None:
         commit()
-    if spec.answer == "numpy":
-        from server.sandbox.source import check_source
+    kind = kind_of(spec)
+    if kind.runs_student_code:  # checked here, without running it (``AnswerKind.check``)
+        from server.sandbox import check_source
 
-        problem = check_source(text, "backward")
-        errors = [] if problem is None else [{"line": problem.line or 0,
-                                              "message": problem.message}]
+        result = kind.check(spec, None, text, check_source=check_source).to_json()
     else:
         from server.judge import JudgeError, get_judge, grade
 
@@ -500,203 +489,6 @@ def check_answer(
                    "memory": "it needed too much memory"}.get(exc.kind, "our checker failed")
             raise Unavailable(f"answer: could not be checked: {why}. Nothing was stored; "
                               "simplify it, or try again in a moment") from None
-        errors = list(result.get("errors", []))
-    return {"valid": not errors, "errors": errors, "stored": False, "answer_type": spec.answer}
-
-
-# --- reading submissions -------------------------------------------------------------
-
-
-def attempts_left(session: Session, submission_or_problem: Submission | AssignmentProblem,
-                  user_id: int) -> int | None:
-    """Attempts the user has left at this problem; None when unlimited."""
-    if isinstance(submission_or_problem, Submission):
-        assignment_problem = submission_or_problem.assignment_problem
-    else:
-        assignment_problem = submission_or_problem
-    limit = assignment_problem.assignment.max_attempts
-    if limit is None:
-        return None
-    return max(0, limit - len(used_attempts(session, user_id, assignment_problem.id)))
-
-
-def attempts_left_after(session: Session, submission: Submission) -> int | None:
-    """Attempts its author had left right after ``submission`` (None: unlimited):
-    what a past submission's feedback says, whatever came later."""
-    limit = submission.assignment_problem.assignment.max_attempts
-    if limit is None:
-        return None
-    used = session.scalar(select(func.count(Submission.id)).where(
-        Submission.user_id == submission.user_id,
-        Submission.assignment_problem_id == submission.assignment_problem_id,
-        Submission.attempt.is_not(None),
-        Submission.id <= submission.id))
-    return max(0, limit - int(used or 0))
-
-
-def own_submission(session: Session, user: User, submission_id: int) -> Submission:
-    """One of ``user``'s submissions. NotFound if unknown, Forbidden if someone else's."""
-    submission = session.get(Submission, submission_id)
-    if submission is None:
-        raise NotFound(f"submission: there is no submission {submission_id}")
-    if submission.user_id != user.id:
-        raise Forbidden(f"submission: submission {submission_id} is not yours")
-    return submission
-
-
-def problem_submissions(session: Session, user: User,
-                        assignment_problem: AssignmentProblem) -> list[Submission]:
-    """The user's submissions of one problem, newest first."""
-    return list(session.scalars(
-        select(Submission)
-        .where(Submission.user_id == user.id,
-               Submission.assignment_problem_id == assignment_problem.id)
-        .order_by(Submission.created_at.desc(), Submission.id.desc())
-    ))
-
-
-def course_submissions(
-    session: Session, course: Course, assignment_id: int | None = None, *,
-    status: str | None = None, user_id: int | None = None, problem_id: str | None = None,
-    limit: int = 500,
-) -> list[Submission]:
-    """Every submission in a course (refused ones too), newest first, for staff;
-    optionally of one assignment, status, student or problem."""
-    query = (
-        select(Submission)
-        .join(AssignmentProblem, AssignmentProblem.id == Submission.assignment_problem_id)
-        .join(Assignment, Assignment.id == AssignmentProblem.assignment_id)
-        .options(selectinload(Submission.user),
-                 selectinload(Submission.assignment_problem).selectinload(
-                     AssignmentProblem.problem))
-        .where(Assignment.course_id == course.id)
-        .order_by(Submission.created_at.desc(), Submission.id.desc())
-        .limit(limit)
-    )
-    if assignment_id is not None:
-        query = query.where(Assignment.id == assignment_id)
-    if status is not None:
-        query = query.where(Submission.status == status)
-    if user_id is not None:
-        query = query.where(Submission.user_id == user_id)
-    if problem_id is not None:
-        query = query.where(AssignmentProblem.problem_id == problem_id)
-    return list(session.scalars(query))
-
-
-def course_submission_counts(session: Session, course: Course) -> dict[int, dict[str, int]]:
-    """assignment id -> {status: count} for the staff course page."""
-    rows = session.execute(
-        select(Assignment.id, Submission.status, func.count(Submission.id))
-        .join(AssignmentProblem, AssignmentProblem.assignment_id == Assignment.id)
-        .join(Submission, Submission.assignment_problem_id == AssignmentProblem.id)
-        .where(Assignment.course_id == course.id)
-        .group_by(Assignment.id, Submission.status)
-    )
-    counts: dict[int, dict[str, int]] = {}
-    for assignment_id, status, count in rows:
-        counts.setdefault(assignment_id, {})[status] = count
-    return counts
-
-
-def course_submission(session: Session, course: Course, submission_id: int) -> Submission:
-    """A submission of the course (staff view); NotFound otherwise."""
-    submission = session.get(Submission, submission_id)
-    if (submission is None
-            or submission.assignment_problem.assignment.course_id != course.id):
-        raise NotFound(f"submission: no submission {submission_id} in {course.code}")
-    return submission
-
-
-
-# --- what a student is told about a submission ------------------------------------------
-
-
-def submission_summary(submission: Submission, attempts_left: int | None) -> dict[str, Any]:
-    """A submission as the API returns it (and the feedback page shows it).
-
-    The grading fields have the shape of ``nabla grade --json`` (``valid``,
-    ``errors``, ``equations``, ``gradients``); ``score`` is the credited score
-    (late credit applied), ``raw_score`` the grader's.
-    """
-    result = submission.result or {}
-    message = {
-        SubmissionStatus.PENDING: "stored; being graded",
-        SubmissionStatus.GRADED: "graded",
-        SubmissionStatus.INVALID: "not a valid answer: it costs no attempt",
-        SubmissionStatus.ERROR: result.get("error", INTERNAL_ERROR),
-        SubmissionStatus.REFUSED: result.get("refused", "refused"),
-    }.get(SubmissionStatus(submission.status), submission.status)
-    ap = submission.assignment_problem
-    return {
-        "id": submission.id,
-        "assignment": ap.assignment_id,
-        "problem": ap.problem_id,
-        "status": submission.status,
-        "message": message,
-        "attempt": submission.attempt,
-        "attempts_left": attempts_left,
-        "late": submission.late,
-        "score": submission.score,
-        "raw_score": result.get("score") if submission.status == SubmissionStatus.GRADED else None,
-        "credit": result.get("credit"),
-        "created_at": submission.created_at.isoformat(),
-        "graded_at": None if submission.graded_at is None else submission.graded_at.isoformat(),
-        "answer": submission.answer,
-        "valid": result.get("valid"),
-        "errors": result.get("errors", []),
-        "equations": result.get("equations", []),
-        "gradients": result.get("gradients", {}),
-    }
-
-
-VERDICT_MARKS = {"correct": "✓", "carried": "✗", "wrong": "✗"}
-
-
-def annotated_lines(answer: str, result: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """Every line of an answer with its verdict: ``correct``, ``wrong``, ``carried``
-    (right rule, value wrong because of an earlier line) or None (nothing to judge),
-    and the messages for it (deduplicated; loop bodies are judged once per step)."""
-    result = result or {}
-    by_line: dict[int, list[dict[str, Any]]] = {}
-    for item in result.get("equations", []):
-        by_line.setdefault(int(item.get("line", 0)), []).append(item)
-    errors: dict[int, list[str]] = {}
-    for error in result.get("errors", []):
-        errors.setdefault(int(error.get("line", 0)), []).append(error.get("message", ""))
-    lines = []
-    for number, text in enumerate(answer.split("\n"), 1):
-        items = by_line.get(number, [])
-        messages: list[str] = []
-        verdict = None
-        if errors.get(number):
-            verdict = "wrong"
-            messages.extend(errors[number])
-        elif items:
-            wrong = [i for i in items if i.get("verdict") != "correct"]
-            if not wrong:
-                verdict = "correct"
-            elif all(i.get("rule_correct") for i in wrong):
-                verdict = "carried"
-            else:
-                verdict = "wrong"
-            # A loop body is judged once per step: one message, with its targets.
-            targets: dict[str, list[str]] = {}
-            for item in wrong:
-                message = item.get("message") or item.get("verdict", "")
-                names = targets.setdefault(message, [])
-                if str(item.get("target", "")) not in names:
-                    names.append(str(item.get("target", "")))
-            for message, names in targets.items():
-                labelled = len({str(i.get("target", "")) for i in items}) > 1
-                messages.append(f"{', '.join(names)}: {message}" if labelled else message)
-        lines.append({"number": number, "text": text, "verdict": verdict,
-                      "mark": VERDICT_MARKS.get(verdict or "", ""), "messages": messages})
-    return lines
-
-
-def general_errors(result: Mapping[str, Any] | None, answer: str = "") -> list[str]:
-    """Messages not tied to a line of the answer (line 0, or past its end)."""
-    count = len(answer.split("\n"))
-    return [e.get("message", "") for e in (result or {}).get("errors", [])
-            if not 1 <= int(e.get("line", 0)) <= count]
+    errors = list(result.get("errors", []))
+    return {"valid": not errors, "errors": errors, "stored": False,
+            "answer_type": spec.answer_kind}

@@ -49,7 +49,9 @@ class Draw:
     reference: Any
 
 
-def get_instance(session: Session, user: User, assignment_problem: AssignmentProblem) -> Instance | None:
+def get_instance(
+    session: Session, user: User, assignment_problem: AssignmentProblem
+) -> Instance | None:
     return session.scalar(
         select(Instance)
         .options(joinedload(Instance.problem_version))  # graders need it: one query, not two

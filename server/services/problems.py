@@ -21,7 +21,7 @@ class SpecLike(Protocol):
 
     id: str
     title: str
-    answer: str
+    answer_kind: str
     statement: str
     source: str  # the spec file's text
     version: str  # a hash of the source: equal text, equal version
@@ -34,8 +34,9 @@ def record_problem_version(
     """The ProblemVersion for ``spec``, creating the problem and version rows if new.
 
     ``spec_text`` is the spec's source text; by default ``spec.source``.
-    ``spec.version`` (a hash of the text) identifies the version: the same hash always maps to the same version; a changed spec gets the
-    next version number. The title and answer type follow the latest spec.
+    ``spec.version`` (a hash of the text) identifies the version: the same hash
+    always maps to the same version; a changed spec gets the next version number.
+    The title and answer type follow the latest spec.
 
     ``problem_key``: the problem's key (default: the spec id, a shared
     problem); a course's problem must exist already (``services.bank``).
@@ -53,11 +54,11 @@ def record_problem_version(
     if problem is None:
         if key != spec.id:
             raise LookupError(f"no problem {key!r} in the database")
-        problem = Problem(id=key, spec_id=spec.id, title=spec.title, answer_type=spec.answer)
+        problem = Problem(id=key, spec_id=spec.id, title=spec.title, answer_type=spec.answer_kind)
         session.add(problem)
     else:
         problem.title = spec.title
-        problem.answer_type = spec.answer
+        problem.answer_type = spec.answer_kind
     session.flush()
     latest = session.scalar(
         select(func.max(ProblemVersion.version)).where(ProblemVersion.problem_id == key)

@@ -206,7 +206,7 @@ def _task(submission: Submission, bank: Mapping[str, Any], redraw: bool,
     spec, document_json = documents[instance.id]
     seeds = grading.hidden_seeds_of(submission, json.loads(document_json))
     return _Task(submission.id, instance.id, grading.GradingJob(
-        submission.id, spec, instance.id, document_json, submission.answer, tuple(seeds)))
+        submission.id, spec, document_json, submission.answer, tuple(seeds)))
 
 
 def _graded(tasks: Sequence[_Task], threads: int) -> list[grading.Outcome]:

@@ -1,4 +1,5 @@
-"""Storing a submission before it is graded: lateness, refusals, attempt numbers.
+"""Submissions: storing one before it is graded (lateness, refusals, attempt
+numbers), and reading them (a student's own, a course's for staff).
 
 A seam for the grading service (server/services/grading.py): it calls
 ``store_submission`` first, so nothing a student sends is lost, then grades the
@@ -20,15 +21,23 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from server.db import write_transaction
-from server.models import AssignmentProblem, Instance, Submission, SubmissionStatus, User
+from server.models import (
+    Assignment,
+    AssignmentProblem,
+    Course,
+    Instance,
+    Submission,
+    SubmissionStatus,
+    User,
+)
 from server.models.base import dumps
 from server.services.assignments import student_window
-from server.services.errors import Conflict
+from server.services.errors import Conflict, Forbidden, NotFound
 
 MAX_ALLOCATION_TRIES = 8
 
@@ -181,10 +190,105 @@ def store_submission_once(
     raise Conflict("attempt: too many submissions at the same moment; send it again")
 
 
-def release_attempt(session: Session, submission: Submission) -> Submission:
-    """Mark a stored submission invalid and give its attempt back."""
-    write_transaction(session)
-    submission.status = SubmissionStatus.INVALID.value
-    submission.attempt = None
-    session.flush()
+# --- reading submissions ----------------------------------------------------------
+
+
+def attempts_left(session: Session, submission_or_problem: Submission | AssignmentProblem,
+                  user_id: int) -> int | None:
+    """Attempts the user has left at this problem; None when unlimited."""
+    if isinstance(submission_or_problem, Submission):
+        assignment_problem = submission_or_problem.assignment_problem
+    else:
+        assignment_problem = submission_or_problem
+    limit = assignment_problem.assignment.max_attempts
+    if limit is None:
+        return None
+    return max(0, limit - len(used_attempts(session, user_id, assignment_problem.id)))
+
+
+def attempts_left_after(session: Session, submission: Submission) -> int | None:
+    """Attempts its author had left right after ``submission`` (None: unlimited):
+    what a past submission's feedback says, whatever came later."""
+    limit = submission.assignment_problem.assignment.max_attempts
+    if limit is None:
+        return None
+    used = session.scalar(select(func.count(Submission.id)).where(
+        Submission.user_id == submission.user_id,
+        Submission.assignment_problem_id == submission.assignment_problem_id,
+        Submission.attempt.is_not(None),
+        Submission.id <= submission.id))
+    return max(0, limit - int(used or 0))
+
+
+def own_submission(session: Session, user: User, submission_id: int) -> Submission:
+    """One of ``user``'s submissions. NotFound if unknown, Forbidden if someone else's."""
+    submission = session.get(Submission, submission_id)
+    if submission is None:
+        raise NotFound(f"submission: there is no submission {submission_id}")
+    if submission.user_id != user.id:
+        raise Forbidden(f"submission: submission {submission_id} is not yours")
+    return submission
+
+
+def problem_submissions(session: Session, user: User,
+                        assignment_problem: AssignmentProblem) -> list[Submission]:
+    """The user's submissions of one problem, newest first."""
+    return list(session.scalars(
+        select(Submission)
+        .where(Submission.user_id == user.id,
+               Submission.assignment_problem_id == assignment_problem.id)
+        .order_by(Submission.created_at.desc(), Submission.id.desc())
+    ))
+
+
+def course_submissions(
+    session: Session, course: Course, assignment_id: int | None = None, *,
+    status: str | None = None, user_id: int | None = None, problem_id: str | None = None,
+    limit: int = 500,
+) -> list[Submission]:
+    """Every submission in a course (refused ones too), newest first, for staff;
+    optionally of one assignment, status, student or problem."""
+    query = (
+        select(Submission)
+        .join(AssignmentProblem, AssignmentProblem.id == Submission.assignment_problem_id)
+        .join(Assignment, Assignment.id == AssignmentProblem.assignment_id)
+        .options(selectinload(Submission.user),
+                 selectinload(Submission.assignment_problem).selectinload(
+                     AssignmentProblem.problem))
+        .where(Assignment.course_id == course.id)
+        .order_by(Submission.created_at.desc(), Submission.id.desc())
+        .limit(limit)
+    )
+    if assignment_id is not None:
+        query = query.where(Assignment.id == assignment_id)
+    if status is not None:
+        query = query.where(Submission.status == status)
+    if user_id is not None:
+        query = query.where(Submission.user_id == user_id)
+    if problem_id is not None:
+        query = query.where(AssignmentProblem.problem_id == problem_id)
+    return list(session.scalars(query))
+
+
+def course_submission_counts(session: Session, course: Course) -> dict[int, dict[str, int]]:
+    """assignment id -> {status: count} for the staff course page."""
+    rows = session.execute(
+        select(Assignment.id, Submission.status, func.count(Submission.id))
+        .join(AssignmentProblem, AssignmentProblem.assignment_id == Assignment.id)
+        .join(Submission, Submission.assignment_problem_id == AssignmentProblem.id)
+        .where(Assignment.course_id == course.id)
+        .group_by(Assignment.id, Submission.status)
+    )
+    counts: dict[int, dict[str, int]] = {}
+    for assignment_id, status, count in rows:
+        counts.setdefault(assignment_id, {})[status] = count
+    return counts
+
+
+def course_submission(session: Session, course: Course, submission_id: int) -> Submission:
+    """A submission of the course (staff view); NotFound otherwise."""
+    submission = session.get(Submission, submission_id)
+    if (submission is None
+            or submission.assignment_problem.assignment.course_id != course.id):
+        raise NotFound(f"submission: no submission {submission_id} in {course.code}")
     return submission

@@ -18,17 +18,14 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from server.engine.kinds import AnswerKind, kind_of
 from server.models import Assignment, AssignmentProblem, Instance, Submission, User
 from server.services.assignments import Window, assignment_problem_for, student_window
-from server.services.grading import (
-    cached,
-    ensure_instance,
-    problem_submissions,
-    spec_for_version,
-)
+from server.services.grading import cached, ensure_instance, spec_for_version
+from server.services.submissions import problem_submissions
 
 PRIVATE_KEYS = ("reference", "accumulation")
-_MATHML_CACHE: OrderedDict[tuple[str, tuple[int, ...]], list[dict]] = OrderedDict()
+_MATHML_CACHE: OrderedDict[tuple[str, ...], Any] = OrderedDict()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +53,11 @@ class ProblemWorkspace:
     submissions: list[Submission]  # newest first
     attempts_used: int
     attempts_left: int | None  # None: unlimited
+
+    @property
+    def kind(self) -> AnswerKind:
+        """The problem's answer kind (the page includes its partial)."""
+        return kind_of(self.spec)
 
     @property
     def last_answer(self) -> str:
@@ -110,9 +112,9 @@ def open_problem(
 
 def variable_rows(spec: Any, document: Mapping[str, Any]) -> list[VariableRow]:
     """Every variable of the student's program with its shape and its gradient's shape."""
-    if spec.answer == "expression":
+    if not kind_of(spec).has_arrays:
         return []
-    from server.engine.spec import shape_text
+    from server.engine.dimexpr import shape_text
 
     program = spec.program(tuple(document["choice_index"]))
     shapes = document["shapes"]
@@ -145,47 +147,9 @@ def variable_rows(spec: Any, document: Mapping[str, Any]) -> list[VariableRow]:
 
 def forward_lines(spec: Any, document: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The forward program (or the definitions of an expression problem) as MathML."""
-    choice_index = tuple(document["choice_index"])
-    if spec.answer == "expression":
-        key = (spec.version + ":" + str(document["seed"]), choice_index)
-        return cached(_MATHML_CACHE, key, lambda: _definitions_mathml(document))
-
-    def render() -> list[dict[str, Any]]:
-        from server.engine.render import forward_mathml
-
-        return forward_mathml(spec, spec.program(choice_index))
-
-    return cached(_MATHML_CACHE, (spec.version, choice_index), render)
-
-
-def _definitions_mathml(document: Mapping[str, Any]) -> list[dict[str, Any]]:
-    import sympy
-    from sympy.printing.mathml import mathml
-
-    from server.engine.symbolic import ExpressionFormatError, parse_scalar_expression
-
-    symbols = [*document["ask"]]
-    lines = []
-    for number, line in enumerate(document["forward"].splitlines(), 1):
-        name, _, text = line.partition("=")
-        name = name.strip()
-        try:
-            expr = parse_scalar_expression(text, symbols, what="spec")
-            # The name as sympy prints it on the right-hand sides (g1 is g with
-            # subscript 1 everywhere), and exp(u) as e^u with an upright e, not
-            # the double-struck exponential e.
-            lhs = mathml(sympy.Symbol(name), printer="presentation")
-            body = (f"<mrow>{lhs}<mo>=</mo>"
-                    f"{mathml(expr, printer='presentation')}</mrow>")
-            body = body.replace("<mi>&ExponentialE;</mi>", '<mi mathvariant="normal">e</mi>')
-            markup = ('<math xmlns="http://www.w3.org/1998/Math/MathML" display="block">'
-                      + body.replace("&InvisibleTimes;", "&#x2062;") + "</math>")
-        except (ExpressionFormatError, sympy.SympifyError):
-            markup = ""  # shown as text below
-        symbols.append(name)
-        lines.append({"kind": "step", "number": number, "source": line.strip(),
-                      "mathml": markup})
-    return lines
+    # What the student is shown of the forward program decides its MathML.
+    return cached(_MATHML_CACHE, (spec.version, document["forward"]),
+                  lambda: kind_of(spec).forward_mathml(spec, document))
 
 
 # --- downloads ---------------------------------------------------------------------
@@ -253,6 +217,14 @@ def formatted_values(spec: Any, document: Mapping[str, Any],
     return out
 
 
+def formatted_references(spec: Any, reference: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(name, shape, text) of the reference gradients, for staff: arrays as
+    ``formatted_values`` prints them, an expression kind's derivative as text."""
+    if kind_of(spec).has_arrays:
+        return formatted_values(spec, {"values": reference})
+    return [(name, "expression", str(value)) for name, value in reference.items()]
+
+
 # --- help where the student writes ------------------------------------------------------
 
 
@@ -287,50 +259,6 @@ def constant_uses(spec: Any, document: Mapping[str, Any]) -> list[ConstantUse]:
 
 def worked_line(spec: Any, document: Mapping[str, Any]) -> dict[str, str] | None:
     """One line worked from this problem's own structure, for the help box:
-    ``{"source", "line", "why"}``. Equations and numpy: a line of the model
-    backward program that shows a rule in this language (a relu mask, else an
-    element-wise derivative, else a transpose in a product); expressions: the
-    derivative of the first definition."""
-    if spec.answer == "expression":
-        return cached(_MATHML_CACHE, ("worked", spec.version, str(document.get("seed"))),
-                      lambda: _worked_expression(document))
-    key = ("worked", spec.version, tuple(document["choice_index"]))
-    return cached(_MATHML_CACHE, key, lambda: _worked_equation(spec, document))
-
-
-def _worked_equation(spec: Any, document: Mapping[str, Any]) -> dict[str, str] | None:
-    from server.engine.solution import model_lines
-
-    program = spec.program(tuple(document["choice_index"]))
-    # Never a line that writes an asked gradient: the help shows the language, it
-    # does not answer the problem.
-    lines = [line for line in model_lines(spec, program) if line.target[1:] not in program.ask]
-
-    def pick(test: Any) -> Any:
-        return next((line for line in lines if test(line.rhs)), None)
-
-    chosen = (pick(lambda rhs: "> 0" in rhs) or pick(lambda rhs: "*" in rhs and "(" in rhs)
-              or pick(lambda rhs: ".T" in rhs or "@" in rhs))
-    if chosen is not None:
-        return {"source": chosen.step.source, "line": chosen.statement,
-                "why": "the rule of this forward step"}
-    # Only asked gradients to write: the notation with this problem's own names.
-    names = [n for n in program.leaves if n in document["shapes"]] or list(document["shapes"])
-    if not names:
-        return None
-    a = names[0]
-    return {"source": "", "line": f"{a}.T,  ({a} > 0),  ones_like({a})",
-            "why": f"the transpose of {a}, a 0/1 mask from {a}, ones of {a}'s shape"}
-
-
-def _worked_expression(document: Mapping[str, Any]) -> dict[str, str] | None:
-    import sympy
-
-    from server.engine.symbolic import parse_scalar_expression
-
-    variable = document["ask"][0]
-    first = document["forward"].splitlines()[0]
-    name, _, text = first.partition("=")
-    derivative = sympy.diff(parse_scalar_expression(text, [variable]), sympy.Symbol(variable))
-    return {"source": first.strip(), "line": sympy.sstr(derivative),
-            "why": f"d{name.strip()}/d{variable}, the first factor of the chain rule"}
+    ``{"source", "line", "why"}`` (``AnswerKind.worked_line``)."""
+    return cached(_MATHML_CACHE, ("worked", spec.version, document["forward"]),
+                  lambda: kind_of(spec).worked_line(spec, document))

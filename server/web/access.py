@@ -23,6 +23,7 @@ from flask_login import current_user
 
 from server.db import get_session
 from server.models import ROLE_VALUES
+from server.web.extensions import login_manager
 
 F = TypeVar("F", bound=Callable[..., Any])
 ACCESS_ATTRIBUTE = "nabla_access"
@@ -30,11 +31,6 @@ ACCESS_ATTRIBUTE = "nabla_access"
 
 def _declare(view: Callable[..., Any], access: str) -> None:
     setattr(view, ACCESS_ATTRIBUTE, access)
-
-
-def mark_public(view: Callable[..., Any]) -> Callable[..., Any]:
-    _declare(view, "public")
-    return view
 
 
 def public(view: F) -> F:
@@ -46,8 +42,6 @@ def login_required(view: F) -> F:
     @functools.wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         if not current_user.is_authenticated:
-            from server.web.auth import login_manager
-
             return login_manager.unauthorized()
         return view(*args, **kwargs)
 
@@ -64,8 +58,6 @@ def role_required(*roles: str) -> Callable[[F], F]:
         @functools.wraps(view)
         def wrapped(*args: Any, course_code: str, **kwargs: Any) -> Any:
             if not current_user.is_authenticated:
-                from server.web.auth import login_manager
-
                 return login_manager.unauthorized()
             from server.services.courses import get_course, role_in_course
 

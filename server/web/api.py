@@ -20,13 +20,16 @@ from werkzeug.wrappers import Response
 from server.db import get_session, reads_first
 from server.models import SubmissionStatus, utcnow
 from server.services import grading, workspace
+from server.services import submissions as stored_submissions
 from server.services.assignments import (
     AssignmentStatus,
     assignment_problem_for,
     student_assignments,
 )
 from server.services.errors import Conflict, Forbidden, NotFound, Unavailable, ValidationError
+from server.services.feedback import submission_summary
 from server.services.limits import SubmissionRateLimited, take_submission_slot
+from server.services.submissions import attempts_left, own_submission
 from server.web.access import end_transaction, token_required
 from server.web.app import limiter, rate
 from server.web.bank import get_bank_for_students
@@ -111,7 +114,7 @@ def problem(assignment_id: int, problem_id: str) -> Response:
         problem=ws.assignment_problem.problem_id,
         title=ws.spec.title,
         statement=ws.spec.statement.strip(),
-        answer_type=ws.spec.answer,
+        answer_type=ws.spec.answer_kind,
         layout=document["layout"],
         dims=document["dims"],
         choices=document["choices"],
@@ -213,7 +216,7 @@ def submit(assignment_id: int, problem_id: str) -> Response:
     # failed) must still record the submission's error and give its attempt back.
     session.commit()
     submission = result.submission
-    summary = grading.submission_summary(submission, result.attempts_left)
+    summary = submission_summary(submission, result.attempts_left)
     if not result.created:  # the same Idempotency-Key again: what the first request stored
         return jsonify(summary)
     status = STATUS_CODES[SubmissionStatus(submission.status)]
@@ -238,10 +241,11 @@ def problem_submissions(assignment_id: int, problem_id: str) -> Response:
         assignment_problem = assignment_problem_for(session, g.api_user, assignment_id, problem_id)
     except NotFound as exc:
         abort(404, str(exc))
-    left = grading.attempts_left(session, assignment_problem, g.api_user.id)
-    submissions = grading.problem_submissions(session, g.api_user, assignment_problem)
+    left = attempts_left(session, assignment_problem, g.api_user.id)
+    submissions = stored_submissions.problem_submissions(session, g.api_user,
+                                                         assignment_problem)
     end_transaction()
-    return jsonify(submissions=[grading.submission_summary(sub, left) for sub in submissions])
+    return jsonify(submissions=[submission_summary(sub, left) for sub in submissions])
 
 
 @bp.route("/submissions/<int:submission_id>")
@@ -250,15 +254,15 @@ def submission(submission_id: int) -> Response:
     """One of my submissions, in the shape POST returns."""
     session = get_session()
     try:
-        sub = grading.own_submission(session, g.api_user, submission_id)
+        sub = own_submission(session, g.api_user, submission_id)
     except NotFound as exc:
         abort(404, str(exc))
     except Forbidden as exc:
         abort(403, str(exc))
-    left = grading.attempts_left(session, sub, sub.user_id)
+    left = attempts_left(session, sub, sub.user_id)
     sub.assignment_problem  # noqa: B018  (the summary names its problem)
     end_transaction()
-    return jsonify(grading.submission_summary(sub, left))
+    return jsonify(submission_summary(sub, left))
 
 
 @bp.route("/courses/<course_code>/grades.csv")

@@ -107,7 +107,7 @@ def build_app(config: dict[str, Any] | None = None) -> Flask:
         db.get_engine(app), app.config.get("NABLA_REDIS_URL"),
         app.config.get("NABLA_REDIS_PREFIX", "nabla:"))
 
-    from server.web.auth import init_login
+    from server.web.extensions import init_login
 
     init_login(app)
     csrf.init_app(app)
@@ -126,14 +126,14 @@ def _register_blueprints(app: Flask) -> None:
         auth,
         gradebook,
         instructor,
+        staff,
         staff_problems,
         student,
-        ta,
     )
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(student.bp)
-    app.register_blueprint(ta.bp)
+    app.register_blueprint(staff.bp)
     app.register_blueprint(instructor.bp)
     app.register_blueprint(staff_problems.bp)
     app.register_blueprint(gradebook.bp)
@@ -142,15 +142,15 @@ def _register_blueprints(app: Flask) -> None:
     csrf.exempt(api_problems.bp)
     app.register_blueprint(api_problems.bp)
     # The static view is public (declared here, since Flask creates it).
-    from server.web.access import mark_public
+    from server.web.access import public
 
-    mark_public(app.view_functions["static"])
+    public(app.view_functions["static"])
 
     def favicon() -> Response:
         # Browsers that ignore <link rel="icon"> ask for /favicon.ico: no 404 in the log.
         return app.send_static_file("favicon.svg")
 
-    app.add_url_rule("/favicon.ico", "favicon", mark_public(favicon))
+    app.add_url_rule("/favicon.ico", "favicon", public(favicon))
 
 
 def _register_template_helpers(app: Flask) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, flash, redirect, render_template, request, url_for
-from flask_login import LoginManager, current_user, login_user, logout_user
+from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask_login import current_user, login_user, logout_user
 from werkzeug.urls import iri_to_uri
 from werkzeug.wrappers import Response
 
@@ -24,21 +24,6 @@ from server.web.forms import (
 )
 
 bp = Blueprint("auth", __name__)
-login_manager = LoginManager()
-login_manager.login_view = "auth.login"
-login_manager.login_message = "Please log in to see this page."
-login_manager.session_protection = "basic"
-
-
-def init_login(app: Flask) -> None:
-    login_manager.init_app(app)
-
-
-@login_manager.user_loader
-def _load_user(login_id: str):  # noqa: ANN202  (Flask-Login's protocol)
-    return accounts.load_user_for_login_session(get_session(), login_id)
-
-
 # Browsers drop tabs and newlines anywhere in a URL and read a backslash as a
 # slash: "/\t/evil" and "/\\evil" both mean //evil, another site.
 _UNSAFE_IN_NEXT = re.compile(r"[\x00-\x1f\x7f\\]")
@@ -145,7 +130,9 @@ def change_password() -> Response | tuple[str, int]:
         except ValidationError as exc:
             getattr(form, exc.field).errors.append(exc.reason)
         else:
-            login_user(current_user._get_current_object())  # the session id includes the password fingerprint
+            login_user(
+                current_user._get_current_object()
+            )  # the session id includes the password fingerprint
             flash("Your password was changed. Other sessions are logged out.")
             return redirect(url_for("auth.profile"))
     return _render_profile(password_form=form, status=400)

@@ -39,8 +39,10 @@ class SetPasswordForm(FlaskForm):
     new_password = PasswordField("New password", validators=[InputRequired(), Length(max=1024)])
     confirm = PasswordField(
         "New password again",
-        validators=[InputRequired(),
-                    EqualTo("new_password", message="does not match the new password")],
+        validators=[
+            InputRequired(),
+            EqualTo("new_password", message="does not match the new password"),
+        ],
     )
 
 
@@ -65,8 +67,12 @@ class ProblemRowForm(Form):
         "Order", validators=[Optional(), NumberRange(min=1, max=1000, message="must be 1 to 1000")],
     )
     weight = FloatField(
-        "Weight", default=1.0,
-        validators=[Optional(), NumberRange(min=0.01, max=1000, message="must be between 0.01 and 1000")],
+        "Weight",
+        default=1.0,
+        validators=[
+            Optional(),
+            NumberRange(min=0.01, max=1000, message="must be between 0.01 and 1000"),
+        ],
     )
 
 
@@ -79,8 +85,12 @@ class AssignmentForm(FlaskForm):
         description="Leave empty for no late period.",
     )
     late_credit = IntegerField(
-        "Late credit (%)", default=0,
-        validators=[InputRequired(), NumberRange(min=0, max=100, message="must be between 0 and 100")],
+        "Late credit (%)",
+        default=0,
+        validators=[
+            InputRequired(),
+            NumberRange(min=0, max=100, message="must be between 0 and 100"),
+        ],
     )
     max_attempts = IntegerField(
         "Attempts per problem", validators=[Optional(), NumberRange(min=1, max=1000)],

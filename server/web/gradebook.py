@@ -21,9 +21,11 @@ from flask_login import current_user
 
 from server.db import get_engine, get_session, reads_first
 from server.models import Course, Job, SubmissionStatus, User, utcnow
-from server.services import exports, gradebook, grading, jobs, overrides, regrade
+from server.services import exports, gradebook, jobs, overrides, regrade
 from server.services.assignments import get_course_assignment
 from server.services.errors import NotFound, ServiceError, ValidationError
+from server.services.feedback import annotated_lines, submission_summary
+from server.services.submissions import attempts_left, problem_submissions
 from server.web.access import end_transaction, role_required
 from server.web.forms import (
     ExtensionForm,
@@ -129,14 +131,14 @@ def _render_student(course: Course, user_id: int, *, forms: dict[str, Any] | Non
     for assignment in book.assignments:
         for ap in assignment.problems:
             cell = book.cell(user_id, ap.id)
-            subs = grading.problem_submissions(session, user, ap) \
+            subs = problem_submissions(session, user, ap) \
                 if cell.attempts or cell.last_submission_at else []
             last = next((s for s in subs if s.status != SubmissionStatus.REFUSED), None)
-            left = grading.attempts_left(session, ap, user_id) if last else None
+            left = attempts_left(session, ap, user_id) if last else None
             problems.append({
                 "assignment": assignment, "ap": ap, "cell": cell, "last": last,
-                "summary": grading.submission_summary(last, left) if last else None,
-                "lines": grading.annotated_lines(last.answer, last.result) if last else [],
+                "summary": submission_summary(last, left) if last else None,
+                "lines": annotated_lines(last.answer, last.result) if last else [],
                 "history": overrides.override_history(session, user_id, ap.id)})
     ext_forms = {}
     for assignment in book.assignments:

@@ -127,12 +127,13 @@ def new_assignment(course: Course) -> Response | tuple[str, int]:
     form = _assignment_form(course)
     if form.validate_on_submit():
         try:
-            assignment = create_assignment(get_session(), course, _draft_from(form), get_bank(course))
+            assignment = create_assignment(get_session(), course, _draft_from(form),
+                                           get_bank(course))
         except ValidationError as exc:
             _show_error(form, exc)
         else:
             flash(f"Assignment {assignment.title!r} created.")
-            return redirect(url_for("ta.course", course_code=course.code))
+            return redirect(url_for("staff.course", course_code=course.code))
     return _render_assignment_form(course, form)
 
 
@@ -152,7 +153,7 @@ def edit_assignment(course: Course, assignment_id: int) -> Response | tuple[str,
             _show_error(form, exc)
         else:
             flash(f"Assignment {assignment.title!r} saved.")
-            return redirect(url_for("ta.course", course_code=course.code))
+            return redirect(url_for("staff.course", course_code=course.code))
     return _render_assignment_form(course, form, assignment)
 
 
@@ -187,7 +188,7 @@ def import_roster_view(course: Course) -> Response | tuple[str, int]:
                                               request.url_root, utcnow())
                     return render_template("instructor/roster_links.html", course=course,
                                            links=links), 201
-                return redirect(url_for("ta.course", course_code=course.code))
+                return redirect(url_for("staff.course", course_code=course.code))
     status = 400 if form.is_submitted() else 200
     return (
         render_template("instructor/roster_import.html", course=course, form=form, errors=errors),
@@ -208,7 +209,7 @@ def change_role_view(course: Course, user_id: int) -> Response:
             flash(str(exc), "error")
         else:
             flash(f"{enrollment.user.email} is now {enrollment.role} in {course.code}.")
-    return redirect(url_for("ta.course", course_code=course.code))
+    return redirect(url_for("staff.course", course_code=course.code))
 
 
 @bp.route("/<course_code>/roster/<int:user_id>/remove", methods=["POST"])
@@ -221,4 +222,4 @@ def unenroll_view(course: Course, user_id: int) -> Response:
         flash(str(exc), "error")
     else:
         flash(f"{user.email} was removed from {course.code}; their submissions are kept.")
-    return redirect(url_for("ta.course", course_code=course.code))
+    return redirect(url_for("staff.course", course_code=course.code))

@@ -239,10 +239,7 @@ def _preview(course: Course, problem: Problem | None) -> Any:
     feedback = None if result.outcome is None else bank.preview_feedback(
         result.outcome, answer or "")
     reference = result.document.get("reference") or {}
-    if spec.answer == "expression":  # the derivative, as an expression
-        references = [(name, "expression", str(value)) for name, value in reference.items()]
-    else:
-        references = workspace.formatted_values(spec, {"values": reference})
+    references = workspace.formatted_references(spec, reference)
     return render_template(
         "staff_problems/preview.html", course=course, problem=problem, p=result,
         version=None if draft else number, draft=draft or None, answer=answer or "",

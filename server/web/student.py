@@ -20,12 +20,19 @@ from flask import (
 from flask_login import current_user
 
 from server.db import get_session, reads_first
+from server.engine.kinds import kind_of
 from server.models import utcnow
 from server.services import grading, workspace
 from server.services.assignments import student_assignments
 from server.services.courses import STAFF_ROLES, courses_for_user
 from server.services.errors import Conflict, Forbidden, NotFound, Unavailable, ValidationError
+from server.services.feedback import annotated_lines, general_errors, submission_summary
 from server.services.limits import SubmissionRateLimited, take_submission_slot
+from server.services.submissions import (
+    attempts_left_after,
+    course_submission_counts,
+    own_submission,
+)
 from server.web.access import end_transaction, login_required
 from server.web.app import limiter, rate
 from server.web.bank import get_bank_for_students
@@ -49,7 +56,7 @@ def dashboard() -> str:
     for status in statuses:
         by_course.setdefault(status.assignment.course_id, []).append(status)
     # Staff see their course's assignments with its submissions, not attempts of their own.
-    staff_counts = {course.id: grading.course_submission_counts(session, course)
+    staff_counts = {course.id: course_submission_counts(session, course)
                     for course, role in courses if role in STAFF_ROLES}
     end_transaction()
     return render_template(
@@ -201,8 +208,8 @@ def values_json(assignment_id: int, problem_id: str) -> Response:
 @login_required
 def values_npz(assignment_id: int, problem_id: str) -> Response:
     ws = _open(assignment_id, problem_id)
-    if ws.spec.answer == "expression":
-        abort(404, "An expression problem has no array values to download.")
+    if not kind_of(ws.spec).has_arrays:
+        abort(404, f"An {ws.spec.answer_kind} problem has no array values to download.")
     return _download(workspace.values_npz(ws.instance), "application/octet-stream",
                      f"{problem_id}-values.npz")
 
@@ -219,20 +226,20 @@ def _download(body: bytes, mimetype: str, filename: str) -> Response:
 def submission(submission_id: int) -> tuple[str, int]:
     session = get_session()
     try:
-        sub = grading.own_submission(session, current_user, submission_id)
+        sub = own_submission(session, current_user, submission_id)
     except NotFound as exc:
         abort(404, str(exc))
     except Forbidden as exc:
         abort(403, str(exc))
-    left = grading.attempts_left_after(session, sub)  # as of this submission
+    left = attempts_left_after(session, sub)  # as of this submission
     assignment = sub.assignment_problem.assignment
     assignment.course, sub.assignment_problem.problem  # noqa: B018  (for the template)
     end_transaction()
     return render_template(
         "student/submission.html",
-        sub=sub, summary=grading.submission_summary(sub, left),
-        lines=grading.annotated_lines(sub.answer, sub.result),
-        general=grading.general_errors(sub.result, sub.answer),
+        sub=sub, summary=submission_summary(sub, left),
+        lines=annotated_lines(sub.answer, sub.result),
+        general=general_errors(sub.result, sub.answer),
         assignment=assignment,
         problem=sub.assignment_problem.problem,
     ), 200

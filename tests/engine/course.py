@@ -1,4 +1,4 @@
-"""The course's answers, as written in DESIGN.md section 5 (shared by several tests)."""
+"""The course's answers, as written in docs/design.md section 5 (shared by several tests)."""
 
 # The recitation's 14 backward equations for the two-hidden-layer ReLU MLP.
 SEED_ANSWER = """\

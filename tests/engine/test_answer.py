@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.engine.answer import (
+from server.engine.equations import (
     MAX_LINES,
     MAX_STEPS,
     MAX_TEXT_CHARS,
@@ -21,7 +21,7 @@ from server.engine.answer import (
 
 from .course import SEED_ANSWER
 
-# --- the two-hidden-layer MLP of DESIGN.md §3, numerator layout --------------------------
+# --- the two-hidden-layer MLP of docs/design.md section 3, numerator layout ------------
 
 N, H1, H2, K = 3, 5, 4, 2
 DIMS = {"N": N, "H1": H1, "H2": H2, "K": K}

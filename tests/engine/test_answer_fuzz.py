@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.engine.answer import (
+from server.engine.equations import (
     AnswerContext,
     AnswerFormatError,
     AnswerRuntimeError,

@@ -13,12 +13,22 @@ from server.engine.problem import draw
 from server.engine.spec import parse_spec
 
 BANK = load_bank()
-ARRAY_PROBLEMS = [s for s in BANK.values() if s.answer != "expression"]
+ARRAY_PROBLEMS = [s for s in BANK.values() if s.answer_kind != "expression"]
 SEEDS = range(50)
 REQUIRED = {
-    "rule-1a-scalar-mult", "rule-2a-scalar-add", "rule-3a-scalar-chain", "rule-4a-generalized-chain",
-    "rule-1b-matmul", "rule-2b-vector-add", "rule-3b-jacobian", "rule-4b-generalized-chain",
-    "rule-5-elementwise-product", "rule-6-elementwise-function", "mlp-relu", "scan-mlp", "mlp-random",
+    "rule-1a-scalar-mult",
+    "rule-2a-scalar-add",
+    "rule-3a-scalar-chain",
+    "rule-4a-generalized-chain",
+    "rule-1b-matmul",
+    "rule-2b-vector-add",
+    "rule-3b-jacobian",
+    "rule-4b-generalized-chain",
+    "rule-5-elementwise-product",
+    "rule-6-elementwise-function",
+    "mlp-relu",
+    "scan-mlp",
+    "mlp-random",
 }
 
 
@@ -87,7 +97,9 @@ def plain_finite_differences(spec, inst, h=1e-6):
 
     def L(lv):
         vals = ref.run_forward(sched, lv)
-        return sum(float(np.sum(ref.to_layout(d, inst.layout) * vals[k])) for d, k in zip(dgiven, keys))
+        return sum(
+            float(np.sum(ref.to_layout(d, inst.layout) * vals[k])) for d, k in zip(dgiven, keys)
+        )
 
     out = {}
     for name, v in leaves.items():
@@ -110,7 +122,9 @@ def test_reference_matches_independent_finite_differences(spec):
         for name, g in fd.items():
             if spec.vars[name].role == "const":
                 continue
-            r = ref.to_layout(inst.reference["d" + name], inst.layout)  # back to the variable's shape
+            r = ref.to_layout(
+                inst.reference["d" + name], inst.layout
+            )  # back to the variable's shape
             assert np.allclose(r, g, rtol=1e-5, atol=1e-7), (spec.id, seed, name)
 
 
@@ -136,6 +150,6 @@ def test_denominator_layout_references_are_transposes(spec):
 
 def test_expression_problems_draw_deterministically():
     for spec in BANK.values():
-        if spec.answer == "expression":
+        if spec.answer_kind == "expression":
             for seed in SEEDS:
                 assert draw(spec, seed).to_json() == draw(spec, seed).to_json()

@@ -65,7 +65,15 @@ def test_a_comparison_in_an_expression_is_not_taken_for_a_left_hand_side():
     assert check_answer(spec, inst, "3*x**2 + exp(x)").valid
 
 
-def test_numpy_answers_are_checked_by_the_server():
+def test_numpy_answers_are_checked_with_the_sandbox_check_and_never_run():
+    from server.sandbox import check_source
+
     spec, inst = _instance("mlp-relu-numpy")
-    with pytest.raises(ValueError, match="checked by the server"):
+    with pytest.raises(TypeError, match="check_source"):  # the engine never imports it
         check_answer(spec, inst, "def backward(**kw):\n    return {}\n")
+    ran = "def backward(**kw):\n    raise SystemExit(3)\n"  # would fail if it ran
+    assert check_answer(spec, inst, ran, check_source=check_source).valid
+    assert check_answer(spec, None, ran, check_source=check_source).errors == []
+    invalid = check_answer(spec, inst, "def forward(**kw):\n    pass\n",
+                           check_source=check_source)
+    assert not invalid.valid and "backward" in invalid.errors[0]["message"]

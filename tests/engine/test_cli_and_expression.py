@@ -38,7 +38,19 @@ def test_instance_json_has_the_contract_and_is_deterministic():
     result = run("instance", "scan-mlp", "--seed", "4", "--seed", "5", "--json")
     assert result.exit_code == 0
     first, second = (json.loads(line) for line in result.output.splitlines())
-    for key in ("problem", "version", "seed", "layout", "dims", "choices", "forward", "given", "ask", "values", "reference"):
+    for key in (
+        "problem",
+        "version",
+        "seed",
+        "layout",
+        "dims",
+        "choices",
+        "forward",
+        "given",
+        "ask",
+        "values",
+        "reference",
+    ):
         assert key in first
     assert isinstance(first["values"]["z1"], list) and len(first["values"]["z1"]) == first["steps"]
     assert "dO" in first["values"] and "dX" in first["reference"] and "dz1" in first["reference"]
@@ -62,12 +74,18 @@ def test_solution_and_grade_round_trip(tmp_path):
     assert "✗" in text.output and "score: 0.857" in text.output
 
 
-@pytest.mark.parametrize("args, words", [
-    (["grade", "nope", "--seed", "1", "x.txt"], "unknown problem 'nope'"),
-    (["grade", "mlp-relu", "--seed", "-3", "x.txt"], "seed must be a non-negative integer"),
-    (["grade", "mlp-relu", "--seed", "1", "/does/not/exist.txt"], "cannot read /does/not/exist.txt"),
-    (["instance", "mlp-relu", "--seed", "abc"], "is not a valid integer"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["grade", "nope", "--seed", "1", "x.txt"], "unknown problem 'nope'"),
+        (["grade", "mlp-relu", "--seed", "-3", "x.txt"], "seed must be a non-negative integer"),
+        (
+            ["grade", "mlp-relu", "--seed", "1", "/does/not/exist.txt"],
+            "cannot read /does/not/exist.txt",
+        ),
+        (["instance", "mlp-relu", "--seed", "abc"], "is not a valid integer"),
+    ],
+)
 def test_bad_cli_input_is_a_clear_error_with_exit_2(args, words):
     result = run(*args)
     assert result.exit_code == 2

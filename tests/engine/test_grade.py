@@ -5,9 +5,10 @@ import json
 import pytest
 
 from server.engine.bank import load_bank
-from server.engine.grade import VERDICTS, GradientResult, grade_equations, weighted_score
+from server.engine.grade import grade_equations
 from server.engine.instance import draw_instance, legacy_hidden_seeds
 from server.engine.problem import grade_answer, model_answer
+from server.engine.results import VERDICTS, GradientResult, weighted_score
 from server.engine.spec import parse_spec
 
 from .course import SCAN_ANSWER, SEED_ANSWER, right_only_on_its_own_instance
@@ -25,7 +26,7 @@ def line(result, number):
     return next(e for e in result.equations if e.line == number)
 
 
-EQUATION_PROBLEMS = [s for s in BANK.values() if s.answer == "equations"]
+EQUATION_PROBLEMS = [s for s in BANK.values() if s.answer_kind == "equations"]
 
 
 @pytest.mark.parametrize("spec", EQUATION_PROBLEMS, ids=lambda s: s.id)
@@ -42,7 +43,9 @@ def test_seed_answer_scores_one(variant):
     if variant != "numbered":
         text = "\n".join(ln.split(". ", 1)[1] for ln in text.splitlines())
     if variant == "np":
-        text = text.replace("(z5 > 0)", "np.where(z5 > 0, 1, 0)").replace("(z2 > 0)", "np.maximum(z2 > 0, 0)")
+        text = text.replace("(z5 > 0)", "np.where(z5 > 0, 1, 0)").replace(
+            "(z2 > 0)", "np.maximum(z2 > 0, 0)"
+        )
     for seed in range(10):
         result = grade(MLP, text, seed)
         assert result.score == 1.0, result.to_json()
@@ -50,7 +53,9 @@ def test_seed_answer_scores_one(variant):
 
 
 def test_mask_from_z5_on_line_10_is_a_shape_message():
-    result = grade(MLP, SEED_ANSWER.replace("10. dz2 = dz3 * (z2 > 0).T", "10. dz2 = dz3 * (z5 > 0).T"))
+    result = grade(
+        MLP, SEED_ANSWER.replace("10. dz2 = dz3 * (z2 > 0).T", "10. dz2 = dz3 * (z5 > 0).T")
+    )
     ten = line(result, 10)
     assert ten.verdict == "wrong_shape" and ten.rule_correct is False
     assert "(z5 > 0).T is 1×" in ten.message and "must come from z2" in ten.message

@@ -19,7 +19,7 @@ from server.engine.problem import grade_answer
 from .course import SCAN_ANSWER, SEED_ANSWER
 
 BANK = load_bank()
-EQUATION_PROBLEMS = [s for s in BANK.values() if s.answer == "equations"]
+EQUATION_PROBLEMS = [s for s in BANK.values() if s.answer_kind == "equations"]
 LONG = os.environ.get("NABLA_FUZZ") == "long"
 
 

@@ -162,7 +162,9 @@ def test_points_are_sampled_on_both_sides_of_zero_where_L_is_defined():
     judgement = judge_expression(parse("2/sqrt(x**2)"), parse("2/x"), ["x"],
                                  function=parse("2*log(sqrt(x**2))"))
     assert judgement.verdict == "sign_for_negative"
-    assert "wrong sign for x < 0" in judgement.message and "not assumed positive" in judgement.message
+    assert (
+        "wrong sign for x < 0" in judgement.message and "not assumed positive" in judgement.message
+    )
     # where L is defined for x > 0 only, negative points are not used
     judgement = judge_expression(parse("2/sqrt(x**2)"), parse("2/x"), ["x"],
                                  function=parse("2*log(x)"))

@@ -8,7 +8,9 @@ from server.engine.bank import load_bank
 from server.engine.instance import draw_instance
 
 torch = pytest.importorskip(
-    "torch", reason="PyTorch is not installed (CPU build: pip install torch==2.13.0); torch cross-check skipped"
+    "torch",
+    reason="PyTorch is not installed (CPU build: pip install torch==2.13.0); "
+    "torch cross-check skipped",
 )
 
 TORCH_OPS = {
@@ -29,7 +31,7 @@ TORCH_OPS = {
     "sum": lambda a: a.sum().reshape(1, 1),
 }
 
-PROBLEMS = [s for s in load_bank().values() if s.answer != "expression"]
+PROBLEMS = [s for s in load_bank().values() if s.answer_kind != "expression"]
 
 
 @pytest.mark.parametrize("spec", PROBLEMS, ids=lambda s: s.id)
@@ -39,7 +41,9 @@ def test_references_agree_with_torch_autograd(spec):
         program = spec.program(inst.choice_index)
         sched = ref.schedule(program, inst.dims)
         leaves = {
-            n: torch.tensor(inst.values[n], dtype=torch.float64, requires_grad=spec.vars[n].role != "const")
+            n: torch.tensor(
+                inst.values[n], dtype=torch.float64, requires_grad=spec.vars[n].role != "const"
+            )
             for n in program.leaves
         }
         env = dict(leaves)
@@ -53,10 +57,17 @@ def test_references_agree_with_torch_autograd(spec):
         dgiven = inst.values["d" + spec.given]
         dgiven = dgiven if isinstance(dgiven, list) else [dgiven]
         keys = [ex.key for ex in sched if ex.step.target == spec.given]
-        loss = sum((torch.tensor(ref.to_layout(d, inst.layout)) * env[k]).sum() for d, k in zip(dgiven, keys))
+        loss = sum(
+            (torch.tensor(ref.to_layout(d, inst.layout)) * env[k]).sum()
+            for d, k in zip(dgiven, keys)
+        )
         loss.backward()
         for name, t in leaves.items():
             if t.grad is None:
                 continue
             expected = ref.to_layout(t.grad.numpy(), inst.layout)
-            assert np.allclose(inst.reference["d" + name], expected, rtol=1e-10, atol=1e-12), (spec.id, seed, name)
+            assert np.allclose(inst.reference["d" + name], expected, rtol=1e-10, atol=1e-12), (
+                spec.id,
+                seed,
+                name,
+            )

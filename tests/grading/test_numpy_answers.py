@@ -1,12 +1,19 @@
 """Numpy backward() answers graded through the sandbox, on the stored and hidden instances."""
 
+import functools
+
 import numpy as np
 import pytest
 
+from server import sandbox
 from server.engine.bank import load_bank
 from server.engine.instance import draw_hidden_instances, draw_instance, legacy_hidden_seeds
+from server.engine.kinds.numpy import grade_numpy as engine_grade_numpy
 from server.engine.problem import model_answer
-from server.grading import grade_numpy
+
+# The engine's numpy grader, with the sandbox passed in (as services and the CLI do).
+grade_numpy = functools.partial(engine_grade_numpy, run_job=sandbox.run_job,
+                                check_source=sandbox.check_source)
 
 SPEC = load_bank()["mlp-relu-numpy"]
 
@@ -33,7 +40,9 @@ def test_hidden_instances_have_the_same_structure_and_other_dims(inst):
 def test_hard_coded_answer_fails_on_hidden_instances(inst):
     literal = {k: np.array2string(v, separator=",", precision=17, threshold=10**6)
                for k, v in inst.reference.items()}
-    body = ", ".join(f'"{g}": np.array({literal[g]})' for g in ("dx", "dW1", "db1", "dW2", "db2", "dW3", "db3"))
+    body = ", ".join(
+        f'"{g}": np.array({literal[g]})' for g in ("dx", "dW1", "db1", "dW2", "db2", "dW3", "db3")
+    )
     source = f"import numpy as np\n\ndef backward(**kw):\n    return {{{body}}}\n"
     result = grade_numpy(SPEC, inst, source)
     assert result.valid and result.score == 0.0
@@ -54,7 +63,9 @@ def test_missing_gradient_and_runtime_error(inst):
     boom = "def backward(**kw):\n    return {'dx': kw['nope']}\n"
     result = grade_numpy(SPEC, inst, boom)
     assert result.gradients["dx"].verdict == "runtime_error"
-    assert "KeyError" in result.errors[0]["message"]  # shown once (tests/grading/test_numpy_feedback.py)
+    assert (
+        "KeyError" in result.errors[0]["message"]
+    )  # shown once (tests/grading/test_numpy_feedback.py)
     assert "/work/" not in result.errors[0]["message"]
 
 
@@ -69,13 +80,15 @@ def test_infinite_loop_is_a_time_limit(inst):
     assert {g.verdict for g in result.gradients.values()} == {"time_limit"}
 
 
-@pytest.mark.parametrize("problem", [s.id for s in load_bank().values() if s.answer != "expression"])
+@pytest.mark.parametrize(
+    "problem", [s.id for s in load_bank().values() if s.answer_kind != "expression"]
+)
 def test_model_numpy_answer_of_every_array_problem_scores_one(problem):
     """The derived backward() (dims read off shapes, no in-place aliasing) for
     every network in the bank, as if it were a numpy problem."""
     import dataclasses
 
-    spec = dataclasses.replace(load_bank()[problem], answer="numpy")
+    spec = dataclasses.replace(load_bank()[problem], answer_kind="numpy")
     for seed in (0, 1):
         inst = draw_instance(spec, seed)
         result = grade_numpy(spec, inst, model_answer(spec, inst))

@@ -8,6 +8,7 @@ server's decision.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import warnings
@@ -16,10 +17,15 @@ import numpy as np
 import numpy_attacks as attacks
 import pytest
 
+from server import sandbox
 from server.engine.bank import load_bank
 from server.engine.instance import draw_hidden_instances, draw_instance
+from server.engine.kinds.numpy import grade_numpy as engine_grade_numpy
 from server.engine.problem import model_answer
-from server.grading import grade_numpy
+
+# The engine's numpy grader, with the sandbox passed in (as services and the CLI do).
+grade_numpy = functools.partial(engine_grade_numpy, run_job=sandbox.run_job,
+                                check_source=sandbox.check_source)
 
 SPEC = load_bank()["mlp-relu-numpy"]
 SEEDS = (101, 202)
@@ -203,11 +209,15 @@ def test_an_own_runtime_error_is_shown_once_with_its_traceback(inst):
     assert "KeyError: 'nope'" in error["message"] and "/work/" not in error["message"]
     for g in ASKED:
         assert result.gradients[g].verdict == "runtime_error"
-        assert result.gradients[g].message == "not computed: the run failed (see the error at line 2)"
+        assert (
+            result.gradients[g].message == "not computed: the run failed (see the error at line 2)"
+        )
 
 
 def test_an_error_while_loading_is_shown_once(inst):
-    source = "import numpy as np\nW = np.zeros(3) @ np.zeros(4)\ndef backward(**kw):\n    return {}\n"
+    source = (
+        "import numpy as np\nW = np.zeros(3) @ np.zeros(4)\ndef backward(**kw):\n    return {}\n"
+    )
     result = grade(inst, source)
     (error,) = result.errors
     assert error["line"] == 2 and "ValueError" in error["message"]

@@ -71,7 +71,7 @@ def test_grades_exactly_as_the_engine_does_in_process(judge, problem_id):
     spec, inst, document = _job(problem_id)
     model = model_answer(spec, inst)
     first_line = model.splitlines()[0]
-    for answer in (model, f"-({model})" if spec.answer == "expression" else first_line):
+    for answer in (model, f"-({model})" if spec.answer_kind == "expression" else first_line):
         expected = grade_answer(spec, inst, answer, hidden_seeds=(11, 12)).to_json()
         assert grade(judge, spec, document, answer, (11, 12)) == expected
 

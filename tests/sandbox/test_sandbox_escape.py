@@ -32,7 +32,8 @@ ARGS = call_args()
 def attack(sb, body: str, *, time_limit_s: float = 1.0, prelude: str = "", **kw):
     """Run an answer whose backward() executes ``body`` and returns {"ok": x}."""
     indented = "\n".join("    " + line for line in body.strip("\n").splitlines())
-    src = f"import os, sys\nimport numpy as np\n{prelude}\ndef backward(x, W, dy):\n{indented}\n    return {{'ok': x}}\n"
+    src = (f"import os, sys\nimport numpy as np\n{prelude}\ndef backward(x, W, dy):\n"
+           f"{indented}\n    return {{'ok': x}}\n")
     worker = sb.worker_pid()
     r = run_job(src, [ARGS], time_limit_s=time_limit_s, **kw)
     assert r.status in ("ok", "time_limit", "memory_limit", "runtime_error", "invalid"), r
@@ -310,7 +311,9 @@ def test_time_limit_covers_the_whole_job(sandbox):
 
 
 def test_one_gb_of_stdout(sandbox):
-    body = "chunk = 'x' * 5000\nfor _ in range(200_000):\n    print(chunk)\nos.write(1, b'y' * 10**7)"
+    body = (
+        "chunk = 'x' * 5000\nfor _ in range(200_000):\n    print(chunk)\nos.write(1, b'y' * 10**7)"
+    )
     r = attack(sandbox, body, time_limit_s=3)
     assert r.status == "ok", r
     assert len(r.stdout) < 10_200
@@ -441,7 +444,8 @@ def test_return_a_huge_array(sandbox):
         "h = json.dumps({'k': 'call', 'i': 0, 's': 'ok', 'a': [['dW', '|O', [2]]]}).encode()\n"
         "os.write(3, struct.pack('<4sIQ', b'NBR1', len(h), 16) + h + b'x' * 16)",
         # a shape whose element count overflows
-        "h = json.dumps({'k': 'call', 'i': 0, 's': 'ok', 'a': [['dW', '<f8', [2**40, 2**40]]]}).encode()\n"
+        "h = json.dumps({'k': 'call', 'i': 0, 's': 'ok',\n"
+        "                'a': [['dW', '<f8', [2**40, 2**40]]]}).encode()\n"
         "os.write(3, struct.pack('<4sIQ', b'NBR1', len(h), 8) + h + b'x' * 8)",
         # an .npy/pickle blob instead of a frame
         "os.write(3, b'\\x93NUMPY\\x01\\x00' + b'cos\\nsystem\\n(S\"id\"\\ntR.')",

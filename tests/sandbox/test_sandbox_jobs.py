@@ -185,7 +185,9 @@ def backward(x, W, dy):
     r = run_job("import builtins\nbuiltins.len = None\ndef backward(**kw):\n    return {}\n",
                 [call_args()])
     assert r.status == "runtime_error"
-    clean = "import numpy as np\ndef backward(x, W, dy):\n    return {'p': np.dot(x, W), 'n': len(x)}\n"
+    clean = (
+        "import numpy as np\ndef backward(x, W, dy):\n    return {'p': np.dot(x, W), 'n': len(x)}\n"
+    )
     r = run_job(clean, [call_args()])
     np.testing.assert_allclose(r.calls[0].outputs["p"], call_args()["x"] @ call_args()["W"])
     assert r.calls[0].outputs["n"] == 3

@@ -150,7 +150,10 @@ def test_every_problem_of_the_real_bank_can_be_recorded(session):
     assert bank, "the problem bank is empty"
     for spec in bank.values():
         version = problems.record_problem_version(session, spec)
-        assert (version.problem.title, version.problem.answer_type) == (spec.title, spec.answer)
+        assert (version.problem.title, version.problem.answer_type) == (
+            spec.title,
+            spec.answer_kind,
+        )
         assert version.spec_text == spec.source and version.spec_hash == spec.version
 
 

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from server.models import Submission, User
-from server.services import grading
+from server.services import feedback, grading, submissions
 from server.services.errors import Forbidden, NotFound, ValidationError
 
 SECRET = b"grading-test-secret-" + b"x" * 20
@@ -64,7 +64,7 @@ def test_feedback_lines_mark_correct_wrong_and_carried():
         {"line": 3, "target": "dz4", "verdict": "incorrect", "rule_correct": True,
          "message": "right rule; the value carries the mistake from line 2"},
     ]}
-    lines = grading.annotated_lines("dz7 = doutput\ndz5 = x\ndz4 = dz5\n# done", result)
+    lines = feedback.annotated_lines("dz7 = doutput\ndz5 = x\ndz4 = dz5\n# done", result)
     assert [(line["verdict"], line["mark"]) for line in lines] == [
         ("correct", "✓"), ("wrong", "✗"), ("carried", "✗"), (None, "")]
     assert lines[1]["messages"] == ["mask from the wrong variable"]
@@ -135,7 +135,7 @@ class TestEquations:
         assert sub.graded_at is not None
         assert set(sub.result) >= {"valid", "score", "errors", "equations", "gradients"}
         assert all(g["verdict"] == "correct" for g in sub.result["gradients"].values())
-        assert grading.attempts_left(session, sub, student.id) == 2
+        assert submissions.attempts_left(session, sub, student.id) == 2
 
     def test_a_wrong_mask_is_named_once_and_later_lines_are_carried(
             self, session, engine_bank, people, make_assignment):
@@ -146,7 +146,7 @@ class TestEquations:
         assert wrong != answer
         sub = _submit(session, engine_bank, student, hw, "mlp-relu", wrong).submission
         assert sub.status == "graded" and 0 < sub.score < 1
-        lines = grading.annotated_lines(sub.answer, sub.result)
+        lines = feedback.annotated_lines(sub.answer, sub.result)
         verdicts = [line["verdict"] for line in lines if line["verdict"]]
         assert verdicts[:4] == ["correct"] * 4 and verdicts[4] == "wrong"
         assert "carried" in verdicts[5:]
@@ -212,7 +212,7 @@ class TestEquations:
         assert "costs no attempt" in sub.result["error"]
         assert "grading submission" in caplog.text
         assert ("engine bug" if action == "raise" else "died") in caplog.text
-        assert grading.attempts_left(session, sub, student.id) == 1
+        assert submissions.attempts_left(session, sub, student.id) == 1
 
     @pytest.mark.parametrize(("action", "words"), [
         ("regex", "took too long to grade (more than 1 s)"),
@@ -321,11 +321,10 @@ def test_hidden_instances_are_drawn_per_submission_and_stored(session, engine_ba
     assert first.hidden_seeds == grading.draw_hidden_seeds(SECRET, first.id, first.instance.seed)
     # The same own instance, other hidden instances for each submission; one
     # instance per sandbox job (the jobs of one submission run concurrently).
-    from server.engine.instance import Instance as EngineInstance
-    from server.engine.instance import draw_hidden_instances
+    from server.engine.instance import ArrayInstance, draw_hidden_instances
 
     spec = engine_bank["mlp-relu-numpy"]
-    own = EngineInstance.from_json(json.loads(first.instance.reference_json))
+    own = ArrayInstance.from_json(json.loads(first.instance.reference_json))
     for sub, dims in zip((first, second), seen_dims):
         hidden = draw_hidden_instances(spec, own, grading.hidden_seeds_of(
             sub, json.loads(sub.instance.reference_json)))
@@ -348,7 +347,7 @@ def test_a_sandbox_failure_costs_no_attempt(session, engine_bank, people, make_a
     assert (sub.status, sub.attempt) == ("error", None)
     assert "costs no attempt" in sub.result["error"] and "gone" not in sub.result["error"]
     assert "sandbox worker unavailable" in caplog.text
-    assert grading.attempts_left(session, sub, student.id) == 1
+    assert submissions.attempts_left(session, sub, student.id) == 1
 
 
 @pytest.mark.usefixtures("db_backend")
@@ -372,21 +371,21 @@ def test_students_see_only_their_submissions_and_staff_see_all(
     hw = make_assignment(session, course, problems=("mlp-relu",), max_attempts=1)
     mine = _submit(session, engine_bank, student, hw, "mlp-relu", "dz7 = doutput").submission
     refused = _submit(session, engine_bank, student, hw, "mlp-relu", "db3 = doutput").submission
-    assert grading.own_submission(session, student, mine.id) is mine
+    assert submissions.own_submission(session, student, mine.id) is mine
     with pytest.raises(Forbidden, match="not yours"):
-        grading.own_submission(session, other, mine.id)
+        submissions.own_submission(session, other, mine.id)
     with pytest.raises(NotFound):
-        grading.own_submission(session, student, mine.id + 1000)
-    listed = grading.course_submissions(session, course, hw.id)
+        submissions.own_submission(session, student, mine.id + 1000)
+    listed = submissions.course_submissions(session, course, hw.id)
     assert [s.id for s in listed] == [refused.id, mine.id]
-    assert grading.course_submission_counts(session, course) == {
+    assert submissions.course_submission_counts(session, course) == {
         hw.id: {"graded": 1, "refused": 1}}
-    assert grading.course_submissions(session, course, hw.id, status="refused") == [refused]
-    assert grading.course_submission(session, course, mine.id) is mine
+    assert submissions.course_submissions(session, course, hw.id, status="refused") == [refused]
+    assert submissions.course_submission(session, course, mine.id) is mine
     elsewhere = make_course(session, "CS999")
     with pytest.raises(NotFound):  # staff of another course do not see it
-        grading.course_submission(session, elsewhere, mine.id)
-    assert grading.course_submissions(session, elsewhere) == []
+        submissions.course_submission(session, elsewhere, mine.id)
+    assert submissions.course_submissions(session, elsewhere) == []
 
 
 # --- concurrency ----------------------------------------------------------------------------
@@ -474,7 +473,7 @@ def test_cached_engine_instances_follow_the_stored_document_not_the_row_id(engin
     for seed in (1, 2):
         inst = draw(spec, seed)
         n = inst.dims["N"]
-        job = grading.GradingJob(1, spec, 1, json.dumps(inst.to_json()), "dx = x")
+        job = grading.GradingJob(1, spec, json.dumps(inst.to_json()), "dx = x")
         (line,) = grading.grade_job(job).result["equations"]
         assert f"dx is {n}×1 but should be 1×{n}" in line["message"], seed
 
@@ -484,6 +483,6 @@ def test_feedback_groups_loop_steps_and_keeps_errors_past_the_last_line():
               "equations": [
                   {"line": 2, "target": f"dz1[{t}]", "verdict": "sign", "rule_correct": False,
                    "message": "wrong sign"} for t in range(3)]}
-    lines = grading.annotated_lines("for t in range(3):\n    dz1[t] = -dz2[t]", result)
+    lines = feedback.annotated_lines("for t in range(3):\n    dz1[t] = -dz2[t]", result)
     assert lines[1]["messages"] == ["dz1[0], dz1[1], dz1[2]: wrong sign"]
-    assert grading.general_errors(result, "a\nb") == ["time limit", "eof"]
+    assert feedback.general_errors(result, "a\nb") == ["time limit", "eof"]

@@ -15,7 +15,7 @@ def test_grade_job_checks_equations_on_the_hidden_seeds_of_the_submission():
     document = json.dumps(inst.to_json())
 
     def job(hidden_seeds):
-        return grading.GradingJob(1, spec, 1, document, text, tuple(hidden_seeds))
+        return grading.GradingJob(1, spec, document, text, tuple(hidden_seeds))
 
     assert grading.grade_job(job(())).score == 1.0  # no hidden check
     outcome = grading.grade_job(job(legacy_hidden_seeds(inst)))

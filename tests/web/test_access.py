@@ -20,7 +20,7 @@ def test_every_route_declares_its_access(app):
     # spot checks that the declarations are the intended ones
     assert declared["auth.login"] == "public"
     assert declared["student.dashboard"] == "login"
-    assert declared["ta.course"] == "role:ta,instructor"
+    assert declared["staff.course"] == "role:ta,instructor"
     assert declared["instructor.new_assignment"] == "role:instructor"
     assert declared["api.assignments"] == "token"
     for endpoint in ("student.problem", "student.submit", "student.submission",
@@ -28,7 +28,7 @@ def test_every_route_declares_its_access(app):
         assert declared[endpoint] == "login", endpoint
     for endpoint in ("api.problem", "api.submit", "api.submission", "api.problem_submissions"):
         assert declared[endpoint] == "token", endpoint
-    for endpoint in ("ta.submissions", "ta.submission"):
+    for endpoint in ("staff.submissions", "staff.submission"):
         assert declared[endpoint] == "role:ta,instructor", endpoint
 
 

@@ -40,7 +40,9 @@ def probe_app(app):
         from sqlalchemy.exc import OperationalError
 
         add("BUSY")
-        raise OperationalError("BEGIN IMMEDIATE", {}, sqlite3.OperationalError("database is locked"))
+        raise OperationalError(
+            "BEGIN IMMEDIATE", {}, sqlite3.OperationalError("database is locked")
+        )
 
     app.add_url_rule("/_probe/busy", view_func=busy)
     app.add_url_rule("/_probe/ok", view_func=ok)

@@ -84,7 +84,7 @@ class Student:
 
     def instance(self):
         """Open the problem (drawing the instance), and return it as the engine's."""
-        from server.engine.instance import Instance as EngineInstance
+        from server.engine.instance import ArrayInstance
         from server.models import Instance
 
         status, _ = self.api("GET", f"/assignments/{self.assignment}/problems/{PROBLEM}")
@@ -93,7 +93,7 @@ class Student:
         row = self.session.query(Instance).filter(Instance.user_id == self.user_id).one()
         document = json.loads(row.reference_json)
         self.session.rollback()  # SQLite: no lock held while the server writes
-        return EngineInstance.from_json(document)
+        return ArrayInstance.from_json(document)
 
     def submit(self, source: str) -> dict:
         status, body = self.api("POST", f"/assignments/{self.assignment}/problems/{PROBLEM}"

@@ -293,14 +293,17 @@ def test_pages_end_their_transaction_before_rendering(app, client, app_session, 
     open_at = []
 
     def check(sender, template, context, **extra):
-        mine = template.name.startswith(("student/problem", "student/submission", "ta/"))
+        mine = template.name.startswith(("student/problem", "student/submission", "staff/"))
         if mine and get_session().in_transaction():
             open_at.append(template.name)
 
     pages = {"student": [_page(course["hw"], "mlp-relu"), location],
              "ta": ["/staff/CS101/", f"/staff/CS101/assignments/{course['hw']}/submissions",
                     f"/staff/CS101/submissions/{sub_id}"]}
-    with before_render_template.connected_to(check, app), template_rendered.connected_to(check, app):
+    with (
+        before_render_template.connected_to(check, app),
+        template_rendered.connected_to(check, app),
+    ):
         for who, urls in pages.items():
             login(client, f"{who}1@example.edu" if who == "student" else "ta@example.edu")
             for url in urls:

@@ -1,4 +1,5 @@
-"""Course staff pages (TAs and instructors), per course under /staff/<course_code>."""
+"""Course staff pages (TAs and instructors), per course under /staff/<course_code>
+(blueprint ``staff``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from flask import Blueprint, abort, render_template, request
 
 from server.db import get_session
 from server.models import STATUS_VALUES, Course, utcnow
-from server.services import grading
 from server.services.assignments import (
     course_assignments,
     get_course_assignment,
@@ -16,9 +16,16 @@ from server.services.assignments import (
 )
 from server.services.courses import roster
 from server.services.errors import NotFound
+from server.services.feedback import annotated_lines, general_errors, submission_summary
+from server.services.submissions import (
+    attempts_left_after,
+    course_submission,
+    course_submission_counts,
+    course_submissions,
+)
 from server.web.access import end_transaction, role_required
 
-bp = Blueprint("ta", __name__, url_prefix="/staff")
+bp = Blueprint("staff", __name__, url_prefix="/staff")
 
 
 @bp.route("/<course_code>/")
@@ -27,10 +34,10 @@ def course(course: Course) -> str:
     session = get_session()
     assignments = course_assignments(session, course)
     enrollments = roster(session, course)
-    counts = grading.course_submission_counts(session, course)
+    counts = course_submission_counts(session, course)
     end_transaction()
     return render_template(
-        "ta/course.html", course=course, assignments=assignments, enrollments=enrollments,
+        "staff/course.html", course=course, assignments=assignments, enrollments=enrollments,
         submission_counts=counts,
     )
 
@@ -53,12 +60,12 @@ def submissions(course: Course, assignment_id: int) -> str:
     problem_ids = [ap.problem_id for ap in assignment.problems]
     if problem is not None and problem not in problem_ids:
         abort(400, f"problem: {problem!r} is not a problem of {assignment.title!r}")
-    submissions = grading.course_submissions(
+    submissions = course_submissions(
         session, course, assignment.id, status=status, problem_id=problem,
         user_id=None if student is None else student.user_id)
     end_transaction()
     return render_template(
-        "ta/submissions.html",
+        "staff/submissions.html",
         course=course, assignment=assignment, status=status, statuses=STATUS_VALUES,
         submissions=submissions, members=members, student=student, problem=problem,
         problems=assignment.problems,
@@ -85,9 +92,9 @@ def student(course: Course, user_id: int) -> str:
     if member is None:
         abort(404, f"student: no one with id {user_id} in {course.code}")
     statuses = student_assignments(session, member.user, utcnow(), course)
-    submissions = grading.course_submissions(session, course, user_id=user_id)
+    submissions = course_submissions(session, course, user_id=user_id)
     end_transaction()
-    return render_template("ta/student.html", course=course, member=member,
+    return render_template("staff/student.html", course=course, member=member,
                            statuses=statuses, submissions=submissions)
 
 
@@ -96,16 +103,16 @@ def student(course: Course, user_id: int) -> str:
 def submission(course: Course, submission_id: int) -> str:
     session = get_session()
     try:
-        sub = grading.course_submission(session, course, submission_id)
+        sub = course_submission(session, course, submission_id)
     except NotFound as exc:
         abort(404, str(exc))
-    left = grading.attempts_left_after(session, sub)  # as of this submission
+    left = attempts_left_after(session, sub)  # as of this submission
     sub.user, sub.assignment_problem.problem  # noqa: B018  (for the template)
     end_transaction()
     return render_template(
-        "ta/submission.html",
-        course=course, sub=sub, summary=grading.submission_summary(sub, left),
-        lines=grading.annotated_lines(sub.answer, sub.result),
-        general=grading.general_errors(sub.result, sub.answer),
+        "staff/submission.html",
+        course=course, sub=sub, summary=submission_summary(sub, left),
+        lines=annotated_lines(sub.answer, sub.result),
+        general=general_errors(sub.result, sub.answer),
         assignment=sub.assignment_problem.assignment,
     )

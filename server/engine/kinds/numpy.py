@@ -1,4 +1,4 @@
-"""Grading numpy ``backward`` answers: the engine's references, run through the sandbox.
+"""Numpy answers (``answer = "numpy"``): a module defining ``backward``, run in the sandbox.
 
 The answer is checked on the student's own instance and on hidden instances of
 the same structure with other dims and values (their seeds drawn per
@@ -8,7 +8,8 @@ one grade run concurrently.
 
 Who decides what (docs/sandbox.md, "Outcomes"): whether the answer is invalid
 (it does not compile, or binds no ``backward`` at module level) is decided
-here, before anything runs. Once a child has the job, the outcome costs an
+here (with the sandbox's ``check_source``, passed in: the engine never imports
+the sandbox), before anything runs. Once a child has the job, the outcome costs an
 attempt whatever the child sends: it can deliver arrays (judged here against
 the references) or an error. For the own instance the error is shown whole
 (message, traceback); for a hidden check only which check failed, a builtin
@@ -19,22 +20,21 @@ printed output, values or shapes that came from the run.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from server.engine.grade import (
-    GradeResult,
-    GradientResult,
-    Layout,
-    invalid,
-    judge_gradient,
-    weighted_score,
-)
-from server.engine.instance import Instance, draw_hidden_instances, legacy_hidden_seeds
-from server.engine.spec import ProblemSpec
-from server.sandbox.source import check_source
+from server.engine.grade import Layout, judge_gradient
+from server.engine.instance import ArrayInstance, draw_hidden_instances, legacy_hidden_seeds
+from server.engine.kinds.equations import ProgramKind
+from server.engine.results import GradeResult, GradientResult, invalid, weighted_score
+from server.engine.solution import model_solution
+
+if TYPE_CHECKING:
+    from server.engine.spec import ProblemSpec
 
 FUNCTION = "backward"
 TIME_LIMIT_S = 2.0
@@ -55,23 +55,63 @@ HIDDEN_VERDICT_TEXT = {
 }
 
 
-def call_arguments(spec: ProblemSpec, inst: Instance) -> dict:
+class NumpyKind(ProgramKind):
+    name = "numpy"
+    partial = "kinds/numpy.html"
+    file_suffix = ".py"
+    runs_student_code = True
+
+    def tolerance(self, spec: ProblemSpec) -> float:
+        return spec.numpy_rtol
+
+    def model_check_spec(self, spec: ProblemSpec) -> ProblemSpec:
+        """The equations form: the numpy model is generated from it line by line."""
+        import dataclasses
+
+        return dataclasses.replace(spec, answer_kind="equations")
+
+    def grade(self, spec: ProblemSpec, inst: ArrayInstance, text: str, *,
+              hidden_seeds: Sequence[int] | None = None,
+              run_job: Callable[..., Any] | None = None,
+              check_source: Callable[..., Any] | None = None) -> GradeResult:
+        if run_job is None or check_source is None:
+            raise TypeError("numpy answers run in the sandbox: pass run_job and check_source "
+                            "(server.sandbox)")
+        return grade_numpy(spec, inst, text, hidden_seeds=hidden_seeds, run_job=run_job,
+                           check_source=check_source)
+
+    def check(self, spec: ProblemSpec, inst: ArrayInstance | None, text: str, *,
+              check_source: Callable[..., Any] | None = None) -> GradeResult:
+        """Whether the module compiles and binds ``backward`` (``check_source``, the
+        sandbox's); its shapes are known only by running it, which a check never does."""
+        if check_source is None:
+            raise TypeError("numpy answers are checked with the sandbox's check_source")
+        problem = check_source(text, FUNCTION)
+        if problem is not None:
+            return invalid([{"line": problem.line or 0, "message": problem.message}])
+        return GradeResult(True, 0.0)
+
+    def model_answer(self, spec: ProblemSpec, inst: ArrayInstance) -> str:
+        return numpy_model_answer(spec, inst, model_solution(spec, spec.program(inst.choice_index)))
+
+
+def call_arguments(inst: ArrayInstance) -> dict:
     """Keyword arguments for ``backward``: every forward value and d<given>."""
     return {name: value for name, value in inst.values.items()}
 
 
-def grade_numpy(spec: ProblemSpec, inst: Instance, source: str, *,
-                hidden_seeds: Sequence[int] | None = None, run_job=None,
+def grade_numpy(spec: ProblemSpec, inst: ArrayInstance, source: str, *,
+                run_job: Callable[..., Any], check_source: Callable[..., Any],
+                hidden_seeds: Sequence[int] | None = None,
                 concurrent: bool = True) -> GradeResult:
     """Grade ``source`` on ``inst`` and the hidden instances of ``hidden_seeds``
     (the server draws them per submission; without them, the instance's own
     deterministic ones, as for ``nabla grade``). ``run_job`` runs one sandbox job
-    (``server.sandbox.run_job`` by default); it is called once per instance."""
+    (``server.sandbox.run_job``); it is called once per instance. ``check_source``
+    (``server.sandbox.check_source``) decides whether the module is an answer."""
     problem = check_source(source, FUNCTION)
     if problem is not None:
         return invalid([{"line": problem.line or 0, "message": problem.message}])
-    if run_job is None:
-        from server.sandbox import run_job
     if hidden_seeds is None:
         hidden_seeds = legacy_hidden_seeds(inst)
     asked = ["d" + a for a in inst.ask]
@@ -79,10 +119,10 @@ def grade_numpy(spec: ProblemSpec, inst: Instance, source: str, *,
     # The own instance's child starts first; each hidden instance is drawn while
     # the children before it run, then gets its own child.
     instances = [inst]
-    jobs.start(call_arguments(spec, inst), last=not hidden_seeds)
+    jobs.start(call_arguments(inst), last=not hidden_seeds)
     for k, seed in enumerate(hidden_seeds):
         instances += draw_hidden_instances(spec, inst, [seed])
-        jobs.start(call_arguments(spec, instances[-1]), last=k == len(hidden_seeds) - 1)
+        jobs.start(call_arguments(instances[-1]), last=k == len(hidden_seeds) - 1)
     results = jobs.results()
     if any(r.status == "error" for r in results):  # our fault: costs the student nothing
         return invalid([{"line": 0, "message": OUR_FAILURE}])
@@ -163,7 +203,7 @@ class _Failure:
 class _Check:
     """One instance's job: the own instance (number 0) or hidden check ``number``."""
 
-    def __init__(self, number: int, hidden: int, instance: Instance, result, source: str):
+    def __init__(self, number: int, hidden: int, instance: ArrayInstance, result, source: str):
         self.instance, self.result = instance, result
         self.own = number == 0
         self.name = "your instance" if self.own else f"hidden check {number} of {hidden}"
@@ -240,3 +280,58 @@ def name_other_layout(verdicts: dict[str, GradientResult], layout: str
     message = f"this answer uses {other} layout; the problem uses {layout} layout"
     return {g: GradientResult("wrong_layout", message) if v.verdict == "transposed" else v
             for g, v in verdicts.items()}
+
+
+def numpy_model_answer(spec: ProblemSpec, inst: ArrayInstance, equations: str) -> str:
+    """The model equations as a ``backward`` function: dims are read off the
+    arguments' shapes, gradients start at zero, indexed ones are lists."""
+    program = spec.program(inst.choice_index)
+    names = list(program.leaves) + list(program.intermediates)
+    dims_lines = []
+    for dim in spec.dims:
+        for name in program.leaves:
+            shape = program.shapes[name]
+            for axis, d in enumerate(shape):
+                if d.terms == ((dim, 1),) and d.const == 0:
+                    dims_lines.append(f"    {dim} = {name}.shape[{axis}]")
+                    break
+            else:
+                continue
+            break
+    accumulated = set(re.findall(r"\bd(\w+)(?:\[[^\]]*\])?\s*\+=", equations))
+    body = []
+    for name in names:
+        if spec.vars.get(name) is not None and spec.vars[name].role == "const":
+            continue
+        if name == spec.given:
+            continue
+        if name in program.indexed:
+            body.append(f"    d{name} = [None] * len({name})")
+        elif name in accumulated:  # gradients start at zero
+            zero = (
+                f"np.zeros_like({name}.T)"
+                if spec.layout == "numerator"
+                else f"np.zeros_like({name})"
+            )
+            body.append(f"    d{name} = {zero}")
+    code = []
+    for line in equations.splitlines():
+        stripped = line.lstrip()
+        indent = line[: len(line) - len(stripped)]
+        if stripped[:1].isdigit():
+            stripped = stripped.split(" ", 1)[1]
+        stripped = stripped.replace("diag(", "np.diagflat(").replace("ones_like(", "np.ones_like(")
+        target, op, rhs = stripped.partition(" += ")
+        if op and not target.endswith("]"):
+            # a = a + b, not a += b: after "dz4 = dy", an in-place += on dz4 would change dy too
+            stripped = f"{target} = {target} + {rhs}"
+        code.append("    " + indent + stripped)
+    args = ", ".join(names + ["d" + spec.given])
+    ret = ", ".join(f'"d{a}": d{a}' for a in program.ask)
+    return "\n".join(
+        ["import numpy as np", "", "", f"def backward({args}, **_):"]
+        + dims_lines
+        + body
+        + code
+        + [f"    return {{{ret}}}", ""]
+    )
