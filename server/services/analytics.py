@@ -46,7 +46,7 @@ from server.models import (
 )
 from server.models.verdict import SubmissionVerdict
 from server.services import gradebook
-from server.services.errors import NotFound
+from server.services.errors import NotFound, ValidationError
 
 FULL = 0.999999  # a score at least this is 100%
 BINS = 10
@@ -251,7 +251,7 @@ def assignment_analytics(session: Session, course: Course, assignment_id: int) -
     students = _students(course)
     connection = session.connection()
     mine = and_(Submission.assignment_problem_id.in_(ids), Submission.user_id.in_(students))
-    day = func.date(Submission.created_at)
+    day = _utc_day(connection, Submission.created_at)
     per_day = {str(d): int(n) for d, n in connection.execute(
         select(day, func.count(Submission.id)).where(mine).group_by(day))}
     # Students at 100% on every problem: the day their last problem first reached 100%.
@@ -260,7 +260,7 @@ def assignment_analytics(session: Session, course: Course, assignment_id: int) -
                   .group_by(Submission.user_id, Submission.assignment_problem_id).subquery())
     done = (select(func.max(first_full.c.at).label("at")).group_by(first_full.c.user_id)
             .having(func.count() == len(ids)).subquery())
-    done_day = func.date(done.c.at)
+    done_day = _utc_day(connection, done.c.at)
     completed = {str(d): int(n) for d, n in connection.execute(
         select(done_day, func.count()).group_by(done_day))}
     timeline, submissions_so_far, students_so_far = [], 0, 0
@@ -303,7 +303,80 @@ def assignment_analytics(session: Session, course: Course, assignment_id: int) -
     }
 
 
+def _utc_day(connection: Any, column: Any) -> Any:
+    """The UTC date of a timestamp column (PostgreSQL's date() follows the session's
+    time zone; SQLite stores UTC)."""
+    if connection.dialect.name == "postgresql":
+        return func.date(func.timezone("UTC", column))
+    return func.date(column)
+
+
 def _date(moment: dt.datetime) -> str:
     if moment.tzinfo is not None:
         moment = moment.astimezone(dt.UTC)
     return moment.date().isoformat()
+
+
+# --- the submissions behind a number ------------------------------------------------
+
+FILTERS = ("gradient", "verdict", "step", "line", "bin", "attempt", "full", "choice", "day",
+           "late", "students")
+
+
+def submission_filters(course: Course, args: Any) -> tuple[list[Any], dict[str, str]]:
+    """SQL conditions on submissions for the analytics' filters in ``args`` (a mapping
+    of query parameters), and the filters as given. Raises ValidationError naming
+    the parameter and the reason."""
+    given = {name: str(args.get(name)) for name in FILTERS if args.get(name)}
+    where: list[Any] = []
+    if ("gradient" in given) != ("verdict" in given):
+        raise ValidationError("verdict", "gradient and verdict go together")
+    if "gradient" in given:
+        where.append(Submission.id.in_(select(SubmissionVerdict.submission_id).where(
+            SubmissionVerdict.gradient == given["gradient"],
+            SubmissionVerdict.verdict == given["verdict"])))
+    if "step" in given:
+        where.append(Submission.id.in_(select(SubmissionVerdict.submission_id).where(
+            SubmissionVerdict.position == 0,
+            SubmissionVerdict.first_step == _number(given, "step", 1))))
+    if "line" in given:
+        where.append(Submission.id.in_(select(SubmissionVerdict.submission_id).where(
+            SubmissionVerdict.position == 0, SubmissionVerdict.first_text == given["line"])))
+    if "bin" in given:
+        low = _number(given, "bin", 0, BINS - 1)
+        where += [Submission.status == GRADED, Submission.score >= low / BINS - 1e-9]
+        if low < BINS - 1:
+            where.append(Submission.score < (low + 1) / BINS - 1e-9)
+    if "attempt" in given:
+        where.append(Submission.attempt == _number(given, "attempt", 1))
+    if "full" in given:
+        where += [Submission.status == GRADED, Submission.score >= FULL]
+    if "students" in given:  # the analytics count students only
+        where.append(Submission.user_id.in_(_students(course)))
+    if "late" in given:
+        where.append(Submission.late.is_(True))
+    if "day" in given:
+        try:
+            day = dt.date.fromisoformat(given["day"])
+        except ValueError:
+            raise ValidationError("day", f"{given['day']!r} is not a date (YYYY-MM-DD)") from None
+        start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+        where += [Submission.created_at >= start,
+                  Submission.created_at < start + dt.timedelta(days=1)]
+    if "choice" in given:
+        name, _, label = given["choice"].partition(":")
+        if not name or not label:
+            raise ValidationError("choice", f"{given['choice']!r} is not NAME:OPTION")
+        pair = json.dumps({name: label}, separators=(",", ":"))[1:-1]
+        pattern = "%" + pair.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        where.append(Submission.instance_id.in_(select(Instance.id).where(
+            Instance.choices_json.like(pattern, escape="\\"))))
+    return where, given
+
+
+def _number(given: dict[str, str], name: str, low: int, high: int | None = None) -> int:
+    raw = given[name]
+    if not raw.isdigit() or int(raw) < low or (high is not None and int(raw) > high):
+        bounds = f"{low}..{high}" if high is not None else f"at least {low}"
+        raise ValidationError(name, f"{raw!r} is not a whole number {bounds}")
+    return int(raw)

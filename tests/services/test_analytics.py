@@ -73,9 +73,9 @@ STUDENTS = {
 }
 
 
-@pytest.fixture
-def known(session, make_user, make_course, make_assignment, make_instance, make_submission,
-          engine_bank):
+def build_known(session, make_user, make_course, make_assignment, make_instance,
+                make_submission, engine_bank):
+    """A course whose submissions have the verdicts of STUDENTS (and a staff one)."""
     teacher = make_user(session, "teacher@example.edu", "Teacher")
     users = {name: make_user(session, f"{name}@example.edu", name) for name in STUDENTS}
     course = make_course(session, members={teacher: "instructor",
@@ -104,7 +104,14 @@ def known(session, make_user, make_course, make_assignment, make_instance, make_
                                            [(1, "dW2", "transposed")]))
     record_verdicts(session, staff)
     session.commit()
-    return {"course": course, "hw": hw, "ap": ap, "users": users}
+    return {"course": course, "hw": hw, "ap": ap, "users": users, "teacher": teacher}
+
+
+@pytest.fixture
+def known(session, make_user, make_course, make_assignment, make_instance, make_submission,
+          engine_bank):
+    return build_known(session, make_user, make_course, make_assignment, make_instance,
+                       make_submission, engine_bank)
 
 
 def expected_numbers(engine_bank):
