@@ -47,10 +47,13 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("submission_id", "gradient", name=op.f("pk_submission_verdicts")),
     )
     with op.batch_alter_table("submission_verdicts", schema=None) as batch_op:
-        batch_op.create_index("ix_submission_verdicts_problem_gradient",
-                              ["assignment_problem_id", "gradient", "verdict"], unique=False)
+        batch_op.create_index(
+            "ix_submission_verdicts_problem_gradient",
+            ["assignment_problem_id", "gradient", "verdict", "user_id", "position"], unique=False)
+        batch_op.create_index("ix_submission_verdicts_problem_user",
+                              ["assignment_problem_id", "user_id", "verdict"], unique=False)
         batch_op.create_index("ix_submission_verdicts_problem_step",
-                              ["assignment_problem_id", "first_step"], unique=False)
+                              ["assignment_problem_id", "position", "first_step"], unique=False)
     backfill(op.get_bind())
 
 
@@ -91,5 +94,6 @@ def backfill(connection: sa.Connection) -> None:
 def downgrade() -> None:
     with op.batch_alter_table("submission_verdicts", schema=None) as batch_op:
         batch_op.drop_index("ix_submission_verdicts_problem_step")
+        batch_op.drop_index("ix_submission_verdicts_problem_user")
         batch_op.drop_index("ix_submission_verdicts_problem_gradient")
     op.drop_table("submission_verdicts")

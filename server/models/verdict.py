@@ -19,10 +19,15 @@ class SubmissionVerdict(Base):
     """
 
     __tablename__ = "submission_verdicts"
+    # Covering indexes for services.analytics' GROUP BYs: per gradient and verdict,
+    # per student (by structural choice), and the first mistakes (position 0).
     __table_args__ = (
         Index("ix_submission_verdicts_problem_gradient", "assignment_problem_id", "gradient",
+              "verdict", "user_id", "position"),
+        Index("ix_submission_verdicts_problem_user", "assignment_problem_id", "user_id",
               "verdict"),
-        Index("ix_submission_verdicts_problem_step", "assignment_problem_id", "first_step"),
+        Index("ix_submission_verdicts_problem_step", "assignment_problem_id", "position",
+              "first_step"),
     )
 
     submission_id: Mapped[int] = mapped_column(

@@ -200,13 +200,21 @@ def _by_choice(connection: Any, ids: list[int], students: Any) -> dict[str, Any]
                func.sum(case((Submission.score >= FULL, 1), else_=0)))
         .join(Instance, Instance.id == Submission.instance_id).where(graded)
         .group_by(Instance.choices_json)).all()
-    mistakes = connection.execute(
-        select(Instance.choices_json, SubmissionVerdict.verdict, func.count())
-        .join(Submission, Submission.id == SubmissionVerdict.submission_id)
-        .join(Instance, Instance.id == Submission.instance_id)
+    # Wrong verdicts per student first (an index-only scan), then per choice: a
+    # student's structure is their instance's.
+    per_student = (
+        select(SubmissionVerdict.user_id, SubmissionVerdict.assignment_problem_id,
+               SubmissionVerdict.verdict, func.count().label("n"))
         .where(SubmissionVerdict.assignment_problem_id.in_(ids),
                SubmissionVerdict.user_id.in_(students), SubmissionVerdict.verdict != "correct")
-        .group_by(Instance.choices_json, SubmissionVerdict.verdict)).all()
+        .group_by(SubmissionVerdict.assignment_problem_id, SubmissionVerdict.user_id,
+                  SubmissionVerdict.verdict).subquery())
+    mistakes = connection.execute(
+        select(Instance.choices_json, per_student.c.verdict, func.sum(per_student.c.n))
+        .join(Instance, and_(Instance.user_id == per_student.c.user_id,
+                             Instance.assignment_problem_id
+                             == per_student.c.assignment_problem_id))
+        .group_by(Instance.choices_json, per_student.c.verdict)).all()
     out: dict[str, dict[str, dict[str, Any]]] = {}
 
     def option(choices_json: str) -> list[dict[str, Any]]:
