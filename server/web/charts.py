@@ -64,9 +64,11 @@ def stacked_shares(title: str, rows: Sequence[str], series: dict[str, list[float
     """Horizontal stacked bars: per row (a gradient), the share of each series (verdict)."""
     chart = pygal.HorizontalStackedBar(title=title, show_legend=True, legend_at_bottom=True,
                                        range=(0, 100), **{**CONFIG, "height": 90 + 34 * len(rows)})
-    chart.x_labels = list(rows)
+    # pygal draws the first row at the bottom: reversed, the first gradient is on top.
+    chart.x_labels = list(rows)[::-1]
     for name, shares in series.items():
-        chart.add(name, _values(shares, links[name], [f"{name}: {s:.0f}%" for s in shares]))
+        chart.add(name, _values(shares[::-1], links[name][::-1],
+                                [f"{name}: {s:.0f}%" for s in shares[::-1]]))
     return _svg(chart, nonce, title)
 
 
