@@ -12,6 +12,7 @@ from server.models.problem import Problem, ProblemVersion
 from server.models.submission import STATUS_VALUES, Regrade, Submission, SubmissionStatus
 from server.models.token import ApiToken
 from server.models.user import User
+from server.models.verdict import SubmissionVerdict
 
 __all__ = [
     "JOB_STATES",
@@ -38,6 +39,7 @@ __all__ = [
     "ScorePolicy",
     "Submission",
     "SubmissionStatus",
+    "SubmissionVerdict",
     "User",
     "utcnow",
 ]

@@ -197,3 +197,10 @@ def _cells(session: Session, assignments: list[Assignment], user_ids: list[int] 
         cell = cells.get(pair, EMPTY)
         cells[pair] = cell._replace(score=score, overridden=True)
     return cells
+
+
+def final_cells(session: Session, assignments: list[Assignment], user_ids: list[int],
+                problem_ids: set[int]) -> dict[tuple[int, int], Cell]:
+    """The cells of some assignment problems (analytics' final scores): the gradebook's."""
+    return {key: cell for key, cell in _cells(session, assignments, user_ids).items()
+            if key[1] in problem_ids}

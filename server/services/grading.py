@@ -54,6 +54,7 @@ from server.services.errors import NotFound, Unavailable, ValidationError
 from server.services.instances import Draw, derive_seed, get_instance, get_or_create_instance
 from server.services.problems import record_problem_version
 from server.services.submissions import attempts_left, store_submission_once
+from server.services.verdicts import record_verdicts
 
 log = logging.getLogger(__name__)
 
@@ -395,6 +396,7 @@ def record_outcome(
     # Not key-sorted: the gradients stay in the order the problem asks for them.
     submission.result_json = json.dumps(result, separators=(",", ":"))
     session.flush()
+    record_verdicts(session, submission)  # the queryable copy for analytics
     return submission
 
 

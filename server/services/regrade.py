@@ -56,6 +56,7 @@ from server.services import grading
 from server.services.errors import ValidationError
 from server.services.jobs import add_progress, create_job, job_kind
 from server.services.problems import record_problem_version
+from server.services.verdicts import record_verdicts
 
 log = logging.getLogger(__name__)
 CHUNK_SIZE = 200
@@ -293,6 +294,7 @@ def _apply_group(session: Session, instance_id: int, group: list[tuple[_Task, An
             new_result_json=result_json, created_at=now))
         submission.status, submission.score, submission.result_json = status, score, result_json
         submission.graded_at = now
+        record_verdicts(session, submission)
     return changes, errors
 
 

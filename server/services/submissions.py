@@ -19,6 +19,7 @@ storing (and grading) a second one.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy import func, select
@@ -244,10 +245,11 @@ def problem_submissions(session: Session, user: User,
 def course_submissions(
     session: Session, course: Course, assignment_id: int | None = None, *,
     status: str | None = None, user_id: int | None = None, problem_id: str | None = None,
-    limit: int = 500,
+    limit: int = 500, where: Sequence[Any] = (),
 ) -> list[Submission]:
     """Every submission in a course (refused ones too), newest first, for staff;
-    optionally of one assignment, status, student or problem."""
+    optionally of one assignment, status, student or problem, and ``where``: more
+    conditions (services.analytics.submission_filters)."""
     query = (
         select(Submission)
         .join(AssignmentProblem, AssignmentProblem.id == Submission.assignment_problem_id)
@@ -255,7 +257,7 @@ def course_submissions(
         .options(selectinload(Submission.user),
                  selectinload(Submission.assignment_problem).selectinload(
                      AssignmentProblem.problem))
-        .where(Assignment.course_id == course.id)
+        .where(Assignment.course_id == course.id, *where)
         .order_by(Submission.created_at.desc(), Submission.id.desc())
         .limit(limit)
     )

@@ -265,14 +265,10 @@ def submission(submission_id: int) -> Response:
     return jsonify(submission_summary(sub, left))
 
 
-@bp.route("/courses/<course_code>/grades.csv")
-@token_required
-@reads_first
-def grades_csv(course_code: str) -> Response:
-    """The course's grades as CSV (``format=long|canvas``, ``assignment=ID``): the bytes
-    of the gradebook page's export. Course staff only."""
+def _staff_course(course_code: str, what: str) -> Any:
+    """The course of ``course_code`` if the token's user is on its staff (or an admin):
+    404 when the course is unknown or not theirs, 403 for its students."""
     from server.services.courses import STAFF_ROLES, get_course, role_in_course
-    from server.web.gradebook import csv_response
 
     session = get_session()
     user = g.api_user
@@ -281,9 +277,42 @@ def grades_csv(course_code: str) -> Response:
     if course is None or (role is None and not user.is_admin):
         abort(404, f"There is no course {course_code}.")
     if role not in STAFF_ROLES and not user.is_admin:
-        abort(403, "Grades are for the course's staff only.")
+        abort(403, f"{what} are for the course's staff only.")
+    return course
+
+
+def _assignment_arg() -> int | None:
     raw = request.args.get("assignment") or None
     if raw is not None and not raw.isdigit():
         abort(400, f"assignment: {raw!r} is not a number")
-    return csv_response(session, course, request.args.get("format"),
-                        None if raw is None else int(raw))
+    return None if raw is None else int(raw)
+
+
+@bp.route("/courses/<course_code>/grades.csv")
+@token_required
+@reads_first
+def grades_csv(course_code: str) -> Response:
+    """The course's grades as CSV (``format=long|canvas``, ``assignment=ID``): the bytes
+    of the gradebook page's export. Course staff only."""
+    from server.web.gradebook import csv_response
+
+    course = _staff_course(course_code, "Grades")
+    return csv_response(get_session(), course, request.args.get("format"), _assignment_arg())
+
+
+@bp.route("/courses/<course_code>/analytics/problems/<problem_id>")
+@token_required
+@reads_first
+def problem_analytics(course_code: str, problem_id: str) -> Response:
+    """A problem's analytics (``assignment=ID``: in one assignment), as on its staff page:
+    docs/analytics.md. Course staff only."""
+    from server.services import analytics
+
+    course = _staff_course(course_code, "Analytics")
+    try:
+        data = analytics.problem_analytics(get_session(), course, problem_id,
+                                           _assignment_arg())
+    except NotFound as exc:
+        abort(404, str(exc))
+    end_transaction()
+    return jsonify(data)

@@ -121,6 +121,7 @@ def build_app(config: dict[str, Any] | None = None) -> Flask:
 
 def _register_blueprints(app: Flask) -> None:
     from server.web import (
+        analytics,
         api,
         api_problems,
         auth,
@@ -137,6 +138,7 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(instructor.bp)
     app.register_blueprint(staff_problems.bp)
     app.register_blueprint(gradebook.bp)
+    app.register_blueprint(analytics.bp)
     csrf.exempt(api.bp)  # token-authenticated, no cookies: CSRF does not apply
     app.register_blueprint(api.bp)
     csrf.exempt(api_problems.bp)

@@ -9,20 +9,21 @@ from flask import Blueprint, abort, render_template, request
 
 from server.db import get_session
 from server.models import STATUS_VALUES, Course, utcnow
+from server.services import analytics
 from server.services.assignments import (
     course_assignments,
     get_course_assignment,
     student_assignments,
 )
 from server.services.courses import roster
-from server.services.errors import NotFound
+from server.services.errors import NotFound, ValidationError
 from server.services.feedback import annotated_lines, general_errors, submission_summary
 from server.services.submissions import (
     attempts_left_after,
     course_submission,
     course_submission_counts,
-    course_submissions,
 )
+from server.services.submissions import course_submissions as query_course_submissions
 from server.web.access import end_transaction, role_required
 
 bp = Blueprint("staff", __name__, url_prefix="/staff")
@@ -42,33 +43,52 @@ def course(course: Course) -> str:
     )
 
 
+@bp.route("/<course_code>/submissions")
+@role_required("ta", "instructor")
+def course_submissions(course: Course) -> str:
+    """Every submission of the course, with the same filters (analytics link here)."""
+    return _submissions(course, None)
+
+
 @bp.route("/<course_code>/assignments/<int:assignment_id>/submissions")
 @role_required("ta", "instructor")
 def submissions(course: Course, assignment_id: int) -> str:
     """Every submission of an assignment, refused and invalid ones included, newest first."""
+    return _submissions(course, assignment_id)
+
+
+def _submissions(course: Course, assignment_id: int | None) -> str:
     session = get_session()
-    try:
-        assignment = get_course_assignment(session, course, assignment_id)
-    except NotFound as exc:
-        abort(404, str(exc))
+    assignment = None
+    if assignment_id is not None:
+        try:
+            assignment = get_course_assignment(session, course, assignment_id)
+        except NotFound as exc:
+            abort(404, str(exc))
     status = request.args.get("status") or None
     if status is not None and status not in STATUS_VALUES:
         abort(400, f"status: {status!r} is not one of {', '.join(STATUS_VALUES)}")
     members = roster(session, course)
     student = _student_filter(members)
     problem = request.args.get("problem") or None
-    problem_ids = [ap.problem_id for ap in assignment.problems]
+    assignments = [assignment] if assignment else course_assignments(session, course)
+    problem_ids = list(dict.fromkeys(ap.problem_id for a in assignments for ap in a.problems))
     if problem is not None and problem not in problem_ids:
-        abort(400, f"problem: {problem!r} is not a problem of {assignment.title!r}")
-    submissions = course_submissions(
-        session, course, assignment.id, status=status, problem_id=problem,
-        user_id=None if student is None else student.user_id)
+        where = repr(assignment.title) if assignment else course.code
+        abort(400, f"problem: {problem!r} is not a problem of {where}")
+    try:  # the analytics' filters: verdict per gradient, first-mistake step, ...
+        conditions, filters = analytics.submission_filters(course, request.args)
+    except ValidationError as exc:
+        abort(400, str(exc))
+    submissions = query_course_submissions(
+        session, course, assignment_id, status=status, problem_id=problem,
+        user_id=None if student is None else student.user_id, where=conditions)
     end_transaction()
     return render_template(
         "staff/submissions.html",
         course=course, assignment=assignment, status=status, statuses=STATUS_VALUES,
         submissions=submissions, members=members, student=student, problem=problem,
-        problems=assignment.problems,
+        problems=problem_ids, filters=filters,
     )
 
 
@@ -92,7 +112,7 @@ def student(course: Course, user_id: int) -> str:
     if member is None:
         abort(404, f"student: no one with id {user_id} in {course.code}")
     statuses = student_assignments(session, member.user, utcnow(), course)
-    submissions = course_submissions(session, course, user_id=user_id)
+    submissions = query_course_submissions(session, course, user_id=user_id)
     end_transaction()
     return render_template("staff/student.html", course=course, member=member,
                            statuses=statuses, submissions=submissions)

@@ -42,6 +42,9 @@ class AnswerKind(ABC):
     # ``check_source``); otherwise the engine grades them alone (in the judge).
     runs_student_code: ClassVar[bool] = False
     has_arrays: ClassVar[bool] = True  # instances carry array values (downloads, a table)
+    # Answers are numbered lines, each matched to a step of the model solution
+    # (analytics name the step of a first mistake).
+    numbered_steps: ClassVar[bool] = False
 
     # -- the spec -------------------------------------------------------------------
 

@@ -126,6 +126,7 @@ class ProgramKind(AnswerKind):
 class EquationsKind(ProgramKind):
     name = "equations"
     partial = "kinds/equations.html"
+    numbered_steps = True
 
     def grade(self, spec: ProblemSpec, inst: ArrayInstance, text: str, *,
               hidden_seeds: Sequence[int] | None = None,
