@@ -265,25 +265,42 @@ def play(port: int, assignment_id: int, api_tokens: list[str], seconds: float,
     return out, time.perf_counter() - started
 
 
-def peak_memory_kb(group: int) -> dict[int, tuple[str, int]]:
-    """VmHWM (peak resident set) of every live process in the process group ``group``."""
-    peaks = {}
+def peak_memory_kb(root: int) -> dict[int, tuple[str, int]]:
+    """VmHWM (peak resident set) of ``root`` and every live process below it (gunicorn's
+    master, its workers, their judge processes, sandbox workers and children)."""
+    parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-            if int(fields[2]) != group:  # pgrp
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+            except (OSError, ValueError):
                 continue
-            status = (entry / "status").read_text()
-        except (OSError, ValueError):
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in tree:
+                tree.add(pid)
+                frontier.append(pid)
+    peaks = {}
+    for pid in tree:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            name = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
             continue
         values = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
         if "VmHWM" in values:
-            name = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:60]
-            peaks[int(entry.name)] = (name, int(values["VmHWM"].split()[0]))
+            peaks[pid] = (_role(name), int(values["VmHWM"].split()[0]))
     return peaks
+
+
+def _role(cmdline: str) -> str:
+    for needle, role in (("sandbox", "sandbox"), ("judge", "judge"), ("gunicorn", "gunicorn")):
+        if needle in cmdline:
+            return role
+    return cmdline[:30]
 
 
 # --- one run ---------------------------------------------------------------------------
@@ -334,9 +351,12 @@ def report(name: str, outcome: Outcome) -> None:
     print(f"  stored: {dict(outcome.counts)}")
     for reason, n in reasons.most_common(8):
         print(f"  {n:5d} x {reason}")
-    peaks = sorted(outcome.peaks.values(), key=lambda item: -item[1])
-    print("  peak memory (VmHWM) per server process: "
-          + ", ".join(f"{kb / 1024:.0f} MB" for _, kb in peaks[:12]))
+    by_role = collections.defaultdict(list)
+    for role, kb in outcome.peaks.values():
+        by_role[role].append(kb / 1024)
+    print("  peak memory (VmHWM), MB: " + "; ".join(
+        f"{role} x{len(v)}: max {max(v):.0f}, median {statistics.median(v):.0f}"
+        for role, v in sorted(by_role.items())))
     print("  invariants: " + ("all hold" if not outcome.problems
                               else f"{len(outcome.problems)} broken"))
     for problem in outcome.problems[:20]:

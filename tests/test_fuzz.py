@@ -201,3 +201,10 @@ def test_result_frames_are_read_or_refused_with_a_wire_error(data):
         read_frames(stream)
     except wire.WireError as error:
         assert str(error)
+
+
+def test_a_gradient_assigned_twice_with_different_shapes_gets_a_verdict():
+    """Found by the fuzzer: dz1 first assigned doutput's shape, then dz2's (the grader
+    added the two to test for a missing +=, and numpy refused to broadcast)."""
+    text = EQ_MODEL.replace("1. dz7 = doutput", "1. dz1 = doutput", 1)
+    assert_result(grade_answer(EQUATIONS, EQ_INST, text, hidden_seeds=(7,)), text)
