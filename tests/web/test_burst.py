@@ -23,7 +23,8 @@ def load_burst():
     return module
 
 
-def test_a_burst_of_30_students_keeps_every_submission_once(database_url, tmp_path):
+def test_a_burst_of_30_students_keeps_every_submission_once(database_url, tmp_path, session):
+    # (``session``: its teardown deletes the rows this test leaves in the shared database)
     burst = load_burst()
     outcome = burst.run(database_url, tmp_path, students=30, seconds=3, workers=2, threads=2,
                         think=0.2)

@@ -148,6 +148,7 @@ def sandbox_workers(server) -> list[int]:
             if "server.sandbox.worker" in cmdline(pid)]
 
 
+@pytest.mark.backends("sqlite")  # about the sandbox, not the database: one backend is enough
 def test_a_sandbox_worker_killed_mid_job_costs_no_attempt(server, student, session):
     assert post(server, student, student["right"])[0] == 201  # the sandbox worker runs
     (sandbox,) = wait_for(lambda: sandbox_workers(server), what="the sandbox worker")
