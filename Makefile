@@ -32,7 +32,9 @@ demo: $(STAMP)
 	$(BIN)/nabla demo
 	$(BIN)/nabla serve --bind 127.0.0.1:5000
 
-test: $(DEVSTAMP) /usr/bin/chromium
+AXE := build/axe/node_modules/axe-core/axe.min.js
+
+test: $(DEVSTAMP) /usr/bin/chromium $(AXE)
 	$(BIN)/ruff check server tests bench
 	$(BIN)/nabla problems check
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
@@ -40,6 +42,12 @@ test: $(DEVSTAMP) /usr/bin/chromium
 # The browser tests (tests/browser) drive Debian's Chromium; never a browser Playwright downloads.
 /usr/bin/chromium:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+# axe-core (npm) for the accessibility pass in tests/browser/test_flows.py.
+$(AXE):
+	@command -v npm >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm; }
+	npm install --prefix build/axe --no-audit --no-fund --no-save axe-core@4
 
 bench: $(DEVSTAMP)
 	$(BIN)/python bench/run_all.py

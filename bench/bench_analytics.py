@@ -145,9 +145,10 @@ def main() -> None:
     from server import create_app, db
     from server.models import Course, User
     from server.services import analytics, tokens
+    from tests import scratch_db
 
     folder = tempfile.TemporaryDirectory()
-    url = (db.create_postgres_database(args.postgres, "nabla_bench") if args.postgres
+    url = (scratch_db.create_postgres_database(args.postgres, "nabla_bench") if args.postgres
            else f"sqlite:///{folder.name}/bench.sqlite3")
     try:
         db.upgrade(url)
@@ -204,7 +205,7 @@ def main() -> None:
                   f"{median / base:.2f}x the baseline")
     finally:
         if args.postgres:
-            db.drop_postgres_database(args.postgres, url)
+            scratch_db.drop_postgres_database(args.postgres, url)
         folder.cleanup()
 
 

@@ -136,14 +136,15 @@ def start_server(env: dict[str, str], port: int, workers: int, threads: int,
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"nabla serve exited:\n{log_path.read_text()[-3000:]}")
+        connection = http.client.HTTPConnection(HOST, port, timeout=2)
         try:
-            connection = http.client.HTTPConnection(HOST, port, timeout=2)
             connection.request("GET", "/login")
             if connection.getresponse().status == 200:
-                connection.close()
                 return process
         except OSError:
             time.sleep(0.2)
+        finally:
+            connection.close()
     stop_server(process)
     raise SystemExit("nabla serve did not answer within 60 s")
 

@@ -264,9 +264,10 @@ def main() -> None:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args()
     from server import db
+    from tests import scratch_db
 
     folder = tempfile.mkdtemp(prefix="nabla-bench-regrade-")
-    url = (db.create_postgres_database(args.postgres, "nabla_bench") if args.postgres
+    url = (scratch_db.create_postgres_database(args.postgres, "nabla_bench") if args.postgres
            else f"sqlite:///{folder}/bench.sqlite3")
     workers: list[subprocess.Popen] = []
     try:
@@ -308,7 +309,7 @@ def main() -> None:
 
             stop_process_group(process)
         if args.postgres:
-            db.drop_postgres_database(args.postgres, url)
+            scratch_db.drop_postgres_database(args.postgres, url)
 
 
 if __name__ == "__main__":

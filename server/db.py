@@ -252,6 +252,19 @@ def transaction_mode(session: Session) -> str | None:
     return connection.info.get(_BEGUN, ("IMMEDIATE", 0))[0]
 
 
+def is_connection_error(error: BaseException) -> bool:
+    """True when the database could not be reached or dropped the connection (a
+    PostgreSQL restart): SQLAlchemy has invalidated that connection, and the pool
+    opens a new one for the next request."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    if not isinstance(error, DBAPIError):
+        return False
+    return error.connection_invalidated or (
+        isinstance(error, OperationalError) and not is_busy_error(error)
+        and type(error.orig).__module__.startswith("psycopg"))
+
+
 def is_busy_error(error: BaseException) -> bool:
     """True for SQLite's "database is locked" after the busy timeout."""
     from sqlalchemy.exc import OperationalError

@@ -16,7 +16,8 @@ def main() -> None:
 def _register() -> None:
     import importlib
 
-    for name in ("engine_cmds", "sandbox_cmds", "web_cmds", "bank_cmds", "grades_cmds"):
+    for name in ("engine_cmds", "sandbox_cmds", "web_cmds", "bank_cmds", "grades_cmds",
+                 "recovery_cmds"):
         try:
             importlib.import_module(f"server.cli.{name}")
         except ModuleNotFoundError as exc:  # a module not written yet

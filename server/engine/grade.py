@@ -477,7 +477,8 @@ class _Grader:
         partial = sum((contribs[i] for i in matched), np.zeros_like(ref))
         if matched and close(after, partial, self.rtol):
             return "correct", ""
-        if ev.op == "=" and ev.before.any() and close(ev.before + after, ref, self.rtol):
+        if (ev.op == "=" and ev.before.shape == after.shape and ev.before.any()
+                and close(ev.before + after, ref, self.rtol)):
             self.accumulation_errors.setdefault(ev.target, ev.line)
             return (
                 "missing_accumulation",

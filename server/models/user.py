@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
+import secrets
 from typing import TYPE_CHECKING
 
 from sqlalchemy import String
@@ -24,6 +24,11 @@ class User(Base):
     # NULL until a password is set: a user imported from a roster cannot log in yet.
     password_hash: Mapped[str | None] = mapped_column(String(255))
     is_admin: Mapped[bool] = mapped_column(default=False)
+    # Part of every login session's id: logging out, "log out everywhere" and a
+    # password change give it a new value, which ends every session of the user
+    # (a cookie captured before is refused on its next request).
+    session_nonce: Mapped[str] = mapped_column(String(32), default=lambda: new_session_nonce(),
+                                               server_default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     enrollments: Mapped[list[Enrollment]] = relationship(
@@ -34,8 +39,7 @@ class User(Base):
     )
 
     # --- Flask-Login protocol -------------------------------------------------
-    # The login session stores "id:fingerprint of the password hash", so a
-    # password change ends every other session of that user.
+    # The login session stores "id:session nonce" (services.accounts checks it).
     is_active = True
     is_anonymous = False
 
@@ -44,11 +48,11 @@ class User(Base):
         return True
 
     def get_id(self) -> str:
-        return f"{self.id}:{self.password_fingerprint()}"
-
-    def password_fingerprint(self) -> str:
-        raw = (self.password_hash or "").encode()
-        return hashlib.sha256(raw).hexdigest()[:16]
+        return f"{self.id}:{self.session_nonce}"
 
     def __repr__(self) -> str:
         return f"<User {self.id} {self.email}>"
+
+
+def new_session_nonce() -> str:
+    return secrets.token_hex(16)

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from server.db import write_transaction
 from server.models import User
+from server.models.user import new_session_nonce
 from server.services import passwords
 from server.services.errors import Conflict, ServiceError, ValidationError
 from server.services.limits import Limiter, Rate, duration_text
@@ -179,6 +180,7 @@ def set_password(session: Session, user: User, new_password: str) -> None:
     if problem:
         raise ValidationError("new_password", problem)
     user.password_hash = passwords.hash_password(new_password)
+    user.session_nonce = new_session_nonce()  # every session of the user ends
     session.flush()
 
 
@@ -191,11 +193,19 @@ def change_password(session: Session, user: User, current_password: str, new_pas
 
 
 def load_user_for_login_session(session: Session, login_id: str) -> User | None:
-    """Resolve Flask-Login's stored id ("user id:password fingerprint")."""
-    user_id, _, fingerprint = login_id.partition(":")
+    """Resolve Flask-Login's stored id ("user id:session nonce"), on every request."""
+    user_id, _, nonce = login_id.partition(":")
     if not user_id.isdigit():
         return None
     user = session.get(User, int(user_id))
-    if user is None or not secrets.compare_digest(user.password_fingerprint(), fingerprint):
+    if user is None or not secrets.compare_digest(user.session_nonce.encode(), nonce.encode()):
         return None
     return user
+
+
+def end_sessions(session: Session, user: User) -> None:
+    """End every login session of ``user`` (logout, "log out everywhere"): the
+    session id they carry names the old nonce."""
+    write_transaction(session)
+    user.session_nonce = new_session_nonce()
+    session.flush()

@@ -222,6 +222,14 @@ def _register_error_handlers(app: Flask) -> None:
             app.logger.warning("database busy on %s %s", request.method, request.path)
             return _busy_response("The server is busy; nothing was saved. "
                                   "Try again in a moment.")
+        if db.is_connection_error(error):
+            # PostgreSQL restarting: the pool reconnects on the next request.
+            app.logger.warning("database unreachable on %s %s: %s", request.method,
+                               request.path, error.orig)
+            return _busy_response("The database cannot be reached for a moment; try again. "
+                                  "An answer sent just now may have been stored: your "
+                                  "submissions show it, and sending it again with the same "
+                                  "form (or Idempotency-Key) stores it once.")
         app.logger.exception("unhandled error on %s %s", request.method, request.path)
         message = "Something went wrong on the server; the error was logged."
         if _wants_json():

@@ -88,7 +88,12 @@ def login() -> Response | tuple[str, int, dict[str, str]]:
 @public
 def logout() -> Response:
     # Logging out needs the form's CSRF token (so another site cannot log you
-    # out), but no login: logging out twice is harmless.
+    # out), but no login: logging out twice is harmless. The session is a signed
+    # cookie, so it ends on the server by a new session nonce: a copy of the
+    # cookie taken before is refused from now on (as are the user's other
+    # sessions: one nonce per user).
+    if current_user.is_authenticated:
+        accounts.end_sessions(get_session(), current_user)
     logout_user()
     flash("You are logged out.")
     return redirect(url_for("auth.login"))
@@ -130,12 +135,22 @@ def change_password() -> Response | tuple[str, int]:
         except ValidationError as exc:
             getattr(form, exc.field).errors.append(exc.reason)
         else:
-            login_user(
-                current_user._get_current_object()
-            )  # the session id includes the password fingerprint
+            login_user(current_user._get_current_object())  # the session id has the new nonce
             flash("Your password was changed. Other sessions are logged out.")
             return redirect(url_for("auth.profile"))
     return _render_profile(password_form=form, status=400)
+
+
+@bp.route("/profile/logout-everywhere", methods=["POST"])
+@login_required
+def logout_everywhere() -> Response:
+    form = ConfirmForm()
+    if form.validate_on_submit():
+        accounts.end_sessions(get_session(), current_user)
+        logout_user()
+        flash("You are logged out everywhere.")
+        return redirect(url_for("auth.login"))
+    return redirect(url_for("auth.profile"))
 
 
 @bp.route("/profile/tokens", methods=["POST"])

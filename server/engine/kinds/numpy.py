@@ -95,6 +95,23 @@ class NumpyKind(ProgramKind):
         return numpy_model_answer(spec, inst, model_solution(spec, spec.program(inst.choice_index)))
 
 
+# A job's output cap: the asked gradients' size as float64, with a margin (a right
+# answer never comes near it; a wrong shape may go a little over). Not the
+# sandbox's 64 MB default: three such outputs took a grading process from ~42 MB
+# to ~354 MB, times threads and workers.
+OUTPUT_MARGIN = 1.25
+OUTPUT_SLACK_BYTES = 64 << 10
+
+
+def output_cap(inst: ArrayInstance, asked: Sequence[str]) -> int:
+    """The bytes (as float64) that a job on ``inst`` may return for ``asked``."""
+    elements = 0
+    for name in asked:
+        value = inst.reference[name]
+        elements += sum(v.size for v in value) if isinstance(value, list) else value.size
+    return int(elements * 8 * OUTPUT_MARGIN) + OUTPUT_SLACK_BYTES
+
+
 def call_arguments(inst: ArrayInstance) -> dict:
     """Keyword arguments for ``backward``: every forward value and d<given>."""
     return {name: value for name, value in inst.values.items()}
@@ -119,10 +136,11 @@ def grade_numpy(spec: ProblemSpec, inst: ArrayInstance, source: str, *,
     # The own instance's child starts first; each hidden instance is drawn while
     # the children before it run, then gets its own child.
     instances = [inst]
-    jobs.start(call_arguments(inst), last=not hidden_seeds)
+    jobs.start(call_arguments(inst), output_cap(inst, asked), last=not hidden_seeds)
     for k, seed in enumerate(hidden_seeds):
         instances += draw_hidden_instances(spec, inst, [seed])
-        jobs.start(call_arguments(instances[-1]), last=k == len(hidden_seeds) - 1)
+        jobs.start(call_arguments(instances[-1]), output_cap(instances[-1], asked),
+                   last=k == len(hidden_seeds) - 1)
     results = jobs.results()
     if any(r.status == "error" for r in results):  # our fault: costs the student nothing
         return invalid([{"line": 0, "message": OUR_FAILURE}])
@@ -159,12 +177,13 @@ class _Jobs:
                         "memory_mb": MEMORY_MB, "outputs": list(outputs)}
         self.pending: list[Future | object] = []
 
-    def start(self, call: dict, *, last: bool) -> None:
+    def start(self, call: dict, max_output_bytes: int, *, last: bool) -> None:
+        options = {**self.options, "max_output_bytes": max_output_bytes}
         if self.concurrent and not last:
             self.pending.append(_executor().submit(self.run_job, self.source, [call],
-                                                   **self.options))
+                                                   **options))
         else:
-            self.pending.append(self.run_job(self.source, [call], **self.options))
+            self.pending.append(self.run_job(self.source, [call], **options))
 
     def results(self) -> list:
         return [job.result() if isinstance(job, Future) else job for job in self.pending]
