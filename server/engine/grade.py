@@ -34,7 +34,7 @@ from server.engine.answer import (
     run_equations,
 )
 from server.engine.instance import Instance
-from server.engine.ops import ELEMENTWISE
+from server.engine.ops import ELEMENTWISE, l2_norm
 from server.engine.spec import ProblemSpec, Program, shape_text
 
 VERDICTS = (
@@ -134,7 +134,7 @@ def _forward_values(inst: Instance) -> dict:
 def close(a: np.ndarray, b: np.ndarray, rtol: float) -> bool:
     if a.shape != b.shape:
         return False
-    return bool(np.linalg.norm(a - b) <= rtol * np.linalg.norm(b) + 1e-12)
+    return l2_norm(a - b) <= rtol * l2_norm(b) + 1e-12
 
 
 def _ref_at(inst: Instance, target: str, index: tuple[int, ...]) -> np.ndarray:

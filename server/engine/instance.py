@@ -556,12 +556,13 @@ def _build(spec, seed, program, choice_index, dims, draw: _Draw):
             label = "d" + (f"{key[0]}[{key[1]}]" if isinstance(key, tuple) else key)
             t_of = {ex.index: ex.t for ex in sched}
             contributions[label] = [(line_of[i], t_of[i], ref.to_layout(c, layout)) for i, c in items]
+    used = used_dims(program)
     return Instance(
         problem=spec.id,
         version=spec.version,
         seed=seed,
         layout=layout,
-        dims={n: v for n, v in dims.items() if n in used_dims(program)},
+        dims={n: v for n, v in dims.items() if n in used},
         choices=used_choices(spec, choice_index),
         choice_index=choice_index,
         forward=program.text,

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from server.engine.dimexpr import Lin
-from server.engine.ops import ELEMENTWISE, rule_text
+from server.engine.ops import ELEMENTWISE, l2_norm, rule_text
 from server.engine.solution import ModelLine, model_lines, render_lines
 from server.engine.spec import ProblemSpec, Program
 
@@ -660,7 +660,7 @@ class Evaluation:
     def norm(self, key: Key) -> float:
         value = self._norm.get(key)
         if value is None:
-            value = self._norm[key] = float(np.linalg.norm(self.final(key)))
+            value = self._norm[key] = l2_norm(self.final(key))
         return value
 
     def rhs(self, e: int) -> np.ndarray:

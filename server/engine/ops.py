@@ -13,6 +13,7 @@ Each operation knows three things:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -65,6 +66,16 @@ ELEMENTWISE: dict[str, Elementwise] = {
 BINARY_OPS = {"matmul": "@", "add": "+", "sub": "-", "mul": "*", "div": "/"}
 UNARY_OPS = ("neg", "transpose", "softmax", "sum", "slice") + tuple(ELEMENTWISE)
 ALL_OPS = tuple(BINARY_OPS) + UNARY_OPS
+
+
+def l2_norm(x: np.ndarray) -> float:
+    """``float(np.linalg.norm(x))``, bit for bit (the same ravel and dot), without
+    its dispatch: the graders and the draw's checks take thousands of norms of
+    small arrays, where that dispatch is most of the cost."""
+    if x.dtype.kind != "f":
+        return float(np.linalg.norm(x))
+    flat = x.ravel(order="K")
+    return math.sqrt(flat.dot(flat))
 
 
 def forward(op: str, args: list, region: tuple | None = None) -> Array:
