@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_http.py [--clients 4] [--requests 150] [--seconds 20]
                                          [--workers 2xCPUs] [--threads 2] [--postgres URL]
-                                         [--redis URL]
+                                         [--redis URL] [--first 40]
 
 Creates a fresh database (SQLite in a temporary folder; with --postgres, a new
 database on that server, dropped at the end), migrates it, adds the demo
@@ -18,9 +18,16 @@ taken on every submission (in the database, or in Redis with --redis) but
 never refuse one, so the figures stay comparable with those measured before
 the rate limit existed.
 
+Before that, with --first N (default 40), N more students each open the
+problem (the GET draws their instance) and POST their answer once, one after
+another: the *first grade* of an instance, which the server has not graded
+before (numpy: the instance's document is parsed; equations: the judge process
+is sent it), beside the back-to-back phase's *resubmissions*.
+
 Prints, per answer type: p50/p90/p99/max latency of the POST as the client
-sees it, and throughput (graded submissions per second over the phase); and
-the 1-minute load average before and after (other work on the machine).
+sees it, and throughput (graded submissions per second over the phase); the
+first grades' p50/p99; and the 1-minute load average before and after (other
+work on the machine).
 Figures only; nothing here asserts a time. The goals (2 cores): p50 <= 8 ms
 for equations and <= 12 ms for numpy; p99 <= 30 ms and <= 40 ms.
 """
@@ -71,7 +78,8 @@ def pct(values: list[float], q: float) -> float:
 
 
 def prepare_data(url: str, clients: int) -> tuple[int, list[str]]:
-    """Migrate, add the demo and the bench students; returns (assignment id, tokens)."""
+    """Migrate, add the demo and ``clients`` bench students; returns (assignment id,
+    their tokens, in the order the students were created)."""
     from server import db
     from server.cli.web_cmds import DEMO_COURSE, create_demo
     from server.engine.bank import load_bank
@@ -219,6 +227,27 @@ def run_phase(port: int, api_tokens: list[str], path: str, answer: str, requests
     return [x for per_client in latencies for x in per_client], wall, errors
 
 
+def first_grades(port: int, api_tokens: list[str], path: str, answer: str
+                 ) -> tuple[list[float], list[str]]:
+    """Each student, one after another, opens the problem (the GET draws the instance)
+    and POSTs the answer once; returns the POSTs' latencies (ms) and errors."""
+    body = json.dumps({"answer": answer}).encode()
+    latencies: list[float] = []
+    errors: list[str] = []
+    for token in api_tokens:
+        client = Client(port, token)
+        try:
+            client.request("GET", path.removesuffix("/submissions"))
+            started = time.perf_counter()
+            status, raw = client.request("POST", path, body)
+            latencies.append((time.perf_counter() - started) * 1e3)
+            if status != 201 or json.loads(raw)["score"] != 1.0:
+                errors.append(f"HTTP {status}: {raw[:200]!r}")
+        finally:
+            client.close()
+    return latencies, errors
+
+
 def warm_up(port: int, api_tokens: list[str], paths: dict[str, str],
             answers: dict[str, str]) -> None:
     """A few submissions per process before measuring: imports, the sandbox pool, caches."""
@@ -237,6 +266,8 @@ def main() -> None:
     parser.add_argument("--postgres", metavar="SERVER_URL",
                         help="use a new database on this PostgreSQL server instead of SQLite, "
                              "e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--first", type=int, default=40,
+                        help="students who each send one first submission per answer type")
     parser.add_argument("--redis", metavar="URL",
                         help="keep the rate counters in Redis (NABLA_REDIS_URL), e.g. "
                              "redis://127.0.0.1:6379/0, instead of the database")
@@ -245,6 +276,8 @@ def main() -> None:
         parser.error(f"--clients must be between 1 and {MAX_CLIENTS}")
     if not 1 <= args.requests <= MAX_REQUESTS:
         parser.error(f"--requests must be between 1 and {MAX_REQUESTS}")
+    if not 0 <= args.first <= 500:
+        parser.error("--first must be between 0 and 500")
     if not 0 < args.seconds <= 300:
         parser.error("--seconds must be in (0, 300]")
 
@@ -256,7 +289,8 @@ def main() -> None:
     process = None
     keep_folder = False
     try:
-        assignment_id, api_tokens = prepare_data(url, args.clients)
+        assignment_id, api_tokens = prepare_data(url, args.clients + args.first)
+        api_tokens, first_tokens = api_tokens[:args.clients], api_tokens[args.clients:]
         answers = model_answers()
         env = {**os.environ, "NABLA_DATABASE_URL": url, "NABLA_INSTANCE_PATH": str(folder),
                "NABLA_SECRET_KEY": secrets.token_hex(32), "NABLA_SUBMIT_RATE": BENCH_SUBMIT_RATE,
@@ -277,6 +311,14 @@ def main() -> None:
               f"load average {os.getloadavg()[0]:.2f}")
         failed = False
         for kind, path in paths.items():
+            if first_tokens:
+                latencies, errors = first_grades(port, first_tokens, path, answers[kind])
+                print(f"{kind:<9} first grade of an instance, n={len(latencies):3d}  "
+                      f"p50 {statistics.median(latencies):6.2f} ms  "
+                      f"p99 {pct(latencies, 0.99):6.2f} ms")
+                if errors:
+                    failed = True
+                    print(f"  {len(errors)} errors, e.g. {errors[0]}")
             latencies, wall, errors = run_phase(port, api_tokens, path, answers[kind],
                                                 args.requests, args.seconds)
             good, bad = GOALS[kind]
