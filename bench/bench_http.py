@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_http.py [--clients 4] [--requests 150] [--seconds 20]
                                          [--workers 2xCPUs] [--threads 2] [--postgres URL]
-                                         [--redis URL] [--first 40]
+                                         [--redis URL] [--first 40] [--gap-ms 0]
 
 Creates a fresh database (SQLite in a temporary folder; with --postgres, a new
 database on that server, dropped at the end), migrates it, adds the demo
@@ -12,7 +12,8 @@ attempts per problem, and gives each student an API token. It then starts
 ``nabla serve --bind 127.0.0.1:<free port>`` and, for each answer type,
 drives it with --clients concurrent clients (one keep-alive connection each),
 each POSTing its model answer to /api/v1/.../submissions until it has sent
---requests or --seconds have passed. Every response must be 201 with score 1.
+--requests or --seconds have passed, back to back or, with --gap-ms, pausing
+between submissions (so that the server's pools refill while it is idle). Every response must be 201 with score 1.
 The server runs with NABLA_SUBMIT_RATE at BENCH_SUBMIT_RATE: its counters are
 taken on every submission (in the database, or in Redis with --redis) but
 never refuse one, so the figures stay comparable with those measured before
@@ -185,8 +186,9 @@ class Client:
 
 
 def run_phase(port: int, api_tokens: list[str], path: str, answer: str, requests: int,
-              seconds: float) -> tuple[list[float], float, list[str]]:
-    """Every client POSTs the answer back to back; returns latencies (ms), wall time, errors."""
+              seconds: float, gap_s: float = 0.0) -> tuple[list[float], float, list[str]]:
+    """Every client POSTs the answer back to back (or ``gap_s`` apart); returns
+    latencies (ms), wall time, errors."""
     body = json.dumps({"answer": answer}).encode()
     latencies: list[list[float]] = [[] for _ in api_tokens]
     errors: list[str] = []
@@ -201,6 +203,8 @@ def run_phase(port: int, api_tokens: list[str], path: str, answer: str, requests
             deadline = deadline_box[0]
             mine = latencies[index]
             while len(mine) < requests and time.monotonic() < deadline:
+                if gap_s and mine:
+                    time.sleep(gap_s)
                 started = time.perf_counter()
                 status, raw = client.request("POST", path, body)
                 mine.append((time.perf_counter() - started) * 1e3)
@@ -266,6 +270,8 @@ def main() -> None:
     parser.add_argument("--postgres", metavar="SERVER_URL",
                         help="use a new database on this PostgreSQL server instead of SQLite, "
                              "e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--gap-ms", type=float, default=0.0,
+                        help="pause between a client's submissions (0: back to back)")
     parser.add_argument("--first", type=int, default=40,
                         help="students who each send one first submission per answer type")
     parser.add_argument("--redis", metavar="URL",
@@ -305,7 +311,8 @@ def main() -> None:
         backend = "PostgreSQL" if args.postgres else "SQLite (WAL)"
         backend += ", counters in " + ("Redis" if args.redis else "the database")
         print(f"nabla serve on {HOST}:{port}: {args.workers} workers x {args.threads} threads, "
-              f"{backend}; {args.clients} clients, keep-alive; "
+              f"{backend}; {args.clients} clients, keep-alive, "
+              f"{f'{args.gap_ms:g} ms apart' if args.gap_ms else 'back to back'}; "
               f"{os.cpu_count()} CPUs, {platform.platform()}, "
               f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; "
               f"load average {os.getloadavg()[0]:.2f}")
@@ -320,7 +327,7 @@ def main() -> None:
                     failed = True
                     print(f"  {len(errors)} errors, e.g. {errors[0]}")
             latencies, wall, errors = run_phase(port, api_tokens, path, answers[kind],
-                                                args.requests, args.seconds)
+                                                args.requests, args.seconds, args.gap_ms / 1e3)
             good, bad = GOALS[kind]
             p50, p99 = statistics.median(latencies), pct(latencies, 0.99)
             print(f"{kind:<9} POST n={len(latencies):5d}  p50 {p50:6.2f} ms  "
