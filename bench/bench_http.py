@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_http.py [--clients 4] [--requests 150] [--seconds 20]
                                          [--workers 2xCPUs] [--threads 2] [--postgres URL]
-                                         [--redis URL] [--first 40] [--gap-ms 0]
+                                         [--redis URL] [--first 40] [--gap-ms 0] [--cpu]
 
 Creates a fresh database (SQLite in a temporary folder; with --postgres, a new
 database on that server, dropped at the end), migrates it, adds the demo
@@ -28,7 +28,9 @@ is sent it), beside the back-to-back phase's *resubmissions*.
 Prints, per answer type: p50/p90/p99/max latency of the POST as the client
 sees it, and throughput (graded submissions per second over the phase); the
 first grades' p50/p99; and the 1-minute load average before and after (other
-work on the machine).
+work on the machine). With --cpu, the CPU that each kind of server process
+(gunicorn workers, judge, sandbox with its children) and the clients used per
+submission of the back-to-back phase.
 Figures only; nothing here asserts a time. The goals (2 cores): p50 <= 8 ms
 for equations and <= 12 ms for numpy; p99 <= 30 ms and <= 40 ms.
 """
@@ -252,6 +254,40 @@ def first_grades(port: int, api_tokens: list[str], path: str, answer: str
     return latencies, errors
 
 
+def process_cpu(root_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by the server's processes, by kind: the gunicorn
+    workers, the judge (zygote and judge processes) and the sandbox (workers and
+    their sandboxed children, reaped ones included), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    table: dict[int, tuple[int, list[str], str]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{name}/cmdline", "rb") as fh:
+                command = fh.read().decode(errors="replace")
+        except OSError:
+            continue
+        table[int(name)] = (int(fields[1]), fields, command)
+
+    def under_server(pid: int) -> bool:
+        while pid in table and pid != root_pid:
+            pid = table[pid][0]
+        return pid == root_pid
+
+    totals = {"gunicorn workers": 0.0, "judge": 0.0, "sandbox": 0.0}
+    for pid, (_, fields, command) in table.items():
+        if pid == root_pid or not under_server(pid):
+            continue
+        kind = ("sandbox" if "server.sandbox" in command
+                else "judge" if "server.judge" in command else "gunicorn workers")
+        # utime, stime, and the children's that were reaped (sandboxed children)
+        totals[kind] += sum(int(x) for x in fields[11:15]) / tick
+    return totals
+
+
 def warm_up(port: int, api_tokens: list[str], paths: dict[str, str],
             answers: dict[str, str]) -> None:
     """A few submissions per process before measuring: imports, the sandbox pool, caches."""
@@ -270,6 +306,9 @@ def main() -> None:
     parser.add_argument("--postgres", metavar="SERVER_URL",
                         help="use a new database on this PostgreSQL server instead of SQLite, "
                              "e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--cpu", action="store_true",
+                        help="print the CPU per submission of each kind of server process "
+                             "(from /proc; Linux)")
     parser.add_argument("--gap-ms", type=float, default=0.0,
                         help="pause between a client's submissions (0: back to back)")
     parser.add_argument("--first", type=int, default=40,
@@ -326,14 +365,26 @@ def main() -> None:
                 if errors:
                     failed = True
                     print(f"  {len(errors)} errors, e.g. {errors[0]}")
+            cpu_before = process_cpu(process.pid) if args.cpu else {}
+            cpu_line = ""
+            own_before = time.process_time()
             latencies, wall, errors = run_phase(port, api_tokens, path, answers[kind],
                                                 args.requests, args.seconds, args.gap_ms / 1e3)
+            if args.cpu:
+                used = {k: v - cpu_before[k] for k, v in process_cpu(process.pid).items()}
+                used["bench clients"] = time.process_time() - own_before
+                n = len(latencies)
+                cpu_line = (f"{kind:<9} CPU per submission: " + ", ".join(
+                    f"{k} {v / n * 1e3:.2f} ms" for k, v in used.items())
+                    + f"; {sum(used.values()) / wall:.2f} CPUs busy on average")
             good, bad = GOALS[kind]
             p50, p99 = statistics.median(latencies), pct(latencies, 0.99)
             print(f"{kind:<9} POST n={len(latencies):5d}  p50 {p50:6.2f} ms  "
                   f"p90 {pct(latencies, 0.9):6.2f} ms  p99 {p99:6.2f} ms  "
                   f"max {max(latencies):7.2f} ms  {len(latencies) / wall:7.1f} submissions/s"
                   f"   (goal p50 <= {good:g}, p99 <= {bad:g} ms)")
+            if cpu_line:
+                print(cpu_line)
             if errors:
                 failed = True
                 print(f"  {len(errors)} errors, e.g. {errors[0]}")
