@@ -56,7 +56,8 @@ def test_l2_norm_is_numpys_norm_bit_for_bit():
               for shape in [(1, 1), (3, 1), (1, 5), (4, 7), (9, 3), (0, 3), (6,)]
               for scale in (1e-9, 1.0, 3e7)]
     arrays += [a.T for a in arrays] + [a[::2] for a in arrays]  # views in other orders
-    arrays += [np.arange(6).reshape(2, 3), np.float64(2.5) * np.ones((2, 2))]
+    arrays += [np.arange(6).reshape(2, 3), np.float64(2.5) * np.ones((2, 2)),
+               rng.normal(size=(5, 3)).astype(np.float32)]
     for a in arrays:
         assert l2_norm(a) == float(np.linalg.norm(a)), a.shape
         assert isinstance(l2_norm(a), float)
