@@ -571,12 +571,13 @@ def _build(spec, seed, program, choice_index, dims, draw: _Draw):
             contributions[label] = [
                 (line_of[i], t_of[i], ref.to_layout(c, layout)) for i, c in items
             ]
+    used = used_dims(program)
     return ArrayInstance(
         problem=spec.id,
         version=spec.version,
         seed=seed,
         layout=layout,
-        dims={n: v for n, v in dims.items() if n in used_dims(program)},
+        dims={n: v for n, v in dims.items() if n in used},
         choices=used_choices(spec, choice_index),
         choice_index=choice_index,
         forward=program.text,

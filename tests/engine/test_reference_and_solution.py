@@ -1,5 +1,6 @@
 """Broken problems are refused; model solutions read like the course's."""
 
+import numpy as np
 import pytest
 
 from server.engine import ops
@@ -43,3 +44,20 @@ def test_a_wrong_backward_rule_is_refused_naming_the_variable(monkeypatch):
         draw_instance(BANK["mlp-relu"], 0)
     assert info.value.variable in {"W1", "W2", "W3"}
     assert "disagrees with finite differences" in str(info.value)
+
+
+def test_l2_norm_is_numpys_norm_bit_for_bit():
+    """The graders' and the draw's fast norm returns exactly what np.linalg.norm
+    does (the same ravel order and dot), so scores and draws do not move."""
+    from server.engine.ops import l2_norm
+
+    rng = np.random.default_rng(7)
+    arrays = [rng.normal(size=shape) * scale
+              for shape in [(1, 1), (3, 1), (1, 5), (4, 7), (9, 3), (0, 3), (6,)]
+              for scale in (1e-9, 1.0, 3e7)]
+    arrays += [a.T for a in arrays] + [a[::2] for a in arrays]  # views in other orders
+    arrays += [np.arange(6).reshape(2, 3), np.float64(2.5) * np.ones((2, 2)),
+               rng.normal(size=(5, 3)).astype(np.float32)]
+    for a in arrays:
+        assert l2_norm(a) == float(np.linalg.norm(a)), a.shape
+        assert isinstance(l2_norm(a), float)
