@@ -32,14 +32,14 @@ def test_scan_model_solution_accumulates_shared_parameters_and_slices():
     assert lines[-1] == "    15. dX[:, t:t + N] += dx[t]"
 
 
+def _broken_vjp(op, i, g, args, out, region=None, real=ops.vjp):
+    """The engine's backward rules, with the matmul's first input's 1% off."""
+    value = real(op, i, g, args, out, region)
+    return value * 1.01 if op == "matmul" and i == 0 else value
+
+
 def test_a_wrong_backward_rule_is_refused_naming_the_variable(monkeypatch):
-    real = ops.vjp
-
-    def broken(op, i, g, args, out, region=None):
-        value = real(op, i, g, args, out, region)
-        return value * 1.01 if op == "matmul" and i == 0 else value
-
-    monkeypatch.setattr("server.engine.reference.vjp", broken)
+    monkeypatch.setattr("server.engine.reference.vjp", _broken_vjp)
     with pytest.raises(BrokenProblemError) as info:
         draw_instance(BANK["mlp-relu"], 0)
     assert info.value.variable in {"W1", "W2", "W3"}
@@ -61,3 +61,34 @@ def test_l2_norm_is_numpys_norm_bit_for_bit():
     for a in arrays:
         assert l2_norm(a) == float(np.linalg.norm(a)), a.shape
         assert isinstance(l2_norm(a), float)
+
+
+def test_hidden_draws_are_checked_by_finite_differences_once_per_structure_and_dims(monkeypatch):
+    from server.engine import instance as engine_instance
+
+    spec = BANK["mlp-relu"]
+    own = draw_instance(spec, 5)
+    seeds = engine_instance.legacy_hidden_seeds(own)
+    monkeypatch.setattr(engine_instance, "_VERIFIED", set())
+    real, calls = engine_instance._verify, []
+    monkeypatch.setattr(engine_instance, "_verify", lambda *a: calls.append(1) or real(*a))
+    first = engine_instance.draw_hidden_instances(spec, own, seeds)
+    assert len(calls) == len({tuple(sorted(h.dims.items())) for h in first}) >= 1
+    again = engine_instance.draw_hidden_instances(spec, own, seeds)
+    assert len(calls) == len({tuple(sorted(h.dims.items())) for h in first})  # no new check
+    for a, b in zip(first, again):  # the same values whichever way: stored seeds regrade alike
+        assert a.dims == b.dims
+        assert all(np.array_equal(a.values[k], b.values[k]) for k in a.values)
+    draw_instance(spec, 5)  # the student's own instance is always checked
+    assert len(calls) == len({tuple(sorted(h.dims.items())) for h in first}) + 1
+
+
+def test_a_wrong_backward_rule_is_refused_on_a_hidden_draw_too(monkeypatch):
+    from server.engine import instance as engine_instance
+
+    spec = BANK["mlp-relu"]
+    own = draw_instance(spec, 6)
+    monkeypatch.setattr(engine_instance, "_VERIFIED", set())
+    monkeypatch.setattr("server.engine.reference.vjp", _broken_vjp)
+    with pytest.raises(BrokenProblemError):
+        engine_instance.draw_hidden_instances(spec, own, [11, 12])
