@@ -131,10 +131,18 @@ def cached(cache: OrderedDict, key: Any, make: Callable[[], Any], size: int = _C
 
 
 def spec_for_version(bank: Mapping[str, Any], version: ProblemVersion) -> Any:
-    """The spec an instance was drawn from: the bank's if unchanged, else the stored text."""
+    """The spec an instance was drawn from: the bank's if unchanged, else the stored text.
+
+    A version's text never changes (its hash names it), so the spec found for a
+    hash is kept per process: a submission then asks the bank (a database
+    query for the bank of record) only on the first use of a version."""
+    with _CACHE_LOCK:
+        known = _SPEC_CACHE.get(version.spec_hash)
+    if known is not None:
+        return known
     current = bank.get(version.problem_id)
     if current is not None and current.version == version.spec_hash:
-        return current
+        return cached(_SPEC_CACHE, version.spec_hash, lambda: current)
 
     def parse() -> Any:
         from server.engine.spec import parse_spec
