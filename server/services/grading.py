@@ -256,12 +256,13 @@ def store_answer(
     key = clean_client_key(client_key)
     assignment_problem = assignment_problem_for(session, user, assignment_id, problem_id)
     assignment = assignment_problem.assignment
-    window = student_window(session, user.id, assignment, now)
     instance = ensure_instance(session, user, assignment_problem, bank, secret)
     spec = spec_for_version(bank, instance.problem_version)
-    submission, created, attempts_used = store_submission_once(
+    submission, created, attempts_used, window = store_submission_once(
         session, user=user, assignment_problem=assignment_problem, instance=instance,
         answer=text, kind=spec.answer_kind, now=now, client_ip=client_ip, client_key=key)
+    if window is None:  # a double click: the window was not read
+        window = student_window(session, user.id, assignment, now)
     job = None
     if created and submission.status == SubmissionStatus.PENDING:
         seeds = draw_hidden_seeds(secret, submission.id, instance.seed)
