@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_http.py [--clients 4] [--requests 150] [--seconds 20]
                                          [--workers 2xCPUs] [--threads 2] [--postgres URL]
-                                         [--redis URL]
+                                         [--redis URL] [--first 40] [--gap-ms 0] [--cpu]
 
 Creates a fresh database (SQLite in a temporary folder; with --postgres, a new
 database on that server, dropped at the end), migrates it, adds the demo
@@ -12,15 +12,26 @@ attempts per problem, and gives each student an API token. It then starts
 ``nabla serve --bind 127.0.0.1:<free port>`` and, for each answer type,
 drives it with --clients concurrent clients (one keep-alive connection each),
 each POSTing its model answer to /api/v1/.../submissions until it has sent
---requests or --seconds have passed. Every response must be 201 with score 1.
+--requests or --seconds have passed, back to back or, with --gap-ms, pausing
+between submissions (so that the server's pools refill while it is idle).
+Every response must be 201 with score 1.
 The server runs with NABLA_SUBMIT_RATE at BENCH_SUBMIT_RATE: its counters are
 taken on every submission (in the database, or in Redis with --redis) but
 never refuse one, so the figures stay comparable with those measured before
 the rate limit existed.
 
+Before that, with --first N (default 40), N more students each open the
+problem (the GET draws their instance) and POST their answer once, one after
+another: the *first grade* of an instance, which the server has not graded
+before (numpy: the instance's document is parsed; equations: the judge process
+is sent it), beside the back-to-back phase's *resubmissions*.
+
 Prints, per answer type: p50/p90/p99/max latency of the POST as the client
-sees it, and throughput (graded submissions per second over the phase); and
-the 1-minute load average before and after (other work on the machine).
+sees it, and throughput (graded submissions per second over the phase); the
+first grades' p50/p99; and the 1-minute load average before and after (other
+work on the machine). With --cpu, the CPU that each kind of server process
+(gunicorn workers, judge, sandbox with its children) and the clients used per
+submission of the back-to-back phase.
 Figures only; nothing here asserts a time. The goals (2 cores): p50 <= 8 ms
 for equations and <= 12 ms for numpy; p99 <= 30 ms and <= 40 ms.
 """
@@ -71,7 +82,8 @@ def pct(values: list[float], q: float) -> float:
 
 
 def prepare_data(url: str, clients: int) -> tuple[int, list[str]]:
-    """Migrate, add the demo and the bench students; returns (assignment id, tokens)."""
+    """Migrate, add the demo and ``clients`` bench students; returns (assignment id,
+    their tokens, in the order the students were created)."""
     from server import db
     from server.cli.web_cmds import DEMO_COURSE, create_demo
     from server.engine.bank import load_bank
@@ -178,8 +190,9 @@ class Client:
 
 
 def run_phase(port: int, api_tokens: list[str], path: str, answer: str, requests: int,
-              seconds: float) -> tuple[list[float], float, list[str]]:
-    """Every client POSTs the answer back to back; returns latencies (ms), wall time, errors."""
+              seconds: float, gap_s: float = 0.0) -> tuple[list[float], float, list[str]]:
+    """Every client POSTs the answer back to back (or ``gap_s`` apart); returns
+    latencies (ms), wall time, errors."""
     body = json.dumps({"answer": answer}).encode()
     latencies: list[list[float]] = [[] for _ in api_tokens]
     errors: list[str] = []
@@ -194,6 +207,8 @@ def run_phase(port: int, api_tokens: list[str], path: str, answer: str, requests
             deadline = deadline_box[0]
             mine = latencies[index]
             while len(mine) < requests and time.monotonic() < deadline:
+                if gap_s and mine:
+                    time.sleep(gap_s)
                 started = time.perf_counter()
                 status, raw = client.request("POST", path, body)
                 mine.append((time.perf_counter() - started) * 1e3)
@@ -220,6 +235,61 @@ def run_phase(port: int, api_tokens: list[str], path: str, answer: str, requests
     return [x for per_client in latencies for x in per_client], wall, errors
 
 
+def first_grades(port: int, api_tokens: list[str], path: str, answer: str
+                 ) -> tuple[list[float], list[str]]:
+    """Each student, one after another, opens the problem (the GET draws the instance)
+    and POSTs the answer once; returns the POSTs' latencies (ms) and errors."""
+    body = json.dumps({"answer": answer}).encode()
+    latencies: list[float] = []
+    errors: list[str] = []
+    for token in api_tokens:
+        client = Client(port, token)
+        try:
+            client.request("GET", path.removesuffix("/submissions"))
+            started = time.perf_counter()
+            status, raw = client.request("POST", path, body)
+            latencies.append((time.perf_counter() - started) * 1e3)
+            if status != 201 or json.loads(raw)["score"] != 1.0:
+                errors.append(f"HTTP {status}: {raw[:200]!r}")
+        finally:
+            client.close()
+    return latencies, errors
+
+
+def process_cpu(root_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by the server's processes, by kind: the gunicorn
+    workers, the judge (zygote and judge processes) and the sandbox (workers and
+    their sandboxed children, reaped ones included), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    table: dict[int, tuple[int, list[str], str]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{name}/cmdline", "rb") as fh:
+                command = fh.read().decode(errors="replace")
+        except OSError:
+            continue
+        table[int(name)] = (int(fields[1]), fields, command)
+
+    def under_server(pid: int) -> bool:
+        while pid in table and pid != root_pid:
+            pid = table[pid][0]
+        return pid == root_pid
+
+    totals = {"gunicorn workers": 0.0, "judge": 0.0, "sandbox": 0.0}
+    for pid, (_, fields, command) in table.items():
+        if pid == root_pid or not under_server(pid):
+            continue
+        kind = ("sandbox" if "server.sandbox" in command
+                else "judge" if "server.judge" in command else "gunicorn workers")
+        # utime, stime, and the children's that were reaped (sandboxed children)
+        totals[kind] += sum(int(x) for x in fields[11:15]) / tick
+    return totals
+
+
 def warm_up(port: int, api_tokens: list[str], paths: dict[str, str],
             answers: dict[str, str]) -> None:
     """A few submissions per process before measuring: imports, the sandbox pool, caches."""
@@ -238,6 +308,13 @@ def main() -> None:
     parser.add_argument("--postgres", metavar="SERVER_URL",
                         help="use a new database on this PostgreSQL server instead of SQLite, "
                              "e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--cpu", action="store_true",
+                        help="print the CPU per submission of each kind of server process "
+                             "(from /proc; Linux)")
+    parser.add_argument("--gap-ms", type=float, default=0.0,
+                        help="pause between a client's submissions (0: back to back)")
+    parser.add_argument("--first", type=int, default=40,
+                        help="students who each send one first submission per answer type")
     parser.add_argument("--redis", metavar="URL",
                         help="keep the rate counters in Redis (NABLA_REDIS_URL), e.g. "
                              "redis://127.0.0.1:6379/0, instead of the database")
@@ -246,6 +323,8 @@ def main() -> None:
         parser.error(f"--clients must be between 1 and {MAX_CLIENTS}")
     if not 1 <= args.requests <= MAX_REQUESTS:
         parser.error(f"--requests must be between 1 and {MAX_REQUESTS}")
+    if not 0 <= args.first <= 500:
+        parser.error("--first must be between 0 and 500")
     if not 0 < args.seconds <= 300:
         parser.error("--seconds must be in (0, 300]")
 
@@ -257,7 +336,8 @@ def main() -> None:
     process = None
     keep_folder = False
     try:
-        assignment_id, api_tokens = prepare_data(url, args.clients)
+        assignment_id, api_tokens = prepare_data(url, args.clients + args.first)
+        api_tokens, first_tokens = api_tokens[:args.clients], api_tokens[args.clients:]
         answers = model_answers()
         env = {**os.environ, "NABLA_DATABASE_URL": url, "NABLA_INSTANCE_PATH": str(folder),
                "NABLA_SECRET_KEY": secrets.token_hex(32), "NABLA_SUBMIT_RATE": BENCH_SUBMIT_RATE,
@@ -272,20 +352,41 @@ def main() -> None:
         backend = "PostgreSQL" if args.postgres else "SQLite (WAL)"
         backend += ", counters in " + ("Redis" if args.redis else "the database")
         print(f"nabla serve on {HOST}:{port}: {args.workers} workers x {args.threads} threads, "
-              f"{backend}; {args.clients} clients, keep-alive; "
+              f"{backend}; {args.clients} clients, keep-alive, "
+              f"{f'{args.gap_ms:g} ms apart' if args.gap_ms else 'back to back'}; "
               f"{os.cpu_count()} CPUs, {platform.platform()}, "
               f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; "
               f"load average {os.getloadavg()[0]:.2f}")
         failed = False
         for kind, path in paths.items():
+            if first_tokens:
+                latencies, errors = first_grades(port, first_tokens, path, answers[kind])
+                print(f"{kind:<9} first grade of an instance, n={len(latencies):3d}  "
+                      f"p50 {statistics.median(latencies):6.2f} ms  "
+                      f"p99 {pct(latencies, 0.99):6.2f} ms")
+                if errors:
+                    failed = True
+                    print(f"  {len(errors)} errors, e.g. {errors[0]}")
+            cpu_before = process_cpu(process.pid) if args.cpu else {}
+            cpu_line = ""
+            own_before = time.process_time()
             latencies, wall, errors = run_phase(port, api_tokens, path, answers[kind],
-                                                args.requests, args.seconds)
+                                                args.requests, args.seconds, args.gap_ms / 1e3)
+            if args.cpu:
+                used = {k: v - cpu_before[k] for k, v in process_cpu(process.pid).items()}
+                used["bench clients"] = time.process_time() - own_before
+                n = len(latencies)
+                cpu_line = (f"{kind:<9} CPU per submission: " + ", ".join(
+                    f"{k} {v / n * 1e3:.2f} ms" for k, v in used.items())
+                    + f"; {sum(used.values()) / wall:.2f} CPUs busy on average")
             good, bad = GOALS[kind]
             p50, p99 = statistics.median(latencies), pct(latencies, 0.99)
             print(f"{kind:<9} POST n={len(latencies):5d}  p50 {p50:6.2f} ms  "
                   f"p90 {pct(latencies, 0.9):6.2f} ms  p99 {p99:6.2f} ms  "
                   f"max {max(latencies):7.2f} ms  {len(latencies) / wall:7.1f} submissions/s"
                   f"   (goal p50 <= {good:g}, p99 <= {bad:g} ms)")
+            if cpu_line:
+                print(cpu_line)
             if errors:
                 failed = True
                 print(f"  {len(errors)} errors, e.g. {errors[0]}")

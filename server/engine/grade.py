@@ -35,7 +35,7 @@ from server.engine.equations import (
     run_equations,
 )
 from server.engine.instance import ArrayInstance
-from server.engine.ops import ELEMENTWISE
+from server.engine.ops import ELEMENTWISE, l2_norm
 from server.engine.program import Program
 from server.engine.results import (
     GradeResult,
@@ -93,7 +93,7 @@ def _forward_values(inst: ArrayInstance) -> dict:
 def close(a: np.ndarray, b: np.ndarray, rtol: float) -> bool:
     if a.shape != b.shape:
         return False
-    return bool(np.linalg.norm(a - b) <= rtol * np.linalg.norm(b) + 1e-12)
+    return l2_norm(a - b) <= rtol * l2_norm(b) + 1e-12
 
 
 def _ref_at(inst: ArrayInstance, target: str, index: tuple[int, ...]) -> np.ndarray:

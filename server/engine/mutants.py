@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from server.engine.dimexpr import Lin
-from server.engine.ops import ELEMENTWISE, rule_text
+from server.engine.ops import ELEMENTWISE, l2_norm, rule_text
 from server.engine.program import Program
 from server.engine.solution import ModelLine, model_lines, render_lines
 
@@ -664,7 +664,7 @@ class Evaluation:
     def norm(self, key: Key) -> float:
         value = self._norm.get(key)
         if value is None:
-            value = self._norm[key] = float(np.linalg.norm(self.final(key)))
+            value = self._norm[key] = l2_norm(self.final(key))
         return value
 
     def rhs(self, e: int) -> np.ndarray:

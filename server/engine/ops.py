@@ -20,6 +20,7 @@ How to add an operation: docs/design.md, "How to add an operation".
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -325,6 +326,16 @@ def calls() -> tuple[str, ...]:
     """The operations written ``f(a)`` (read from the table each time: a record
     added to ``OPS`` is accepted by the compiler at once)."""
     return tuple(op.name for op in OPS.values() if op.syntax == "call")
+
+
+def l2_norm(x: np.ndarray) -> float:
+    """``float(np.linalg.norm(x))``, bit for bit (the same ravel and dot), without
+    its dispatch: the graders and the draw's checks take thousands of norms of
+    small arrays, where that dispatch is most of the cost."""
+    if x.dtype != np.float64:  # numpy's own rules for other types (float32 stays float32)
+        return float(np.linalg.norm(x))
+    flat = x.ravel(order="K")
+    return math.sqrt(flat.dot(flat))
 
 
 def forward(op: str, args: list, region: tuple | None = None) -> Array:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from server.engine.ops import forward as op_forward
-from server.engine.ops import vjp
+from server.engine.ops import l2_norm, vjp
 from server.engine.program import Loop, Program, Step
 
 Key = str | tuple[str, int]
@@ -162,8 +162,8 @@ def finite_difference_errors(
         fd = (L[o : o + 2 * n : 2] - L[o + 1 : o + 2 * n : 2]) / (2 * FD_STEP)
         an = grads.get(k)
         an = np.zeros(n) if an is None else an.reshape(-1)
-        scale = max(np.linalg.norm(an), np.linalg.norm(fd), FD_NORM_FLOOR)
-        errors[k] = float(np.linalg.norm(fd - an) / scale)
+        scale = max(l2_norm(an), l2_norm(fd), FD_NORM_FLOOR)
+        errors[k] = l2_norm(fd - an) / scale
     return errors
 
 

@@ -132,10 +132,18 @@ def cached(cache: OrderedDict, key: Any, make: Callable[[], Any], size: int = _C
 
 
 def spec_for_version(bank: Mapping[str, Any], version: ProblemVersion) -> Any:
-    """The spec an instance was drawn from: the bank's if unchanged, else the stored text."""
+    """The spec an instance was drawn from: the bank's if unchanged, else the stored text.
+
+    A version's text never changes (its hash names it), so the spec found for a
+    hash is kept per process: a submission then asks the bank (a database
+    query for the bank of record) only on the first use of a version."""
+    with _CACHE_LOCK:
+        known = _SPEC_CACHE.get(version.spec_hash)
+    if known is not None:
+        return known
     current = bank.get(version.problem_id)
     if current is not None and current.version == version.spec_hash:
-        return current
+        return cached(_SPEC_CACHE, version.spec_hash, lambda: current)
 
     def parse() -> Any:
         from server.engine.spec import parse_spec
@@ -249,12 +257,13 @@ def store_answer(
     key = clean_client_key(client_key)
     assignment_problem = assignment_problem_for(session, user, assignment_id, problem_id)
     assignment = assignment_problem.assignment
-    window = student_window(session, user.id, assignment, now)
     instance = ensure_instance(session, user, assignment_problem, bank, secret)
     spec = spec_for_version(bank, instance.problem_version)
-    submission, created, attempts_used = store_submission_once(
+    submission, created, attempts_used, window = store_submission_once(
         session, user=user, assignment_problem=assignment_problem, instance=instance,
         answer=text, kind=spec.answer_kind, now=now, client_ip=client_ip, client_key=key)
+    if window is None:  # a double click: the window was not read
+        window = student_window(session, user.id, assignment, now)
     job = None
     if created and submission.status == SubmissionStatus.PENDING:
         seeds = draw_hidden_seeds(secret, submission.id, instance.seed)

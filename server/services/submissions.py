@@ -37,7 +37,7 @@ from server.models import (
     User,
 )
 from server.models.base import dumps
-from server.services.assignments import student_window
+from server.services.assignments import Window, student_window
 from server.services.errors import Conflict, Forbidden, NotFound
 
 MAX_ALLOCATION_TRIES = 8
@@ -47,6 +47,7 @@ class StoreResult(NamedTuple):
     submission: Submission
     created: bool  # False: an earlier submission with the same client key
     attempts_used: int | None  # counting this one; None when not counted here
+    window: Window | None = None  # the student's window the decision used (None: not read)
 
 
 def used_attempts(session: Session, user_id: int, assignment_problem_id: int) -> list[int]:
@@ -86,7 +87,7 @@ def find_by_client_key(
 def store_submission(session: Session, **fields: Any) -> Submission:
     """Store an answer; ``store_submission_once`` with the same keyword
     arguments, returning only the submission."""
-    submission, _, _ = store_submission_once(session, **fields)
+    submission, *_ = store_submission_once(session, **fields)
     return submission
 
 
@@ -166,7 +167,7 @@ def store_submission_once(
             if submission.attempt is None:
                 raise
             return None
-        return StoreResult(submission, True, used)
+        return StoreResult(submission, True, used, window)
 
     if not window.accepting:
         stored = insert(new(SubmissionStatus.REFUSED, None, window.message))

@@ -1,5 +1,6 @@
 """Broken problems are refused; model solutions read like the course's."""
 
+import numpy as np
 import pytest
 
 from server.engine import ops
@@ -31,15 +32,63 @@ def test_scan_model_solution_accumulates_shared_parameters_and_slices():
     assert lines[-1] == "    15. dX[:, t:t + N] += dx[t]"
 
 
+def _broken_vjp(op, i, g, args, out, region=None, real=ops.vjp):
+    """The engine's backward rules, with the matmul's first input's 1% off."""
+    value = real(op, i, g, args, out, region)
+    return value * 1.01 if op == "matmul" and i == 0 else value
+
+
 def test_a_wrong_backward_rule_is_refused_naming_the_variable(monkeypatch):
-    real = ops.vjp
-
-    def broken(op, i, g, args, out, region=None):
-        value = real(op, i, g, args, out, region)
-        return value * 1.01 if op == "matmul" and i == 0 else value
-
-    monkeypatch.setattr("server.engine.reference.vjp", broken)
+    monkeypatch.setattr("server.engine.reference.vjp", _broken_vjp)
     with pytest.raises(BrokenProblemError) as info:
         draw_instance(BANK["mlp-relu"], 0)
     assert info.value.variable in {"W1", "W2", "W3"}
     assert "disagrees with finite differences" in str(info.value)
+
+
+def test_l2_norm_is_numpys_norm_bit_for_bit():
+    """The graders' and the draw's fast norm returns exactly what np.linalg.norm
+    does (the same ravel order and dot), so scores and draws do not move."""
+    from server.engine.ops import l2_norm
+
+    rng = np.random.default_rng(7)
+    arrays = [rng.normal(size=shape) * scale
+              for shape in [(1, 1), (3, 1), (1, 5), (4, 7), (9, 3), (0, 3), (6,)]
+              for scale in (1e-9, 1.0, 3e7)]
+    arrays += [a.T for a in arrays] + [a[::2] for a in arrays]  # views in other orders
+    arrays += [np.arange(6).reshape(2, 3), np.float64(2.5) * np.ones((2, 2)),
+               rng.normal(size=(5, 3)).astype(np.float32)]
+    for a in arrays:
+        assert l2_norm(a) == float(np.linalg.norm(a)), a.shape
+        assert isinstance(l2_norm(a), float)
+
+
+def test_hidden_draws_are_checked_by_finite_differences_once_per_structure_and_dims(monkeypatch):
+    from server.engine import instance as engine_instance
+
+    spec = BANK["mlp-relu"]
+    own = draw_instance(spec, 5)
+    seeds = engine_instance.legacy_hidden_seeds(own)
+    monkeypatch.setattr(engine_instance, "_VERIFIED", set())
+    real, calls = engine_instance._verify, []
+    monkeypatch.setattr(engine_instance, "_verify", lambda *a: calls.append(1) or real(*a))
+    first = engine_instance.draw_hidden_instances(spec, own, seeds)
+    assert len(calls) == len({tuple(sorted(h.dims.items())) for h in first}) >= 1
+    again = engine_instance.draw_hidden_instances(spec, own, seeds)
+    assert len(calls) == len({tuple(sorted(h.dims.items())) for h in first})  # no new check
+    for a, b in zip(first, again):  # the same values whichever way: stored seeds regrade alike
+        assert a.dims == b.dims
+        assert all(np.array_equal(a.values[k], b.values[k]) for k in a.values)
+    draw_instance(spec, 5)  # the student's own instance is always checked
+    assert len(calls) == len({tuple(sorted(h.dims.items())) for h in first}) + 1
+
+
+def test_a_wrong_backward_rule_is_refused_on_a_hidden_draw_too(monkeypatch):
+    from server.engine import instance as engine_instance
+
+    spec = BANK["mlp-relu"]
+    own = draw_instance(spec, 6)
+    monkeypatch.setattr(engine_instance, "_VERIFIED", set())
+    monkeypatch.setattr("server.engine.reference.vjp", _broken_vjp)
+    with pytest.raises(BrokenProblemError):
+        engine_instance.draw_hidden_instances(spec, own, [11, 12])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 
 import numpy as np
 import pytest
@@ -153,3 +154,20 @@ def test_frame_parsing_never_fails_other_than_with_wire_error(raw):
         wire.parse_frame_header(raw)
     except wire.WireError:
         pass
+
+
+def test_children_warm_up_only_when_nobody_waits_and_a_cpu_is_idle(monkeypatch):
+    from server.sandbox import pool as worker
+
+    cpus = os.cpu_count() or 1
+    monkeypatch.setattr(worker.os, "getloadavg", lambda: (cpus - 0.5, 0.0, 0.0))
+    assert worker.should_warm_up(False)
+    assert not worker.should_warm_up(True)  # callers queue for children: no extra CPU
+    monkeypatch.setattr(worker.os, "getloadavg", lambda: (cpus + 0.0, 0.0, 0.0))
+    assert not worker.should_warm_up(False)  # every CPU busy: the jobs need it
+
+    def unavailable():
+        raise OSError("no load average")
+
+    monkeypatch.setattr(worker.os, "getloadavg", unavailable)
+    assert worker.should_warm_up(False)

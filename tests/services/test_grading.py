@@ -265,6 +265,24 @@ class TestEquations:
         version = sub.instance.problem_version
         assert grading.spec_for_version(bank, version).version == version.spec_hash
 
+    def test_the_bank_is_asked_once_per_spec_version(
+            self, session, engine_bank, people, make_assignment, monkeypatch):
+        student, _, course = people
+        hw = make_assignment(session, course, problems=("mlp-relu",))
+        answer = _model_answer(session, engine_bank, student, hw, "mlp-relu")
+        monkeypatch.setattr(grading, "_SPEC_CACHE", type(grading._SPEC_CACHE)())
+        asked = []
+
+        class CountingBank(dict):
+            def get(self, key, default=None):
+                asked.append(key)
+                return super().get(key, default)
+
+        bank = CountingBank(engine_bank)
+        for _ in range(3):
+            assert _submit(session, bank, student, hw, "mlp-relu", answer).submission.score == 1
+        assert asked == ["mlp-relu"]  # a version's text never changes: its spec is kept
+
     def test_a_problem_outside_my_courses_is_not_found_and_nothing_is_stored(
             self, session, engine_bank, people, make_user, make_course, make_assignment):
         student, _, _ = people
