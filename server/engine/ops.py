@@ -118,6 +118,9 @@ class Operation:
     # the gaps that must stay at least the kink margin wide (a maximum's top two entries:
     # near a tie the argmax flips and the gradient jumps)
     gaps: Callable[[Array], Array] | None = None
+    # the mistakes the grader names: mistakes(i, g, args, out, region_text) -> [(the wrong
+    # gradient of operand i, denominator layout; the message, with {var} and {source})]
+    mistakes: Callable[[int, Array, list, Array, tuple | None], list] | None = None
 
 
 def _presentation(expr) -> str:
@@ -216,6 +219,36 @@ def _div_mathml(args, region_text):
             f"<mrow>{_presentation(args[1])}</mrow></mfrac>")
 
 
+def _mul_mistakes(i, g, args, out, region_text):
+    c = args[1 - i]
+    if isinstance(c, np.ndarray) or c in (0.0, 1.0):
+        return []
+    shown = int(c) if float(c).is_integer() else c
+    return [(g, f"d{{var}} is missing the factor {shown} of '{{source}}': a constant scale "
+                "(such as attention's 1/sqrt(d)) scales the gradient too")]
+
+
+def _softmax_mistakes(i, g, args, out, region_text):
+    return [
+        (g * out * (1 - out), "d{var} uses only the diagonal of the softmax Jacobian: in "
+         "'{source}' every output depends on every input of its row (column), so the "
+         "Jacobian is diag(a) - a a^T"),
+        (g * out, "d{var} leaves out the - a a^T part of the softmax Jacobian of '{source}': "
+         "subtract the a-weighted sum of the gradient"),
+    ]
+
+
+def _mean_mistake(count: int, text: str, vjp: Array) -> list:
+    if count < 2:
+        return []
+    return [(vjp * count, f"d{{var}} is missing the mean's 1/{text}: '{{source}}' averages "
+                          f"{count} entries, so each receives 1/{text} of the gradient")]
+
+
+def _count_text(texts) -> str:
+    return " * ".join(_count(t) for t in texts if t != "1") or "1"
+
+
 def _div_rule(i, dz, names, z, num, region_text):
     a, b = names
     bt = b if _is_number(b) or not num else f"{b}.T"
@@ -311,6 +344,17 @@ def _reduction(kind: str, axis: int) -> Operation:
             text += f" / {_count(region_text[axis])}"
         return "", text
 
+    def mistakes(i, g, args, out, region_text):
+        a = args[0]
+        if kind == "mean":
+            return _mean_mistake(a.shape[axis - 2], _count_text([region_text[axis]]),
+                                 vjp(i, g, args, out, None))
+        if kind == "max":
+            return [(np.broadcast_to(g, a.shape), "d{var} sends the gradient of '{source}' to "
+                     "every element; a maximum passes it only to the largest entry (its argmax "
+                     "mask)")]
+        return []
+
     def gaps(a: Array) -> Array:
         if a.shape[axis - 2] < 2:
             return np.array([np.inf])
@@ -319,7 +363,8 @@ def _reduction(kind: str, axis: int) -> Operation:
 
     return Operation(f"{kind}_axis{axis}", 1, "axis_call", shape, forward, vjp, rule,
                      _axis_mathml(kind, axis), constants="none", shape_text=kind == "mean",
-                     gaps=gaps if kind == "max" else None)
+                     gaps=gaps if kind == "max" else None,
+                     mistakes=mistakes if kind != "sum" else None)
 
 
 def _axis_mathml(name: str, axis: int) -> Callable[[list, tuple | None], str]:
@@ -395,7 +440,8 @@ OPS: dict[str, Operation] = {op.name: op for op in (
               lambda i, dz, names, z, num, rt: ("", dz if i == 0 else f"-{dz}"), _sub_mathml,
               symbol="-"),
     Operation("mul", 2, "infix", _binary_shape("*"), lambda args, r: args[0] * args[1],
-              lambda i, g, args, out, r: g * args[1 - i], _mul_rule, _mul_mathml, symbol="*"),
+              lambda i, g, args, out, r: g * args[1 - i], _mul_rule, _mul_mathml, symbol="*",
+              mistakes=_mul_mistakes),
     Operation("div", 2, "infix", _binary_shape("/"), lambda args, r: args[0] / args[1],
               lambda i, g, args, out, r: g / args[1] if i == 0 else -g * out / args[1],
               _div_rule, _div_mathml, symbol="/"),
@@ -409,7 +455,8 @@ OPS: dict[str, Operation] = {op.name: op for op in (
               symbol=".T", constants="none"),
     Operation("softmax", 1, "call", _softmax_shape, lambda args, r: _softmax(args[0]),
               lambda i, g, args, out, r: out * (g - (g * out).sum(axis=-2, keepdims=True)),
-              _softmax_rule, _call_mathml("softmax"), constants="none"),
+              _softmax_rule, _call_mathml("softmax"), constants="none",
+              mistakes=_softmax_mistakes),
     Operation("sum", 1, "call", _sum_shape,
               lambda args, r: args[0].sum(axis=(-2, -1), keepdims=True),
               lambda i, g, args, out, r: np.broadcast_to(g, args[0].shape).copy(),
@@ -421,12 +468,16 @@ OPS: dict[str, Operation] = {op.name: op for op in (
               lambda args, r: args[0].mean(axis=(-2, -1), keepdims=True),
               lambda i, g, args, out, r: np.broadcast_to(
                   g / (args[0].shape[-1] * args[0].shape[-2]), args[0].shape).copy(),
-              _mean_rule, _call_mathml("mean"), constants="none", shape_text=True),
+              _mean_rule, _call_mathml("mean"), constants="none", shape_text=True,
+              mistakes=lambda i, g, args, out, rt: _mean_mistake(
+                  args[0].size, _count_text(rt), np.broadcast_to(g / args[0].size,
+                                                                 args[0].shape))),
     *(_reduction(kind, axis) for kind in ("sum", "mean", "max") for axis in (0, 1)),
     Operation("softmax_axis1", 1, "axis_call", _unchanged_shape,
               lambda args, r: _softmax_rows(args[0]),
               lambda i, g, args, out, r: out * (g - (g * out).sum(axis=-1, keepdims=True)),
-              _softmax_rows_rule, _axis_mathml("softmax", 1), constants="none"),
+              _softmax_rows_rule, _axis_mathml("softmax", 1), constants="none",
+              mistakes=_softmax_mistakes),
     Operation("slice", 1, "slice", _unchanged_shape, _slice_forward, _slice_vjp, _slice_rule,
               _slice_mathml, constants="none"),
 )}

@@ -138,44 +138,55 @@ def test_answers_do_not_broadcast_either():
 # part of its message, the verdict on one asked gradient). Seed 3 throughout.
 WRONG = [
     # mlp-batch (tanh on seed 3)
-    ("mlp-batch", "db1 = dc1 @ ones.T", "db1 = dc1", "wrong_shape", "should be", "db1",
-     "wrong_shape"),
-    ("mlp-batch", "db2 = dc2 @ ones.T", "db2 = sum(dc2, axis=0)", "wrong_shape", "should be",
-     "db2", "wrong_shape"),
-    ("mlp-batch", "ones_like(per) / B", "ones_like(per)", "incorrect", "dper", "dW1",
-     "incorrect"),
+    ("mlp-batch", "db1 = dc1 @ ones.T", "db1 = dc1", "wrong_shape",
+     "db1 is not summed over the batch: 'c1 = b1 @ ones' copies b1 to every sample, so "
+     "db1 = dc1 @ ones.T", "db1", "wrong_shape"),
+    ("mlp-batch", "db2 = dc2 @ ones.T", "db2 = sum(dc2, axis=0)", "wrong_shape",
+     "db2 is summed over the wrong axis (axis=0)", "db2", "wrong_shape"),
+    ("mlp-batch", "ones_like(per) / B", "ones_like(per)", "incorrect",
+     "dper is missing the mean's 1/B", "dW1", "incorrect"),
     ("mlp-batch", "dW1 = dz1 @ X.T", "dW1 = X @ dz1.T", "transposed", "transpose", "dW1",
      "transposed"),
-    ("mlp-batch", "dz2 = dh * (1 - h**2)", "dz2 = dh * (1 - z2**2)", "incorrect", "dz2",
-     "dW1", "incorrect"),
+    ("mlp-batch", "dz2 = dh * (1 - h**2)", "dz2 = dh * (1 - z2**2)", "incorrect",
+     "derivative at the wrong variable: for 'h = tanh(z2)' the derivative is (1 - h**2), "
+     "not (1 - z2**2)", "dW1", "incorrect"),
     ("mlp-batch", "dX = W1.T @ dz1", "dX = -W1.T @ dz1", "sign", "wrong sign", "dX", "sign"),
     # l2-regularised
     ("l2-regularised", "dW += dz @ X.T", "dW = dz @ X.T", "missing_accumulation", "use '+='",
      "dW", "missing_accumulation"),
-    ("l2-regularised", " / (K * B)", "", "incorrect", "ds", "db", "incorrect"),
+    ("l2-regularised", " / (K * B)", "", "incorrect", "ds is missing the mean's 1/K * B",
+     "db", "incorrect"),
+    ("l2-regularised", "dr = 0.1 * dreg", "dr = dreg", "incorrect",
+     "dr is missing the factor 0.1 of 'reg = 0.1 * r'", "dW", "incorrect"),
     ("l2-regularised", "dW = dw2 * (2 * W)", "dW = dw2 * W", "incorrect", "dW", "dW",
      "incorrect"),
-    ("l2-regularised", "db = dc @ ones.T", "db = dc", "wrong_shape", "should be", "db",
-     "wrong_shape"),
+    ("l2-regularised", "db = dc @ ones.T", "db = dc", "wrong_shape",
+     "db is not summed over the batch", "db", "wrong_shape"),
+    ("l2-regularised", "db = dc @ ones.T", "db = sum(dc, axis=0)", "wrong_shape",
+     "db is summed over the wrong axis (axis=0)", "db", "wrong_shape"),
     ("l2-regularised", "dX = W.T @ dz", "dX = W @ dz.T", "wrong_shape",
      "@ needs the inner dimensions to agree", "dX", "incorrect"),
     ("l2-regularised", "dX = W.T @ dz", "dX = -W.T @ dz", "sign", "wrong sign", "dX", "sign"),
     # layernorm
     ("layernorm", "dX += ones_like(X) @ diag(dmu) / N", "dX += ones_like(X) @ diag(dmu)",
-     "incorrect", "dX", "dX", "incorrect"),
+     "incorrect", "dX is missing the mean's 1/N", "dX", "incorrect"),
     ("layernorm", "dxc += dsq", "dxc = dsq", "missing_accumulation", "use '+='", "dX",
      "incorrect"),
-    ("layernorm", "dX += ones_like(X) @ diag(dmu) / N", "", None, None, "dX",
-     "missing_accumulation"),
+    ("layernorm", "dX += ones_like(X) @ diag(dmu) / N", "", "missing_accumulation",
+     "after this line, add the contribution of dmu to dX through 'mu = mean(X, axis=0)': "
+     "dX += ones_like(X) @ diag(dmu) / N", "dX", "missing_accumulation"),
     ("layernorm", "dS = -dxh * xh / S", "dS = dxh * xh / S", "sign", "wrong sign", "dX",
      "incorrect"),
-    ("layernorm", "dg = dG @ oB.T", "dg = dG", "wrong_shape", "should be", "dg",
-     "wrong_shape"),
+    ("layernorm", "dg = dG @ oB.T", "dg = dG", "wrong_shape",
+     "dg is not summed over the batch: 'G = g @ oB' copies g", "dg", "wrong_shape"),
     ("layernorm", "db = dBb @ oB.T", "db = oB @ dBb.T", "transposed", "transpose", "db",
      "transposed"),
     # batchnorm-train
     ("batchnorm-train", "dX += diag(dmu) @ ones_like(X) / B",
-     "dX += diag(dmu) @ ones_like(X)", "incorrect", "dX", "dX", "incorrect"),
+     "dX += diag(dmu) @ ones_like(X)", "incorrect", "dX is missing the mean's 1/B", "dX",
+     "incorrect"),
+    ("batchnorm-train", "dg = dG @ oB.T", "dg = dG", "wrong_shape",
+     "dg is not summed over the batch", "dg", "wrong_shape"),
     ("batchnorm-train", "dsq = diag(dvar) @ ones_like(sq) / B",
      "dsq = ones_like(sq) @ diag(dvar) / B", "wrong_shape",
      "@ needs the inner dimensions to agree", "dX", "incorrect"),
@@ -183,11 +194,17 @@ WRONG = [
      "incorrect"),
     ("batchnorm-train", "dX = dxc", "dX = -dxc", "sign", "wrong sign", "dX", "incorrect"),
     ("batchnorm-train", "dve = dsd * (0.5 / sd)", "dve = dsd * (0.5 / ve)", "incorrect",
-     "dve", "dX", "incorrect"),
+     "derivative at the wrong variable: for 'sd = sqrt(ve)'", "dX", "incorrect"),
     # attention-head
-    ("attention-head", "dS = 0.5 * dSs", "dS = dSs", "incorrect", "dS", "dWq", "incorrect"),
+    ("attention-head", "dS = 0.5 * dSs", "dS = dSs", "incorrect",
+     "dS is missing the factor 0.5 of 'Ss = 0.5 * S': a constant scale (such as attention's "
+     "1/sqrt(d))", "dWq", "incorrect"),
     ("attention-head", "dSs = A * (dA - (dA * A) @ ones_like(A.T @ A))", "dSs = A * dA",
-     "incorrect", "dSs", "dWk", "incorrect"),
+     "incorrect", "dSs leaves out the - a a^T part of the softmax Jacobian", "dWk",
+     "incorrect"),
+    ("attention-head", "dSs = A * (dA - (dA * A) @ ones_like(A.T @ A))",
+     "dSs = A * (1 - A) * dA", "incorrect",
+     "dSs uses only the diagonal of the softmax Jacobian", "dWk", "incorrect"),
     ("attention-head", "dX += dQ @ Wq.T", "dX = dQ @ Wq.T", "missing_accumulation",
      "use '+='", "dX", "missing_accumulation"),
     ("attention-head", "dWq = X.T @ dQ", "dWq = dQ.T @ X", "transposed", "transpose", "dWq",
@@ -208,7 +225,8 @@ WRONG = [
      "sign"),
     # maxpool1d
     ("maxpool1d", "(x[t] >= diag(m[t]) @ ones_like(x[t])).T", "ones_like(x[t]).T",
-     "incorrect", "dx", "dX", "incorrect"),
+     "incorrect", "dx sends the gradient of 'm[t] = max(x[t], axis=1)' to every element; a "
+     "maximum passes it only to the largest entry", "dX", "incorrect"),
     ("maxpool1d", "dX[2 * t:2 * t + K, :] += dx[t]", "dX[2 * t:2 * t + K, :] = dx[t]",
      "missing_accumulation", "the windows overlap, so use '+='", "dX",
      "missing_accumulation"),
@@ -219,20 +237,24 @@ WRONG = [
      "sign"),
     # lstm-cell
     ("lstm-cell", "do4 = do * (o * (1 - o)).T", "do4 = do * (o4 * (1 - o4)).T", "incorrect",
-     "do4", "dWo", "incorrect"),
-    ("lstm-cell", "dc = dtc * (1 - tc**2).T", "dc = dtc * (1 - c**2).T", "incorrect", "dc",
-     "dWf", "incorrect"),
+     "the derivative is (o * (1 - o)), not (o4 * (1 - o4))", "dWo", "incorrect"),
+    ("lstm-cell", "dc = dtc * (1 - tc**2).T", "dc = dtc * (1 - c**2).T", "incorrect",
+     "for 'tc = tanh(c)' the derivative is (1 - tc**2), not (1 - c**2)", "dWf", "incorrect"),
     ("lstm-cell", "dh0 += do2 @ Uo", "dh0 = do2 @ Uo", "missing_accumulation", "use '+='",
      "dh0", "missing_accumulation"),
     ("lstm-cell", "dc0 = dc1 * f.T", "dc0 = dc1 * f", "wrong_shape",
      "element-wise * needs equal shapes", "dc0", "incorrect"),
-    ("lstm-cell", "dx += df1 @ Wf", "", None, None, "dx", "incorrect"),
+    ("lstm-cell", "dx += df1 @ Wf", "", "missing_accumulation",
+     "after this line, add the contribution of df1 to dx through 'f1 = Wf @ x': "
+     "dx += df1 @ Wf", "dx", "missing_accumulation"),
     ("lstm-cell", "dtc = dh * o.T", "dtc = -dh * o.T", "sign", "wrong sign", "dWf", "sign"),
     # gru-cell
     ("gru-cell", "dz += -du", "dz += du", "sign", "wrong sign", "dWz", "incorrect"),
-    ("gru-cell", "dh0 += drh * r.T", "", None, None, "dh0", "incorrect"),
-    ("gru-cell", "dn4 = dn * (1 - n**2).T", "dn4 = dn * (1 - n4**2).T", "incorrect", "dn4",
-     "dWn", "incorrect"),
+    ("gru-cell", "dh0 += drh * r.T", "", "missing_accumulation",
+     "after this line, add the contribution of drh to dh0 through 'rh = r * h0'", "dh0",
+     "missing_accumulation"),
+    ("gru-cell", "dn4 = dn * (1 - n**2).T", "dn4 = dn * (1 - n4**2).T", "incorrect",
+     "derivative at the wrong variable", "dWn", "incorrect"),
     ("gru-cell", "dz += -du", "dz = -du", "missing_accumulation", "use '+='", "dWz",
      "incorrect"),
     ("gru-cell", "dUn = rh @ dn2", "dUn = h0 @ dn2", "incorrect", "dUn", "dUn", "incorrect"),
@@ -245,7 +267,7 @@ def test_every_course_problem_has_five_wrong_answers():
 
 
 @pytest.mark.parametrize("pid, old, new, verdict, message, gradient, final", WRONG,
-                         ids=[f"{c[0]}:{c[2] or 'dropped ' + c[1]}" for c in WRONG])
+                         ids=[f"{c[0]}:{c[2] or 'without ' + c[1]}" for c in WRONG])
 def test_a_wrong_answer_gets_the_intended_verdict(pid, old, new, verdict, message, gradient,
                                                    final):
     spec = BANK[pid]
@@ -255,9 +277,49 @@ def test_a_wrong_answer_gets_the_intended_verdict(pid, old, new, verdict, messag
     result = grade_equations(spec, inst, answer.replace(old, new, 1))
     assert result.valid and result.score < 1.0
     wrong = [e for e in result.equations if e.verdict != "correct"]
-    if verdict is None:  # a line left out: no line is wrong, the gradient is
-        assert not wrong, [e.to_json() for e in wrong]
-    else:
-        assert wrong[0].verdict == verdict, wrong[0].to_json()
-        assert message in wrong[0].message, wrong[0].to_json()
+    assert wrong[0].verdict == verdict, wrong[0].to_json()
+    assert message in wrong[0].message, wrong[0].to_json()
     assert result.gradients[gradient].verdict == final, result.gradients[gradient]
+
+
+# --------------------------------------------------------------------------- named mistakes
+# on problems beyond the course's nine (each named mistake is tested on two problems or more)
+
+GLOBAL_MAX = parse_spec('''
+id = "global-max"
+title = "A linear layer over the maxima of the columns"
+answer = "equations"
+statement = "Max over each column, then a linear layer."
+given = "y"
+ask = ["X", "W"]
+forward = """
+m = max(X, axis=0)
+mt = m.T
+y = W @ mt
+"""
+[dims]
+N = [3, 5]
+B = [2, 4]
+K = [2, 3]
+[vars]
+X = { shape = ["N", "B"], role = "input" }
+W = { shape = ["K", "B"], role = "param" }
+''', "global-max.toml")
+
+
+@pytest.mark.parametrize("spec, old, new, message", [
+    (BANK["softmax-cross-entropy"], "dz = dp @ (diag(p) - p @ p.T)",
+     "dz = dp * (p * (1 - p)).T", "dz uses only the diagonal of the softmax Jacobian"),
+    (BANK["softmax-cross-entropy"], "dz = dp @ (diag(p) - p @ p.T)", "dz = dp @ diag(p)",
+     "dz leaves out the - a a^T part of the softmax Jacobian of 'p = softmax(z)'"),
+    (GLOBAL_MAX, "(X >= ones_like(X) @ diag(m)).T", "ones_like(X).T",
+     "dX sends the gradient of 'm = max(X, axis=0)' to every element"),
+])
+def test_named_mistakes_on_other_problems(spec, old, new, message):
+    inst = draw_instance(spec, 2)
+    answer = model_answer(spec, inst)
+    assert grade_equations(spec, inst, answer).score == 1.0
+    assert old in answer, answer
+    result = grade_equations(spec, inst, answer.replace(old, new))
+    wrong = [e for e in result.equations if e.verdict != "correct"]
+    assert wrong[0].verdict == "incorrect" and message in wrong[0].message, wrong[0].to_json()
