@@ -10,7 +10,16 @@ from __future__ import annotations
 
 import pytest
 
+import numpy as np
+
 from server.engine.bank import load_bank
+from server.engine.equations import (
+    AnswerContext,
+    AnswerFormatError,
+    AnswerRuntimeError,
+    parse_equations,
+    run_equations,
+)
 from server.engine.grade import grade_equations
 from server.engine.instance import draw_instance
 from server.engine.problem import model_answer
@@ -119,6 +128,35 @@ def test_strided_windows_are_scans_with_overlapping_slices():
     answer = model_answer(spec, inst)
     assert "dX[:, 2 * t:2 * t + K] += dx[t]" in answer
     assert grade_equations(spec, inst, answer).score == 1.0
+
+
+@pytest.mark.parametrize("rhs, expected", [
+    ("ones_like(X) @ diag(mean(X, axis=0))", lambda x: np.tile(x.mean(axis=0), (3, 1))),
+    ("diag(max(X, axis=1)) @ ones_like(X)", lambda x: np.tile(x.max(axis=1, keepdims=True),
+                                                               (1, 4))),
+    ("X * sum(X) / mean(X) / 12", lambda x: x),
+    ("np.max(X) * ones_like(X)", lambda x: np.full((3, 4), x.max())),
+])
+def test_the_answer_language_has_the_reductions(rhs, expected):
+    x = np.random.default_rng(1).uniform(0.5, 1.5, (3, 4))
+    ctx = AnswerContext(forward={"X": (3, 4)}, gradients={"dX": (3, 4)})
+    result = run_equations(parse_equations(f"dX = {rhs}", ctx), {"X": x},
+                           {"dX": np.zeros((3, 4))})
+    np.testing.assert_allclose(result["dX"], expected(x), rtol=1e-12)
+
+
+@pytest.mark.parametrize("rhs, message", [
+    ("X * mean(X, axis=0)", "element-wise * needs equal shapes"),
+    ("max(X, axis=2) * X", "axis must be 0 (max down the columns) or 1 (max along the rows)"),
+    ("mean(X, 0, axis=1)", "mean() got the axis twice"),
+])
+def test_the_answer_language_reductions_are_strict(rhs, message):
+    ctx = AnswerContext(forward={"X": (3, 4)}, gradients={"dX": (3, 4)})
+    with pytest.raises((AnswerFormatError, AnswerRuntimeError)) as caught:
+        program = parse_equations(f"dX = {rhs}", ctx)
+        run_equations(program, {"X": np.ones((3, 4))}, {"dX": np.zeros((3, 4))})
+    assert message in str(caught.value) or any(
+        message in e.message for e in getattr(caught.value, "errors", ()))
 
 
 def test_answers_do_not_broadcast_either():
