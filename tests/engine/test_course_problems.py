@@ -8,9 +8,8 @@ and torch in test_ops.py and test_torch_crosscheck.py."""
 
 from __future__ import annotations
 
-import pytest
-
 import numpy as np
+import pytest
 
 from server.engine.bank import load_bank
 from server.engine.equations import (
@@ -361,3 +360,13 @@ def test_named_mistakes_on_other_problems(spec, old, new, message):
     result = grade_equations(spec, inst, answer.replace(old, new))
     wrong = [e for e in result.equations if e.verdict != "correct"]
     assert wrong[0].verdict == "incorrect" and message in wrong[0].message, wrong[0].to_json()
+
+
+def test_mlp_random_draws_four_hidden_layers_too():
+    spec = BANK["mlp-random"]
+    insts = [draw_instance(spec, seed) for seed in range(50)]
+    depths = {inst.choices.get("depth") for inst in insts}
+    assert depths == {"two", "three", "four"}
+    four = next(inst for inst in insts if inst.choices.get("depth") == "four")
+    assert "act4" in four.choices and "z12 = " in four.forward
+    assert grade_equations(spec, four, model_answer(spec, four)).score == 1.0
