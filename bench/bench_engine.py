@@ -11,6 +11,11 @@ baselines measured in the same run, interleaved seed by seed:
   hidden instances (what ``grade_answer`` does since issue 9).
 
     .venv/bin/python bench/bench_engine.py [--seeds 300]
+    .venv/bin/python bench/bench_engine.py --seeds 100 --problems mlp-batch,attention-head
+
+With ``--problems``, only those problems: their draws as above, then grading of
+the model answer and of an answer with its last line's sign flipped, on the
+student's instance alone and with two hidden instances, interleaved.
 """
 
 from __future__ import annotations
@@ -96,11 +101,43 @@ def draws(bank, n: int) -> None:
               f"{statistics.median(calibration) if calibration else 0:8.1f}")
 
 
+def grading(bank, n: int) -> None:
+    print(f"\nin-process grading, {n} seeds each (ms): the student's instance alone, and with "
+          "two hidden instances, interleaved")
+    print(f"{'problem, answer':40} {'own med':>8} {'own p99':>8} {'+hid med':>8} "
+          f"{'+hid p99':>8}")
+    for spec in bank.values():
+        insts = [draw_instance(spec, i) for i in range(n)]
+        right = [model_answer(spec, inst) for inst in insts]
+        wrong = [_flip_last_sign(a) for a in right]
+        for label, texts in (("model answer", right), ("last line's sign flipped", wrong)):
+            own, hidden = interleaved([
+                lambda i, t=texts, s=spec, d=insts: grade_equations(s, d[i], t[i]),
+                lambda i, t=texts, s=spec, d=insts: grade_answer(s, d[i], t[i],
+                                                                hidden_seeds=(i + 7, i + 9)),
+            ], n)
+            print(f"{spec.id + ', ' + label:40} {statistics.median(own):8.3f} "
+                  f"{pct(own, 99):8.3f} {statistics.median(hidden):8.3f} {pct(hidden, 99):8.3f}")
+
+
+def _flip_last_sign(answer: str) -> str:
+    lines = answer.splitlines()
+    head, _, rhs = lines[-1].partition("= ")
+    lines[-1] = f"{head}= -({rhs})"
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=200)
+    parser.add_argument("--problems", default="", help="comma-separated ids: only these")
     args = parser.parse_args()
     bank = load_bank()
+    if args.problems:
+        chosen = {pid: bank[pid] for pid in args.problems.split(",")}
+        draws(chosen, args.seeds)
+        grading(chosen, args.seeds)
+        return
     draws(bank, args.seeds)
 
     mlp = bank["mlp-relu"]

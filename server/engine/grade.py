@@ -35,7 +35,7 @@ from server.engine.equations import (
     run_equations,
 )
 from server.engine.instance import ArrayInstance
-from server.engine.ops import ELEMENTWISE, l2_norm
+from server.engine.ops import ELEMENTWISE, OPS, l2_norm, rule_text
 from server.engine.program import Program
 from server.engine.results import (
     GradeResult,
@@ -313,6 +313,8 @@ class _Grader:
         self.rule_claims: dict[tuple[str, tuple], set[int]] = {}  # contributions lines matched
         self.errors: list[dict] = []
         self.assigned: set[str] = set()
+        self.last_line: dict[str, int] = {}  # gradient -> the line that last assigned it
+        self.flags: dict[int, LineResult] = {}  # right lines after which something is missing
 
     # contributions of a target element, in the layout
     def contributions(self, target: str, index: tuple) -> list[np.ndarray]:
@@ -337,8 +339,9 @@ class _Grader:
             )
         except AnswerRuntimeError as exc:  # a whole-run limit (too many steps)
             return invalid([{"line": exc.line, "message": exc.render(self.lines)}])
+        gradients = self.judge_gradients(final)  # may flag a line where a contribution is missing
         equations = [self.merge(line, results) for line, results in sorted(self.per_line.items())]
-        gradients = self.judge_gradients(final)
+        equations = [self.flags.get(e.line, e) if e.verdict == "correct" else e for e in equations]
         return GradeResult(True, _score(self.spec, equations, gradients), self.errors, equations,
                            gradients)
 
@@ -387,6 +390,7 @@ class _Grader:
 
     def on_assign(self, ev: AssignEvent) -> None:
         self.assigned.add(ev.target)
+        self.last_line[ev.target] = ev.line
         label = _label(ev.target, ev.index, ev.loop_env if not ev.index else None)
         taint = next((self.tainted[g] for g, _ in ev.reads if g in self.tainted), None)
         if taint is not None:
@@ -454,7 +458,9 @@ class _Grader:
                     "transposed",
                     f"d{var} is the transpose of the right value: " + self.layout.rule(var),
                 )
-            return "wrong_shape", self.layout.expected(var, after, ref)
+            hint = self.broadcast_hint(var, after, ref)
+            shape = self.layout.expected(var, after, ref)
+            return "wrong_shape", f"{hint} ({shape})" if hint else shape
         if close(after, ref, self.rtol):
             self.matched[key] = list(range(len(contribs)))
             return "correct", ""
@@ -485,7 +491,7 @@ class _Grader:
                 f"use '+=' for {ev.target}: it already holds another contribution",
             )
         return self.diagnose(
-            var, after - partial if ev.op != "=" else after, contribs, unmatched, ref
+            var, after - partial if ev.op != "=" else after, contribs, unmatched, ref, ev.index
         )
 
     def judge_region_assignment(
@@ -506,10 +512,11 @@ class _Grader:
                     )
                 return "correct", ""
         return self.diagnose(
-            var, written, [c[rows, cols] for c in contribs], unmatched, ref[rows, cols]
+            var, written, [c[rows, cols] for c in contribs], unmatched, ref[rows, cols], None
         )
 
-    def diagnose(self, var: str, value: np.ndarray, contribs, unmatched, ref) -> tuple[str, str]:
+    def diagnose(self, var: str, value: np.ndarray, contribs, unmatched, ref,
+                 index: tuple | None = ()) -> tuple[str, str]:
         targets = [contribs[i] for i in unmatched] or [ref]
         for expected in targets + [ref]:
             if value.shape == expected.shape and close(value, -expected, self.rtol):
@@ -526,7 +533,8 @@ class _Grader:
                 and close(value, expected.T, self.rtol)
             ):
                 return "transposed", f"d{var} is transposed"
-        hint = self.derivative_hint(var, value)
+        hint = (self.derivative_hint(var, value)
+                or (self.named_mistake(var, value, index) if index is not None else ""))
         return "incorrect", hint or f"d{var} does not match the expected value"
 
     def derivative_hint(self, var: str, value: np.ndarray) -> str:
@@ -543,6 +551,9 @@ class _Grader:
                     f"the mask ({var} > 0)" if step.op == "relu" else f"the derivative of {step.op}"
                 )
                 return f"d{var} is missing {what}: '{step.source}' is element-wise"
+            swapped = self.swapped_derivative(step, fn, var, value, upstream)
+            if swapped:
+                return swapped
             for other, _ in self.program.steps():
                 if other is step or other.op != step.op or other.indexed:
                     continue
@@ -570,6 +581,110 @@ class _Grader:
                         f"wrong derivative: d{var} uses the derivative formula of {name}, "
                         f"but '{step.source}' applies {step.op}"
                     )
+        return ""
+
+    def swapped_derivative(self, step, fn, var: str, value, upstream) -> str:
+        """``g * (1 - g)`` written at the input ``ag`` of ``g = sigmoid(ag)``, and the like."""
+        a, z = self.inst.values[var], self.inst.values[step.target]
+        with np.errstate(all="ignore"):
+            right, wrong = fn.derivative(a, z), fn.derivative(z, a)
+        if self.inst.layout == "numerator":
+            right, wrong = right.T, wrong.T
+        if (wrong.shape != upstream.shape or not np.all(np.isfinite(wrong))
+                or close(wrong, right, self.rtol) or not close(value, upstream * wrong, self.rtol)):
+            return ""
+        return (f"derivative at the wrong variable: for '{step.source}' the derivative is "
+                f"{fn.derivative_text.format(a=var, z=step.target)}, not "
+                f"{fn.derivative_text.format(a=step.target, z=var)}")
+
+    def upstream(self, step, index: tuple) -> np.ndarray | None:
+        g = self.inst.reference.get("d" + step.target)
+        if g is None and step.target == self.spec.given:
+            g = self.inst.values["d" + step.target]
+        if isinstance(g, list):
+            return g[index[0]] if step.indexed and index else None
+        return g
+
+    def forward_value(self, name: str, indexed: bool, index: tuple) -> np.ndarray | None:
+        v = self.inst.values[name]
+        if isinstance(v, list):
+            return v[index[0]] if indexed and index else None
+        return v
+
+    def named_mistake(self, var: str, value: np.ndarray, index: tuple) -> str:
+        """A mistake its operation's record names (``Operation.mistakes``: a mean's missing
+        1/B, a constant factor left out, a softmax Jacobian taken as its diagonal, a
+        maximum's gradient sent to every element), for the step that ``var`` feeds."""
+        numerator = self.inst.layout == "numerator"
+        for step, _ in self.program.steps():
+            record = OPS[step.op]
+            names = [a.name for a in step.args]
+            if record.mistakes is None or var not in names:
+                continue
+            up = self.upstream(step, index)
+            out = self.forward_value(step.target, step.indexed, index)
+            args = [a.const if a.name is None else
+                    self.forward_value(a.name, a.indexed, index) for a in step.args]
+            if up is None or out is None or any(a is None for a in args):
+                continue
+            i = names.index(var)
+            g = up.T if numerator else up
+            for wrong, message in record.mistakes(i, g, args, out, step.region_text):
+                wrong = wrong.T if numerator else wrong
+                if value.shape == wrong.shape and close(value, wrong, self.rtol):
+                    return message.format(var=var, source=step.source)
+        return ""
+
+    def broadcast_hint(self, var: str, value: np.ndarray, ref: np.ndarray) -> str:
+        """A bias broadcast with a row (column) of ones whose gradient was not summed over
+        the batch, or was summed over the wrong axis."""
+        for step, _ in self.program.steps():
+            names = [a.name for a in step.args]
+            if step.op != "matmul" or step.indexed or var not in names:
+                continue
+            i = names.index(var)
+            decl = self.spec.vars.get(names[1 - i])
+            up = self.inst.reference.get("d" + step.target)
+            if decl is None or decl.dist != "ones" or up is None or isinstance(up, list):
+                continue
+            rule = rule_text("matmul", i, "d" + step.target, names, step.target,
+                             self.inst.layout)[1]
+            why = f"'{step.source}' copies {var} to every sample, so d{var} = {rule}"
+            if value.shape == up.shape:
+                return f"d{var} is not summed over the batch: {why}"
+            for axis in (0, 1):
+                summed = up.sum(axis=axis, keepdims=True)
+                if summed.shape != ref.shape and value.shape == summed.shape \
+                        and close(value, summed, self.rtol):
+                    return f"d{var} is summed over the wrong axis (axis={axis}): {why}"
+        return ""
+
+    def missing_contribution(self, g: str, value: np.ndarray, ref: np.ndarray) -> str:
+        """A gradient that lacks exactly one of its contributions: name the step it comes
+        through and flag the line after which it should have been added."""
+        items = self.inst.contributions.get(g, [])
+        if len(items) < 2:
+            return ""
+        for line, _t, c in items:
+            if not close(value, ref - c, self.rtol):
+                continue
+            step = next((s for s, _ in self.program.steps() if s.line == line), None)
+            if step is None or step.indexed:
+                return ""
+            names = [a.text(None) for a in step.args]
+            i = [a.name for a in step.args].index(g[1:])
+            _, rhs = rule_text(step.op, i, "d" + step.target, names, step.target,
+                               self.inst.layout, step.region_text)
+            after = self.last_line.get("d" + step.target)
+            add = f"{g} += {rhs}"
+            if after is not None:
+                self.flags.setdefault(after, LineResult(
+                    after, "d" + step.target, "missing_accumulation", True,
+                    f"after this line, add the contribution of d{step.target} to {g} "
+                    f"through '{step.source}': {add}"))
+            where = f" after line {after}" if after is not None else ""
+            return (f"{g} is missing its contribution through '{step.source}': add {add}"
+                    f"{where}")
         return ""
 
     # -- final gradients ----------------------------------------------------------
@@ -609,6 +724,11 @@ class _Grader:
 
     def final_verdict(self, var: str, value: np.ndarray, ref: np.ndarray) -> GradientResult:
         g = "d" + var
+        if value.shape == ref.shape and not close(value, ref, self.rtol) \
+                and g not in self.accumulation_errors:
+            missing = self.missing_contribution(g, value, ref)
+            if missing:
+                return GradientResult("missing_accumulation", missing)
         return judge_gradient(
             var,
             value,

@@ -475,12 +475,14 @@ def _draw_value(spec: ProblemSpec, name: str, shape, rng) -> np.ndarray:
         v = np.zeros(shape)
         v[int(rng.integers(shape[0])), 0] = 1.0
         return v
+    if decl.dist == "ones":
+        return np.ones(shape)
     return round_to(rng.uniform(decl.low, decl.high, shape), spec.decimals)
 
 
 def _reject_values(spec, program: Program, leaves, shapes) -> str | None:
     for name, v in leaves.items():
-        if spec.vars[name].dist == "onehot":
+        if spec.vars[name].dist in ("onehot", "ones"):
             continue
         if v.size > 1 and (v == v.flat[0]).all():
             return f"{name} has all-equal entries"
@@ -495,11 +497,13 @@ def _reject_forward(spec: ProblemSpec, sched, values) -> str | None:
     inputs: dict[int, list[np.ndarray]] = {}
     for ex in sched:
         fn = OPS[ex.step.op]  # the operation's record says where its inputs may not go
-        if fn.kink is None and not fn.positive_domain:
+        if fn.kink is None and not fn.positive_domain and fn.gaps is None:
             continue
         a = values[ex.args[0]]
         if not np.isfinite(a).all():
             return f"non-finite input on line {ex.step.line}"
+        if fn.gaps is not None and fn.gaps(a).min() < margin:
+            return f"{fn.name} input has a near tie on line {ex.step.line}"
         if fn.kink is not None:
             if np.abs(a - fn.kink).min() < margin:
                 return f"{fn.name} input within {margin} of its kink on line {ex.step.line}"

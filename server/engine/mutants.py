@@ -437,11 +437,15 @@ class _Types:
         self.program = program
         self.numerator = numerator
         self.forward = set(program.shapes)
+        # dims are numbers in a rule (a mean's 1/B)
+        self.dims = {n for shape in program.shapes.values() for d in shape for n in d.names}
 
     def is_gradient(self, name: str) -> bool:
         return name not in self.forward and name.startswith("d") and name[1:] in self.forward
 
-    def shape_of_name(self, name: str) -> Shape:
+    def shape_of_name(self, name: str) -> Shape | None:
+        if name in self.dims and name not in self.forward:
+            return None
         if name in self.forward:
             return self.program.shapes[name]
         if self.is_gradient(name):
@@ -630,7 +634,8 @@ class Evaluation:
     def __init__(self, mset: MutantSet, dims: Mapping[str, int],
                  values: Mapping[Key, np.ndarray], gradient: Callable[[Key], np.ndarray]):
         self.mset = mset
-        self.values = values
+        # the dims too: a rule may divide by one (a mean's 1/B)
+        self.values = {**values, **{name: float(v) for name, v in dims.items()}}
         self.dims = dims
         self.gradient = gradient
         ranges = tuple((loop.start.eval(dims), loop.stop.eval(dims)) for loop in mset.loops)

@@ -74,6 +74,8 @@ ELEMENTWISE: dict[str, Elementwise] = {
         Elementwise("exp", np.exp, lambda a, z: z, "{z}"),
         Elementwise("log", np.log, lambda a, z: 1.0 / a, "(1 / {a})", positive_domain=True),
         Elementwise("square", np.square, lambda a, z: 2.0 * a, "(2 * {a})"),
+        Elementwise("sqrt", np.sqrt, lambda a, z: 0.5 / z, "(0.5 / {z})",
+                    positive_domain=True),
     )
 }
 
@@ -111,6 +113,15 @@ class Operation:
     constants: str = "any"  # where constants may be operands: "any", "none", "second"
     kink: float | None = None  # a non-differentiable input that drawn inputs stay away from
     positive_domain: bool = False  # drawn inputs must be > 0 (log)
+    # the rule and the MathML read the operand's shape as text (rows, cols) in region_text
+    # (a mean divides by the count of what it averages)
+    shape_text: bool = False
+    # the gaps that must stay at least the kink margin wide (a maximum's top two entries:
+    # near a tie the argmax flips and the gradient jumps)
+    gaps: Callable[[Array], Array] | None = None
+    # the mistakes the grader names: mistakes(i, g, args, out, region_text) -> [(the wrong
+    # gradient of operand i, denominator layout; the message, with {var} and {source})]
+    mistakes: Callable[[int, Array, list, Array, tuple | None], list] | None = None
 
 
 def _presentation(expr) -> str:
@@ -205,9 +216,47 @@ def _matmul_mathml(args, region_text):
 
 
 def _div_mathml(args, region_text):
-    import sympy
+    return (f"<mfrac><mrow>{_presentation(args[0])}</mrow>"
+            f"<mrow>{_presentation(args[1])}</mrow></mfrac>")
 
-    return _presentation(sympy.MatMul(sympy.Rational(1) / args[1], args[0], evaluate=False))
+
+def _mul_mistakes(i, g, args, out, region_text):
+    c = args[1 - i]
+    if isinstance(c, np.ndarray) or c in (0.0, 1.0):
+        return []
+    shown = int(c) if float(c).is_integer() else c
+    return [(g, f"d{{var}} is missing the factor {shown} of '{{source}}': a constant scale "
+                "(such as attention's 1/sqrt(d)) scales the gradient too")]
+
+
+def _softmax_mistakes(i, g, args, out, region_text):
+    return [
+        (g * out * (1 - out), "d{var} uses only the diagonal of the softmax Jacobian: in "
+         "'{source}' every output depends on every input of its row (column), so the "
+         "Jacobian is diag(a) - a a^T"),
+        (g * out, "d{var} leaves out the - a a^T part of the softmax Jacobian of '{source}': "
+         "subtract the a-weighted sum of the gradient"),
+    ]
+
+
+def _mean_mistake(count: int, text: str, vjp: Array) -> list:
+    if count < 2:
+        return []
+    return [(vjp * count, f"d{{var}} is missing the mean's 1/{text}: '{{source}}' averages "
+                          f"{count} entries, so each receives 1/{text} of the gradient")]
+
+
+def _count_text(texts) -> str:
+    return " * ".join(_count(t) for t in texts if t != "1") or "1"
+
+
+def _div_rule(i, dz, names, z, num, region_text):
+    a, b = names
+    bt = b if _is_number(b) or not num else f"{b}.T"
+    if i == 0:
+        return "", f"{dz} / {bt}"
+    zt = f"{z}.T" if num else z
+    return "", f"-{dz} * {zt} / {bt}"
 
 
 def _softmax_shape(text: str, names: list, shapes: list) -> Shape:
@@ -224,6 +273,107 @@ def _sum_shape(text: str, names: list, shapes: list) -> Shape:
 def _softmax_rule(i, dz, names, z, num, region_text):
     jac = f"(diag({z}) - {z} @ {z}.T)"
     return "", f"{dz} @ {jac}" if num else f"{jac} @ {dz}"
+
+
+def _softmax_rows(a: Array) -> Array:
+    e = np.exp(a - a.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _softmax_rows_rule(i, dz, names, z, num, region_text):
+    # each row's Jacobian diag(z_i) - z_i^T z_i; the row sums of dz * z broadcast along the
+    # row by a product with a square matrix of ones (the answer language does not broadcast)
+    if num:
+        return "", f"{z}.T * ({dz} - ones_like({z}.T @ {z}) @ ({dz} * {z}.T))"
+    return "", f"{z} * ({dz} - ({dz} * {z}) @ ones_like({z}.T @ {z}))"
+
+
+def _count(text: str) -> str:
+    return text if text.isidentifier() or text.isdigit() else f"({text})"
+
+
+def _mean_rule(i, dz, names, z, num, region_text):
+    counts = [_count(d) for d in region_text if d != "1"] or ["1"]
+    count = counts[0] if len(counts) == 1 else f"({' * '.join(counts)})"
+    a = f"{names[0]}.T" if num else names[0]
+    return "", f"{dz} * ones_like({a}) / {count}"
+
+
+# Reductions along one axis keep 2-D shapes: axis=0 gives a row (1×n), axis=1 a column
+# (m×1). Their gradients spread the output gradient back with diag(...) and a matrix of
+# ones, so that no rule relies on broadcasting.
+_SPREAD = {  # (axis, numerator) -> the output gradient spread over the operand's shape
+    (0, False): "ones_like({a}) @ diag({dz})",
+    (0, True): "diag({dz}) @ ones_like({a}.T)",
+    (1, False): "diag({dz}) @ ones_like({a})",
+    (1, True): "ones_like({a}.T) @ diag({dz})",
+}
+_ARGMAX = {  # axis -> the mask of the maxima, 1 where the operand equals its axis's maximum
+    0: "({a} >= ones_like({a}) @ diag({z}))",
+    1: "({a} >= diag({z}) @ ones_like({a}))",
+}
+
+
+def _reduction(kind: str, axis: int) -> Operation:
+    """``sum(X, axis=k)``, ``mean(X, axis=k)`` and ``max(X, axis=k)``: record ``<kind>_axis<k>``."""
+
+    def shape(text: str, names: list, shapes: list) -> Shape:
+        rows, cols = shapes[0]
+        return (Lin(1), cols) if axis == 0 else (rows, Lin(1))
+
+    def forward(args, region):
+        a = args[0]
+        if kind == "max":
+            return a.max(axis=axis - 2, keepdims=True)
+        return a.sum(axis=axis - 2, keepdims=True) / (a.shape[axis - 2] if kind == "mean" else 1)
+
+    def vjp(i, g, args, out, region):
+        a = args[0]
+        if kind == "max":
+            return np.where(a == out, g, 0.0)
+        return np.broadcast_to(g / (a.shape[axis - 2] if kind == "mean" else 1), a.shape).copy()
+
+    def rule(i, dz, names, z, num, region_text):
+        a = names[0]
+        if kind == "max":
+            mask = _ARGMAX[axis].format(a=a, z=z)
+            if axis == 0:
+                return "", f"diag({dz}) @ {mask}.T" if num else f"{mask} @ diag({dz})"
+            return "", f"{mask}.T @ diag({dz})" if num else f"diag({dz}) @ {mask}"
+        text = _SPREAD[(axis, num)].format(a=a, dz=dz)
+        if kind == "mean":
+            text += f" / {_count(region_text[axis])}"
+        return "", text
+
+    def mistakes(i, g, args, out, region_text):
+        a = args[0]
+        if kind == "mean":
+            return _mean_mistake(a.shape[axis - 2], _count_text([region_text[axis]]),
+                                 vjp(i, g, args, out, None))
+        if kind == "max":
+            return [(np.broadcast_to(g, a.shape), "d{var} sends the gradient of '{source}' to "
+                     "every element; a maximum passes it only to the largest entry (its argmax "
+                     "mask)")]
+        return []
+
+    def gaps(a: Array) -> Array:
+        if a.shape[axis - 2] < 2:
+            return np.array([np.inf])
+        top = np.sort(a, axis=axis - 2)
+        return np.take(top, -1, axis=axis - 2) - np.take(top, -2, axis=axis - 2)
+
+    return Operation(f"{kind}_axis{axis}", 1, "axis_call", shape, forward, vjp, rule,
+                     _axis_mathml(kind, axis), constants="none", shape_text=kind == "mean",
+                     gaps=gaps if kind == "max" else None,
+                     mistakes=mistakes if kind != "sum" else None)
+
+
+def _axis_mathml(name: str, axis: int) -> Callable[[list, tuple | None], str]:
+    def mathml(args, region_text):
+        return (f"<mrow><mi>{name}</mi><mo>(</mo>{_presentation(args[0])}<mo>,</mo>"
+                f"<mi>axis</mi><mo>=</mo><mn>{axis}</mn><mo>)</mo></mrow>")
+
+    return mathml
 
 
 def _call_mathml(name: str) -> Callable[[list, tuple | None], str]:
@@ -291,11 +441,11 @@ OPS: dict[str, Operation] = {op.name: op for op in (
               lambda i, dz, names, z, num, rt: ("", dz if i == 0 else f"-{dz}"), _sub_mathml,
               symbol="-"),
     Operation("mul", 2, "infix", _binary_shape("*"), lambda args, r: args[0] * args[1],
-              lambda i, g, args, out, r: g * args[1 - i], _mul_rule, _mul_mathml, symbol="*"),
+              lambda i, g, args, out, r: g * args[1 - i], _mul_rule, _mul_mathml, symbol="*",
+              mistakes=_mul_mistakes),
     Operation("div", 2, "infix", _binary_shape("/"), lambda args, r: args[0] / args[1],
-              lambda i, g, args, out, r: g / args[1],
-              lambda i, dz, names, z, num, rt: ("", f"{dz} / {names[1]}"), _div_mathml,
-              symbol="/", constants="second"),
+              lambda i, g, args, out, r: g / args[1] if i == 0 else -g * out / args[1],
+              _div_rule, _div_mathml, symbol="/"),
     Operation("neg", 1, "prefix", _unchanged_shape, lambda args, r: -args[0],
               lambda i, g, args, out, r: -g,
               lambda i, dz, names, z, num, rt: ("", f"-{dz}"), _neg_mathml, symbol="-",
@@ -306,7 +456,8 @@ OPS: dict[str, Operation] = {op.name: op for op in (
               symbol=".T", constants="none"),
     Operation("softmax", 1, "call", _softmax_shape, lambda args, r: _softmax(args[0]),
               lambda i, g, args, out, r: out * (g - (g * out).sum(axis=-2, keepdims=True)),
-              _softmax_rule, _call_mathml("softmax"), constants="none"),
+              _softmax_rule, _call_mathml("softmax"), constants="none",
+              mistakes=_softmax_mistakes),
     Operation("sum", 1, "call", _sum_shape,
               lambda args, r: args[0].sum(axis=(-2, -1), keepdims=True),
               lambda i, g, args, out, r: np.broadcast_to(g, args[0].shape).copy(),
@@ -314,6 +465,20 @@ OPS: dict[str, Operation] = {op.name: op for op in (
                   "", f"{dz} * ones_like({names[0]}.T)" if num
                   else f"{dz} * ones_like({names[0]})"),
               _call_mathml("sum"), constants="none"),
+    Operation("mean", 1, "call", _sum_shape,
+              lambda args, r: args[0].mean(axis=(-2, -1), keepdims=True),
+              lambda i, g, args, out, r: np.broadcast_to(
+                  g / (args[0].shape[-1] * args[0].shape[-2]), args[0].shape).copy(),
+              _mean_rule, _call_mathml("mean"), constants="none", shape_text=True,
+              mistakes=lambda i, g, args, out, rt: _mean_mistake(
+                  args[0].size, _count_text(rt), np.broadcast_to(g / args[0].size,
+                                                                 args[0].shape))),
+    *(_reduction(kind, axis) for kind in ("sum", "mean", "max") for axis in (0, 1)),
+    Operation("softmax_axis1", 1, "axis_call", _unchanged_shape,
+              lambda args, r: _softmax_rows(args[0]),
+              lambda i, g, args, out, r: out * (g - (g * out).sum(axis=-1, keepdims=True)),
+              _softmax_rows_rule, _axis_mathml("softmax", 1), constants="none",
+              mistakes=_softmax_mistakes),
     Operation("slice", 1, "slice", _unchanged_shape, _slice_forward, _slice_vjp, _slice_rule,
               _slice_mathml, constants="none"),
 )}
@@ -336,6 +501,16 @@ def l2_norm(x: np.ndarray) -> float:
         return float(np.linalg.norm(x))
     flat = x.ravel(order="K")
     return math.sqrt(flat.dot(flat))
+
+
+def axis_calls() -> dict[str, tuple[int, ...]]:
+    """The operations written ``f(a, axis=k)``: name -> the axes it takes (from the table)."""
+    out: dict[str, tuple[int, ...]] = {}
+    for op in OPS.values():
+        if op.syntax == "axis_call":
+            base, axis = op.name.rsplit("_axis", 1)
+            out[base] = (*out.get(base, ()), int(axis))
+    return out
 
 
 def forward(op: str, args: list, region: tuple | None = None) -> Array:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from server.engine.dimexpr import DimExprError, Lin, max_over, min_over, parse_lin
-from server.engine.ops import OPS, ShapeError, calls
+from server.engine.ops import OPS, ShapeError, axis_calls, calls
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 # Python's operator nodes; which operation each is comes from the table (``Operation.symbol``).
@@ -39,7 +39,7 @@ class VarDecl:
     role: str
     low: float = -1.0
     high: float = 1.0
-    dist: str = "uniform"  # uniform | onehot
+    dist: str = "uniform"  # uniform | onehot | ones (a row or column of ones, to broadcast)
 
 
 @dataclass(frozen=True)
@@ -407,12 +407,14 @@ class ProgramCompiler:
         else:
             self.err(lineno, f"unknown operation {ast.unparse(func)!r}")
             return None
-        if name not in calls():
-            self.err(lineno, f"unknown operation {name!r}{did_you_mean(name, calls())} "
-                             f"(allowed: {', '.join(calls())})")
+        with_axis = axis_calls()
+        known = sorted({*calls(), *with_axis})
+        if name not in known:
+            self.err(lineno, f"unknown operation {name!r}{did_you_mean(name, known)} "
+                             f"(allowed: {', '.join(known)})")
             return None
-        if len(value.args) != 1 or value.keywords:
-            self.err(lineno, f"{name} takes exactly one argument")
+        op = self._call_op(name, value, lineno, with_axis)
+        if op is None:
             return None
         if not self._is_leaf(value.args[0], loop_var):
             self._compound(lineno, target, indexed, loop_var, value)
@@ -423,7 +425,29 @@ class ProgramCompiler:
         if a.name is None:
             self.err(lineno, f"{name} of a constant is a constant, not a step")
             return None
-        return self._apply(name, [a], lineno, ast.unparse(value))
+        return self._apply(op, [a], lineno, ast.unparse(value))
+
+    def _call_op(self, name: str, value: ast.Call, lineno: int, with_axis) -> str | None:
+        """The record of ``f(a)`` or ``f(a, axis=k)``: ``f`` or ``f_axis<k>``."""
+        forms = ([f"{name}(X)"] if name in calls() else []) + [
+            f"{name}(X, axis={k})" for k in with_axis.get(name, ())]
+        usage = f"{name} is written {' or '.join(forms)}"
+        if len(value.args) != 1 or any(k.arg != "axis" for k in value.keywords) \
+                or len(value.keywords) > 1:
+            self.err(lineno, usage)
+            return None
+        if not value.keywords:
+            if name not in calls():
+                self.err(lineno, f"{usage}: say which axis")
+                return None
+            return name
+        axis = value.keywords[0].value
+        if not (isinstance(axis, ast.Constant) and type(axis.value) is int
+                and axis.value in with_axis.get(name, ())):
+            self.err(lineno, f"{usage} (axis=0 reduces down the columns to a row, axis=1 "
+                             "along the rows to a column)")
+            return None
+        return f"{name}_axis{axis.value}"
 
     def _apply(self, op: str, args: list[Operand], lineno: int, text: str):
         """The relation of operation ``op`` on ``args``, its shape from the operation's rule."""
@@ -433,7 +457,10 @@ class ProgramCompiler:
         except ShapeError as exc:
             self.err(lineno, str(exc))
             return None
-        return op, args, None, None, shape
+        texts = None
+        if OPS[op].shape_text:  # the operand's shape as text, for the rule (a mean's count)
+            texts = tuple(str(d) for d in self.shapes[names[0]])
+        return op, args, None, texts, shape
 
     def _slice(self, value: ast.Subscript, lineno: int, loop):
         loop_var = loop[0] if loop else None
@@ -507,7 +534,7 @@ class ProgramCompiler:
             self.err(lineno, "a step must involve a variable, not only constants")
             return None
         if OPS[op].constants == "second" and right.name is not None:
-            self.err(lineno, f"'{text}': division is only by a constant")
+            self.err(lineno, f"'{text}': {OPS[op].symbol} is only by a constant")
             return None
         return self._apply(op, [left, right], lineno, text)
 

@@ -400,13 +400,17 @@ class SpecBuilder:
                     continue
                 low, high = float(rng[0]), float(rng[1])
             dist = decl.get("dist", "uniform")
-            if dist not in ("uniform", "onehot"):
-                self.err(line, f"variable {name}: dist must be uniform or onehot")
+            if dist not in ("uniform", "onehot", "ones"):
+                self.err(line, f"variable {name}: dist must be uniform, onehot or ones")
                 continue
             if dist == "onehot" and (role != "const" or not dims_shape[1] == Lin(1)):
                 self.err(
                     line, f'variable {name}: a onehot variable must be a column with role = "const"'
                 )
+                continue
+            if dist == "ones" and (role != "const" or Lin(1) not in dims_shape):
+                self.err(line, f"variable {name}: a ones variable (to broadcast with @) must be "
+                               'a row or a column with role = "const"')
                 continue
             out[name] = VarDecl(name, dims_shape, role, low, high, dist)
         return out

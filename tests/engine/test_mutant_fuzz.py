@@ -45,9 +45,17 @@ def grade_every_mutant(spec, seed: int) -> list[str]:
     return problems
 
 
+def sample_size(spec) -> int:
+    """3 seeds in CI; 1 for the largest programs (LSTM and GRU cells: ~900-1500 mutants, each
+    graded as a whole answer), to keep the suite fast."""
+    steps = max(len(list(p.steps())) for p in spec.programs.values())
+    return 3 if steps <= 16 else 1
+
+
 @pytest.mark.parametrize("spec", EQUATION_PROBLEMS, ids=lambda s: s.id)
 def test_no_plausible_mistake_scores_full_marks(spec):
-    problems = [p for seed in seeds_for(spec, 3) for p in grade_every_mutant(spec, seed)]
+    problems = [p for seed in seeds_for(spec, sample_size(spec))
+                for p in grade_every_mutant(spec, seed)]
     assert not problems, "\n".join(problems)
 
 

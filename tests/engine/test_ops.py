@@ -12,7 +12,8 @@ from server.engine import ops
 from server.engine.equations import AnswerContext, parse_equations, run_equations
 from server.engine.ops import OPS, Elementwise, Operation
 
-SHAPES = {"matmul": [(3, 4), (4, 2)], "softmax": [(4, 1)], "slice": [(5, 3)]}
+SHAPES = {"matmul": [(3, 4), (4, 2)], "softmax": [(4, 1)], "slice": [(5, 3)],
+          "softmax_axis1": [(3, 4)]}
 REGION = ((1, 4), (0, 2))  # rows 1:4, columns 0:2 of a slice
 REGION_TEXT = ("1:4", "0:2")
 
@@ -30,6 +31,11 @@ def operands(name: str, rng) -> list:
 
 def region(name: str):
     return REGION if OPS[name].syntax == "slice" else None
+
+
+def region_text(name: str, args) -> tuple[str, str]:
+    """A slice's bounds, or the operand's shape for an operation whose rule reads it."""
+    return tuple(str(n) for n in args[0].shape) if OPS[name].shape_text else REGION_TEXT
 
 
 @pytest.mark.parametrize("name", sorted(OPS))
@@ -72,7 +78,8 @@ def test_the_rule_text_parses_and_computes_the_vjp(name, layout):
     for i, arg_name in enumerate(names):
         if arg_name == "4":
             continue
-        suffix, rhs = ops.rule_text(name, i, "dz", names, "z", layout, REGION_TEXT)
+        suffix, rhs = ops.rule_text(name, i, "dz", names, "z", layout,
+                                     region_text(name, args))
         program = parse_equations(f"d{arg_name}{suffix} = {rhs}", ctx)
         grads = {key: np.zeros(shape) for key, shape in gradients.items()}
         grads["dz"] = layout_value(g)

@@ -471,7 +471,8 @@ class _LineChecker:
         lo, hi = FUNCTIONS[fn]
         axis_nodes = [k for k in node.keywords if k.arg == "axis"]
         others = [k for k in node.keywords if k.arg != "axis"]
-        if others or (axis_nodes and fn != "sum"):
+        reduction = fn in ("sum", "mean", "max")
+        if others or (axis_nodes and not reduction):
             bad = others[0] if others else axis_nodes[0]
             raise self.err(node, f"{fn}() does not take the keyword {bad.arg or '**'}")
         for a in node.args:
@@ -479,9 +480,9 @@ class _LineChecker:
                 raise self.err(a, "* unpacking is not allowed")
         positional = list(node.args)
         axis_node = axis_nodes[0].value if axis_nodes else None
-        if fn == "sum" and len(positional) == 2:
+        if reduction and len(positional) == 2:
             if axis_node is not None:
-                raise self.err(node, "sum() got the axis twice")
+                raise self.err(node, f"{fn}() got the axis twice")
             axis_node = positional.pop()
             hi = 1
         if not lo <= len(positional) <= hi:
@@ -492,8 +493,8 @@ class _LineChecker:
         if axis_node is not None:
             if not (isinstance(axis_node, ast.Constant) and axis_node.value in (0, 1)
                     and not isinstance(axis_node.value, bool)):
-                raise self.err(axis_node, "axis must be 0 (sum down columns) or 1 (sum along "
-                               "rows)")
+                raise self.err(axis_node, f"axis must be 0 ({fn} down the columns) or 1 ({fn} "
+                               "along the rows)")
             axis = int(axis_node.value)
         args = self.all_of([lambda a=a: self.expr(a) for a in positional])
         return _VCall(self.col(node), self.text(node), fn, tuple(args), axis)

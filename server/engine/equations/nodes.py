@@ -38,6 +38,8 @@ FUNCTIONS: dict[str, tuple[int, int]] = {
     "sqrt": (1, 1),
     "abs": (1, 1),
     "sum": (1, 2),
+    "mean": (1, 2),
+    "max": (1, 2),
     "diag": (1, 1),
     "outer": (2, 2),
     "where": (3, 3),
@@ -531,6 +533,9 @@ _ELEMENTWISE = {
 }
 
 
+_REDUCTIONS = {"sum": np.sum, "mean": np.mean, "max": np.max}
+
+
 class _VCall(_Node):
     __slots__ = ("fn", "args", "axis")
 
@@ -546,12 +551,12 @@ class _VCall(_Node):
             if not _is_scalar(v):
                 rt.charge(v.size, self.col)
             return _ELEMENTWISE[fn](v)
-        if fn == "sum":
+        if fn in _REDUCTIONS:  # sum, mean, max: 1×1 or along an axis, 2-D shapes kept
             v = _as_2d(vals[0])
             rt.charge(v.size, self.col)
             if self.axis is None:
-                return np.full((1, 1), v.sum())
-            return v.sum(axis=self.axis, keepdims=True)
+                return np.full((1, 1), _REDUCTIONS[fn](v, axis=None))
+            return _REDUCTIONS[fn](v, axis=self.axis, keepdims=True)
         if fn == "diag":
             v = _as_2d(vals[0])
             if v.shape[0] == 1 or v.shape[1] == 1:

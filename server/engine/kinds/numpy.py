@@ -27,6 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from server.engine.dimexpr import Lin
 from server.engine.grade import Layout, judge_gradient
 from server.engine.instance import ArrayInstance, draw_hidden_instances, legacy_hidden_seeds
 from server.engine.kinds.equations import ProgramKind
@@ -301,6 +302,34 @@ def name_other_layout(verdicts: dict[str, GradientResult], layout: str
             for g, v in verdicts.items()}
 
 
+def _solved_dims(spec: ProblemSpec, program, dims_lines: list[str]) -> list[str]:
+    """Dims that are no leaf's axis on their own, solved from a shape (of a leaf, or of an
+    intermediate: a window x[t] is C×K) whose other dims are known:
+    ``L = (X.shape[0] - (K - 2)) // 2`` for X of length 2*L + K - 2 (strided windows)."""
+    known = {line.split("=")[0].strip() for line in dims_lines}
+    out: list[str] = []
+    progress = True
+    while progress:
+        progress = False
+        for dim in spec.dims:
+            if dim in known:
+                continue
+            for name, axis, d in ((n, a, d) for n in (*program.leaves, *program.intermediates)
+                                  for a, d in enumerate(program.shapes[n])):
+                coefs = dict(d.terms)
+                if dim not in coefs or any(n not in known for n in coefs if n != dim):
+                    continue
+                rest = d - Lin(0, ((dim, coefs[dim]),))
+                array = f"{name}[0]" if name in program.indexed else name  # one step's value
+                value = f"{array}.shape[{axis}]" + (f" - ({rest})" if rest != Lin(0) else "")
+                coef = coefs[dim]
+                out.append(f"    {dim} = " + (f"({value}) // {coef}" if coef != 1 else value))
+                known.add(dim)
+                progress = True
+                break
+    return out
+
+
 def numpy_model_answer(spec: ProblemSpec, inst: ArrayInstance, equations: str) -> str:
     """The model equations as a ``backward`` function: dims are read off the
     arguments' shapes, gradients start at zero, indexed ones are lists."""
@@ -317,6 +346,7 @@ def numpy_model_answer(spec: ProblemSpec, inst: ArrayInstance, equations: str) -
             else:
                 continue
             break
+    dims_lines += _solved_dims(spec, program, dims_lines)
     accumulated = set(re.findall(r"\bd(\w+)(?:\[[^\]]*\])?\s*\+=", equations))
     body = []
     for name in names:
