@@ -2,13 +2,11 @@
 with a screenshot of each step in build/screenshots/ (``NABLA_SCREENSHOTS`` moves
 it), and an axe-core pass (npm's axe-core, installed by ``make test`` into
 build/axe) on the student's and the staff's pages: no serious or critical
-violation.
-
-Not here: the instructor's overrides and Canvas CSV (they come with the grades
-work, not on this branch)."""
+violation."""
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 from pathlib import Path
@@ -16,8 +14,10 @@ from typing import Any
 
 import pytest
 
+from server.cli.web_cmds import demo_assignment_plan
 from server.engine.bank import load_bank
 from server.engine.problem import draw, model_answer
+from server.services.exports import CANVAS_HEADER, number
 
 from .conftest import log_in
 from .test_answer_page import problem_url
@@ -77,19 +77,30 @@ def test_a_numpy_runtime_error_shows_its_traceback(page, live_site):
     assert link.startswith("#line-") and page.locator(f"tr{link}").count() == 1
 
 
-@pytest.fixture
-def staff_page(browser: Any, live_site: str):
-    """A tab logged in as the TA (the session's one browser shares its cookies: they are
+def staff_tab(browser: Any, live_site: str, email: str):
+    """A tab logged in as ``email`` (the session's one browser shares its cookies: they are
     cleared before and after, and the next student tab logs in again)."""
     browser.clear_cookies()
     tab = browser.new_page()
     tab.set_viewport_size({"width": 1280, "height": 900})
     try:
-        log_in(tab, live_site, "ta@example.edu")
+        log_in(tab, live_site, email)
         yield tab
     finally:
         tab.close()
         browser.clear_cookies()
+
+
+@pytest.fixture
+def staff_page(browser: Any, live_site: str):
+    """A tab logged in as the TA."""
+    yield from staff_tab(browser, live_site, "ta@example.edu")
+
+
+@pytest.fixture
+def instructor_page(browser: Any, live_site: str):
+    """A tab logged in as the instructor."""
+    yield from staff_tab(browser, live_site, "instructor@example.edu")
 
 
 def test_ta_validates_a_problem_previews_two_seeds_and_tries_an_answer(staff_page, live_site):
@@ -113,6 +124,49 @@ def test_ta_validates_a_problem_previews_two_seeds_and_tries_an_answer(staff_pag
         page.click("text=Grade it")
     shot(page, "ta-5-tried-an-answer")
     assert page.locator("section.verdict").count() == 1, page.inner_text("main")[:2000]
+
+
+def test_instructor_overrides_a_score_and_downloads_the_canvas_csv(instructor_page, live_site):
+    # Student Three submits nothing in these tests: the override is all they have.
+    page = instructor_page
+    (first_title, first_ids), (second_title, _) = demo_assignment_plan(list(BANK))
+    problem = first_ids[0]
+    page.goto(f"{live_site}/staff/DEMO101/grades")
+    shot(page, "instructor-1-gradebook")
+    with page.expect_navigation():
+        page.get_by_role("link", name="Student Three", exact=True).click()
+    shot(page, "instructor-2-student")
+    row = page.locator("tr", has=page.get_by_label(f"Score of {problem}", exact=True))
+    row.get_by_label(f"Score of {problem}", exact=True).fill("80%")
+    row.get_by_label(f"Reason for {problem}", exact=True).fill("graded by hand: a sign slip")
+    with page.expect_navigation():
+        row.get_by_role("button", name="Set").click()
+    shot(page, "instructor-3-override-set")
+    assert "Score overridden" in page.inner_text("main"), page.inner_text("main")[:2000]
+    row = page.locator("tr", has=page.get_by_label(f"Score of {problem}", exact=True))
+    assert re.search(r"80%\s+overridden", row.inner_text()), row.inner_text()
+    row.locator("summary", has_text="history").click()
+    assert "graded by hand: a sign slip" in row.inner_text(), row.inner_text()
+    shot(page, "instructor-4-override-history")
+
+    points = 100 * 0.8 / len(first_ids)  # 100 points, every problem of weight 1
+    with page.expect_navigation():
+        page.get_by_role("link", name="Gradebook", exact=True).click()
+    student = page.locator("tbody tr", has_text="Student Three")
+    shot(page, "instructor-5-gradebook-with-override")
+    assert f"{points:.2f}" in student.inner_text(), student.inner_text()
+
+    with page.expect_download() as info:
+        page.get_by_role("link", name="Canvas CSV", exact=True).click()
+    download = info.value
+    assert download.suggested_filename == "DEMO101-grades-canvas.csv"
+    target = SHOTS / "instructor-6-canvas.csv"  # kept beside the screenshots, to look at
+    download.save_as(target)
+    rows = list(csv.reader(target.read_text(encoding="utf-8").splitlines()))
+    assert rows[0] == [*CANVAS_HEADER, first_title, second_title], rows[0]
+    assert rows[1] == ["Points Possible", "", "", "", "", "100", "100"], rows[1]
+    three = [r for r in rows[2:] if r[0] == "Student Three"]
+    assert len(three) == 1 and three[0][5:] == [number(points, 2), ""], three
 
 
 def axe_violations(page: Any) -> list[dict]:
