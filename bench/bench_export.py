@@ -120,9 +120,10 @@ def main() -> None:
     from server import db
     from server.models import Course
     from server.services import exports, gradebook
+    from tests import scratch_db
 
     folder = tempfile.TemporaryDirectory()
-    url = (db.create_postgres_database(args.postgres, "nabla_bench") if args.postgres
+    url = (scratch_db.create_postgres_database(args.postgres, "nabla_bench") if args.postgres
            else f"sqlite:///{folder.name}/bench.sqlite3")
     try:
         db.upgrade(url)
@@ -174,7 +175,7 @@ def main() -> None:
         engine.dispose()
     finally:
         if args.postgres:
-            db.drop_postgres_database(args.postgres, url)
+            scratch_db.drop_postgres_database(args.postgres, url)
         folder.cleanup()
 
 

@@ -372,7 +372,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int)
     parser.add_argument("--threads", type=int)
     args = parser.parse_args()
-    from server import db
+    from tests import scratch_db
 
     print(f"burst: {args.students} students x 3 submissions (one double-clicked) in "
           f"{args.seconds:g} s; {os.cpu_count()} CPUs, {platform.platform()}, "
@@ -380,7 +380,7 @@ def main() -> None:
     failed = False
     for backend in args.db.split(","):
         folder = Path(tempfile.mkdtemp(prefix="nabla-burst-"))
-        url = (db.create_postgres_database(args.postgres, "nabla_burst")
+        url = (scratch_db.create_postgres_database(args.postgres, "nabla_burst")
                if backend == "postgresql" else f"sqlite:///{folder / 'burst.sqlite3'}")
         try:
             outcome = run(url, folder, args.students, args.seconds, workers=args.workers,
@@ -389,7 +389,7 @@ def main() -> None:
             failed |= bool(outcome.problems)
         finally:
             if backend == "postgresql":
-                db.drop_postgres_database(args.postgres, url)
+                scratch_db.drop_postgres_database(args.postgres, url)
             shutil.rmtree(folder, ignore_errors=True)
     print(f"load average {os.getloadavg()[0]:.2f}")
     sys.exit(1 if failed else 0)
