@@ -193,16 +193,9 @@ def problem_figures(course: Course, data: dict, nonce: str | None) -> list[Figur
          ["submissions", total], ["graded submissions", graded]],
         [None, link(), link(full=1), link(), link(status="graded")])))
 
-    histogram = data["score_histogram"]
-    bins_links = [link(bin=k) for k in range(analytics.BINS)]
-    figures.append(Figure(
-        "Final scores", _draw(nonce, lambda n: charts.bar(
-            "Final scores (students)", BIN_LABELS, histogram, bins_links, n,
-            y_title="students")),
-        Table("scores", "Final scores: students per score band (the gradebook's score)",
-              ["score band", "students", "graded submissions in the band"],
-              [[label, count, "list"] for label, count in zip(BIN_LABELS, histogram)],
-              bins_links)))
+    figures.append(_score_figure(
+        link, data["score_histogram"], nonce, "Final scores", "Final scores (students)",
+        "Final scores: students per score band (the gradebook's score)"))
 
     attempts = data["attempts_to_full"]
     attempt_links = [link(attempt=a, full=1) for a in attempts]
@@ -274,19 +267,25 @@ def problem_figures(course: Course, data: dict, nonce: str | None) -> list[Figur
     return figures
 
 
+def _score_figure(link: Any, histogram: list[int], nonce: str | None, heading: str,
+                  chart_title: str, caption: str) -> Figure:
+    """Students per score band, as a chart and a table, each band linking to the
+    graded submissions in it."""
+    bins_links = [link(bin=k) for k in range(analytics.BINS)]
+    return Figure(
+        heading, _draw(nonce, lambda n: charts.bar(
+            chart_title, BIN_LABELS, histogram, bins_links, n, y_title="students")),
+        Table("scores", caption, ["score band", "students", "graded submissions in the band"],
+              [[label, count, "list"] for label, count in zip(BIN_LABELS, histogram)],
+              bins_links))
+
+
 def assignment_figures(course: Course, data: dict, nonce: str | None) -> list[Figure]:
     link = _submissions_link(course, [data["assignment"]])
     figures = []
-    histogram = data["score_histogram"]
-    bins_links = [link(bin=k) for k in range(analytics.BINS)]
-    figures.append(Figure(
-        "Score distribution", _draw(nonce, lambda n: charts.bar(
-            "Assignment scores (students)", BIN_LABELS, histogram, bins_links, n,
-            y_title="students")),
-        Table("scores", "Assignment scores: students per score band",
-              ["score band", "students", "graded submissions in the band"],
-              [[label, count, "list"] for label, count in zip(BIN_LABELS, histogram)],
-              bins_links)))
+    figures.append(_score_figure(
+        link, data["score_histogram"], nonce, "Score distribution",
+        "Assignment scores (students)", "Assignment scores: students per score band"))
     timeline = list(data["timeline"])
     due = data["due_date"]
     if due not in {day["date"] for day in timeline}:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+from flask import current_app
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField
 from wtforms import (
@@ -149,3 +153,22 @@ class RegradeForm(FlaskForm):
     target = StringField(validators=[InputRequired(), Length(max=120)])  # a<id> or p<problem>
     redraw = BooleanField("Redraw the instances on the problem's current spec (seeds kept)")
     reason = StringField("Reason", validators=[Optional(), Length(max=2000)])
+
+
+# --- times in forms: naive, in the site's time zone --------------------------------
+
+
+def to_utc(local: dt.datetime | None) -> dt.datetime | None:
+    """A form's naive local time, read in the site's time zone, as aware UTC."""
+    if local is None:
+        return None
+    zone = ZoneInfo(current_app.config["NABLA_TIMEZONE"])
+    return local.replace(tzinfo=zone).astimezone(dt.UTC)
+
+
+def to_local(value: dt.datetime | None) -> dt.datetime | None:
+    """An aware time as the naive local time a form shows, in the site's time zone."""
+    if value is None:
+        return None
+    zone = ZoneInfo(current_app.config["NABLA_TIMEZONE"])
+    return value.astimezone(zone).replace(tzinfo=None)

@@ -32,8 +32,9 @@ from server.web.forms import (
     OverrideForm,
     RegradeForm,
     RemoveOverrideForm,
+    to_local,
+    to_utc,
 )
-from server.web.instructor import _to_local, _to_utc
 
 bp = Blueprint("gradebook", __name__, url_prefix="/staff")
 SORTS = ("name", "email", "section", "total")
@@ -145,8 +146,8 @@ def _render_student(course: Course, user_id: int, *, forms: dict[str, Any] | Non
         extension = extensions.get((user_id, assignment.id))
         ext_forms[assignment.id] = (forms or {}).get(f"ext{assignment.id}") or ExtensionForm(
             formdata=None,
-            due_at=_to_local(extension.due_at if extension else assignment.due_at),
-            late_until=_to_local(extension.late_until if extension else assignment.late_until))
+            due_at=to_local(extension.due_at if extension else assignment.due_at),
+            late_until=to_local(extension.late_until if extension else assignment.late_until))
     end_transaction()
     return render_template(
         "gradebook/student.html", course=course, book=book, student=book.students[0],
@@ -209,8 +210,8 @@ def set_extension(course: Course, user_id: int, assignment_id: int) -> Any:
             return _render_student(course, user_id, forms={f"ext{assignment_id}": form},
                                    status=400)
         overrides.set_extension(session, course, assignment, user_id=user_id,
-                                due_at=_to_utc(form.due_at.data),
-                                late_until=_to_utc(form.late_until.data), actor=current_user)
+                                due_at=to_utc(form.due_at.data),
+                                late_until=to_utc(form.late_until.data), actor=current_user)
     except ValidationError as exc:
         getattr(form, exc.field).errors.append(exc.reason)
         return _render_student(course, user_id, forms={f"ext{assignment_id}": form},

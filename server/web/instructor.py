@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import datetime as dt
-from zoneinfo import ZoneInfo
-
 from flask import (
     Blueprint,
     abort,
-    current_app,
     flash,
     redirect,
     render_template,
@@ -31,24 +27,9 @@ from server.services.errors import NotFound, ServiceError, ValidationError
 from server.services.invites import new_account_links
 from server.web.access import role_required
 from server.web.bank import get_bank
-from server.web.forms import AssignmentForm, RoleForm, RosterImportForm
+from server.web.forms import AssignmentForm, RoleForm, RosterImportForm, to_local, to_utc
 
 bp = Blueprint("instructor", __name__, url_prefix="/instructor")
-
-
-def _to_utc(local: dt.datetime | None) -> dt.datetime | None:
-    """A form's naive local time, read in the site's time zone, as aware UTC."""
-    if local is None:
-        return None
-    zone = ZoneInfo(current_app.config["NABLA_TIMEZONE"])
-    return local.replace(tzinfo=zone).astimezone(dt.UTC)
-
-
-def _to_local(value: dt.datetime | None) -> dt.datetime | None:
-    if value is None:
-        return None
-    zone = ZoneInfo(current_app.config["NABLA_TIMEZONE"])
-    return value.astimezone(zone).replace(tzinfo=None)
 
 
 def _assignment_form(course: Course, assignment: Assignment | None = None) -> AssignmentForm:
@@ -60,9 +41,9 @@ def _assignment_form(course: Course, assignment: Assignment | None = None) -> As
     else:
         form = AssignmentForm(
             title=assignment.title,
-            open_at=_to_local(assignment.open_at),
-            due_at=_to_local(assignment.due_at),
-            late_until=_to_local(assignment.late_until),
+            open_at=to_local(assignment.open_at),
+            due_at=to_local(assignment.due_at),
+            late_until=to_local(assignment.late_until),
             late_credit=assignment.late_credit,
             max_attempts=assignment.max_attempts,
             score_policy=assignment.score_policy,
@@ -84,9 +65,9 @@ def _assignment_form(course: Course, assignment: Assignment | None = None) -> As
 def _draft_from(form: AssignmentForm) -> AssignmentDraft:
     return AssignmentDraft(
         title=form.title.data,
-        open_at=_to_utc(form.open_at.data),
-        due_at=_to_utc(form.due_at.data),
-        late_until=_to_utc(form.late_until.data),
+        open_at=to_utc(form.open_at.data),
+        due_at=to_utc(form.due_at.data),
+        late_until=to_utc(form.late_until.data),
         late_credit=form.late_credit.data,
         max_attempts=form.max_attempts.data,
         score_policy=form.score_policy.data,
