@@ -76,10 +76,12 @@ def problems_check(refs: tuple[str, ...], seeds: int) -> None:
     structures drawn: how many, how many every draw separates from the right
     answer, how many are equivalent to it; the mean redraws and the median
     draw time. Exit status 1 if any spec is invalid or broken (or no draw
-    separates its mutants), with line-specific messages."""
+    separates its mutants, or the model answer, as text, is not 100% on every
+    draw), with line-specific messages."""
     from server.engine.bank import UnknownProblemError, find_problem, spec_files
     from server.engine.instance import InstanceError
     from server.engine.spec import SpecError
+    from server.services.bank import SpecRefused, check_model_solution
 
     targets = _spec_targets(refs) if refs else [str(p) for p in spec_files()]
     bad = 0
@@ -87,9 +89,14 @@ def problems_check(refs: tuple[str, ...], seeds: int) -> None:
         try:
             spec = find_problem(ref)
             report = spec.kind.check_draws(spec, seeds)
+            check_model_solution(spec, seeds)
         except (SpecError, UnknownProblemError, InstanceError) as exc:
             bad += 1
             click.echo(f"FAIL {ref}\n{exc}", err=True)
+            continue
+        except SpecRefused as exc:
+            bad += 1
+            click.echo(f"FAIL {ref}\n" + "\n".join(e["message"] for e in exc.errors), err=True)
             continue
         click.echo(f"ok   {spec.id} ({spec.answer_kind}, {seeds} draws verified){report}")
     if bad:

@@ -44,6 +44,7 @@ from server.engine.results import (
     invalid,
     weighted_score,
 )
+from server.engine.solution import model_lines
 
 if TYPE_CHECKING:
     from server.engine.spec import ProblemSpec
@@ -659,32 +660,37 @@ class _Grader:
                     return f"d{var} is summed over the wrong axis (axis={axis}): {why}"
         return ""
 
-    def missing_contribution(self, g: str, value: np.ndarray, ref: np.ndarray) -> str:
-        """A gradient that lacks exactly one of its contributions: name the step it comes
-        through and flag the line after which it should have been added."""
-        items = self.inst.contributions.get(g, [])
-        if len(items) < 2:
-            return ""
+    def missing_contribution(self, g: str, value: np.ndarray, ref: np.ndarray,
+                             t: int | None = None) -> str:
+        """A gradient (``t``: its value at that loop step) that lacks exactly the
+        contributions of one forward step: name the step and flag the line after
+        which they should have been added. A step inside a loop contributes once
+        per loop step, and those contributions are missed together."""
+        items = self.inst.contributions.get(g if t is None else f"{g}[{t}]", [])
+        by_line: dict[int, np.ndarray] = {}
         for line, _t, c in items:
+            by_line[line] = by_line[line] + c if line in by_line else c
+        if len(by_line) < 2:
+            return ""
+        for line, c in by_line.items():
             if not close(value, ref - c, self.rtol):
                 continue
             step = next((s for s, _ in self.program.steps() if s.line == line), None)
-            if step is None or step.indexed:
+            model = next((m for m in model_lines(self.spec, self.program)
+                          if step is not None and m.step is step and m.target == g), None)
+            if model is None:
                 return ""
-            names = [a.text(None) for a in step.args]
-            i = [a.name for a in step.args].index(g[1:])
-            _, rhs = rule_text(step.op, i, "d" + step.target, names, step.target,
-                               self.inst.layout, step.region_text)
+            add = f"{model.target}{model.suffix} += {model.rhs}"
+            inside = f" inside '{model.loop.header.strip()}'" if model.loop is not None else ""
             after = self.last_line.get("d" + step.target)
-            add = f"{g} += {rhs}"
             if after is not None:
                 self.flags.setdefault(after, LineResult(
                     after, "d" + step.target, "missing_accumulation", True,
                     f"after this line, add the contribution of d{step.target} to {g} "
-                    f"through '{step.source}': {add}"))
+                    f"through '{step.source}'{inside}: {add}"))
             where = f" after line {after}" if after is not None else ""
             return (f"{g} is missing its contribution through '{step.source}': add {add}"
-                    f"{where}")
+                    f"{inside}{where}")
         return ""
 
     # -- final gradients ----------------------------------------------------------
@@ -702,9 +708,11 @@ class _Grader:
                     "incorrect", f"{g} depends on line {self.tainted[g]}, which failed"
                 )
                 continue
-            values = final[g] if isinstance(final[g], list) else [final[g]]
-            refs = ref if isinstance(ref, list) else [ref]
-            verdicts = [self.final_verdict(a, v, r) for v, r in zip(values, refs)]
+            if isinstance(final[g], list):
+                verdicts = [self.final_verdict(a, v, r, t)
+                            for t, (v, r) in enumerate(zip(final[g], ref))]
+            else:
+                verdicts = [self.final_verdict(a, final[g], ref)]
             out[g] = next((v for v in verdicts if v.verdict != "correct"), verdicts[0])
         wrong = [v for v in out.values() if v.verdict != "correct"]
         transposed = [v for v in out.values() if v.verdict == "transposed"]
@@ -722,11 +730,12 @@ class _Grader:
             }
         return out
 
-    def final_verdict(self, var: str, value: np.ndarray, ref: np.ndarray) -> GradientResult:
+    def final_verdict(self, var: str, value: np.ndarray, ref: np.ndarray,
+                      t: int | None = None) -> GradientResult:
         g = "d" + var
         if value.shape == ref.shape and not close(value, ref, self.rtol) \
                 and g not in self.accumulation_errors:
-            missing = self.missing_contribution(g, value, ref)
+            missing = self.missing_contribution(g, value, ref, t)
             if missing:
                 return GradientResult("missing_accumulation", missing)
         return judge_gradient(

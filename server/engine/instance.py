@@ -26,6 +26,7 @@ finite-difference check runs once per process for each structure and dims.
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -155,9 +156,16 @@ class ArrayInstance:
 Instance = ArrayInstance
 
 
-def used_dims(program: Program) -> set[str]:
-    """Dims that this program variant actually uses (shapes, loops, slices)."""
-    names: set[str] = set()
+def used_dims(program: Program, ranges: Mapping[str, tuple[int, int]]) -> set[str]:
+    """Dims that this program variant actually uses (shapes, loops, slices).
+
+    A dim with a fixed value is folded into the program's numbers, so it is found
+    by its name in the forward text: a slice ``X[2*t:2*t + K]`` with ``K = 3``
+    still shows ``K``, and the model answer and the student's answer name it."""
+    names: set[str] = {
+        name for name, (lo, hi) in ranges.items()
+        if lo == hi and re.search(rf"\b{re.escape(name)}\b", program.text)
+    }
     for shape in program.shapes.values():
         for d in shape:
             names |= d.names
@@ -599,7 +607,7 @@ def _build(spec, seed, program, choice_index, dims, draw: _Draw):
             contributions[label] = [
                 (line_of[i], t_of[i], ref.to_layout(c, layout)) for i, c in items
             ]
-    used = used_dims(program)
+    used = used_dims(program, spec.dims)
     return ArrayInstance(
         problem=spec.id,
         version=spec.version,

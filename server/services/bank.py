@@ -125,7 +125,13 @@ def check_model_solution(spec: Any, seeds: int = CHECK_SEEDS) -> None:
         except InstanceError as exc:
             raise _refuse(f"seed {seed} cannot be drawn: {exc}") from None
         result = grade_answer(checked, inst, model_answer(checked, inst), hidden_seeds=())
-        if not result.valid or result.score < 1:
+        if not result.valid:
+            first = result.errors[0] if result.errors else {"line": None, "message": "?"}
+            why = str(first["message"]).splitlines()[0]
+            raise _refuse(f"the model solution is not a valid answer on seed {seed} (line "
+                          f"{first['line']} of the model answer: {why}): an engine defect; "
+                          "the spec may still be right")
+        if result.score < 1:
             raise _refuse(f"the model solution scores {result.score:.0%} on seed {seed}, not "
                           "100%: the spec's forward program and asked gradients disagree")
 
