@@ -26,6 +26,7 @@ IS_CHECKOUT = (PROJECT_ROOT / "pyproject.toml").is_file()
 SECRET_KEY_FILE = "secret_key"
 DEFAULT_SQLITE_NAME = "nabla.sqlite3"
 DEFAULT_SUBMIT_RATE = "20/minute"
+DEFAULT_CHECK_RATE = "60/minute"
 DEFAULT_LOGIN_RATE = "5/15minutes"
 DEFAULT_LOGIN_ADDRESS_RATE = "50/15minutes"
 log = logging.getLogger(__name__)
@@ -253,6 +254,8 @@ def load_settings(
         "NABLA_REDIS_PREFIX": env.get("NABLA_REDIS_PREFIX") or "nabla:",
         # (limit, period in seconds), or None for no limit.
         "NABLA_SUBMIT_RATE": _rate_setting(env, "NABLA_SUBMIT_RATE", DEFAULT_SUBMIT_RATE),
+        # Checks (the Check button and POST .../check) per student: a budget of their own.
+        "NABLA_CHECK_RATE": _rate_setting(env, "NABLA_CHECK_RATE", DEFAULT_CHECK_RATE),
         "NABLA_LOGIN_RATE": _rate_setting(env, "NABLA_LOGIN_RATE", DEFAULT_LOGIN_RATE, False),
         "NABLA_LOGIN_ADDRESS_RATE": _rate_setting(
             env, "NABLA_LOGIN_ADDRESS_RATE", DEFAULT_LOGIN_ADDRESS_RATE, False),

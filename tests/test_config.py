@@ -72,6 +72,9 @@ def test_rates_are_read_in_several_spellings(raw, rate):
 def test_rate_defaults(tmp_path):
     settings = config.load_settings({"NABLA_INSTANCE_PATH": str(tmp_path)})
     assert settings["NABLA_SUBMIT_RATE"] == (20, 60)
+    assert settings["NABLA_CHECK_RATE"] == (60, 60)  # generous: a budget of its own
+    assert config.load_settings({"NABLA_INSTANCE_PATH": str(tmp_path),
+                                 "NABLA_CHECK_RATE": "off"})["NABLA_CHECK_RATE"] is None
     assert settings["NABLA_LOGIN_RATE"] == (5, 900)
     assert settings["NABLA_LOGIN_ADDRESS_RATE"] == (50, 900)
     assert settings["NABLA_REDIS_URL"] is None and settings["NABLA_PROXIES"] == 0

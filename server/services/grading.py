@@ -53,7 +53,7 @@ from server.services.assignments import Window, assignment_problem_for, student_
 from server.services.errors import NotFound, Unavailable, ValidationError
 from server.services.instances import Draw, derive_seed, get_instance, get_or_create_instance
 from server.services.problems import record_problem_version
-from server.services.submissions import attempts_left, store_submission_once
+from server.services.submissions import attempts_left_after, store_submission_once
 from server.services.verdicts import record_verdicts
 
 log = logging.getLogger(__name__)
@@ -448,8 +448,8 @@ def submit_answer(
     limit = submission.assignment_problem.assignment.max_attempts
     if limit is None:
         left = None
-    elif used is None:
-        left = attempts_left(session, submission, user.id)
+    elif used is None:  # a second click's earlier submission, refused or invalid ones
+        left = attempts_left_after(session, submission)
     else:
         left = max(0, limit - used)
     return SubmitResult(submission, stored.created, stored.window, left)

@@ -1,4 +1,4 @@
-"""Shared counters for rate limits: the login throttle and the submission rate.
+"""Shared counters for rate limits: the login throttle, the submission and check rates.
 
 Every app server (and every gunicorn worker in it) must see the same counts,
 so they live in the database by default (table ``rate_counters``) or in Redis
@@ -345,24 +345,51 @@ def make_limiter(engine: Engine, redis_url: str | None = None,
     return Limiter(DatabaseCounters(engine))
 
 
-# --- the submission rate -------------------------------------------------------------
+# --- per-student rates: submissions, checks ------------------------------------------
 
 
-class SubmissionRateLimited(Exception):
-    """Too many submissions: nothing was stored, no attempt was used."""
+class RateLimited(Exception):
+    """Over a per-student rate: nothing was done; ``retry_after`` in whole seconds.
+    Subclasses say what in ``template`` (formatted with ``rate`` and ``wait``)."""
+
+    template = "Too many requests: at most {rate}; try again in {wait}."
 
     def __init__(self, rate: Rate, retry_after_seconds: int) -> None:
         self.retry_after = retry_after_seconds
-        super().__init__(
-            f"Too many submissions: at most {rate}. Nothing was stored and no attempt "
-            f"was used; try again in {duration_text(retry_after_seconds)}.")
+        super().__init__(self.template.format(rate=rate,
+                                              wait=duration_text(retry_after_seconds)))
+
+
+class SubmissionRateLimited(RateLimited):
+    """Too many submissions: nothing was stored, no attempt was used."""
+
+    template = ("Too many submissions: at most {rate}. Nothing was stored and no attempt "
+                "was used; try again in {wait}.")
+
+
+class CheckRateLimited(RateLimited):
+    """Too many checks: this answer was not checked (a check stores nothing anyway)."""
+
+    template = ("Too many checks: at most {rate}. This answer was not checked (a check "
+                "never stores anything or uses an attempt); try again in {wait}.")
+
+
+def _take_slot(limiter: Limiter, key: str, rate: Rate | None,
+               refusal: type[RateLimited]) -> None:
+    if rate is None:
+        return
+    decision = limiter.take(key, rate)
+    if not decision.allowed:
+        raise refusal(rate, decision.retry_after)
 
 
 def take_submission_slot(limiter: Limiter, user_id: int, rate: Rate | None) -> None:
     """Count one submission of the user (answer form and API alike), or raise
     SubmissionRateLimited. ``rate=None``: no limit."""
-    if rate is None:
-        return
-    decision = limiter.take(f"submit:{user_id}", rate)
-    if not decision.allowed:
-        raise SubmissionRateLimited(rate, decision.retry_after)
+    _take_slot(limiter, f"submit:{user_id}", rate, SubmissionRateLimited)
+
+
+def take_check_slot(limiter: Limiter, user_id: int, rate: Rate | None) -> None:
+    """Count one check of the user (the Check button and the API alike: a budget apart
+    from submissions), or raise CheckRateLimited. ``rate=None``: no limit."""
+    _take_slot(limiter, f"check:{user_id}", rate, CheckRateLimited)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
@@ -114,6 +114,32 @@ def remove_override(session: Session, course: Course, *, user_id: int,
                               new_score=None, reason=why, created_at=now))
     session.delete(override)
     session.flush()
+
+
+class OverrideNote(NamedTuple):
+    """Who set a student's score on a problem, to what and why (the gradebook's marks)."""
+
+    score: float
+    reason: str
+    actor_name: str | None  # None: set from the command line, or the account is gone
+    actor_email: str | None
+    set_at: dt.datetime
+
+
+def course_overrides(session: Session, course: Course, user_ids: list[int] | None = None
+                     ) -> dict[tuple[int, int], OverrideNote]:
+    """(user id, assignment problem id) -> the override standing now, in one query."""
+    query = (
+        select(ScoreOverride.user_id, ScoreOverride.assignment_problem_id, ScoreOverride.score,
+               ScoreOverride.reason, User.name, User.email, ScoreOverride.created_at)
+        .join(AssignmentProblem, AssignmentProblem.id == ScoreOverride.assignment_problem_id)
+        .join(Assignment, Assignment.id == AssignmentProblem.assignment_id)
+        .outerjoin(User, User.id == ScoreOverride.actor_id)
+        .where(Assignment.course_id == course.id))
+    if user_ids is not None:
+        query = query.where(ScoreOverride.user_id.in_(user_ids))
+    return {(user_id, ap_id): OverrideNote(*note)
+            for user_id, ap_id, *note in session.execute(query)}
 
 
 def override_history(session: Session, user_id: int, assignment_problem_id: int

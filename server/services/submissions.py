@@ -222,6 +222,19 @@ def attempts_left_after(session: Session, submission: Submission) -> int | None:
     return max(0, limit - int(used or 0))
 
 
+def attempts_left_after_each(submissions: Sequence[Submission], max_attempts: int | None
+                             ) -> dict[int, int | None]:
+    """Submission id -> what ``attempts_left_after`` says of it, from the list of *all*
+    of one user's submissions of one problem (no query; None: unlimited)."""
+    if max_attempts is None:
+        return {s.id: None for s in submissions}
+    left, used = {}, 0
+    for submission in sorted(submissions, key=lambda s: s.id):
+        used += submission.attempt is not None
+        left[submission.id] = max(0, max_attempts - used)
+    return left
+
+
 def own_submission(session: Session, user: User, submission_id: int) -> Submission:
     """One of ``user``'s submissions. NotFound if unknown, Forbidden if someone else's."""
     submission = session.get(Submission, submission_id)

@@ -3,8 +3,8 @@
 Errors are JSON ``{"error": ...}`` (see app.py's error handlers): 400 bad
 body, 401 no or bad token, 403 not yours, 404 unknown, 409 refused (closed,
 or no attempts left; the answer is stored), 413 too large, 422 invalid answer
-(stored, costs no attempt), 429 too many submissions (nothing stored;
-``Retry-After``), 503 the grader failed (stored, costs no attempt).
+(stored, costs no attempt), 429 too many submissions or checks (nothing stored
+or checked; ``Retry-After``), 503 the grader failed (stored, costs no attempt).
 A submission in an error body is under ``"submission"``.
 """
 
@@ -28,8 +28,18 @@ from server.services.assignments import (
 )
 from server.services.errors import Conflict, Forbidden, NotFound, Unavailable, ValidationError
 from server.services.feedback import submission_summary
-from server.services.limits import SubmissionRateLimited, take_submission_slot
-from server.services.submissions import attempts_left, own_submission
+from server.services.limits import (
+    CheckRateLimited,
+    RateLimited,
+    SubmissionRateLimited,
+    take_check_slot,
+    take_submission_slot,
+)
+from server.services.submissions import (
+    attempts_left_after,
+    attempts_left_after_each,
+    own_submission,
+)
 from server.web.access import end_transaction, token_required
 from server.web.app import limiter, rate
 from server.web.bank import get_bank_for_students
@@ -95,6 +105,13 @@ def _error(status: int, message: str, **extra: Any) -> Response:
     return response
 
 
+def _too_many(exc: RateLimited) -> Response:
+    """429 with Retry-After (in seconds; the error says it in words): nothing was done."""
+    response = _error(429, str(exc))
+    response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
 @bp.route("/assignments/<int:assignment_id>/problems/<problem_id>")
 @token_required
 def problem(assignment_id: int, problem_id: str) -> Response:
@@ -155,6 +172,11 @@ def check(assignment_id: int, problem_id: str) -> Response:
     """Validate ``{"answer": "..."}`` without grading or storing it: 200 with ``valid``,
     ``errors`` (line and message, as a submission's) and ``stored: false``."""
     body = _answer_body()
+    end_transaction()  # SQLite: the token's use may hold the write lock the counter needs
+    try:
+        take_check_slot(limiter(), g.api_user.id, rate("NABLA_CHECK_RATE"))
+    except CheckRateLimited as exc:
+        return _too_many(exc)
     with _service_errors():
         result = grading.check_answer(
             get_session(), user=g.api_user, assignment_id=assignment_id,
@@ -202,9 +224,7 @@ def submit(assignment_id: int, problem_id: str) -> Response:
     try:
         take_submission_slot(limiter(), g.api_user.id, rate("NABLA_SUBMIT_RATE"))
     except SubmissionRateLimited as exc:
-        response = _error(429, str(exc))
-        response.headers["Retry-After"] = str(exc.retry_after)
-        return response
+        return _too_many(exc)
     session = get_session()
     with _service_errors():
         result = grading.submit_answer(
@@ -241,11 +261,12 @@ def problem_submissions(assignment_id: int, problem_id: str) -> Response:
         assignment_problem = assignment_problem_for(session, g.api_user, assignment_id, problem_id)
     except NotFound as exc:
         abort(404, str(exc))
-    left = attempts_left(session, assignment_problem, g.api_user.id)
     submissions = stored_submissions.problem_submissions(session, g.api_user,
                                                          assignment_problem)
+    # Each as of that submission, as its page says (not the count now).
+    left = attempts_left_after_each(submissions, assignment_problem.assignment.max_attempts)
     end_transaction()
-    return jsonify(submissions=[submission_summary(sub, left) for sub in submissions])
+    return jsonify(submissions=[submission_summary(sub, left[sub.id]) for sub in submissions])
 
 
 @bp.route("/submissions/<int:submission_id>")
@@ -259,7 +280,7 @@ def submission(submission_id: int) -> Response:
         abort(404, str(exc))
     except Forbidden as exc:
         abort(403, str(exc))
-    left = attempts_left(session, sub, sub.user_id)
+    left = attempts_left_after(session, sub)  # as of this submission, as its page says
     sub.assignment_problem  # noqa: B018  (the summary names its problem)
     end_transaction()
     return jsonify(submission_summary(sub, left))

@@ -18,7 +18,8 @@ from server.services.limits import CountersUnavailable, Limiter, Rate, make_limi
 
 csrf = CSRFProtect()
 LIMITER_EXTENSION = "nabla_limiter"
-RATE_SETTINGS = ("NABLA_SUBMIT_RATE", "NABLA_LOGIN_RATE", "NABLA_LOGIN_ADDRESS_RATE")
+RATE_SETTINGS = ("NABLA_SUBMIT_RATE", "NABLA_CHECK_RATE", "NABLA_LOGIN_RATE",
+                 "NABLA_LOGIN_ADDRESS_RATE")
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",

@@ -144,9 +144,19 @@ class RemoveOverrideForm(FlaskForm):
 
 
 class ExtensionForm(FlaskForm):
+    """One student's dates on one assignment, in the site's time zone (to_utc)."""
+
     due_at = DateTimeLocalField("Due", format=DATETIME_FORMAT, validators=[InputRequired()])
     late_until = DateTimeLocalField("Late until", format=DATETIME_FORMAT,
-                                    validators=[Optional()])
+                                    validators=[Optional()],
+                                    description="Empty: no late period.")
+
+    def with_ids(self, suffix: str) -> ExtensionForm:
+        """Its inputs' ids (and their labels') with ``suffix``: a page has one of these
+        forms per assignment, and ids must be unique. The names stay the same."""
+        for field in self:
+            field.id = field.label.field_id = f"{field.name}-{suffix}"
+        return self
 
 
 class RegradeForm(FlaskForm):

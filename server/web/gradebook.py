@@ -38,6 +38,7 @@ from server.web.forms import (
 
 bp = Blueprint("gradebook", __name__, url_prefix="/staff")
 SORTS = ("name", "email", "section", "total")
+DAY_TIME = "%a %Y-%m-%d %H:%M"  # with the weekday: a due date off by one day shows
 
 
 def _int_arg(name: str) -> int | None:
@@ -81,7 +82,9 @@ def grades(course: Course) -> str:
     book = gradebook.course_gradebook(session, course, section=section)
     sort = request.args.get("sort", "name")
     descending = request.args.get("desc") == "1"
-    rows = [_row(book, s) for s in book.students]
+    notes = overrides.course_overrides(
+        session, course, [s.user_id for s in book.students] if section else None)
+    rows = [_row(book, s, notes) for s in book.students]
     keys = {"name": lambda r: r["student"].name.casefold(),
             "email": lambda r: r["student"].email,
             "section": lambda r: r["student"].section,
@@ -97,14 +100,21 @@ def grades(course: Course) -> str:
     regrade_form = RegradeForm(formdata=None)
     end_transaction()
     return render_template("gradebook/grades.html", course=course, book=book, rows=rows,
+                           any_override=any(m for r in rows for m in r["overrides"]),
                            sort=sort, descending=descending, section=section,
                            sections=sections, regrade_form=regrade_form)
 
 
-def _row(book: gradebook.Gradebook, student: gradebook.Student) -> dict[str, Any]:
-    cells = [book.points(student.user_id, a) for a in book.assignments]
-    earned, possible = book.total(student.user_id)
-    return {"student": student, "cells": cells, "earned": earned, "possible": possible}
+def _row(book: gradebook.Gradebook, student: gradebook.Student,
+         notes: dict[tuple[int, int], overrides.OverrideNote]) -> dict[str, Any]:
+    uid = student.user_id
+    cells = [book.points(uid, a) for a in book.assignments]
+    earned, possible = book.total(uid)
+    # Per assignment, its problems whose score staff set: the page marks those cells.
+    marks = [[{"ap": ap, "note": notes[(uid, ap.id)], "computed": book.cell(uid, ap.id).computed}
+              for ap in a.problems if (uid, ap.id) in notes] for a in book.assignments]
+    return {"student": student, "cells": cells, "earned": earned, "possible": possible,
+            "overrides": marks}
 
 
 @bp.route("/<course_code>/grades.csv")
@@ -144,16 +154,17 @@ def _render_student(course: Course, user_id: int, *, forms: dict[str, Any] | Non
     ext_forms = {}
     for assignment in book.assignments:
         extension = extensions.get((user_id, assignment.id))
-        ext_forms[assignment.id] = (forms or {}).get(f"ext{assignment.id}") or ExtensionForm(
+        form = (forms or {}).get(f"ext{assignment.id}") or ExtensionForm(
             formdata=None,
             due_at=to_local(extension.due_at if extension else assignment.due_at),
             late_until=to_local(extension.late_until if extension else assignment.late_until))
+        ext_forms[assignment.id] = form.with_ids(f"a{assignment.id}")  # one form per assignment
     end_transaction()
     return render_template(
         "gradebook/student.html", course=course, book=book, student=book.students[0],
         problems=problems, extensions=extensions, ext_forms=ext_forms,
         override_form=(forms or {}).get("override") or OverrideForm(formdata=None),
-        remove_form=RemoveOverrideForm(formdata=None)), status
+        remove_form=RemoveOverrideForm(formdata=None), day_time=DAY_TIME), status
 
 
 def _back(course: Course, user_id: int) -> Any:
@@ -209,16 +220,20 @@ def set_extension(course: Course, user_id: int, assignment_id: int) -> Any:
         if not form.validate_on_submit():
             return _render_student(course, user_id, forms={f"ext{assignment_id}": form},
                                    status=400)
-        overrides.set_extension(session, course, assignment, user_id=user_id,
-                                due_at=to_utc(form.due_at.data),
-                                late_until=to_utc(form.late_until.data), actor=current_user)
+        extension = overrides.set_extension(
+            session, course, assignment, user_id=user_id, due_at=to_utc(form.due_at.data),
+            late_until=to_utc(form.late_until.data), actor=current_user)
     except ValidationError as exc:
         getattr(form, exc.field).errors.append(exc.reason)
         return _render_student(course, user_id, forms={f"ext{assignment_id}": form},
                                status=400)
     except NotFound as exc:
         abort(404, str(exc))
-    flash(f"Extension on {assignment.title!r} saved.")
+    when = current_app.jinja_env.filters["localtime"]  # the site's zone, as on every page
+    late = (f", late until {when(extension.late_until, DAY_TIME)}" if extension.late_until
+            else ", no late period")
+    flash(f"Extension on {assignment.title!r} saved: due {when(extension.due_at, DAY_TIME)}"
+          f"{late}.")
     return _back(course, user_id)
 
 

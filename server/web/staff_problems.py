@@ -240,11 +240,13 @@ def _preview(course: Course, problem: Problem | None) -> Any:
         result.outcome, answer or "")
     reference = result.document.get("reference") or {}
     references = workspace.formatted_references(spec, reference)
+    # What the student's page gets for this seed (student.py's _render_problem).
+    variables = workspace.variable_rows(spec, result.public)
     return render_template(
         "staff_problems/preview.html", course=course, problem=problem, p=result,
         version=None if draft else number, draft=draft or None, answer=answer or "",
-        variables=workspace.variable_rows(spec, result.public),
-        forward=workspace.forward_lines(spec, result.public),
-        values=workspace.formatted_values(spec, result.public),
+        variables=variables, forward=workspace.forward_lines(spec, result.public),
+        values=workspace.formatted_values(spec, result.public, [v.name for v in variables]),
+        constants=workspace.constant_uses(spec, result.public),
         references=references,
         feedback=feedback, now=dt.datetime.now(dt.UTC))

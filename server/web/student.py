@@ -27,7 +27,13 @@ from server.services.assignments import student_assignments
 from server.services.courses import STAFF_ROLES, courses_for_user
 from server.services.errors import Conflict, Forbidden, NotFound, Unavailable, ValidationError
 from server.services.feedback import annotated_lines, general_errors, submission_summary
-from server.services.limits import SubmissionRateLimited, take_submission_slot
+from server.services.limits import (
+    CheckRateLimited,
+    RateLimited,
+    SubmissionRateLimited,
+    take_check_slot,
+    take_submission_slot,
+)
 from server.services.submissions import (
     attempts_left_after,
     course_submission_counts,
@@ -126,6 +132,13 @@ def problem(assignment_id: int, problem_id: str) -> tuple[str, int]:
     return _render_problem(_open(assignment_id, problem_id))
 
 
+def _over_rate(exc: RateLimited, assignment_id: int, problem_id: str,
+               form: AnswerForm) -> tuple[str, int, dict[str, str]]:
+    """A 429 with Retry-After: nothing was done, and the page keeps the text in the box."""
+    page, code = _render_problem(_open(assignment_id, problem_id), form, str(exc), 429)
+    return page, code, {"Retry-After": str(exc.retry_after)}
+
+
 @bp.route("/assignments/<int:assignment_id>/problems/<problem_id>", methods=["POST"])
 @login_required
 @reads_first  # the write lock for storing the answer and for its verdict only (server.db)
@@ -136,9 +149,7 @@ def submit(assignment_id: int, problem_id: str) -> Any:
     try:
         take_submission_slot(limiter(), current_user.id, rate("NABLA_SUBMIT_RATE"))
     except SubmissionRateLimited as exc:
-        # Nothing was stored; the page comes back with the text in the box.
-        page, code = _render_problem(_open(assignment_id, problem_id), form, str(exc), 429)
-        return page, code, {"Retry-After": str(exc.retry_after)}
+        return _over_rate(exc, assignment_id, problem_id, form)
     session = get_session()
     try:
         result = grading.submit_answer(
@@ -177,10 +188,15 @@ def check_page(assignment_id: int, problem_id: str) -> Any:
 @bp.route("/assignments/<int:assignment_id>/problems/<problem_id>/check", methods=["POST"])
 @login_required
 @reads_first  # the write lock only to draw the instance on a first visit (server.db)
-def check(assignment_id: int, problem_id: str) -> tuple[str, int]:
+def check(assignment_id: int, problem_id: str) -> Any:
     """The Check button: parse the answer and check its shapes on my instance; nothing
     is stored or graded and no attempt is used. The page comes back with the text."""
     form = AnswerForm()
+    end_transaction()  # SQLite: the counter takes the write lock in its own transaction
+    try:
+        take_check_slot(limiter(), current_user.id, rate("NABLA_CHECK_RATE"))
+    except CheckRateLimited as exc:
+        return _over_rate(exc, assignment_id, problem_id, form)
     result, error, code = None, None, 200
     try:
         result = grading.check_answer(

@@ -35,14 +35,14 @@ def live_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("browser-site")
     url = f"sqlite:///{folder / 'nabla.sqlite3'}"
     env = {**os.environ, "NABLA_DATABASE_URL": url, "NABLA_INSTANCE_PATH": str(folder),
-           "NABLA_SUBMIT_RATE": "off"}
+           "NABLA_SUBMIT_RATE": "off", "NABLA_CHECK_RATE": "off"}
     nabla = str(Path(sys.executable).with_name("nabla"))
     for command in (["db", "upgrade"], ["demo"]):
         done = subprocess.run([nabla, *command], env=env, capture_output=True, text=True,
                               timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
     with nabla_serve(url, folder, workers=1, threads=4,
-                     env={"NABLA_SUBMIT_RATE": "off"}) as base:
+                     env={"NABLA_SUBMIT_RATE": "off", "NABLA_CHECK_RATE": "off"}) as base:
         yield base
 
 

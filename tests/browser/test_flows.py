@@ -169,6 +169,60 @@ def test_instructor_overrides_a_score_and_downloads_the_canvas_csv(instructor_pa
     assert len(three) == 1 and three[0][5:] == [number(points, 2), ""], three
 
 
+def test_the_gradebook_marks_an_override_and_the_extension_form_shows_its_result(
+        instructor_page, live_site):
+    page = instructor_page
+    (_, first_ids), _ = demo_assignment_plan(list(BANK))
+    problem = first_ids[1]
+    page.goto(f"{live_site}/staff/DEMO101/grades")
+    with page.expect_navigation():
+        page.get_by_role("link", name="Student Two", exact=True).click()
+    student_page = page.url
+    row = page.locator("tr", has=page.get_by_label(f"Score of {problem}", exact=True))
+    row.get_by_label(f"Score of {problem}", exact=True).fill("0.5")
+    row.get_by_label(f"Reason for {problem}", exact=True).fill("regraded on paper")
+    with page.expect_navigation():
+        row.get_by_role("button", name="Set").click()
+    page.goto(f"{live_site}/staff/DEMO101/grades")
+    cell = page.locator("tbody tr", has_text="Student Two").locator("td.overridden")
+    assert cell.count() == 1, page.inner_text("main")[:2000]
+    mark = cell.locator("a.override-mark")
+    title = mark.get_attribute("title")
+    assert f"{problem}: 50%" in title and "Ines Instructor" in title, title
+    assert "reason: regraded on paper" in title, title
+    assert page.locator("#override-legend").is_visible()
+    mark.hover()
+    shot(page, "gradebook-1-override-marked")
+    with page.expect_navigation():
+        mark.click()
+    assert page.url.split("#")[0] == student_page
+
+    # The extension form: labelled with the site's zone; "Saving gives" follows the inputs.
+    due = page.get_by_label("Due (UTC)", exact=True).first
+    output = page.locator("form.extension output").first
+    assert output.inner_text().startswith("due ") and "UTC" in output.inner_text()
+    box = due.bounding_box()
+    assert box and box["width"] < 400, box  # compact, not the page's width
+    due.fill("2031-03-04T10:30")
+    assert output.inner_text().startswith("due Tue 2031-03-04 10:30 UTC"), output.inner_text()
+    shot(page, "gradebook-2-extension-form")
+    page.set_viewport_size({"width": 390, "height": 800})
+    for address in (f"{live_site}/staff/DEMO101/grades", student_page):
+        page.goto(address)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"{address} is {width} px wide at 390 px"
+    shot(page, "gradebook-3-student-390px")
+    page.goto(f"{live_site}/staff/DEMO101/grades")
+    shot(page, "gradebook-4-390px")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    found = {}
+    for address in (f"{live_site}/staff/DEMO101/grades", student_page,
+                    f"{live_site}/staff/DEMO101/problems/mlp-relu/preview?seed=3"):
+        page.goto(address)
+        found[address] = axe_violations(page)
+    assert all(not v for v in found.values()), found
+
+
 def axe_violations(page: Any) -> list[dict]:
     if not AXE.exists():
         pytest.fail(f"{AXE} is missing: `make test` installs axe-core from npm "

@@ -202,7 +202,7 @@ def _arrange(session, bank, create_user, create_course, enroll, tokens) -> str:
     now = utcnow()
     draft = AssignmentDraft(
         title="Golden", open_at=now - dt.timedelta(days=1), due_at=now + dt.timedelta(days=1),
-        late_until=None, late_credit=0, max_attempts=None, score_policy="best",
+        late_until=None, late_credit=0, max_attempts=10, score_policy="best",
         problems=[ProblemChoice(pid, 1.0) for pid in API_PROBLEMS])
     create_assignment(session, course, draft, bank)
     token = tokens.create_token(session, student, "golden")[1]

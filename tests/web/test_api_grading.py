@@ -88,6 +88,25 @@ def test_submit_and_read_back(client, app_session, engine_bank, api):
     assert theirs == {"submissions": []}
 
 
+def test_attempts_left_of_a_past_submission_is_as_of_that_submission(client, api):
+    """As the submission's page says it, whatever came later (max_attempts=2 here)."""
+    key = {"headers": {"Idempotency-Key": "first-try-1"}}
+    first = _post(client, api, "dz7 = doutput", **key)
+    assert (first.status_code, first.json["attempt"], first.json["attempts_left"]) == (201, 1, 1)
+    assert _post(client, api, "dz7 = = 1").json["submission"]["attempts_left"] == 1
+    last = _post(client, api, "dz7 = doutput\ndb3 = doutput")
+    assert (last.json["attempt"], last.json["attempts_left"]) == (2, 0)
+    one = client.get(f"/api/v1/submissions/{first.json['id']}", headers=_auth(api)).json
+    assert one["attempts_left"] == 1  # not 0, the count now
+    listed = client.get(_url(api["hw"], tail="/submissions"), headers=_auth(api)).json
+    assert [(s["status"], s["attempt"], s["attempts_left"]) for s in listed["submissions"]] == [
+        ("graded", 2, 0), ("invalid", None, 1), ("graded", 1, 1)]
+    again = _post(client, api, "dz7 = doutput", **key)  # a retry: the first one, as of then
+    assert (again.status_code, again.json["id"], again.json["attempts_left"]) == (
+        200, first.json["id"], 1)
+    assert client.get(_url(api["hw"]), headers=_auth(api)).json["attempts_left"] == 0  # now
+
+
 def test_numpy_submission(client, app_session, engine_bank, api):
     client.get(_url(api["hw"], "mlp-relu-numpy"), headers=_auth(api))
     answer = model_answer(app_session, engine_bank, "student1@example.edu", "mlp-relu-numpy")

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from server.cli import main
-from server.models import Enrollment, OverrideEvent, User
+from server.models import Enrollment, Extension, OverrideEvent, User
 from server.services import tokens
 
 from .helpers import csrf_token, login, post_form
@@ -149,6 +149,97 @@ def test_an_extension_reopens_one_students_assignment(client, graded):
     api = client.get("/api/v1/assignments", headers=_auth(graded["tokens"]["ada@example.edu"]))
     closed = next(a for a in api.json["assignments"] if a["id"] == graded["closed"].id)
     assert closed["phase"] == "closed" and closed["extension"] is None
+
+
+def _cell(page_html, name):
+    """The gradebook row of student ``name``: its assignment cells, in order."""
+    row = re.search(rf"<tr>\s*<td><a [^>]*>{re.escape(name)}</a></td>(.*?)</tr>", page_html,
+                    re.S).group(1)
+    return re.findall(r"<td[^>]*>.*?</td>", row, re.S)[2:-1]
+
+
+def test_the_gradebook_marks_overridden_cells_with_who_and_why_and_exports_do_not(
+        client, graded, app_session, database_url, tmp_path):
+    from server.services.overrides import set_override
+
+    login(client, "ta@example.edu")
+    before = client.get(f"{GRADES}.csv?format=long").data
+    plain = client.get(GRADES).get_data(as_text=True)
+    assert "override-legend" not in plain and 'class="overridden"' not in plain
+    ap_id = graded["hw"].problems[0].id
+    student_page = f"{GRADES}/students/{graded['ada']}"
+    assert post_form(client, student_page, f"{student_page}/problems/{ap_id}/override",
+                     {"score": "90%", "reason": "oral <exam>"}).status_code == 302
+    # One more, set from the command line (no actor), on another student.
+    set_override(app_session, graded["course"], user_id=graded["evil"],
+                 assignment_problem_id=ap_id, score=0.25, reason="late by agreement",
+                 actor=None, now=graded["hw"].open_at)
+    app_session.commit()
+    for query in ("", "?section=", "?sort=total&desc=1"):
+        html = client.get(GRADES + query).get_data(as_text=True)
+        assert 'id="override-legend"' in html and "set by staff (an override)" in html
+        closed, hw = _cell(html, "Ada Lovelace")  # "Closed" is due first
+        assert 'class="overridden"' not in closed and "override-mark" not in closed
+        assert hw.startswith('<td class="overridden">90.00')
+        title = re.search(r'title="([^"]*)"', hw).group(1)
+        assert re.fullmatch(r"mlp-relu: 90% \(computed 50%\) set by Tom TA &lt;ta@example\.edu"
+                            r"&gt; on \d{4}-\d\d-\d\d \d\d:\d\d UTC; reason: oral &lt;exam&gt;",
+                            title), title
+        hidden = re.search(r'<span class="visually-hidden">(.*?)</span>', hw).group(1)
+        assert hidden.startswith("Overridden by staff: mlp-relu: 90% (computed 50%) set by Tom")
+        assert f'href="{student_page}#problem-{ap_id}"' in hw
+        assert 'aria-describedby="override-legend"' in hw
+        evil = _cell(html, "@SUM(A1:A9)")[1]
+        assert "25.00" in evil and "set by the command line" in evil
+        assert "reason: late by agreement" in evil and "(computed —)" in evil
+    assert f'id="problem-{ap_id}"' in client.get(student_page).get_data(as_text=True)
+    # The exports are not marked: the same bytes from all three routes, only the override's
+    # numbers and its "overridden" column changed.
+    after = client.get(f"{GRADES}.csv?format=long").data
+    assert after == _cli_export(database_url, tmp_path, "--format", "long")
+    assert "✎".encode() not in after and b"oral" not in after and b"Tom TA" not in after
+    changed = {b.split(b",")[0] for a, b in zip(before.splitlines(), after.splitlines()) if a != b}
+    assert changed == {b"ada@example.edu", b"evil@example.edu"}
+
+
+@pytest.mark.parametrize("app_settings", [{"NABLA_TIMEZONE": "Europe/Paris"}])
+def test_the_extension_form_is_in_the_site_time_zone_and_shows_the_result(
+        client, graded, app_session, app_settings):
+    login(client, "teacher@example.edu")
+    student_page = f"{GRADES}/students/{graded['ada']}"
+    closed, hw = graded["closed"].id, graded["hw"].id
+    html = client.get(student_page).get_data(as_text=True)
+    # One form per assignment: ids of their own, labels with the zone, what saving gives.
+    for a in (closed, hw):
+        assert f'<label for="due_at-a{a}">Due (Europe/Paris)</label>' in html
+        assert f'<label for="late_until-a{a}">Late until (Europe/Paris)</label>' in html
+        assert f'id="due_at-a{a}" name="due_at"' in html
+    ids = re.findall(r'\bid="([^"]+)"', html)
+    assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
+    assert re.search(r"Saving gives: <output [^>]*>due \w{3} \d{4}-\d\d-\d\d \d\d:\d\d "
+                     r"Europe/Paris, no late period</output>", html)
+    action = f"{student_page}/assignments/{closed}/extension"
+    saved = post_form(client, student_page, action,
+                      {"due_at": "2999-07-01T12:00", "late_until": "2999-07-08T09:30"})
+    assert saved.status_code == 302
+    ext = app_session.scalar(select(Extension))
+    # Read in the site's zone (summer time: UTC+2), stored in UTC.
+    assert (ext.due_at.isoformat(), ext.late_until.isoformat()) == (
+        "2999-07-01T10:00:00+00:00", "2999-07-08T07:30:00+00:00")
+    app_session.rollback()
+    page = client.get(student_page).get_data(as_text=True)
+    assert "Extension on &#39;Closed&#39; saved: due Mon 2999-07-01 12:00 CEST, late until " \
+        "Mon 2999-07-08 09:30 CEST." in page
+    assert "Saving gives: <output" in page and \
+        "due Mon 2999-07-01 12:00 Europe/Paris, late until Mon 2999-07-08 09:30 Europe/Paris" \
+        in page
+    assert 'value="2999-07-01T12:00"' in page  # the form shows it back in the site's zone
+    bad = post_form(client, student_page, action, {"due_at": "2999-07-01T12:00",
+                                                   "late_until": "2999-06-01T12:00"})
+    text = bad.get_data(as_text=True)
+    assert bad.status_code == 400 and "before the extended due date" in text
+    assert f'aria-describedby="late_until-a{closed}-hint late_until-a{closed}-error"' in text
+    assert "late until Sat 2999-06-01 12:00 Europe/Paris" in text  # what was typed
 
 
 CANVAS_EXPORT = (

@@ -28,7 +28,8 @@ def fake_bank(engine_bank):
 
 @pytest.fixture
 def app_settings():
-    return {"NABLA_SUBMIT_RATE": "3/minute", "NABLA_LOGIN_ADDRESS_RATE": "8/15minutes"}
+    return {"NABLA_SUBMIT_RATE": "3/minute", "NABLA_CHECK_RATE": "2/minute",
+            "NABLA_LOGIN_ADDRESS_RATE": "8/15minutes"}
 
 
 @pytest.fixture
@@ -44,8 +45,8 @@ def course(app_session, make_user, make_course, make_assignment):
     return {"hw": hw.id, "token": token, "other_token": other_token}
 
 
-def _api(client, course, answer, token=None):
-    return client.post(f"/api/v1/assignments/{course['hw']}/problems/mlp-relu/submissions",
+def _api(client, course, answer, token=None, action="submissions"):
+    return client.post(f"/api/v1/assignments/{course['hw']}/problems/mlp-relu/{action}",
                        json={"answer": answer},
                        headers={"Authorization": f"Bearer {token or course['token']}"})
 
@@ -98,6 +99,62 @@ def test_the_form_and_the_api_share_the_rate_and_the_page_keeps_the_text(
 @pytest.mark.parametrize("app_settings", [{"NABLA_SUBMIT_RATE": "off"}])
 def test_the_rate_can_be_turned_off(client, course, app_settings):
     assert {_api(client, course, INVALID).status_code for _ in range(5)} == {422}
+
+
+# --- the check rate: the Check button and POST .../check, a budget of their own ------------
+
+
+def _check_api(client, course, answer, token=None):
+    return _api(client, course, answer, token, action="check")
+
+
+def _check_form(client, course, answer):
+    page_url = f"/assignments/{course['hw']}/problems/mlp-relu"
+    return client.post(page_url + "/check",
+                       data={"answer": answer, "csrf_token": csrf_token(client, "/profile")})
+
+
+def test_checks_over_their_rate_are_429_and_leave_the_submissions_alone(
+        client, app_session, course, counter_store):
+    assert [_check_api(client, course, INVALID).status_code for _ in range(2)] == [200, 200]
+    refused = _check_api(client, course, INVALID)
+    assert refused.status_code == 429 and refused.is_json
+    assert 1 <= int(refused.headers["Retry-After"]) <= 2 * 60
+    assert refused.json["error"].startswith(
+        "Too many checks: at most 2 per minute. This answer was not checked (a check never "
+        "stores anything or uses an attempt); try again in ")
+    assert "valid" not in refused.json and "errors" not in refused.json
+    # Submissions have their own budget (3 per minute here), untouched by the checks...
+    assert [_api(client, course, INVALID).status_code for _ in range(3)] == [422] * 3
+    assert _api(client, course, INVALID).status_code == 429
+    assert _stored(app_session) == 3  # (checks never store)
+    # ... and another student's checks are counted apart.
+    assert _check_api(client, course, INVALID, course["other_token"]).status_code == 200
+
+
+def test_the_check_button_and_the_api_share_the_rate_and_the_page_keeps_the_text(
+        client, app_session, course, counter_store):
+    login(client, "student1@example.edu")
+    answer = "dz7 = doutput\ndb3 = doutput  # <my work>"
+    first = _check_form(client, course, answer)
+    assert first.status_code == 200 and 'id="check-result"' in first.get_data(as_text=True)
+    assert _check_api(client, course, INVALID).status_code == 200
+    refused = _check_form(client, course, answer)
+    assert refused.status_code == 429
+    assert 1 <= int(refused.headers["Retry-After"]) <= 2 * 60
+    page = html.unescape(refused.get_data(as_text=True))
+    assert "Too many checks: at most 2 per minute. This answer was not checked" in page
+    assert 'id="check-result"' not in page  # no check ran
+    textarea = re.search(r"<textarea[^>]*>(.*?)</textarea>", page, re.S).group(1)
+    assert textarea.strip() == answer
+    # Submitting still works: the check rate is not the submission rate.
+    assert _form(client, course, answer).status_code == 302
+    assert _stored(app_session) == 1
+
+
+@pytest.mark.parametrize("app_settings", [{"NABLA_CHECK_RATE": "off"}])
+def test_the_check_rate_can_be_turned_off(client, course, app_settings):
+    assert {_check_api(client, course, INVALID).status_code for _ in range(5)} == {200}
 
 
 # --- the login throttle -------------------------------------------------------------------
