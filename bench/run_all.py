@@ -212,6 +212,9 @@ def main() -> None:
     parser.add_argument("--record", action="store_true",
                         help="write the table at the top of docs/benchmarks.md")
     parser.add_argument("--postgres", default=POSTGRES, metavar="SERVER_URL")
+    parser.add_argument("--rows-from", metavar="DIR",
+                        help="run nothing: build the table from the benchmarks' --json files "
+                             "in DIR (e.g. benchmarks run one by one)")
     args = parser.parse_args()
     only = {name.removesuffix(".py") for name in args.only.split(",") if name}
     unknown = only - {Path(s).stem for s in BENCHES}
@@ -229,8 +232,14 @@ def main() -> None:
     rows: list[dict] = []
     status = 0
     took = []
+    if args.rows_from:
+        files = sorted(Path(args.rows_from).glob("*.json"))
+        rows = [row for f in files for row in json.loads(f.read_text())["rows"]]
+        took.append(f"rows of {len(files)} files in {args.rows_from}")
     with tempfile.TemporaryDirectory(prefix="nabla-bench-rows-") as folder:
         for script, (full, quick, databases) in BENCHES.items():
+            if args.rows_from:
+                break
             if only and Path(script).stem not in only:
                 continue
             for database in databases or (None,):
