@@ -49,8 +49,10 @@ $(AXE):
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm; }
 	npm install --prefix build/axe --no-audit --no-fund --no-save axe-core@4
 
+# Every benchmark, one table (docs/benchmarks.md): QUICK=1 for tiny sizes, RECORD=1 to write
+# the table at the top of docs/benchmarks.md.
 bench: $(DEVSTAMP)
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/run_all.py $(if $(QUICK),--quick) $(if $(RECORD),--record)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

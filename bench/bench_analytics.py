@@ -1,6 +1,7 @@
 """The analytics problem page for a large class: 1,000 students x 10 graded submissions.
 
     .venv/bin/python bench/bench_analytics.py [--students 1000] [--rounds 30] [--postgres URL]
+                                          [--json FILE]
 
 Fills a fresh database (SQLite in a temporary folder, or a new PostgreSQL
 database, dropped at the end) with one course, one assignment of two problems:
@@ -27,12 +28,23 @@ import datetime as dt
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from common import (  # noqa: E402
+    NOW,
+    Goal,
+    Rows,
+    add_json_argument,
+    backend_name,
+    insert_course,
+    insert_instances,
+    insert_students,
+    scratch_database,
+)
 
 GRADIENTS = ["dx", "dW1", "db1", "dW2", "db2", "dW3", "db3"]
 VERDICTS = ["transposed", "wrong_shape", "sign", "missing_accumulation", "wrong_mask",
@@ -47,43 +59,15 @@ def fill(url: str, students: int) -> tuple[int, int]:
     from sqlalchemy import insert
 
     from server import db
-    from server.models import (
-        Assignment,
-        AssignmentProblem,
-        Course,
-        Enrollment,
-        Instance,
-        Problem,
-        ProblemVersion,
-        Submission,
-        SubmissionVerdict,
-        User,
-    )
+    from server.models import Assignment, AssignmentProblem, Submission, SubmissionVerdict
     from server.models.base import dumps
 
     engine = db.make_engine(url)
-    now = dt.datetime(2026, 11, 29, 12, tzinfo=dt.UTC)
+    now = NOW
     with engine.begin() as c:
-        course_id = c.execute(insert(Course).values(code="BIG", title="Big", created_at=now)
-                              .returning(Course.id)).scalar_one()
-        versions = {}
-        for pid in ("p0", "empty"):
-            c.execute(insert(Problem).values(id=pid, spec_id=pid, title=pid,
-                                             answer_type="equations", created_at=now))
-            versions[pid] = c.execute(insert(ProblemVersion).values(
-                problem_id=pid, version=1, spec_text="", spec_hash=f"h-{pid}", created_at=now)
-                .returning(ProblemVersion.id)).scalar_one()
-        c.execute(insert(User), [
-            {"email": f"s{i:05d}@example.edu", "name": f"Student {i:05d}", "created_at": now}
-            for i in range(students)] + [
-            {"email": "ta@example.edu", "name": "TA", "created_at": now}])
-        ids = dict(c.execute(User.__table__.select().with_only_columns(User.email, User.id)).all())
-        ta_id = ids.pop("ta@example.edu")
-        user_ids = sorted(ids.values())
-        c.execute(insert(Enrollment), [
-            {"user_id": u, "course_id": course_id, "role": "student", "created_at": now}
-            for u in user_ids] + [
-            {"user_id": ta_id, "course_id": course_id, "role": "ta", "created_at": now}])
+        course_id, versions = insert_course(c, "BIG", ("p0", "empty"))
+        user_ids, staff = insert_students(c, course_id, students, staff=("ta",))
+        ta_id = staff["ta"]
         assignment_id = c.execute(insert(Assignment).values(
             course_id=course_id, title="Homework", open_at=now - dt.timedelta(days=7),
             due_at=now, late_credit=50, score_policy="best", created_at=now)
@@ -93,13 +77,8 @@ def fill(url: str, students: int) -> tuple[int, int]:
             .returning(AssignmentProblem.id)).scalar_one()
             for k, pid in enumerate(("p0", "empty"))}
         ap = aps["p0"]
-        c.execute(insert(Instance), [
-            {"user_id": u, "assignment_problem_id": ap, "problem_version_id": versions["p0"],
-             "seed": u, "dims_json": "{}", "choices_json": dumps(CHOICES[u % len(CHOICES)]),
-             "values_json": "{}", "reference_json": "{}", "created_at": now}
-            for u in user_ids])
-        instances = dict(c.execute(Instance.__table__.select().with_only_columns(
-            Instance.user_id, Instance.id)).all())
+        instances = insert_instances(c, user_ids, ap, versions["p0"],
+                                     [dumps(choice) for choice in CHOICES])
         rows = []
         for u in user_ids:
             for attempt in range(1, SUBMISSIONS_EACH + 1):
@@ -141,25 +120,22 @@ def main() -> None:
     parser.add_argument("--students", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--postgres", help="a PostgreSQL server URL (a database is made there)")
+    add_json_argument(parser)
     args = parser.parse_args()
     from server import create_app, db
     from server.models import Course, User
     from server.services import analytics, tokens
-    from tests import scratch_db
 
-    folder = tempfile.TemporaryDirectory()
-    url = (scratch_db.create_postgres_database(args.postgres, "nabla_bench") if args.postgres
-           else f"sqlite:///{folder.name}/bench.sqlite3")
-    try:
+    with scratch_database(args.postgres) as (url, folder):
         db.upgrade(url)
         start = time.perf_counter()
         course_id, ta_id = fill(url, args.students)
         print(f"filled {args.students} students x {SUBMISSIONS_EACH} graded submissions "
               f"({args.students * SUBMISSIONS_EACH * len(GRADIENTS)} verdict rows) in "
               f"{time.perf_counter() - start:.1f} s "
-              f"({'PostgreSQL' if args.postgres else 'SQLite'})")
+              f"({backend_name(args.postgres)})")
         app = create_app({"DATABASE_URL": url, "SECRET_KEY": "bench-" + "x" * 32,
-                          "INSTANCE_PATH": folder.name, "NABLA_PROBLEM_BANK": {}})
+                          "INSTANCE_PATH": str(folder), "NABLA_PROBLEM_BANK": {}})
         client = app.test_client()
         factory = db.make_sessionmaker(db.get_engine(app))
         with factory() as session:
@@ -199,14 +175,21 @@ def main() -> None:
             for name, fetch in cases.items():
                 times[name].append(timed(fetch))
         base = statistics.median(times["baseline: page of an empty problem"])
+        rows = Rows("bench_analytics")
         for name, runs in times.items():
             median = statistics.median(runs)
             print(f"{name:36}: median {median:6.1f} ms, p99 {max(runs):6.1f} ms, "
                   f"{median / base:.2f}x the baseline")
-    finally:
-        if args.postgres:
-            scratch_db.drop_postgres_database(args.postgres, url)
-        folder.cleanup()
+            if not name.startswith("baseline"):
+                rows.add(f"analytics.{name.split(' (')[0].replace(' ', '-')}."
+                         f"{backend_name(args.postgres).lower()}",
+                         f"analytics: {name}", f"{args.students} students x "
+                         f"{SUBMISSIONS_EACH} submissions, {backend_name(args.postgres)}; "
+                         "p99: the slowest round", n=len(runs), p50=median, p99=max(runs),
+                         baseline="the page of an empty problem, same rounds",
+                         baseline_samples=times["baseline: page of an empty problem"],
+                         goal=Goal(p50=200) if name.startswith("problem page") else None)
+        rows.write(args.json)
 
 
 if __name__ == "__main__":

@@ -3,16 +3,18 @@ re-evaluate every line with reference inputs (carry-forward), and parse and judg
 scalar expression.  Prints median and p99 in microseconds, with a baseline measured in
 the same run: the same 14 equations written directly in numpy.
 
-    .venv/bin/python bench/bench_answer.py [--n 2000]
+    .venv/bin/python bench/bench_answer.py [--n 2000] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import re
 import time
 
 import numpy as np
+from common import Rows, add_json_argument
 
 from server.engine.equations import AnswerContext, evaluate_rhs, parse_equations, run_equations
 from server.engine.symbolic import expressions_equivalent, parse_scalar_expression
@@ -68,15 +70,26 @@ def timed(fn, n: int) -> list[float]:
     return out
 
 
+ROWS = Rows("bench_answer")
+
+
 def row(label: str, xs: list[float], base: float | None = None) -> None:
     med, p99 = float(np.median(xs)), float(np.percentile(xs, 99))
     ratio = f"   {med / base:7.1f}× baseline" if base else ""
     print(f"  {label:<44} median {med:9.1f} µs   p99 {p99:9.1f} µs{ratio}")
+    if label.startswith("baseline"):
+        return
+    ROWS.add("answer." + re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-"),
+             "answer language: " + label, ("the 14-equation MLP answer" if base
+                                           else "2*x*cos(x^2) and a reference"),
+             n=len(xs), samples=xs, unit="µs",
+             baseline="the 14 equations in plain numpy" if base else None, baseline_p50=base)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=2000)
+    add_json_argument(parser)
     args = parser.parse_args()
     n = args.n
     rng = np.random.default_rng(0)
@@ -119,6 +132,7 @@ def main() -> None:
     w = parse_scalar_expression("2*x*sin(x^2)", ["x"])
     row("expressions_equivalent (not equal)",
         timed(lambda: expressions_equivalent(w, r, ["x"]), m))
+    ROWS.write(args.json)
 
 
 if __name__ == "__main__":

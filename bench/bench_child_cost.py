@@ -87,7 +87,7 @@ def job_bytes() -> bytes:
                            limits)
 
 
-def stages(n: int, data: bytes) -> None:
+def stages(n: int, data: bytes, out: str = "") -> None:
     """In a process that imported what the sandbox worker imports, and no more."""
     from server.sandbox import child, isolation, pool, seccomp, wire
 
@@ -120,10 +120,16 @@ def stages(n: int, data: bytes) -> None:
         "+ sandbox + job, no warm-up": [sandbox, job],
     }
     print(f"CPU per child, {n} children per stage (ms): the child's, the forking process's")
+    figures = {}
     for label, steps in plans.items():
-        child, parent = fork_loop(n, lambda steps=steps: [step() for step in steps])
-        print(f"  {label:<30} child {child:6.3f}   parent {parent:6.3f}   "
-              f"sum {child + parent:6.3f}", flush=True)
+        # (not ``child``: job() calls the module of that name)
+        own, parent = fork_loop(n, lambda steps=steps: [step() for step in steps])
+        print(f"  {label:<30} child {own:6.3f}   parent {parent:6.3f}   "
+              f"sum {own + parent:6.3f}", flush=True)
+        figures[label] = own + parent
+    if out:
+        with open(out, "w") as fh:
+            json.dump(figures, fh)
     os.close(read_end)
     os.close(write_end)
 
@@ -133,7 +139,7 @@ import sys
 sys.path.insert(0, sys.argv[1])
 sys.path.insert(0, sys.argv[2])
 from bench_child_cost import stages
-stages(int(sys.argv[3]), sys.stdin.buffer.read())
+stages(int(sys.argv[3]), sys.stdin.buffer.read(), sys.argv[4])
 """
 
 
@@ -174,15 +180,26 @@ def preloads(n: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--children", type=int, default=200)
+    parser.add_argument("--json", metavar="FILE", help="also write table rows for run_all.py")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: the sandbox set-up changes uid and chroots")
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     subprocess.run([sys.executable, "-I", "-c", _STAGES, str(ROOT), str(Path(__file__).parent),
-                    str(args.children)], input=job_bytes(), check=True,
+                    str(args.children), args.json or ""], input=job_bytes(), check=True,
                    env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                         "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
+    if args.json:
+        from common import Rows
+
+        rows, figures = Rows("bench_child_cost"), json.loads(Path(args.json).read_text())
+        for label, cpu in figures.items():
+            rows.add("child." + label.strip("+ ").replace(" ", "-"), "sandboxed child, CPU "
+                     "(child + forking process)", f"{label}, {args.children} children",
+                     n=args.children, mean=cpu, baseline="fork + exit, same run",
+                     baseline_p50=figures["fork + exit"] if label != "fork + exit" else None)
+        rows.write(args.json)
     preloads(args.children)
 
 

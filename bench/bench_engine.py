@@ -25,6 +25,7 @@ import statistics
 import time
 
 import numpy as np
+from common import Goal, Rows, add_json_argument
 
 from server.engine import reference as ref
 from server.engine.bank import load_bank
@@ -75,7 +76,11 @@ def unbatched_fd(spec, inst):
                 ref.loss(ref.run_forward(sched, lv), seeds)
 
 
-def draws(bank, n: int) -> None:
+DRAW_GOALS = {"mlp-relu": Goal(p50=5)}  # issue 9
+BASE_DRAW = "the same draw without the mutant check, interleaved"
+
+
+def draws(bank, n: int, rows: Rows) -> None:
     print(f"draw + FD verification, {n} seeds each (ms); baseline: the same draw without the "
           "mutant check, interleaved")
     print(f"{'problem':28} {'median':>7} {'p99':>7} {'base med':>8} {'base p99':>8} "
@@ -84,6 +89,8 @@ def draws(bank, n: int) -> None:
         if spec.answer_kind == "expression":
             xs = timed(lambda i, s=spec: draw(s, i), n)
             print(f"{spec.id:28} {statistics.median(xs):7.3f} {pct(xs, 99):7.3f}")
+            rows.add(f"engine.draw.{spec.id}", "engine draw + verification",
+                     f"{spec.id} (expression), {n} seeds", n=n, samples=xs)
             continue
         draw_instance(spec, 0)  # compile and calibrate the mutants of seed 0's structure
         stats = [DrawStats() for _ in range(n)]
@@ -99,9 +106,12 @@ def draws(bank, n: int) -> None:
               f"{statistics.mean(s.redraws for s in stats):7.2f} "
               f"{len(check.mutants.mutants):7} {len(check.equivalent):5} "
               f"{statistics.median(calibration) if calibration else 0:8.1f}")
+        rows.add(f"engine.draw.{spec.id}", "engine draw + verification",
+                 f"{spec.id}, {n} seeds, mutant check", n=n, samples=with_check,
+                 baseline=BASE_DRAW, baseline_samples=without, goal=DRAW_GOALS.get(spec.id))
 
 
-def grading(bank, n: int) -> None:
+def grading(bank, n: int, rows: Rows) -> None:
     print(f"\nin-process grading, {n} seeds each (ms): the student's instance alone, and with "
           "two hidden instances, interleaved")
     print(f"{'problem, answer':40} {'own med':>8} {'own p99':>8} {'+hid med':>8} "
@@ -118,6 +128,17 @@ def grading(bank, n: int) -> None:
             ], n)
             print(f"{spec.id + ', ' + label:40} {statistics.median(own):8.3f} "
                   f"{pct(own, 99):8.3f} {statistics.median(hidden):8.3f} {pct(hidden, 99):8.3f}")
+            grading_rows(rows, f"{spec.id}.{'model' if texts is right else 'flipped'}",
+                         f"{spec.id}, {label}", n, own, hidden)
+
+
+def grading_rows(rows: Rows, key: str, setting: str, n: int, own: list[float],
+                 hidden: list[float], goal: Goal | None = None) -> None:
+    rows.add(f"engine.grade.{key}.own", "equations grading in-process, own instance",
+             f"{setting}, {n} seeds", n=n, samples=own, goal=goal)
+    rows.add(f"engine.grade.{key}.hidden", "equations grading in-process, + 2 hidden instances",
+             f"{setting}, {n} seeds", n=n, samples=hidden,
+             baseline="the own instance alone, interleaved", baseline_samples=own)
 
 
 def _flip_last_sign(answer: str) -> str:
@@ -131,19 +152,26 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=200)
     parser.add_argument("--problems", default="", help="comma-separated ids: only these")
+    add_json_argument(parser)
     args = parser.parse_args()
+    rows = Rows("bench_engine")
     bank = load_bank()
     if args.problems:
         chosen = {pid: bank[pid] for pid in args.problems.split(",")}
-        draws(chosen, args.seeds)
-        grading(chosen, args.seeds)
+        draws(chosen, args.seeds, rows)
+        grading(chosen, args.seeds, rows)
+        rows.write(args.json)
         return
-    draws(bank, args.seeds)
+    draws(bank, args.seeds, rows)
 
     mlp = bank["mlp-relu"]
     insts = [draw_instance(mlp, i) for i in range(args.seeds)]
     base = timed(lambda i: unbatched_fd(mlp, insts[i]), min(args.seeds, 50))
     batched = timed(lambda i: draw_instance(mlp, i, discriminate=False), args.seeds)
+    rows.add("engine.fd.mlp-relu", "engine draw, batched FD of leaves and intermediates",
+             f"mlp-relu, no mutant check, {args.seeds} seeds", n=args.seeds, samples=batched,
+             baseline=f"unbatched FD of the leaves alone ({len(base)} seeds)",
+             baseline_samples=base)
     print(
         f"\nmlp-relu: unbatched FD of the leaves alone (baseline) median "
         f"{statistics.median(base):.3f} ms; "
@@ -163,12 +191,18 @@ def main() -> None:
         ], args.seeds)
         print(f"{label:24} own median {statistics.median(own):.3f}  p99 {pct(own, 99):.3f}   "
               f"+ hidden median {statistics.median(hidden):.3f}  p99 {pct(hidden, 99):.3f}")
+        grading_rows(rows, "mlp-relu." + ("model" if texts is answers else "wrong-mask"),
+                     f"mlp-relu, {label}", args.seeds, own, hidden,
+                     goal=Goal(p50=2) if texts is answers else None)  # issue 3
     scan = bank["scan-mlp"]
     sinsts = [draw_instance(scan, i) for i in range(50)]
     sans = [model_answer(scan, inst) for inst in sinsts]
     xs = timed(lambda i: grade_equations(scan, sinsts[i], sans[i]), 50)
     print(f"{'scan-mlp correct answer':24} own median {statistics.median(xs):.3f}  "
           f"p99 {pct(xs, 99):.3f}")
+    rows.add("engine.grade.scan-mlp.model.own", "equations grading in-process, own instance",
+             "scan-mlp, correct answer, 50 seeds", n=len(xs), samples=xs)
+    rows.write(args.json)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Grade exports of a large class: 2,000 students x 30 problems (3 assignments of 10).
 
     .venv/bin/python bench/bench_export.py [--students 2000] [--rounds 5] [--postgres URL]
+                                       [--json FILE]
 
 Fills a fresh database (SQLite in a temporary folder, or a new PostgreSQL
 database, dropped at the end) with the students, their instances, two graded
@@ -22,12 +23,23 @@ import datetime as dt
 import io
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from common import (  # noqa: E402
+    NOW,
+    Goal,
+    Rows,
+    add_json_argument,
+    backend_name,
+    insert_course,
+    insert_instances,
+    insert_students,
+    scratch_database,
+)
 
 ASSIGNMENTS, PROBLEMS_EACH = 3, 10
 
@@ -37,39 +49,15 @@ def fill(url: str, students: int) -> int:
     from sqlalchemy import insert
 
     from server import db
-    from server.models import (
-        Assignment,
-        AssignmentProblem,
-        Course,
-        Enrollment,
-        Instance,
-        Problem,
-        ProblemVersion,
-        ScoreOverride,
-        Submission,
-        User,
-    )
+    from server.models import Assignment, AssignmentProblem, ScoreOverride, Submission
 
     engine = db.make_engine(url)
-    now = dt.datetime(2026, 11, 29, 12, tzinfo=dt.UTC)
+    now = NOW
     with engine.begin() as c:
-        course_id = c.execute(insert(Course).values(code="BIG", title="Big", created_at=now)
-                              .returning(Course.id)).scalar_one()
-        for p in range(PROBLEMS_EACH):
-            c.execute(insert(Problem).values(id=f"p{p}", spec_id=f"p{p}", title=f"P{p}",
-                                             answer_type="equations", created_at=now))
-        version_ids = [c.execute(insert(ProblemVersion).values(
-            problem_id=f"p{p}", version=1, spec_text="", spec_hash=f"h{p}", created_at=now)
-            .returning(ProblemVersion.id)).scalar_one() for p in range(PROBLEMS_EACH)]
-        c.execute(insert(User), [
-            {"email": f"s{i:05d}@example.edu", "name": f"Student {i:05d}", "created_at": now}
-            for i in range(students)])
-        user_ids = sorted(c.execute(User.__table__.select().with_only_columns(User.id))
-                          .scalars())
-        c.execute(insert(Enrollment), [
-            {"user_id": u, "course_id": course_id, "role": "student", "created_at": now,
-             "section": f"S{u % 4}", "sis_user_id": f"SIS{u}", "canvas_user_id": str(1000 + u)}
-            for u in user_ids])
+        course_id, versions = insert_course(c, "BIG", [f"p{p}" for p in range(PROBLEMS_EACH)])
+        version_ids = list(versions.values())
+        user_ids, _ = insert_students(c, course_id, students, enrollment=lambda u: {
+            "section": f"S{u % 4}", "sis_user_id": f"SIS{u}", "canvas_user_id": str(1000 + u)})
         aps = []
         for a in range(ASSIGNMENTS):
             assignment_id = c.execute(insert(Assignment).values(
@@ -82,14 +70,10 @@ def fill(url: str, students: int) -> int:
                     assignment_id=assignment_id, problem_id=f"p{p}", weight=1 + p % 3,
                     position=p).returning(AssignmentProblem.id)).scalar_one(),
                     version_ids[p]))
+        instances = {}
         for ap_id, version_id in aps:
-            c.execute(insert(Instance), [
-                {"user_id": u, "assignment_problem_id": ap_id, "problem_version_id": version_id,
-                 "seed": u, "dims_json": "{}", "choices_json": "{}", "values_json": "{}",
-                 "reference_json": "{}", "created_at": now} for u in user_ids])
-        instances = {(u, ap): i for i, u, ap in c.execute(
-            Instance.__table__.select().with_only_columns(
-                Instance.id, Instance.user_id, Instance.assignment_problem_id))}
+            for u, i in insert_instances(c, user_ids, ap_id, version_id).items():
+                instances[(u, ap_id)] = i
         for ap_id, _ in aps:
             rows = []
             for u in user_ids:
@@ -116,22 +100,19 @@ def main() -> None:
     parser.add_argument("--students", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--postgres", help="a PostgreSQL server URL (a database is made there)")
+    add_json_argument(parser)
     args = parser.parse_args()
     from server import db
     from server.models import Course
     from server.services import exports, gradebook
-    from tests import scratch_db
 
-    folder = tempfile.TemporaryDirectory()
-    url = (scratch_db.create_postgres_database(args.postgres, "nabla_bench") if args.postgres
-           else f"sqlite:///{folder.name}/bench.sqlite3")
-    try:
+    with scratch_database(args.postgres) as (url, _folder):
         db.upgrade(url)
         start = time.perf_counter()
         course_id = fill(url, args.students)
         print(f"filled {args.students} students x {ASSIGNMENTS * PROBLEMS_EACH} problems "
               f"(2 submissions each) in {time.perf_counter() - start:.1f} s "
-              f"({'PostgreSQL' if args.postgres else 'SQLite'})")
+              f"({backend_name(args.postgres)})")
         engine = db.make_engine(url)
         factory = db.make_sessionmaker(engine)
 
@@ -166,17 +147,22 @@ def main() -> None:
         b = statistics.median(base)
         print(f"baseline: csv.writer, {cells} rows x {width} cells from memory: median "
               f"{b:.0f} ms, slowest {max(base):.0f} ms")
+        rows = Rows("bench_export")
         for fmt, runs in results.items():
             total = statistics.median(r[1] for r in runs)
             query = statistics.median(r[0] for r in runs)
             print(f"{fmt:6}: {runs[0][2] / 1e6:.1f} MB; whole export median {total:.0f} ms "
                   f"(queries {query:.0f} ms), slowest {max(r[1] for r in runs):.0f} ms; "
                   f"{total / b:.2f}x the baseline")
+            rows.add(f"export.{fmt}.{backend_name(args.postgres).lower()}",
+                     f"grade export, {fmt} CSV", f"{args.students} students x "
+                     f"{ASSIGNMENTS * PROBLEMS_EACH} problems, {backend_name(args.postgres)}, "
+                     f"{runs[0][2] / 1e6:.1f} MB; p99: the slowest round", n=len(runs),
+                     p50=total, p99=max(r[1] for r in runs),
+                     baseline=f"csv.writer, {cells} rows from memory", baseline_samples=base,
+                     goal=Goal(p50=1000))
+        rows.write(args.json)
         engine.dispose()
-    finally:
-        if args.postgres:
-            scratch_db.drop_postgres_database(args.postgres, url)
-        folder.cleanup()
 
 
 if __name__ == "__main__":

@@ -297,6 +297,25 @@ def warm_up(port: int, api_tokens: list[str], paths: dict[str, str],
         run_phase(port, api_tokens, path, answers[kind], requests=5, seconds=30)
 
 
+IN_PROCESS = {"equations": "engine.grade.mlp-relu.model.hidden",
+              "numpy": "numpy.grade.resubmission"}  # rows of bench_engine, bench_numpy_grading
+
+
+def write_rows(args: argparse.Namespace, backend: str,
+               table: list[tuple[str, list[float], float, bool]]) -> None:
+    from common import Goal, Rows
+
+    rows = Rows("bench_http")
+    for kind, latencies, wall, ok in table:
+        rows.add(f"http.{kind}.{'postgresql' if args.postgres else 'sqlite'}",
+                 f"HTTP POST submission, {kind}", f"{backend}; {args.clients} client(s) back "
+                 f"to back, {args.workers} workers x {args.threads} threads", n=len(latencies),
+                 samples=latencies, throughput=len(latencies) / wall,
+                 throughput_unit="submissions/s", baseline_key=IN_PROCESS[kind],
+                 goal=Goal(*GOALS[kind]), checks={"every response 201, score 1": ok})
+    rows.write(args.json)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=4)
@@ -318,6 +337,7 @@ def main() -> None:
     parser.add_argument("--redis", metavar="URL",
                         help="keep the rate counters in Redis (NABLA_REDIS_URL), e.g. "
                              "redis://127.0.0.1:6379/0, instead of the database")
+    parser.add_argument("--json", metavar="FILE", help="also write table rows for run_all.py")
     args = parser.parse_args()
     if not 1 <= args.clients <= MAX_CLIENTS:
         parser.error(f"--clients must be between 1 and {MAX_CLIENTS}")
@@ -358,6 +378,7 @@ def main() -> None:
               f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; "
               f"load average {os.getloadavg()[0]:.2f}")
         failed = False
+        table: list[tuple[str, list[float], float, bool]] = []
         for kind, path in paths.items():
             if first_tokens:
                 latencies, errors = first_grades(port, first_tokens, path, answers[kind])
@@ -387,11 +408,14 @@ def main() -> None:
                   f"   (goal p50 <= {good:g}, p99 <= {bad:g} ms)")
             if cpu_line:
                 print(cpu_line)
+            table.append((kind, latencies, wall, not errors))
             if errors:
                 failed = True
                 print(f"  {len(errors)} errors, e.g. {errors[0]}")
         print(f"load average {os.getloadavg()[0]:.2f} (other work on the machine shifts "
               "the figures)")
+        if args.json:
+            write_rows(args, backend, table)
         if failed:
             keep_folder = True
             print(f"server log: {folder / 'server.log'}")

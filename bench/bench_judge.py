@@ -9,7 +9,7 @@ per grading on each side (this thread's, plus the judge processes' from
 what a fresh process costs (spec and instance texts sent once), a round trip
 with no work, forking a judge process, and starting the zygote.
 
-    .venv/bin/python bench/bench_judge.py [--rounds 300]
+    .venv/bin/python bench/bench_judge.py [--rounds 300] [--json FILE]
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import json
 import os
 import statistics
 import time
+
+from common import Rows, add_json_argument
 
 from server.engine.bank import load_bank
 from server.engine.problem import draw, grade_answer, instance_from_document, model_answer
@@ -96,7 +98,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--size", type=int, default=2, help="judge processes")
+    add_json_argument(parser)
     args = parser.parse_args()
+    rows = Rows("bench_judge")
     bank = load_bank()
     print(f"machine: {os.cpu_count()} cores, load average "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
@@ -113,6 +117,11 @@ def main() -> None:
             print(f"{name:40} {ms(lp50):9.3f} / {ms(pct(local, 99)):7.3f} "
                   f"{ms(rp50):7.3f} / {ms(pct(remote, 99)):6.3f} {ms(rp50 - lp50):10.3f} ms "
                   f"{rp50 / lp50:6.2f} {ms(local_cpu):12.3f} / {ms(remote_cpu):.3f} ms")
+            rows.add("judge." + name.split(",")[0].split()[0] + "." + str(len(rows.rows)),
+                     "grading through the judge", f"{name}, {args.size} judge processes",
+                     n=len(remote), samples=[ms(x) for x in remote],
+                     baseline="the same grading in-process (grade_answer), alternating",
+                     baseline_samples=[ms(x) for x in local])
 
         round_trips = []
         for _ in range(args.rounds):
@@ -149,6 +158,7 @@ def main() -> None:
               f"{ms(statistics.median(forks)):.2f} ms, p99 {ms(pct(forks, 99)):.2f} ms")
     finally:
         judge.close()
+    rows.write(args.json)
 
 
 if __name__ == "__main__":

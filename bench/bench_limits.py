@@ -1,6 +1,7 @@
 """What one rate-limit check costs: ``Limiter.take`` on each counter store.
 
     .venv/bin/python bench/bench_limits.py [--takes 2000] [--postgres URL] [--redis URL]
+                                        [--json FILE]
 
 For SQLite (a fresh WAL file, migrated), PostgreSQL (a new database, dropped
 at the end) and Redis (a random key prefix, deleted at the end): times
@@ -18,13 +19,16 @@ import os
 import secrets
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from common import Rows, add_json_argument, scratch_database  # noqa: E402
+
+ROWS = Rows("bench_limits")
 
 
 def timings(function: Callable[[int], object], count: int) -> list[float]:
@@ -43,6 +47,9 @@ def report(name: str, takes: list[float], baseline: list[float], label: str) -> 
     m, b = statistics.median(takes), statistics.median(baseline)
     print(f"{name:<11} take p50 {m:6.3f} ms  p99 {p99(takes):6.3f} ms   |  {label:<26} "
           f"p50 {b:6.3f} ms  p99 {p99(baseline):6.3f} ms   |  ratio {m / b:4.2f}")
+    ROWS.add(f"limits.{name.lower()}", "rate-limit check (Limiter.take)",
+             f"{name}, one at a time", n=len(takes), samples=takes,
+             baseline=f"{label} on the same store", baseline_samples=baseline)
 
 
 def bench_database(name: str, url: str, count: int) -> None:
@@ -102,20 +109,16 @@ def main() -> None:
     parser.add_argument("--postgres", metavar="SERVER_URL",
                         default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis", metavar="URL", default="redis://127.0.0.1:6379/0")
+    add_json_argument(parser)
     args = parser.parse_args()
     print(f"{args.takes} takes per store, one at a time; {os.cpu_count()} CPUs; "
           f"load average {os.getloadavg()[0]:.2f}")
-    from tests import scratch_db
-
-    with tempfile.TemporaryDirectory(prefix="nabla-bench-limits-") as folder:
-        bench_database("SQLite", f"sqlite:///{folder}/bench.sqlite3", args.takes)
-    url = scratch_db.create_postgres_database(args.postgres, "nabla_bench")
-    try:
-        bench_database("PostgreSQL", url, args.takes)
-    finally:
-        scratch_db.drop_postgres_database(args.postgres, url)
+    for postgres in (None, args.postgres):
+        with scratch_database(postgres) as (url, _folder):
+            bench_database("PostgreSQL" if postgres else "SQLite", url, args.takes)
     bench_redis(args.redis, args.takes)
     print(f"load average {os.getloadavg()[0]:.2f}")
+    ROWS.write(args.json)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
 """Grading a numpy backward() answer for mlp-relu-numpy in-process: the stored
 instance plus two hidden ones, each in its own sandboxed child (concurrently,
 and for comparison one after the other). Prints p50/p99 per grade and
-throughput with 2 and 8 concurrent callers, beside the same answer graded with
-the equations grader (no sandbox) as a baseline.
+throughput with 2 and 8 concurrent callers, beside two baselines measured in
+the same run: the same grade with each instance's job in a fresh interpreter
+(``python -I``, numpy imported, the same isolation layers; what the pre-forked
+pool saves), and the same network graded with the equations grader (no sandbox).
 
 Every grade draws its own hidden instances from fresh seeds, as the server does
 per submission. "First grade" is the first grade of an instance the process
 has not seen; "resubmission" grades one of 50 instances again.
 
-    .venv/bin/python bench/bench_numpy_grading.py [--grades 300]
+    .venv/bin/python bench/bench_numpy_grading.py [--grades 300] [--fresh 20] [--json FILE]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import threading
 import time
 
 import numpy as np
+from common import Goal, Rows, add_json_argument, fresh_interpreter_job
 
 from server import sandbox
 from server.engine.bank import load_bank
@@ -46,7 +49,11 @@ def fresh_seeds() -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--grades", type=int, default=300)
+    parser.add_argument("--fresh", type=int, default=20,
+                        help="grades with a fresh interpreter per job (the baseline)")
+    add_json_argument(parser)
     args = parser.parse_args()
+    rows = Rows("bench_numpy_grading")
     bank = load_bank()
     spec, eq_spec = bank["mlp-relu-numpy"], bank["mlp-relu"]
     insts = [draw_instance(spec, i) for i in range(50)]
@@ -64,7 +71,7 @@ def main() -> None:
         return (time.perf_counter() - t) * 1e3
 
     cold = []
-    for k in range(100):
+    for k in range(min(100, args.grades)):
         inst = draw_instance(spec, 1000 + k)
         source = model_answer(spec, inst)
         t = time.perf_counter()
@@ -81,15 +88,44 @@ def main() -> None:
         t = time.perf_counter()
         grade_equations(eq_spec, eq_insts[i % 50], eq_texts[i % 50])
         base.append((time.perf_counter() - t) * 1e3)
+    fresh = []
+    for i in range(args.fresh):
+        t = time.perf_counter()
+        result = grade_numpy(spec, insts[i % 50], sources[i % 50], hidden_seeds=fresh_seeds(),
+                             run_job=fresh_interpreter_job)
+        fresh.append((time.perf_counter() - t) * 1e3)
+        assert result.score == 1.0, result.to_json()
     print(f"numpy answer, stored + 2 hidden instances, one child each ({args.grades} grades)")
     row("first grade of an instance", cold)
     row("resubmission, children concurrent", together)
     row("resubmission, children one after another", apart)
+    row("baseline: a fresh interpreter per job (same layers), concurrent", fresh)
     row("baseline: the same network as equations, in-process, no sandbox", base)
+    setting = f"mlp-relu-numpy, own + 2 hidden instances, {args.grades} grades"
+    fresh_label = (f"the same grade, a fresh interpreter per job, same layers "
+                   f"(n={len(fresh)})")
+    rows.add("numpy.grade.resubmission", "numpy grading in-process, resubmission",
+             setting + ", children concurrent", n=len(together), samples=together,
+             baseline=fresh_label, baseline_samples=fresh,
+             goal=Goal(p50=6, p99=20))  # issue 4
+    rows.add("numpy.grade.first", "numpy grading in-process, first grade of an instance",
+             f"mlp-relu-numpy, {len(cold)} new instances", n=len(cold), samples=cold,
+             baseline=fresh_label, baseline_samples=fresh)
+    rows.add("numpy.grade.sequential", "numpy grading in-process, resubmission",
+             setting + ", children one after another", n=len(apart), samples=apart,
+             baseline="children concurrent, interleaved", baseline_samples=together)
+    rows.add("numpy.grade.equations", "equations grading in-process (numpy's baseline)",
+             f"mlp-relu as equations, own instance only, {args.grades} grades", n=len(base),
+             samples=base)
     for callers in (2, 8):
         lat, wall = concurrent_callers(one, callers, max(args.grades // callers, 10))
         print(f"  {callers} concurrent callers: {len(lat) / wall:6.1f} grades/s   "
               f"p50 {statistics.median(lat):.3f} ms   p99 {np.percentile(lat, 99):.3f} ms")
+        rows.add(f"numpy.grade.callers.{callers}", "numpy grading, concurrent callers",
+                 f"mlp-relu-numpy, {callers} callers, {len(lat)} grades", n=len(lat),
+                 samples=lat, throughput=len(lat) / wall, throughput_unit="grades/s",
+                 goal=Goal(throughput=200) if callers == 8 else None)  # issue 4
+    rows.write(args.json)
 
 
 def row(label: str, values: list[float]) -> None:

@@ -1,6 +1,6 @@
 """What the student's pages cost to render, and what a Check costs (issue 11).
 
-    .venv/bin/python bench/bench_pages.py [--requests 200] [--before REV]
+    .venv/bin/python bench/bench_pages.py [--requests 200] [--before REV] [--json FILE]
 
 In-process (Flask's test client; no network, no gunicorn), on a fresh SQLite
 database in a temporary folder with the demo course (``nabla demo``'s data),
@@ -114,7 +114,7 @@ def measure(requests: int) -> dict[str, dict[str, float]]:
 
 def run_tree(root: Path, requests: int) -> dict:
     env = {**os.environ, "NABLA_BENCH_ROOT": str(root)}
-    done = subprocess.run([sys.executable, str(HERE), "--json", "--requests", str(requests)],
+    done = subprocess.run([sys.executable, str(HERE), "--measure", "--requests", str(requests)],
                           env=env, capture_output=True, text=True, cwd=root, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -130,9 +130,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--before", help="a git revision to measure beside this tree")
-    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--json", metavar="FILE",
+                        help="also write the figures as table rows (JSON) for run_all.py")
     args = parser.parse_args()
-    if args.json:
+    if args.measure:
         print(json.dumps(measure(args.requests)))
         return
     names = [n for n, _ in PAGES] + [n for n, *_ in CHECKS]
@@ -141,6 +143,7 @@ def main() -> None:
         figures = run_tree(HERE.parents[1], args.requests)
         for name in names:
             print(f"{name:<20} {cell(figures, name)}")
+        write_rows(args.json, figures, args.requests)
         return
     with tempfile.TemporaryDirectory(prefix="nabla-before-") as old:
         archive = subprocess.run(["git", "-C", str(HERE.parents[1]), "archive", args.before],
@@ -153,6 +156,22 @@ def main() -> None:
         for before, after in rounds:
             print(f"{name:<20} {cell(before, name):<34} {cell(after, name)}")
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
+    write_rows(args.json, rounds[-1][1], args.requests, rounds[-1][0], args.before)
+
+
+def write_rows(path: str | None, figures: dict, requests: int, before: dict | None = None,
+               revision: str = "") -> None:
+    from common import Rows
+
+    rows = Rows("bench_pages")
+    for name, f in figures.items():
+        base = (before or {}).get(name)
+        rows.add("pages." + name.replace(" ", "-"), "student page in-process (test client)"
+                 if not name.startswith("check") else "POST .../check in-process",
+                 f"{name}, SQLite, demo course, {f['kb']:.1f} KB", n=requests,
+                 p50=f["p50"], p99=f["p99"], baseline=f"{revision}, same run" if base else None,
+                 baseline_p50=base["p50"] if base else None)
+    rows.write(path)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_regrade.py [--submissions 10000] [--students 50]
         [--runner both|inprocess|rq] [--workers 2] [--threads 4] [--postgres URL]
-        [--redis URL] [--sample 60]
+        [--redis URL] [--sample 60] [--json FILE]
 
 Fills a fresh database (SQLite in a temporary folder, or a new PostgreSQL
 database, dropped at the end) with one course, ``--students`` students, their
@@ -40,6 +40,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from common import Goal, Rows, add_json_argument, backend_name  # noqa: E402
 
 PROBLEMS = ("mlp-relu", "mlp-relu-numpy")
 
@@ -262,7 +264,9 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=60)
     parser.add_argument("--postgres", help="a PostgreSQL server URL (a database is made there)")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    add_json_argument(parser)
     args = parser.parse_args()
+    rows = Rows("bench_regrade")
     from server import db
     from tests import scratch_db
 
@@ -303,6 +307,19 @@ def main() -> None:
                                    args.submissions)
         if len(results) == 2:
             print(f"ratio RQ / in-process: {results['rq'] / results['in-process']:.2f}")
+        predicted = half / eq_rate + half / np_rate
+        for runner, elapsed in results.items():
+            rows.add(f"regrade.{runner}.{backend_name(args.postgres).lower()}",
+                     f"regrade of an assignment, {runner}",
+                     f"{args.submissions} submissions (half numpy), "
+                     f"{backend_name(args.postgres)}, {args.threads} threads"
+                     + (f" x {args.workers} workers" if runner == "rq" else "")
+                     + "; one run", n=1, unit="s", p50=elapsed,
+                     throughput=args.submissions / elapsed, throughput_unit="submissions/s",
+                     baseline=f"grading alone, no database ({args.sample} of each kind, "
+                     f"{args.threads} at once), scaled", baseline_p50=predicted,
+                     goal=Goal(throughput=10_000 / 60, note="(10,000 in ≤ 60 s)"))
+        rows.write(args.json)
     finally:
         for process in workers:
             from tests.web.helpers import stop_process_group

@@ -17,11 +17,8 @@ Figures only; nothing here asserts a time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -31,8 +28,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+from common import Goal, Rows, add_json_argument, fresh_interpreter_job  # noqa: E402
 
-from server.sandbox import client, run_job, sandbox_status, wire  # noqa: E402
+from server.sandbox import client, run_job, sandbox_status  # noqa: E402
 
 SOURCE = """
 import numpy as np
@@ -98,57 +96,13 @@ def pool_latency(n: int, gap_s: float, ncalls: int = 1) -> list[float]:
     return out
 
 
-class _ExitReport:
-    """Stands in for the worker's lease socket: reports how a one-shot process ended."""
-
-    def __init__(self, proc: subprocess.Popen) -> None:
-        self.proc = proc
-
-    def settimeout(self, _t: float) -> None:
-        pass
-
-    def recv(self, _n: int) -> bytes:
-        code = self.proc.wait(5)
-        return json.dumps({"exit": code if code >= 0 else None,
-                           "signal": -code if code < 0 else None, "wall": False}).encode()
-
-
-def fresh_job(call: dict[str, np.ndarray], limits: dict[str, object]) -> client.JobResult:
-    started = time.perf_counter()
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    args = ["--oneshot", str(theirs.fileno()), "--uid-base", str(client.UID_FIRST)]
-    proc = subprocess.Popen(client.worker_command(args), env=client.clean_environment(),
-                            cwd="/", pass_fds=[theirs.fileno()], close_fds=True,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    theirs.close()
-    job = wire.encode_job(SOURCE, [call], "backward", limits)
-
-    def result(status: str, **kw: object) -> client.JobResult:
-        return client.JobResult(status=status, elapsed_ms=(time.perf_counter() - started) * 1e3,
-                                **kw)
-
-    try:
-        deadline = time.monotonic() + float(limits["time_limit_s"])
-        sb = client.get_sandbox()
-        return sb._converse(None, _ExitReport(proc), ours, job, deadline, limits, 1, result,
-                            SOURCE)
-    finally:
-        ours.close()
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-
 def fresh_latency(n: int) -> list[float]:
     call = make_call()
-    limits = {"time_limit_s": 5.0, "memory_mb": 512, "max_output_arrays": 64,
-              "max_array_elements": 1_000_000, "max_output_bytes": 64 << 20,
-              "max_stream_chars": 10_000, "outputs": None}
+    limits = {"time_limit_s": 5.0, "memory_mb": 512}
     out = []
     for _ in range(n):
         t = time.perf_counter()
-        r = fresh_job(call, limits)
+        r = fresh_interpreter_job(SOURCE, [call], **limits)
         out.append((time.perf_counter() - t) * 1e3)
         assert r.status == "ok" and r.calls[0].status == "ok", r
     return out
@@ -197,7 +151,9 @@ def main() -> None:
     ap.add_argument("--throughput-jobs", type=int, default=400)
     ap.add_argument("--gap-ms", type=float, default=10.0,
                     help="pause between spaced jobs (lets the pool refill)")
+    add_json_argument(ap)
     opts = ap.parse_args()
+    rows = Rows("bench_sandbox")
 
     status = sandbox_status()
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, "
@@ -234,12 +190,23 @@ def main() -> None:
         f"{statistics.median(fresh) / statistics.median(spaced):.0f}x "
         f"({g} gaps), {statistics.median(fresh) / statistics.median(back):.0f}x (back to back)"
     )
+    fresh_label = f"a fresh interpreter per job, same layers (n={len(fresh)})"
+    rows.add("sandbox.pool.spaced", "sandbox job, pre-forked pool",
+             f"trivial one-call job, {g} between jobs", n=len(spaced), samples=spaced,
+             baseline=fresh_label, baseline_samples=fresh, goal=Goal(p50=3, ratio_max=1 / 50))
+    rows.add("sandbox.pool.back", "sandbox job, pre-forked pool", "trivial one-call job, "
+             "back to back", n=len(back), samples=back, baseline=fresh_label,
+             baseline_samples=fresh, goal=Goal(ratio_max=1 / 50))
     print()
     print("throughput (concurrent callers in one process, back to back):")
     for callers in (2, 8):
         rate, lat = throughput(callers, max(1, opts.throughput_jobs // callers))
         print(f"  {callers} callers: {rate:6.0f} jobs/s   latency {summary(lat)}")
+        rows.add(f"sandbox.callers.{callers}", "sandbox jobs, concurrent callers",
+                 f"{callers} callers back to back, trivial job", n=len(lat), samples=lat,
+                 throughput=rate, throughput_unit="jobs/s", goal=Goal(throughput=200))
     client.get_sandbox().close()
+    rows.write(opts.json)
 
 
 if __name__ == "__main__":

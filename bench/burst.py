@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/burst.py [--students 300] [--seconds 60] [--db sqlite,postgresql]
                                     [--postgres SERVER_URL] [--workers N] [--threads N]
+                                    [--json FILE]
 
 For each database (SQLite in a temporary folder; PostgreSQL: a new database on
 --postgres, dropped at the end) it migrates, adds a course with one assignment
@@ -38,10 +39,8 @@ import os
 import platform
 import random
 import secrets
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -51,10 +50,10 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from bench_http import HOST, free_port, model_answers, pct, start_server, stop_server  # noqa: E402
+from common import POSTGRES, Goal, Rows, add_json_argument, scratch_database  # noqa: E402
 
 PROBLEMS = {"equations": "mlp-relu", "numpy": "mlp-relu-numpy"}
 MAX_ATTEMPTS = 2
-POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 @dataclasses.dataclass
@@ -336,7 +335,8 @@ def run(url: str, folder: Path, students: int, seconds: float, *, workers: int |
     return Outcome(sent, wall, counts, problems, peaks)
 
 
-def report(name: str, outcome: Outcome) -> None:
+def report(name: str, outcome: Outcome, rows: Rows | None = None, students: int = 0,
+           seconds: float = 0) -> None:
     sent = outcome.sent
     posts = [s.ms for s in sent]
     statuses = collections.Counter(s.status for s in sent)
@@ -361,6 +361,13 @@ def report(name: str, outcome: Outcome) -> None:
                               else f"{len(outcome.problems)} broken"))
     for problem in outcome.problems[:20]:
         print(f"    {problem}")
+    if rows is not None:
+        rows.add(f"burst.{name}", "deadline burst over HTTP, POST latency",
+                 f"{students} students x 3 submissions (one double-clicked) in {seconds:g} s, "
+                 f"{'PostgreSQL' if name == 'postgresql' else 'SQLite'}", n=len(posts),
+                 samples=posts, throughput=len(sent) / outcome.wall, throughput_unit="POSTs/s",
+                 goal=Goal(p99=1000), checks={"0 5xx": five == 0,
+                                              "0 lost, invariants hold": not outcome.problems})
 
 
 def main() -> None:
@@ -371,27 +378,23 @@ def main() -> None:
     parser.add_argument("--postgres", default=POSTGRES, metavar="SERVER_URL")
     parser.add_argument("--workers", type=int)
     parser.add_argument("--threads", type=int)
+    add_json_argument(parser)
     args = parser.parse_args()
-    from tests import scratch_db
+    rows = Rows("burst")
 
     print(f"burst: {args.students} students x 3 submissions (one double-clicked) in "
           f"{args.seconds:g} s; {os.cpu_count()} CPUs, {platform.platform()}, "
           f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, load {os.getloadavg()[0]:.2f}")
     failed = False
     for backend in args.db.split(","):
-        folder = Path(tempfile.mkdtemp(prefix="nabla-burst-"))
-        url = (scratch_db.create_postgres_database(args.postgres, "nabla_burst")
-               if backend == "postgresql" else f"sqlite:///{folder / 'burst.sqlite3'}")
-        try:
+        postgres = args.postgres if backend == "postgresql" else None
+        with scratch_database(postgres, "nabla_burst") as (url, folder):
             outcome = run(url, folder, args.students, args.seconds, workers=args.workers,
                           threads=args.threads)
-            report(backend, outcome)
+            report(backend, outcome, rows, args.students, args.seconds)
             failed |= bool(outcome.problems)
-        finally:
-            if backend == "postgresql":
-                scratch_db.drop_postgres_database(args.postgres, url)
-            shutil.rmtree(folder, ignore_errors=True)
     print(f"load average {os.getloadavg()[0]:.2f}")
+    rows.write(args.json)
     sys.exit(1 if failed else 0)
 
 
