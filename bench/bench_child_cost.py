@@ -121,9 +121,9 @@ def stages(n: int, data: bytes) -> None:
     }
     print(f"CPU per child, {n} children per stage (ms): the child's, the forking process's")
     for label, steps in plans.items():
-        child, parent = fork_loop(n, lambda steps=steps: [step() for step in steps])
-        print(f"  {label:<30} child {child:6.3f}   parent {parent:6.3f}   "
-              f"sum {child + parent:6.3f}", flush=True)
+        own, parent = fork_loop(n, lambda steps=steps: [step() for step in steps])
+        print(f"  {label:<30} child {own:6.3f}   parent {parent:6.3f}   "
+              f"sum {own + parent:6.3f}", flush=True)
     os.close(read_end)
     os.close(write_end)
 
