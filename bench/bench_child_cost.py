@@ -83,8 +83,13 @@ def job_bytes() -> bytes:
     limits = {"time_limit_s": 2.0, "memory_mb": 512, "max_output_arrays": 64,
               "max_array_elements": 1_000_000, "max_output_bytes": 64 << 20,
               "max_stream_chars": 10_000, "outputs": ["d" + a for a in inst.ask]}
-    return wire.encode_job(model_answer(spec, inst), [call_arguments(inst)], "backward",
-                           limits)
+    source = model_answer(spec, inst)
+    try:  # the module compiled by the server, as the client sends it (when it does)
+        from server.sandbox.source import compiled_source
+    except ImportError:
+        return wire.encode_job(source, [call_arguments(inst)], "backward", limits)
+    return wire.encode_job(source, [call_arguments(inst)], "backward", limits,
+                           compiled_source(source, "backward"))
 
 
 def stages(n: int, data: bytes) -> None:
@@ -179,7 +184,12 @@ def main() -> None:
         raise SystemExit("run as root: the sandbox set-up changes uid and chroots")
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    subprocess.run([sys.executable, "-I", "-c", _STAGES, str(ROOT), str(Path(__file__).parent),
+    try:  # the worker's own first statements, where it has them
+        from server.sandbox.client import WORKER_PRELUDE
+    except ImportError:
+        WORKER_PRELUDE = ""
+    subprocess.run([sys.executable, "-I", "-c", WORKER_PRELUDE + _STAGES, str(ROOT),
+                    str(Path(__file__).parent),
                     str(args.children)], input=job_bytes(), check=True,
                    env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                         "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})

@@ -3,7 +3,8 @@
 Job (client -> child; the child trusts it):
     b"NBJ1" | u64 header_len | header JSON | u64 blob_len | blob
     header: source, function, limits, "arrays": [[dtype, shape, offset], ...],
-    "calls": [{name: ["a", i] | ["l", [i, ...]] | ["f", float]}, ...]
+    "calls": [{name: ["a", i] | ["l", [i, ...]] | ["f", float]}, ...],
+    "code": [offset, length] of the server-compiled module (marshal) in the blob
 
 Result frames (child -> client; the client trusts NOTHING in them):
     b"NBR1" | u32 header_len | u64 payload_len | header JSON | payload
@@ -52,8 +53,11 @@ def encode_job(
     calls: list[dict[str, object]],
     function: str,
     limits: dict[str, object],
+    code: bytes | None = None,
 ) -> bytes:
-    """Serialize a job. Raises TypeError/ValueError naming the bad call/argument."""
+    """Serialize a job. Raises TypeError/ValueError naming the bad call/argument.
+    ``code``: the source compiled by the server (``marshal``), after the arrays in
+    the blob; without it the child compiles the source itself."""
     if not isinstance(source, str):
         raise TypeError(f"source must be str, not {type(source).__name__}")
     if not isinstance(function, str) or not function.isidentifier():
@@ -100,6 +104,9 @@ def encode_job(
         encoded_calls.append(enc)
     header = dict(limits)
     header.update(source=source, function=function, calls=encoded_calls, arrays=arrays)
+    if code is not None:
+        header["code"] = [offset, len(code)]
+        chunks.append(code)
     head = json.dumps(header).encode()
     blob = b"".join(chunks)
     return b"".join([JOB_MAGIC, U64.pack(len(head)), head, U64.pack(len(blob)), blob])
