@@ -99,7 +99,7 @@ def _read_job(fd: int) -> tuple[dict[str, object], bytearray]:
     (hlen,) = wire.U64.unpack(_read_exact(fd, 8))
     if hlen > MAX_JOB_BYTES:
         raise EOFError("job header too large")
-    header = json.loads(bytes(_read_exact(fd, hlen)))
+    header = wire.decode_job_header(_read_exact(fd, hlen))
     (blen,) = wire.U64.unpack(_read_exact(fd, 8))
     if blen > MAX_JOB_BYTES:
         raise EOFError("job too large")
@@ -359,7 +359,7 @@ def _warm_up() -> None:
               "max_array_elements": 100, "max_output_bytes": 1 << 16, "max_stream_chars": 100}
     data = wire.encode_job(_WARMUP_SOURCE, [call, call], "backward", limits)
     hlen = wire.U64.unpack_from(data, 4)[0]
-    header = json.loads(data[12:12 + hlen])
+    header = wire.decode_job_header(data[12:12 + hlen])
     blob = bytearray(data[12 + hlen + 8:])
     sink: list[bytes] = []
 
