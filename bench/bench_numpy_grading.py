@@ -10,7 +10,12 @@ Every grade draws its own hidden instances from fresh seeds, as the server does
 per submission. "First grade" is the first grade of an instance the process
 has not seen; "resubmission" grades one of 50 instances again.
 
-    .venv/bin/python bench/bench_numpy_grading.py [--grades 300] [--fresh 20] [--json FILE]
+    .venv/bin/python bench/bench_numpy_grading.py [--grades 300] [--fresh 20] [--json FILE] [--cpu]
+
+With --cpu, a last phase grades back to back again and prints the CPU per
+grade of this process (the grader: hidden draws, jobs encoded and decoded,
+verdicts) and of the sandbox (its worker and the children it reaped), from
+/proc: CPU time moves far less with the machine's load than latency does.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
+import os
 import statistics
 import threading
 import time
@@ -51,6 +57,7 @@ def main() -> None:
     parser.add_argument("--grades", type=int, default=300)
     parser.add_argument("--fresh", type=int, default=20,
                         help="grades with a fresh interpreter per job (the baseline)")
+    parser.add_argument("--cpu", action="store_true", help="CPU per grade, by process")
     add_json_argument(parser)
     args = parser.parse_args()
     rows = Rows("bench_numpy_grading")
@@ -125,7 +132,31 @@ def main() -> None:
                  f"mlp-relu-numpy, {callers} callers, {len(lat)} grades", n=len(lat),
                  samples=lat, throughput=len(lat) / wall, throughput_unit="grades/s",
                  goal=Goal(throughput=200) if callers == 8 else None)  # issue 4
+    if args.cpu:
+        grader, box = cpu_per_grade(one, args.grades)
+        print(f"  CPU per grade, back to back: grader {grader:.2f} ms, sandbox (worker and "
+              f"children) {box:.2f} ms, sum {grader + box:.2f} ms; load average "
+              f"{os.getloadavg()[0]:.2f}")
     rows.write(args.json)
+
+
+def sandbox_cpu() -> float:
+    """CPU seconds of the sandbox worker and its reaped children, from /proc."""
+    pid = sandbox.get_sandbox().worker_pid()
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_grade(one, grades: int) -> tuple[float, float]:
+    """(this process, the sandbox) CPU ms per grade over ``grades`` grades."""
+    time.sleep(1.0)  # children of earlier phases end and are reaped
+    mine, box = time.process_time(), sandbox_cpu()
+    for i in range(grades):
+        one(i)
+    time.sleep(1.0)  # this phase's children end (at idle priority) and are reaped
+    mine = time.process_time() - mine
+    return mine / grades * 1e3, (sandbox_cpu() - box) / grades * 1e3
 
 
 def row(label: str, values: list[float]) -> None:

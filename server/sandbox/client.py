@@ -23,7 +23,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from server.sandbox import wire
-from server.sandbox.source import check_source, exception_name, source_line
+from server.sandbox.source import (
+    check_source,
+    compiled_source,
+    exception_name,
+    source_line,
+)
 
 JOB_STATUSES = ("ok", "invalid", "time_limit", "memory_limit", "runtime_error", "error")
 CALL_STATUSES = ("ok", "runtime_error", "invalid_result")
@@ -33,8 +38,20 @@ INSECURE_ENV = "NABLA_SANDBOX_INSECURE"
 POOL_ENV = "NABLA_SANDBOX_POOL"
 DEBUG_ENV = "NABLA_SANDBOX_DEBUG"
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The worker's first statements. ``threading`` is imported while
+# os.register_at_fork is a no-op, so that its after-fork handler (which walks the
+# thread tables in every forked child, ~120 copy-on-write page faults and
+# 0.3-0.6 ms of CPU per child: bench/bench_child_cost.py) never runs in the
+# sandboxed children: the worker has one thread, holds no lock when it forks, and
+# a child can start no thread (seccomp denies clone). Other handlers (``random``'s
+# reseed) stay.
+WORKER_PRELUDE = (
+    "import os; _register = os.register_at_fork; "
+    "os.register_at_fork = lambda **hooks: None; import threading; "
+    "os.register_at_fork = _register; del _register; "
+)
 _BOOTSTRAP = (
-    "import sys; sys.path.insert(0, sys.argv[1]); "
+    WORKER_PRELUDE + "import sys; sys.path.insert(0, sys.argv[1]); "
     "from server.sandbox.pool import main; main(sys.argv[2:])"
 )
 HELLO_TIMEOUT_S = 30.0
@@ -411,14 +428,18 @@ class Sandbox:
             "max_output_bytes": int(max_output_bytes), "max_stream_chars": int(max_stream_chars),
             "outputs": None if outputs is None else list(outputs),
         }
-        job = wire.encode_job(source, list(calls), function, limits)
+        # Decided here, before any child is involved: compile() runs nothing. The
+        # code object goes to the child with the job (compiled once, not per child).
+        problem = code = None
+        if isinstance(source, str) and isinstance(function, str):
+            problem = check_source(source, function)
+            code = compiled_source(source, function)
+        job = wire.encode_job(source, list(calls), function, limits, code)
 
         def result(status: str, **kw: object) -> JobResult:
             return JobResult(status=status, elapsed_ms=(time.perf_counter() - started) * 1e3,
                              **kw)  # type: ignore[arg-type]
 
-        # Decided here, before any child is involved: compile() runs nothing.
-        problem = check_source(source, function)
         if problem is not None:
             return result("invalid", message=problem.message, line=problem.line)
 

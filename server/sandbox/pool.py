@@ -46,14 +46,20 @@ from server.sandbox.isolation import (
     vm_size,
 )
 
+WARM_UP_IDLE_S = 1.0  # a child warms up only if no child was leased for this long
+BACKGROUND_NICE = 19  # children prepare (and end) at this niceness: idle CPU only
+URGENT_READY = 3  # fewer ready children than one numpy grade leases: prepare at full speed
 
-def should_warm_up(callers_waiting: bool) -> bool:
+
+def should_warm_up(callers_waiting: bool, idle_s: float = float("inf")) -> bool:
     """Whether a new child runs the warm-up job before it says ready. Warming up
     costs ~1.1 ms of CPU and saves ~0.2 ms of the job's (bench/bench_child_cost.py):
-    worth it when the child will wait in an idle pool, not when callers are
-    queueing for children or every CPU is busy (1-minute load average at or above
-    the CPU count), where that CPU would be taken from the jobs themselves."""
-    if callers_waiting:
+    worth it only when the child will wait in an idle pool: not when callers are
+    queueing, not while children are being leased (a child was leased in the last
+    WARM_UP_IDLE_S: submissions come back to back and the refill competes with
+    them), and not while every CPU is busy (1-minute load average at or above the
+    CPU count), where that CPU would be taken from the jobs themselves."""
+    if callers_waiting or idle_s < WARM_UP_IDLE_S:
         return False
     try:
         return os.getloadavg()[0] < (os.cpu_count() or 1)
@@ -62,7 +68,8 @@ def should_warm_up(callers_waiting: bool) -> bool:
 
 
 class _Child:
-    __slots__ = ("pid", "pidfd", "sock", "uid", "state", "lease", "deadline", "wall", "buf")
+    __slots__ = ("pid", "pidfd", "sock", "uid", "state", "lease", "deadline", "wall", "buf",
+                 "background")
 
     def __init__(self, pid: int, pidfd: int, sock: socket.socket, uid: int) -> None:
         self.pid, self.pidfd, self.sock, self.uid = pid, pidfd, sock, uid
@@ -71,6 +78,7 @@ class _Child:
         self.deadline: float | None = None
         self.wall = False
         self.buf = b""
+        self.background = False  # runs at BACKGROUND_NICE (preparing, or ending)
 
 
 class Worker:
@@ -91,6 +99,9 @@ class Worker:
         self.next_spawn = 0.0
         self.cfg: dict[str, object] = {}
         self.filt: seccomp.Filter | None = None
+        self.last_lease = float("-inf")
+        self.nice = os.getpriority(os.PRIO_PROCESS, 0)
+        self.can_boost = False  # lowering a child's niceness again needs root
 
     # ---- start-up
     def prepare(self) -> None:
@@ -117,6 +128,7 @@ class Worker:
             self.filt, seccomp_error = None, "simulated: seccomp unavailable"
         if "netns" in simulate:
             netns = None
+        self.can_boost = uid_mode == "setuid" and self.nice < BACKGROUND_NICE
         self.cfg = {
             "insecure": insecure, "root_dir": root, "uid_mode": uid_mode, "uid": 0,
             "host_uid": host_uid, "worker_pid": os.getpid(), "netns": netns,
@@ -163,7 +175,15 @@ class Worker:
     def spawn(self) -> None:
         uid = self.free_uids[0]
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        cfg = dict(self.cfg, uid=uid, warm_up=should_warm_up(bool(self.waiting)))
+        # While a grade's worth of children is ready, a new one prepares in the
+        # background (idle CPU only): it is not on anyone's critical path yet.
+        background = (self.can_boost and not self.waiting
+                      and len(self.ready) >= URGENT_READY)
+        cfg = dict(self.cfg, uid=uid,
+                   warm_up=should_warm_up(bool(self.waiting),
+                                          time.monotonic() - self.last_lease),
+                   nice=BACKGROUND_NICE if background else None,
+                   end_nice=BACKGROUND_NICE if self.can_boost else None)
         try:
             pid = os.fork()
         except OSError:
@@ -187,6 +207,7 @@ class Worker:
             self.free_uids.append(uid)
             raise
         child = _Child(pid, pidfd, ours, uid)
+        child.background = background
         self.children[pid] = child
         self.sel.register(child.pidfd, selectors.EVENT_READ, ("pidfd", child))
         self.sel.register(ours, selectors.EVENT_READ, ("hello", child))
@@ -229,6 +250,29 @@ class Worker:
                         pass
                     lease.close()
                 self.waiting = []
+
+    def boost(self, child: _Child) -> None:
+        """Back to the worker's niceness (root may lower a niceness again)."""
+        child.background = False
+        try:
+            os.setpriority(os.PRIO_PROCESS, child.pid, self.nice)
+        except OSError:
+            pass  # it has just exited
+
+    def prioritize(self) -> None:
+        """Background children get full priority when someone needs them: callers
+        wait, or fewer than a grade's worth are ready (preparing ones); too many
+        ending ones pile up and hold uids and memory (ending ones)."""
+        if not self.can_boost:
+            return
+        urgent = bool(self.waiting) or len(self.ready) < URGENT_READY
+        ending = [c for c in self.children.values() if c.state == "ending"]
+        for child in self.children.values():
+            if child.background and (
+                (urgent and child.state == "preparing")
+                or (child.state == "ending" and len(ending) > self.pool_size)
+            ):
+                self.boost(child)
 
     def kill(self, child: _Child) -> None:
         try:
@@ -307,6 +351,8 @@ class Worker:
         while self.waiting and self.ready:
             lease, tl = self.waiting.pop(0)
             child = self.ready.pop(0)
+            if child.background:  # the job runs at the worker's priority
+                self.boost(child)
             try:
                 socket.send_fds(lease, [json.dumps({"pid": child.pid, "uid": child.uid}).encode()],
                                 [child.sock.fileno()])
@@ -318,6 +364,7 @@ class Worker:
             child.sock = None
             child.state = "leased"
             child.lease = lease
+            self.last_lease = time.monotonic()
             child.deadline = time.monotonic() + tl + float(self.opts["grace_s"])
             self.sel.register(lease, selectors.EVENT_READ, ("lease", child))
 
@@ -331,6 +378,8 @@ class Worker:
         if not data:  # the client is done with this child (or gave up)
             self.close_lease(child)
             self.kill(child)
+            child.state = "ending"  # its exit runs at BACKGROUND_NICE (child.run_job)
+            child.background = self.can_boost
 
     # ---- loop
     def step(self, timeout: float) -> bool:
@@ -361,6 +410,7 @@ class Worker:
         # Forking costs the worker ~0.7 ms: serve pending requests first.
         if self.waiting or not self.ready or not self.sel.select(0):
             self.fill()
+        self.prioritize()
         return True
 
     def run(self) -> None:

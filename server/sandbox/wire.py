@@ -1,9 +1,10 @@
 """Byte formats between the server (client) and a sandboxed child.
 
 Job (client -> child; the child trusts it):
-    b"NBJ1" | u64 header_len | header JSON | u64 blob_len | blob
+    b"NBJ2" | u64 header_len | header (marshal) | u64 blob_len | blob
     header: source, function, limits, "arrays": [[dtype, shape, offset], ...],
-    "calls": [{name: ["a", i] | ["l", [i, ...]] | ["f", float]}, ...]
+    "calls": [{name: ["a", i] | ["l", [i, ...]] | ["f", float]}, ...],
+    "code": [offset, length] of the server-compiled module (marshal) in the blob
 
 Result frames (child -> client; the client trusts NOTHING in them):
     b"NBR1" | u32 header_len | u64 payload_len | header JSON | payload
@@ -17,13 +18,14 @@ Result frames (child -> client; the client trusts NOTHING in them):
 from __future__ import annotations
 
 import json
+import marshal
 import math
 import struct
 from collections.abc import Collection
 
 import numpy as np
 
-JOB_MAGIC = b"NBJ1"
+JOB_MAGIC = b"NBJ2"
 RESULT_MAGIC = b"NBR1"
 FRAME_HEAD = struct.Struct("<4sIQ")
 U64 = struct.Struct("<Q")
@@ -52,8 +54,11 @@ def encode_job(
     calls: list[dict[str, object]],
     function: str,
     limits: dict[str, object],
+    code: bytes | None = None,
 ) -> bytes:
-    """Serialize a job. Raises TypeError/ValueError naming the bad call/argument."""
+    """Serialize a job. Raises TypeError/ValueError naming the bad call/argument.
+    ``code``: the source compiled by the server (``marshal``), after the arrays in
+    the blob; without it the child compiles the source itself."""
     if not isinstance(source, str):
         raise TypeError(f"source must be str, not {type(source).__name__}")
     if not isinstance(function, str) or not function.isidentifier():
@@ -100,9 +105,23 @@ def encode_job(
         encoded_calls.append(enc)
     header = dict(limits)
     header.update(source=source, function=function, calls=encoded_calls, arrays=arrays)
-    head = json.dumps(header).encode()
+    if code is not None:
+        header["code"] = [offset, len(code)]
+        chunks.append(code)
+    # marshal, not JSON: this direction is trusted (the server writes it), and a
+    # fresh child's first json.loads costs it ~120 copy-on-write page faults
+    # (bench/bench_child_cost.py). Results (child -> server) stay JSON.
+    head = marshal.dumps(header)
     blob = b"".join(chunks)
     return b"".join([JOB_MAGIC, U64.pack(len(head)), head, U64.pack(len(blob)), blob])
+
+
+def decode_job_header(raw: bytes | bytearray) -> dict[str, object]:
+    """The job header, in the child (from the server: trusted)."""
+    header = marshal.loads(raw)
+    if not isinstance(header, dict):
+        raise ValueError("job header is not a dict")
+    return header
 
 
 # ---------------------------------------------------------------- result (client side)

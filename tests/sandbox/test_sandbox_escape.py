@@ -259,6 +259,26 @@ def test_kill_the_parent_and_everyone(sandbox):
     assert len(pool & still) >= len(pool) - 4
 
 
+def test_priorities_only_of_itself_and_only_lower(sandbox):
+    """seccomp allows setpriority(PRIO_PROCESS, 0, n) (a child lowers its own
+    priority once its result is sent): not on the worker, the server or a process
+    group, and never back up; the job itself runs at the server's niceness, even
+    when the child was prepared in the background."""
+    server_nice = os.getpriority(os.PRIO_PROCESS, 0)
+    r = attack(sandbox, "print('NICE', os.getpriority(os.PRIO_PROCESS, 0))")
+    assert f"NICE {server_nice}\n" in r.stdout, r
+    for target in ("os.PRIO_PROCESS, os.getppid()", f"os.PRIO_PROCESS, {os.getpid()}",
+                   "os.PRIO_PGRP, 0", "os.PRIO_USER, 0"):
+        r = attack(sandbox, report(f"os.setpriority({target}, 19)"))
+        assert_denied(r)
+    r = attack(sandbox, report("os.setpriority(os.PRIO_PROCESS, 0, 10) or "
+                               "os.setpriority(os.PRIO_PROCESS, 0, 0)"))
+    assert_denied(r)  # raising it back needs a privilege the child does not have
+    assert "PermissionError" in r.stdout, r
+    assert os.getpriority(os.PRIO_PROCESS, 0) == server_nice
+    assert os.getpriority(os.PRIO_PROCESS, sandbox.worker_pid()) == server_nice
+
+
 # ------------------------------------------------------------------ resources
 
 def test_allocate_20_gb(sandbox):

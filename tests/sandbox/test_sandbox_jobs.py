@@ -211,3 +211,31 @@ def backward(x, W, dy):
     r = run_job(src, [call_args()])
     assert r.status == "ok", r
     assert r.calls[0].status == "ok", r.calls[0]
+
+
+def test_the_child_runs_the_code_the_server_compiled(monkeypatch):
+    """The server compiles the module once (check_source's compile) and sends the
+    code object with the job; the child does not compile the source again. (Shown
+    by handing it the code of another source: the child runs that code, while
+    tracebacks still quote the source sent.)"""
+    import marshal
+
+    from server.sandbox import client
+
+    other = compile("import numpy as np\n"
+                    "def backward(x, W, dy):\n    return {'v': np.ones(1) * 7}\n",
+                    "answer.py", "exec")
+    monkeypatch.setattr(client, "compiled_source", lambda source, fn: marshal.dumps(other))
+    r = run_job(CORRECT, [call_args()])
+    assert r.status == "ok" and r.calls[0].outputs["v"].tolist() == [7.0], r
+
+
+def test_threading_still_knows_its_main_thread_in_a_child():
+    """The worker skips threading's after-fork handler for its children (it has one
+    thread and holds no lock when it forks): threading's view stays whole."""
+    src = ("import threading\ndef backward(x, W, dy):\n"
+           "    t = threading.current_thread()\n"
+           "    print(t is threading.main_thread(), threading.active_count(), t.name)\n"
+           "    with threading.Lock():\n        pass\n    return {}\n")
+    r = run_job(src, [call_args()])
+    assert r.status == "ok" and r.stdout == "True 1 MainThread\n", r

@@ -231,3 +231,50 @@ def test_without_a_network_namespace_seccomp_still_blocks_sockets():
         assert r.stdout.startswith("DENIED"), r
     finally:
         sb.close()
+
+
+def _nice(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[16])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="lowering a niceness again needs root")
+def test_refills_prepare_in_the_background_and_jobs_run_at_full_priority():
+    """With a grade's worth of children ready, new ones prepare at BACKGROUND_NICE
+    (idle CPU only); a leased child runs its job at the server's niceness."""
+    from server.sandbox.pool import BACKGROUND_NICE
+
+    sb = Sandbox(pool_size=6)
+
+    def full_pool() -> list[int]:
+        worker = sb.worker_pid()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            pool = [pid for pid, ppid, _ in own_processes(sb) if ppid == worker]
+            if len(pool) >= 6:
+                break
+            time.sleep(0.05)
+        return pool
+
+    try:
+        sb.run_job(CORRECT, [call_args()])
+        before = set(full_pool())
+        threads = [threading.Thread(target=sb.run_job, args=(CORRECT, [call_args()]))
+                   for _ in range(3)]  # one grade: three children at once
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        refilled = [pid for pid in full_pool() if pid not in before]
+        assert refilled and all(_nice(pid) == BACKGROUND_NICE for pid in refilled), (
+            [(pid, _nice(pid)) for pid in refilled])
+        report = ("import os\ndef backward(x, W, dy):\n"
+                  "    print(os.getpriority(os.PRIO_PROCESS, 0))\n    return {}\n")
+        for _ in range(8):  # every child of the pool, background ones included
+            r = sb.run_job(report, [call_args()])
+            assert r.status == "ok" and r.stdout == f"{os.getpriority(os.PRIO_PROCESS, 0)}\n", r
+    finally:
+        sb.close()
