@@ -162,9 +162,11 @@ def check_stale(session: Session, job: Job, stale_s: float, now: dt.datetime | N
 def check_lost(session: Session, job: Job, settings: Mapping[str, Any],
                now: dt.datetime | None = None) -> Job:
     """Mark failed a job queued for longer than ``stale_s`` that nothing will run: in-process,
-    the process that started it died before it began; on RQ, its queue entries are gone."""
+    the process that started it died before it began; on RQ, its queue entries are gone.
+    A queued job's ``heartbeat_at`` is when it was queued again (``restart_job``)."""
     now = now or utcnow()
-    if job.state != JobState.QUEUED or (now - job.created_at).total_seconds() <= \
+    queued_at = job.heartbeat_at or job.created_at
+    if job.state != JobState.QUEUED or (now - queued_at).total_seconds() <= \
             settings["stale_s"] or _still_on_queue(job, settings):
         return job
     write_transaction(session)
@@ -199,7 +201,8 @@ def restart_job(session: Session, job: Job) -> Job:
             job.state, job.error = JobState.QUEUED.value, None
             job.attempt += 1
             job.done = job.errors = job.chunks_done = 0
-            job.started_at = job.finished_at = job.heartbeat_at = None
+            job.started_at = job.finished_at = None
+            job.heartbeat_at = utcnow()  # queued again now (check_lost)
     except IntegrityError:
         session.refresh(job)
         raise Conflict(f"job: another {job.kind} job is queued or running") from None

@@ -254,6 +254,15 @@ def test_one_recovery_job_at_a_time_and_a_dead_one_is_replaced(
     with pytest.raises(Conflict, match="another recover job"):
         jobs.restart_job(session, session.get(Job, replaced.id))
     session.rollback()
+    # Once it ended, it can: queued again now, so a look does not take it for lost.
+    third = session.get(Job, third.id)
+    third.state = "done"
+    session.commit()
+    restarted = jobs.restart_job(session, session.get(Job, replaced.id))
+    session.commit()
+    assert recovery.start_recovery(session, settings(engine_bank), older_than_s=0) is None
+    session.commit()
+    assert session.get(Job, restarted.id).state == "queued"
 
 
 def test_nabla_submissions_recover(session, engine_bank, homework, database_url, tmp_path,
