@@ -14,7 +14,7 @@ def create_app(config=None):
         from server.judge import prestart
 
         prestart()  # the judge's zygote imports numpy and sympy: not on the first request
-        from server.web.recovery_loop import start_recovery_thread
+        from server.web.background import start_recovery_looks
 
-        start_recovery_thread(app)  # finishes submissions a dead process left pending
+        start_recovery_looks(app)  # starts recovery jobs for what a dead process left pending
     return app

@@ -185,6 +185,28 @@ def job_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
             "chunk": _int_setting(env, "NABLA_REGRADE_CHUNK", 200, 1)}
 
 
+def _seconds_setting(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not value >= 0:
+        raise ConfigError(f"{name} must be 0 or more seconds, got {raw!r}")
+    return value
+
+
+def recovery_settings(environ: dict[str, str] | None = None) -> dict[str, float]:
+    """Submissions left ``pending`` (services.recovery): ``NABLA_RECOVER_AFTER_S`` (120) is
+    how long before one is taken for abandoned; every app process looks at start and every
+    ``NABLA_RECOVER_EVERY_S`` (60; 0: never) and starts a recovery job when it finds one."""
+    env = os.environ if environ is None else environ
+    return {"after_s": _seconds_setting(env, "NABLA_RECOVER_AFTER_S", 120.0),
+            "every_s": _seconds_setting(env, "NABLA_RECOVER_EVERY_S", 60.0)}
+
+
 def base_url(environ: dict[str, str] | None = None) -> str:
     """``NABLA_BASE_URL``: where users reach the site, for links made outside a request
     (``nabla users invite``)."""
@@ -261,4 +283,5 @@ def load_settings(
             env, "NABLA_LOGIN_ADDRESS_RATE", DEFAULT_LOGIN_ADDRESS_RATE, False),
         "NABLA_JUDGE": judge_settings(env),
         "NABLA_JOBS": job_settings(env),
+        "NABLA_RECOVER": recovery_settings(env),
     } | overrides

@@ -117,6 +117,32 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def nabla_workers(tmp_path: Any) -> Iterator[Any]:
+    """``start(env)`` starts a ``nabla worker`` process (RQ) with those settings, its
+    output in tmp_path; every one still running is stopped at the end of the test."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.web.helpers import stop_process_group
+
+    nabla = str(Path(sys.executable).with_name("nabla"))
+    started: list[subprocess.Popen] = []
+
+    def start(env: dict[str, str]) -> subprocess.Popen:
+        with open(tmp_path / f"worker{len(started)}.log", "wb") as log:
+            process = subprocess.Popen([nabla, "worker"], env=env, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            stop_process_group(process)
+
+
+@pytest.fixture
 def counter_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
     """App settings for the test's ``counter_store`` (the database if it asks for none)."""
     if "counter_store" in request.fixturenames and \

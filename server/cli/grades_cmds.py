@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from typing import Any
 
 import click
 
 from server.cli import main
+from server.cli.job_progress import follow_job
 from server.cli.web_cmds import _course, _database_url, _transaction, _user, users
-
-POLL_S = 0.5
 
 
 def _settings() -> dict[str, Any]:
@@ -65,7 +63,7 @@ def regrade(course_code: str, assignment_id: int | None, problem_id: str | None,
     engine = db.make_engine(_database_url())
     try:
         if dry_run:
-            summary = service.preview_regrade(engine, ids, bank=service._bank(settings),
+            summary = service.preview_regrade(engine, ids, bank=jobs.bank_of(settings),
                                               redraw=redraw, threads=settings["threads"])
             _print_preview(summary, as_json)
             return
@@ -74,7 +72,7 @@ def regrade(course_code: str, assignment_id: int | None, problem_id: str | None,
             _print_summary({"submissions": job.total, "changed": 0, "errors": 0,
                             "job": job.id, "state": "queued"}, as_json)
             return
-        final = _follow(engine, job.id, quiet=as_json)
+        final = follow_job(engine, job.id, quiet=as_json, stale_s=settings["stale_s"])
         for thread in threads:
             thread.join()
         state = _summary_of(engine, job.id, Job)
@@ -95,35 +93,6 @@ def _summary_of(engine: Any, job_id: int, job_model: Any) -> dict[str, Any]:
         if job.state != "done":
             summary |= {"state": job.state, "error": job.error}
         return summary
-
-
-def _follow(engine: Any, job_id: int, *, quiet: bool) -> str:
-    """Poll the job row until it ends, with a progress bar on stderr; its final state."""
-    from server.db import make_sessionmaker
-    from server.models import Job
-    from server.services.jobs import check_stale
-
-    factory = make_sessionmaker(engine)
-    stale_s = _settings()["stale_s"]
-    shown = 0
-    with factory() as session:
-        total = session.get(Job, job_id).total  # type: ignore[union-attr]
-    bar = click.progressbar(length=max(total, 1), label=f"regrade job {job_id}",
-                            file=sys.stderr, show_pos=True) if not quiet else None
-    try:
-        while True:
-            with factory() as session, session.begin():
-                job = check_stale(session, session.get(Job, job_id), stale_s)
-                done, state = job.done, job.state
-            if bar is not None and done > shown:
-                bar.update(done - shown)
-                shown = done
-            if state in ("done", "failed"):
-                return state
-            time.sleep(POLL_S)
-    finally:
-        if bar is not None:
-            bar.render_finish()
 
 
 def _print_summary(summary: dict[str, Any], as_json: bool) -> None:

@@ -7,7 +7,7 @@ import enum
 import json
 from typing import Any
 
-from sqlalchemy import CheckConstraint, ForeignKey, String, Text
+from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from server.models.base import Base, utcnow
@@ -21,16 +21,27 @@ class JobState(enum.StrEnum):
 
 
 JOB_STATES = tuple(state.value for state in JobState)
+# Kinds of which at most one job may be queued or running at a time, site-wide (a partial
+# UNIQUE index, so that every app server may try to start one and exactly one succeeds).
+# Adding a kind here needs a migration that recreates the index.
+EXCLUSIVE_KINDS = ("recover",)
+_ACTIVE_EXCLUSIVE = text("kind IN ('recover') AND state IN ('queued', 'running')")
 
 
 class Job(Base):
     """A job is split into ``chunks`` pieces of work that may run on different workers;
     ``chunks_done`` counts those finished, the last one marks the job done.
     ``heartbeat_at`` moves while a worker makes progress: a running job whose
-    heartbeat stopped is failed (its worker died) and can be restarted."""
+    heartbeat stopped is failed (its worker died) and can be restarted.
+    ``result_json``: what the job reports beyond its counters (a recovery's list of
+    submissions and how each ended)."""
 
     __tablename__ = "jobs"
-    __table_args__ = (CheckConstraint(f"state IN {JOB_STATES!r}", name="state"),)
+    __table_args__ = (
+        CheckConstraint(f"state IN {JOB_STATES!r}", name="state"),
+        Index("uq_jobs_one_active_exclusive", "kind", unique=True,
+              sqlite_where=_ACTIVE_EXCLUSIVE, postgresql_where=_ACTIVE_EXCLUSIVE),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
@@ -52,7 +63,12 @@ class Job(Base):
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
     heartbeat_at: Mapped[dt.datetime | None]
+    result_json: Mapped[str | None] = mapped_column(Text)
 
     @property
     def args(self) -> Any:
         return json.loads(self.args_json)
+
+    @property
+    def result(self) -> Any:
+        return json.loads(self.result_json) if self.result_json else None

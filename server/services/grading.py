@@ -12,8 +12,9 @@ The three steps are separate functions, and ``submit_answer`` runs them in order
    numpy code. Never raises: a failure of ours, or a grading that takes too
    long, becomes an ``error`` outcome.
 3. ``record_outcome`` (flush only): the status, the result JSON and the score
-   with the late credit applied. An invalid answer and an internal error give
-   the attempt back.
+   with the late credit applied, written only while the row is still pending
+   and unclaimed by a recovery (services.recovery), so a submission is graded
+   once. An invalid answer and an internal error give the attempt back.
 
 The caller owns the transactions, as everywhere in ``services``; but
 ``submit_answer`` needs the stored answer to be durable *before* grading (a
@@ -34,9 +35,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from server.db import write_transaction
 from server.engine.kinds import kind_of
@@ -389,24 +391,37 @@ def _grade_in_sandbox(job: GradingJob, inst: Any,
 
 def record_outcome(
     session: Session, submission: Submission, outcome: Outcome, *, window: Window,
-    now: dt.datetime,
-) -> Submission:
-    """Write the verdict (flush only). Invalid answers and our errors give the attempt back."""
+    now: dt.datetime, claimed_at: dt.datetime | None = None,
+) -> bool:
+    """Write the verdict (flush only) if it is still this grader's to write: the row is
+    pending and unclaimed (``claimed_at`` None: the request that stored it) or still
+    carries this recovery's claim stamp (services.recovery). One conditional UPDATE, so
+    of two graders racing (a recovery and a request that outlived the bound, or two
+    recoveries) exactly one records; False for the other, whose ``submission`` is then
+    reloaded as the winner left it. Invalid answers and our errors give the attempt back."""
     write_transaction(session)
-    submission.status = outcome.status
-    submission.graded_at = now
     result = dict(outcome.result)
+    score = attempt = None
     if outcome.status == SubmissionStatus.GRADED and outcome.score is not None:
         result["credit"] = window.credit
-        submission.score = round(outcome.score * window.credit, 6)
-    else:
-        submission.score = None
-        submission.attempt = None
+        score, attempt = round(outcome.score * window.credit, 6), submission.attempt
     # Not key-sorted: the gradients stay in the order the problem asks for them.
-    submission.result_json = json.dumps(result, separators=(",", ":"))
-    session.flush()
+    values = {"status": outcome.status, "graded_at": now, "score": score, "attempt": attempt,
+              "result_json": json.dumps(result, separators=(",", ":"))}
+    claim = (Submission.graded_at.is_(None) if claimed_at is None
+             else Submission.graded_at == claimed_at)
+    written = session.execute(
+        update(Submission)
+        .where(Submission.id == submission.id,
+               Submission.status == SubmissionStatus.PENDING.value, claim)
+        .values(**values).execution_options(synchronize_session=False))
+    if written.rowcount != 1:  # type: ignore[attr-defined]
+        session.refresh(submission)
+        return False
+    for name, value in values.items():
+        set_committed_value(submission, name, value)
     record_verdicts(session, submission)  # the queryable copy for analytics
-    return submission
+    return True
 
 
 # --- all three -----------------------------------------------------------------------
@@ -440,9 +455,10 @@ def submit_answer(
     used = stored.attempts_used
     if stored.job is not None:
         outcome = grade_job(stored.job, run_job=run_job, judge=judge)
-        record_outcome(session, stored.submission, outcome, window=stored.window,
-                       now=(clock or _utcnow)())
-        if used is not None and stored.submission.attempt is None:
+        if not record_outcome(session, stored.submission, outcome, window=stored.window,
+                              now=(clock or _utcnow)()):
+            used = None  # a recovery took it over (this grading outlived the bound): recount
+        elif used is not None and stored.submission.attempt is None:
             used -= 1  # invalid, or our error: the attempt was given back
     submission = stored.submission
     limit = submission.assignment_problem.assignment.max_attempts

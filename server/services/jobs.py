@@ -17,7 +17,14 @@ restarted regrade finds what was already applied unchanged and leaves it.
 
 The function of a kind is ``JOB_KINDS[kind](engine, job_id, chunk, attempt,
 settings)``; it commits its own transactions (a chunk is long work, not a
-request) and reports progress with ``add_progress``.
+request) and reports progress with ``add_progress``. A kind may also give how
+its finished job counts ``changed`` (regrade: from its audit rows, so that a
+restarted job reports every change it made).
+
+Exclusive kinds (``models.job.EXCLUSIVE_KINDS``: the recovery of pending
+submissions) have at most one job queued or running at a time, site-wide: a
+partial UNIQUE index on ``jobs``, so that any number of app servers may try to
+start one at once and exactly one row is created (``start_exclusive_job``).
 """
 
 from __future__ import annotations
@@ -30,25 +37,35 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import Engine, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from server.db import make_sessionmaker, write_transaction
-from server.models import Course, Job, JobState, Regrade, User, utcnow
+from server.models import Course, Job, JobState, User, utcnow
 from server.models.base import dumps
+from server.models.job import EXCLUSIVE_KINDS
 from server.services.errors import Conflict, NotFound
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 2.0
 RQ_JOB_TIMEOUT_S = 3600
 ChunkFunction = Callable[[Engine, int, int, int, Mapping[str, Any]], None]
+ChangedCount = Callable[[Session, int], int]
 JOB_KINDS: dict[str, ChunkFunction] = {}
+CHANGED_COUNTS: dict[str, ChangedCount] = {}
+ACTIVE_STATES = (JobState.QUEUED.value, JobState.RUNNING.value)
 # Where each kind's function is registered (a worker imports it on first use).
-KIND_MODULES = {"regrade": "server.services.regrade"}
+KIND_MODULES = {"regrade": "server.services.regrade", "recover": "server.services.recovery"}
 
 
-def job_kind(kind: str) -> Callable[[ChunkFunction], ChunkFunction]:
+def job_kind(kind: str, *, changed: ChangedCount | None = None
+             ) -> Callable[[ChunkFunction], ChunkFunction]:
+    """Register a kind's chunk function; ``changed(session, job_id)``, when given, is the
+    finished job's ``changed`` count (else the count its chunks added up)."""
     def register(function: ChunkFunction) -> ChunkFunction:
         JOB_KINDS[kind] = function
+        if changed is not None:
+            CHANGED_COUNTS[kind] = changed
         return function
 
     return register
@@ -74,11 +91,53 @@ def create_job(session: Session, kind: str, args: Any, *, course: Course | None,
     return job
 
 
+def start_exclusive_job(session: Session, kind: str, args: Any, *, total: int,
+                        settings: Mapping[str, Any], actor: User | None = None,
+                        now: dt.datetime | None = None,
+                        still_wanted: Callable[[], bool] | None = None) -> Job | None:
+    """A queued site-wide job of an exclusive kind (flush only; ``dispatch`` it after the
+    commit), or None when one is already queued or running. One whose worker died (its
+    heartbeat stopped) or that was lost before it started is failed first.
+    ``still_wanted()`` is asked once no other job is active (one may just have done the
+    work the caller saw to do)."""
+    job_function(kind)
+    write_transaction(session)
+    active = active_job(session, kind)
+    if active is not None:
+        check_stale(session, active, settings["stale_s"], now)
+        check_lost(session, active, settings, now)
+        if active.state in ACTIVE_STATES:
+            return None
+    if still_wanted is not None and not still_wanted():
+        return None
+    job = Job(kind=kind, args_json=dumps(args), course_id=None,
+              actor_id=actor.id if actor else None, total=total, chunks=1,
+              state=JobState.QUEUED.value)
+    try:
+        with session.begin_nested():  # another server's may have won meanwhile
+            session.add(job)
+    except IntegrityError:
+        return None
+    return job
+
+
+def active_job(session: Session, kind: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.kind == kind, Job.state.in_(ACTIVE_STATES)))
+
+
 def get_job(session: Session, job_id: int, course: Course | None = None) -> Job:
+    """A job; with ``course``, one of that course's or a site-wide one (a recovery)."""
     job = session.get(Job, job_id)
-    if job is None or (course is not None and job.course_id != course.id):
+    if job is None or (course is not None and job.course_id not in (course.id, None)):
         raise NotFound(f"job: there is no job {job_id}" + (f" in {course.code}" if course else ""))
     return job
+
+
+def course_jobs(session: Session, course: Course, limit: int = 30) -> list[Job]:
+    """The latest jobs a course's staff see: the course's own and the site-wide ones."""
+    return list(session.scalars(
+        select(Job).where((Job.course_id == course.id) | Job.course_id.is_(None))
+        .order_by(Job.id.desc()).limit(limit)))
 
 
 def check_stale(session: Session, job: Job, stale_s: float, now: dt.datetime | None = None
@@ -100,6 +159,28 @@ def check_stale(session: Session, job: Job, stale_s: float, now: dt.datetime | N
     return job
 
 
+def check_lost(session: Session, job: Job, settings: Mapping[str, Any],
+               now: dt.datetime | None = None) -> Job:
+    """Mark failed a job queued for longer than ``stale_s`` that nothing will run: in-process,
+    the process that started it died before it began; on RQ, its queue entries are gone.
+    A queued job's ``heartbeat_at`` is when it was queued again (``restart_job``)."""
+    now = now or utcnow()
+    queued_at = job.heartbeat_at or job.created_at
+    if job.state != JobState.QUEUED or (now - queued_at).total_seconds() <= \
+            settings["stale_s"] or _still_on_queue(job, settings):
+        return job
+    write_transaction(session)
+    changed = session.execute(
+        update(Job).where(Job.id == job.id, Job.state == JobState.QUEUED.value,
+                          Job.attempt == job.attempt)
+        .values(state=JobState.FAILED.value, finished_at=now,
+                error="the job never started: the process that queued it stopped, or its "
+                      "queue entry was lost; restart the job"))
+    if changed.rowcount:  # type: ignore[attr-defined]
+        session.refresh(job)
+    return job
+
+
 def job_progress(job: Job) -> dict[str, Any]:
     """The job as the progress bar and the API show it."""
     return {"job": job.id, "kind": job.kind, "state": job.state, "total": job.total,
@@ -113,12 +194,26 @@ def restart_job(session: Session, job: Job) -> Job:
     if job.state != JobState.FAILED:
         raise Conflict(f"job: job {job.id} is {job.state}; only a failed job can be restarted")
     write_transaction(session)
-    job.state, job.error = JobState.QUEUED.value, None
-    job.attempt += 1
-    job.done = job.errors = job.chunks_done = 0
-    job.started_at = job.finished_at = job.heartbeat_at = None
-    session.flush()
+    if job.kind in EXCLUSIVE_KINDS and active_job(session, job.kind) is not None:
+        raise Conflict(f"job: another {job.kind} job is queued or running")
+    try:
+        with session.begin_nested():  # an exclusive kind's: another may have started
+            job.state, job.error = JobState.QUEUED.value, None
+            job.attempt += 1
+            job.done = job.errors = job.chunks_done = 0
+            job.started_at = job.finished_at = None
+            job.heartbeat_at = utcnow()  # queued again now (check_lost)
+    except IntegrityError:
+        session.refresh(job)
+        raise Conflict(f"job: another {job.kind} job is queued or running") from None
     return job
+
+
+def bank_of(settings: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """A bank handed to the runner (tests, tools; or a callable giving it), or None: the
+    database's, read by the job itself."""
+    bank = settings.get("bank")
+    return bank() if callable(bank) else bank
 
 
 # --- running chunks -------------------------------------------------------------------
@@ -138,15 +233,16 @@ def run_chunk(engine: Engine, job_id: int, chunk: int, attempt: int,
     An exception fails the job with its message (the traceback goes to the log)."""
     factory = make_sessionmaker(engine)
     with factory() as session, session.begin():
-        job = session.get(Job, job_id)
-        if job is None or job.attempt != attempt or job.state not in (
-                JobState.QUEUED, JobState.RUNNING):
-            return  # restarted, or failed meanwhile: this chunk is an old one
+        write_transaction(session)
         now = utcnow()
-        session.execute(update(Job).where(Job.id == job_id).values(
-            state=JobState.RUNNING.value, heartbeat_at=now,
-            started_at=func.coalesce(Job.started_at, now)))
-        kind = job.kind
+        started = session.execute(
+            update(Job).where(Job.id == job_id, Job.attempt == attempt,
+                              Job.state.in_(ACTIVE_STATES))
+            .values(state=JobState.RUNNING.value, heartbeat_at=now,
+                    started_at=func.coalesce(Job.started_at, now)))
+        if not started.rowcount:  # type: ignore[attr-defined]
+            return  # restarted, or failed meanwhile: this chunk is an old one
+        kind = session.scalar(select(Job.kind).where(Job.id == job_id))
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(factory, job_id, attempt, stop),
                             name=f"nabla-job-{job_id}-heartbeat", daemon=True)
@@ -170,9 +266,8 @@ def run_chunk(engine: Engine, job_id: int, chunk: int, attempt: int,
         if job is not None and job.attempt == attempt and job.chunks_done >= job.chunks \
                 and job.state == JobState.RUNNING:
             job.state, job.finished_at = JobState.DONE.value, utcnow()
-            # Counted from the audit, so a restarted job reports every change it made.
-            job.changed = session.scalar(
-                select(func.count(Regrade.id)).where(Regrade.job_id == job_id)) or 0
+            if kind in CHANGED_COUNTS:
+                job.changed = CHANGED_COUNTS[kind](session, job_id)
 
 
 def _heartbeat(factory: Any, job_id: int, attempt: int, stop: threading.Event) -> None:
@@ -197,7 +292,8 @@ def dispatch(engine: Engine, job: Job, settings: Mapping[str, Any]) -> list[thre
         queue = _rq_queue(settings)
         for chunk in range(chunks):
             queue.enqueue(rq_run_chunk, job_id, chunk, attempt, job_timeout=RQ_JOB_TIMEOUT_S,
-                          result_ttl=600, failure_ttl=86400)
+                          result_ttl=600, failure_ttl=86400,
+                          job_id=rq_job_id(settings, job_id, attempt, chunk))
         return []
 
     def run_all() -> None:
@@ -207,6 +303,34 @@ def dispatch(engine: Engine, job: Job, settings: Mapping[str, Any]) -> list[thre
     thread = threading.Thread(target=run_all, name=f"nabla-job-{job_id}", daemon=True)
     thread.start()
     return [thread]
+
+
+def rq_job_id(settings: Mapping[str, Any], job_id: int, attempt: int, chunk: int) -> str:
+    """The RQ job of a chunk: one stable id per (queue, job, attempt, chunk), so that its
+    entry can be found (``check_lost``) and the same chunk is never queued twice."""
+    queue = "".join(c if c.isalnum() or c in "-_" else "-" for c in settings["queue"])
+    return f"{queue}-{job_id}-{attempt}-{chunk}"
+
+
+def _still_on_queue(job: Job, settings: Mapping[str, Any]) -> bool:
+    """Whether RQ still holds a chunk of the job to run (False in-process: a queued job's
+    thread starts at once, so one still queued after ``stale_s`` was lost)."""
+    if not settings.get("redis_url"):
+        return False
+    import redis
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job as RQJob
+
+    connection = redis.Redis.from_url(settings["redis_url"])
+    for chunk in range(job.chunks):
+        try:
+            status = RQJob.fetch(rq_job_id(settings, job.id, job.attempt, chunk),
+                                 connection=connection).get_status()
+        except NoSuchJobError:
+            continue
+        if status in ("queued", "started", "deferred", "scheduled"):
+            return True
+    return False
 
 
 def _rq_queue(settings: Mapping[str, Any]) -> Any:

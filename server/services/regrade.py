@@ -35,7 +35,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from server.db import begin_as_reader, make_sessionmaker
@@ -54,7 +54,7 @@ from server.models import (
 from server.models.base import dumps
 from server.services import grading
 from server.services.errors import ValidationError
-from server.services.jobs import add_progress, create_job, job_kind
+from server.services.jobs import add_progress, bank_of, create_job, job_kind
 from server.services.problems import record_problem_version
 from server.services.verdicts import record_verdicts
 
@@ -330,14 +330,20 @@ def regrade_ids(factory: Any, ids: Sequence[int], *, bank: Mapping[str, Any] | N
     return changes, errors
 
 
-@job_kind("regrade")
+def audited_changes(session: Session, job_id: int) -> int:
+    """A finished regrade's ``changed``: counted from its audit rows, so that a restarted
+    job reports every change it made, before and after the restart."""
+    return session.scalar(select(func.count(Regrade.id)).where(Regrade.job_id == job_id)) or 0
+
+
+@job_kind("regrade", changed=audited_changes)
 def regrade_chunk(engine: Engine, job_id: int, chunk: int, attempt: int,
                   settings: Mapping[str, Any]) -> None:
     factory = make_sessionmaker(engine)
     with factory() as session:
         args = session.get(Job, job_id).args  # type: ignore[union-attr]
     size = int(args.get("chunk_size") or CHUNK_SIZE)
-    regrade_ids(factory, chunk_ids(args["ids"], chunk, size), bank=_bank(settings),
+    regrade_ids(factory, chunk_ids(args["ids"], chunk, size), bank=bank_of(settings),
                 redraw=args["redraw"], threads=int(settings.get("threads", 4)), write=True,
                 job_id=job_id, attempt=attempt, actor_id=args.get("actor_id"),
                 reason=args.get("reason", ""))
@@ -355,12 +361,6 @@ def preview_regrade(engine: Engine, ids: Sequence[int], *, bank: Mapping[str, An
         changes += found
         errors += failed
     return Summary(len(ids), len(changes), errors, None, changes)
-
-
-def _bank(settings: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """A bank given to the runner (tests, tools), or None: the database's."""
-    bank = settings.get("bank")
-    return bank() if callable(bank) else bank
 
 
 def _database_bank(session: Session) -> Mapping[str, Any]:

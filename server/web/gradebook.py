@@ -27,6 +27,7 @@ from server.services.errors import NotFound, ServiceError, ValidationError
 from server.services.feedback import annotated_lines, submission_summary
 from server.services.submissions import attempts_left, problem_submissions
 from server.web.access import end_transaction, role_required
+from server.web.background import app_job_settings
 from server.web.forms import (
     ExtensionForm,
     OverrideForm,
@@ -67,11 +68,7 @@ def csv_response(session: Any, course: Course, fmt_raw: str | None,
 
 
 def job_settings() -> dict[str, Any]:
-    config = current_app.config
-    return {**config["NABLA_JOBS"], "redis_url": config.get("NABLA_REDIS_URL"),
-            "queue": config.get("NABLA_REDIS_PREFIX", "nabla:") + "jobs",
-            # A bank handed to the app (tests, tools); else each chunk reads the database's.
-            "bank": config.get("NABLA_PROBLEM_BANK")}
+    return app_job_settings(current_app)
 
 
 @bp.route("/<course_code>/grades")
@@ -288,6 +285,17 @@ def _job(course: Course, job_id: int) -> Job:
     except NotFound as exc:
         abort(404, str(exc))
     return jobs.check_stale(session, job, current_app.config["NABLA_JOBS"]["stale_s"])
+
+
+@bp.route("/<course_code>/jobs")
+@role_required("ta", "instructor")
+@reads_first
+def jobs_list(course: Course) -> str:
+    stale_s = current_app.config["NABLA_JOBS"]["stale_s"]
+    session = get_session()
+    found = [jobs.check_stale(session, job, stale_s) for job in jobs.course_jobs(session, course)]
+    end_transaction()
+    return render_template("gradebook/jobs.html", course=course, jobs=found)
 
 
 @bp.route("/<course_code>/jobs/<int:job_id>")

@@ -129,13 +129,25 @@ def test_other_requests_keep_going_while_a_judge_is_stuck(judge):
     assert len(scores) >= 5 and set(scores) == {1.0}
 
 
+@pytest.fixture(scope="module")
+def patient_judge():
+    """The judge's limits but a deadline far above what the jobs need. Filling 192 MB
+    before the 256 MB limit is hit took 1.06-1.78 s of wall time at load average 10
+    (1 s deadline: a ``timeout`` instead of ``memory``, the flakiness this removes)."""
+    j = Judge(size=2, timeout_s=30.0, memory_mb=256, tasks=TEST_TASKS)
+    j.start()
+    yield j
+    j.close()
+
+
 @pytest.mark.parametrize(("action", "kind", "words"), [
     ("allocate", "memory", "exceeded 256 MB"),  # MemoryError under RLIMIT_AS
     ("crash", "crashed", "died"),
     ("raise", "error", "RuntimeError: engine bug"),
 ])
 def test_memory_a_crash_or_an_exception_is_an_error_and_the_pool_carries_on(
-        judge, action, kind, words):
+        patient_judge, action, kind, words):
+    judge = patient_judge
     spec, inst, document = _job("mlp-relu")
     with pytest.raises(JudgeError) as info:
         grade(judge, spec, document, f"#test:{action}")

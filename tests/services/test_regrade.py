@@ -18,7 +18,6 @@ from server.db import make_sessionmaker
 from server.engine.spec import parse_spec
 from server.models import Instance, Job, Regrade, Submission
 from server.services import grading, jobs, regrade
-from tests.web.helpers import stop_process_group
 
 SECRET = b"regrade-test-secret-" + b"x" * 20
 PROBLEM = "rule-1b-matmul"
@@ -173,21 +172,9 @@ def rq_env(database_url, redis_url, redis_prefix, tmp_path):
 
 
 @pytest.fixture
-def workers(rq_env, tmp_path):
-    """Start `nabla worker` processes; every one still running is stopped at the end."""
-    started: list[subprocess.Popen] = []
-
-    def start(**extra: str) -> subprocess.Popen:
-        with open(tmp_path / f"worker{len(started)}.log", "wb") as log:
-            process = subprocess.Popen([NABLA, "worker"], env={**rq_env, **extra}, stdout=log,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.poll() is None:
-            stop_process_group(process)
+def workers(rq_env, nabla_workers):
+    """Start `nabla worker` processes on this test's queue."""
+    return lambda **extra: nabla_workers({**rq_env, **extra})
 
 
 def _nabla(env, *args, timeout=180):

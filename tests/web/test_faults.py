@@ -37,7 +37,8 @@ def fake_bank(engine_bank):
 def server(database_url, tmp_path):
     env = {"NABLA_DATABASE_URL": database_url, "NABLA_INSTANCE_PATH": str(tmp_path),
            "NABLA_SECRET_KEY": "faults-secret-" + "x" * 32, "NABLA_REDIS_URL": "",
-           "NABLA_RECOVER_AFTER_S": "3", "NABLA_RECOVER_EVERY_S": "1"}
+           "NABLA_RECOVER_AFTER_S": "3", "NABLA_RECOVER_EVERY_S": "1",
+           "NABLA_JOB_STALE_S": "10"}
     live = LiveServer(env, workers=1, threads=2)
     try:
         assert live.wait_until_up() == 200, live.output()
@@ -137,6 +138,14 @@ def test_a_worker_killed_mid_grade_leaves_a_submission_graded_once(server, stude
     assert row.status in ("graded", "error")
     assert row.attempt == (1 if row.status == "graded" else None)
     assert len(rows(session, student)) == 1
+    # A recovery job of the new worker's recorded it (it and nothing else).
+    from server.models import Job
+    from server.services.recovery import recovered_of
+
+    recorded = [item for job in session.query(Job).filter_by(kind="recover")
+                for item in recovered_of(job) if item.status != "skipped"]
+    session.rollback()
+    assert [(item.submission_id, item.status) for item in recorded] == [(row.id, row.status)]
     status, body = post(server, student, student["right"])
     assert status == 201 and body["score"] == 1.0, body
     numbers = sorted(r.attempt for r in rows(session, student) if r.attempt is not None)

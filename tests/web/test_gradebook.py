@@ -358,3 +358,42 @@ def test_a_failed_job_is_shown_failed_and_restarted_from_its_page(client, graded
     assert client.post(page + "/restart", data={"csrf_token": csrf_token(client, GRADES)}
                        ).status_code == 403
     assert client.get("/staff/CS101/jobs/999999").status_code == 404
+
+
+def test_staff_see_regrades_and_recoveries_in_the_jobs_list(client, graded, app_session):
+    """A look of the app (as at start and periodically) starts a recovery job for a
+    submission left pending; staff see it in the jobs list and on its page."""
+    import datetime as dt
+
+    from server.models import Job, Submission
+    from server.services import regrade
+    from server.web.background import look_for_pending
+
+    regrade.start_regrade(app_session, graded["course"], actor=None,
+                          assignment_id=graded["hw"].id)
+    pending = app_session.scalar(select(Submission))
+    pending.status, pending.score, pending.attempt = "pending", None, 1
+    pending.graded_at = None
+    pending.created_at = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    app_session.commit()
+    app = client.application
+    job = look_for_pending(app)
+    assert job is not None and job.kind == "recover"
+    assert look_for_pending(app) is None or app_session.get(Job, job.id).state == "done"
+    login(client, "ta@example.edu")
+    html = client.get("/staff/CS101/jobs").get_data(as_text=True)
+    assert f'/staff/CS101/jobs/{job.id}"' in html and "recovery" in html and "regrade" in html
+    deadline = time.monotonic() + 60
+    while client.get(f"/staff/CS101/jobs/{job.id}.json").json["state"] != "done":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    page = client.get(f"/staff/CS101/jobs/{job.id}").get_data(as_text=True)
+    assert "Recovery job" in page and "recovered" in page
+    app_session.expire_all()
+    # make_submission's instance is no engine draw: our error, its attempt given back.
+    assert (app_session.get(Submission, pending.id).status, app_session.get(Job, job.id).errors
+            ) == ("error", 1)
+    app_session.rollback()
+    login(client, "ada@example.edu")
+    assert client.get("/staff/CS101/jobs").status_code == 403
+    assert client.get(f"/staff/CS101/jobs/{job.id}").status_code == 403
