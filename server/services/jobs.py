@@ -33,11 +33,12 @@ import datetime as dt
 import importlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import Engine, func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from server.db import make_sessionmaker, write_transaction
@@ -251,23 +252,50 @@ def run_chunk(engine: Engine, job_id: int, chunk: int, attempt: int,
         job_function(kind)(engine, job_id, chunk, attempt, settings)
     except Exception as exc:
         log.exception("job %s chunk %s failed", job_id, chunk)
-        with factory() as session, session.begin():
+        error = f"{exc.__class__.__name__}: {exc}"[:2000]
+
+        def fail(session: Session) -> None:
             session.execute(update(Job).where(Job.id == job_id, Job.attempt == attempt).values(
-                state=JobState.FAILED.value, finished_at=utcnow(),
-                error=f"{exc.__class__.__name__}: {exc}"[:2000]))
+                state=JobState.FAILED.value, finished_at=utcnow(), error=error))
+
+        _closing_transaction(factory, fail)
         return
     finally:
         stop.set()
         beat.join()
-    with factory() as session, session.begin():
+
+    def close(session: Session) -> None:
         session.execute(update(Job).where(Job.id == job_id, Job.attempt == attempt)
                         .values(chunks_done=Job.chunks_done + 1))
-        job = session.get(Job, job_id)
+        job = session.get(Job, job_id, populate_existing=True)
         if job is not None and job.attempt == attempt and job.chunks_done >= job.chunks \
                 and job.state == JobState.RUNNING:
             job.state, job.finished_at = JobState.DONE.value, utcnow()
             if kind in CHANGED_COUNTS:
                 job.changed = CHANGED_COUNTS[kind](session, job_id)
+
+    _closing_transaction(factory, close)
+
+
+CLOSING_TRIES = 8
+
+
+def _closing_transaction(factory: Any, write: Callable[[Session], None]) -> None:
+    """The transaction that ends a chunk, in a write transaction, tried again while the
+    database is busy (a SQLite writer past its busy timeout, a PostgreSQL connection
+    lost): the work is done, and a job whose end is never written stays 'running'
+    until a look finds it stale."""
+    for attempt in range(1, CLOSING_TRIES + 1):
+        try:
+            with factory() as session, session.begin():
+                write_transaction(session)
+                write(session)
+            return
+        except OperationalError:
+            if attempt == CLOSING_TRIES:
+                raise
+            log.warning("a job's closing write failed (try %s); again", attempt, exc_info=True)
+            time.sleep(0.1 * 2 ** attempt)
 
 
 def _heartbeat(factory: Any, job_id: int, attempt: int, stop: threading.Event) -> None:
