@@ -13,7 +13,7 @@ It runs as a ``recover`` job (services.jobs): ``start_recovery`` looks for
 such submissions (one query on a partial index) and, when there are any,
 creates the job, of which at most one is queued or running site-wide (an
 exclusive kind); every app process looks at start and every
-``NABLA_RECOVER_EVERY_S`` (server.web.periodic), and ``nabla submissions
+``NABLA_RECOVER_EVERY_S`` (server.web.background), and ``nabla submissions
 recover`` starts one and waits for it. The job runs where every job runs: in
 a thread of the process that started it, or on ``nabla worker`` processes
 with Redis.
