@@ -386,8 +386,6 @@ def child_main(cfg: dict[str, object], filt: seccomp.Filter | None, job_fd: int,
     code = 0
     try:
         use_config(cfg)
-        if cfg.get("nice"):  # prepared in the background; the worker boosts it when needed
-            os.setpriority(os.PRIO_PROCESS, 0, int(cfg["nice"]))  # type: ignore[call-overload]
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         try:

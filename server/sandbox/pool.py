@@ -182,7 +182,6 @@ class Worker:
         cfg = dict(self.cfg, uid=uid,
                    warm_up=should_warm_up(bool(self.waiting),
                                           time.monotonic() - self.last_lease),
-                   nice=BACKGROUND_NICE if background else None,
                    end_nice=BACKGROUND_NICE if self.can_boost else None)
         try:
             pid = os.fork()
@@ -198,6 +197,10 @@ class Worker:
             finally:
                 os._exit(70)
         theirs.close()
+        if background:
+            # Set here, not by the child itself: a boost (prioritize) may come before
+            # the child has run a single instruction, and must not be undone by it.
+            self.set_nice(pid, BACKGROUND_NICE)
         try:
             pidfd = os.pidfd_open(pid)
         except OSError:
@@ -254,8 +257,12 @@ class Worker:
     def boost(self, child: _Child) -> None:
         """Back to the worker's niceness (root may lower a niceness again)."""
         child.background = False
+        self.set_nice(child.pid, self.nice)
+
+    @staticmethod
+    def set_nice(pid: int, nice: int) -> None:
         try:
-            os.setpriority(os.PRIO_PROCESS, child.pid, self.nice)
+            os.setpriority(os.PRIO_PROCESS, pid, nice)
         except OSError:
             pass  # it has just exited
 

@@ -24,8 +24,8 @@ from server.models import Course, Job, SubmissionStatus, User, utcnow
 from server.services import exports, gradebook, jobs, overrides, regrade
 from server.services.assignments import get_course_assignment
 from server.services.errors import NotFound, ServiceError, ValidationError
-from server.services.feedback import annotated_lines, submission_summary
-from server.services.submissions import attempts_left, problem_submissions
+from server.services.feedback import annotated_lines
+from server.services.submissions import problem_submissions
 from server.web.access import end_transaction, role_required
 from server.web.background import app_job_settings
 from server.web.forms import (
@@ -142,10 +142,8 @@ def _render_student(course: Course, user_id: int, *, forms: dict[str, Any] | Non
             subs = problem_submissions(session, user, ap) \
                 if cell.attempts or cell.last_submission_at else []
             last = next((s for s in subs if s.status != SubmissionStatus.REFUSED), None)
-            left = attempts_left(session, ap, user_id) if last else None
             problems.append({
                 "assignment": assignment, "ap": ap, "cell": cell, "last": last,
-                "summary": submission_summary(last, left) if last else None,
                 "lines": annotated_lines(last.answer, last.result) if last else [],
                 "history": overrides.override_history(session, user_id, ap.id)})
     ext_forms = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -278,3 +279,44 @@ def test_refills_prepare_in_the_background_and_jobs_run_at_full_priority():
             assert r.status == "ok" and r.stdout == f"{os.getpriority(os.PRIO_PROCESS, 0)}\n", r
     finally:
         sb.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="lowering a niceness again needs root")
+def test_a_refill_is_lowered_by_the_worker_so_an_early_raise_sticks(monkeypatch):
+    """A background refill is at BACKGROUND_NICE as soon as spawn() returns, set by the
+    worker, not by the child: a raise (prioritize) that comes before the child has run
+    anything is final. (A CI run under load once ran a job at 19: the child lowered
+    itself after the worker had already raised it.)"""
+    from server.sandbox import pool
+
+    go_r, go_w = os.pipe()
+    said_r, said_w = os.pipe()
+
+    def slow_child(cfg, filt, job_fd, devnull):  # the child: not started yet until `go`
+        os.read(go_r, 1)
+        os.write(said_w, str(os.getpriority(os.PRIO_PROCESS, 0)).encode())
+        os._exit(0)
+
+    monkeypatch.setattr(pool, "child_main", slow_child)
+    ctrl, _other = socket.socketpair()
+    worker = pool.Worker(ctrl.detach(), {"pool_size": 6, "uid_base": 60000, "uid_count": 4})
+    worker.can_boost = True
+    worker.ready = [object()] * pool.URGENT_READY  # a grade's worth ready: refills wait
+    worker.spawn()
+    (child,) = worker.children.values()
+    try:
+        assert child.background and _nice(child.pid) == pool.BACKGROUND_NICE
+        worker.boost(child)  # someone needs it before it ever ran
+        os.write(go_w, b"x")
+        assert os.read(said_r, 16).decode() == str(worker.nice)
+        assert _nice(child.pid) in (worker.nice, None)  # None: it has exited
+    finally:
+        worker.kill(child)
+        os.waitpid(child.pid, 0)
+        for fd in (go_r, go_w, said_r, said_w, child.pidfd):
+            os.close(fd)
+        child.sock.close()
+        _other.close()
+        worker.ctrl.close()
+        worker.sel.close()
+        os.close(worker.devnull)
