@@ -51,7 +51,12 @@ from server.models import (
     User,
 )
 from server.models.base import dumps
-from server.services.assignments import Window, assignment_problem_for, student_window
+from server.services.assignments import (
+    Window,
+    assignment_problem_for,
+    problem_for_submission,
+    submission_window,
+)
 from server.services.errors import NotFound, Unavailable, ValidationError
 from server.services.instances import Draw, derive_seed, get_instance, get_or_create_instance
 from server.services.problems import record_problem_version
@@ -257,15 +262,21 @@ def store_answer(
     """Check and store an answer (flush only). Raises ValidationError, NotFound."""
     text = clean_answer(answer)
     key = clean_client_key(client_key)
-    assignment_problem = assignment_problem_for(session, user, assignment_id, problem_id)
+    # One write transaction from the first read to the caller's commit (it always
+    # writes: the submission), and one query for the problem, the instance and the
+    # student's extension, which decides the window inside it.
+    write_transaction(session)
+    assignment_problem, instance, extension = problem_for_submission(
+        session, user, assignment_id, problem_id)
     assignment = assignment_problem.assignment
-    instance = ensure_instance(session, user, assignment_problem, bank, secret)
+    if instance is None:  # the first use: drawn now
+        instance = ensure_instance(session, user, assignment_problem, bank, secret)
     spec = spec_for_version(bank, instance.problem_version)
-    submission, created, attempts_used, window = store_submission_once(
+    window = submission_window(assignment, now, extension)
+    submission, created, attempts_used, _ = store_submission_once(
         session, user=user, assignment_problem=assignment_problem, instance=instance,
-        answer=text, kind=spec.answer_kind, now=now, client_ip=client_ip, client_key=key)
-    if window is None:  # a double click: the window was not read
-        window = student_window(session, user.id, assignment, now)
+        answer=text, kind=spec.answer_kind, now=now, client_ip=client_ip, client_key=key,
+        window=window)
     job = None
     if created and submission.status == SubmissionStatus.PENDING:
         seeds = draw_hidden_seeds(secret, submission.id, instance.seed)
@@ -420,7 +431,8 @@ def record_outcome(
         return False
     for name, value in values.items():
         set_committed_value(submission, name, value)
-    record_verdicts(session, submission)  # the queryable copy for analytics
+    # The queryable copy for analytics; the UPDATE above took the row out of pending.
+    record_verdicts(session, submission, first=True)
     return True
 
 

@@ -22,7 +22,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -50,16 +50,16 @@ class StoreResult(NamedTuple):
     window: Window | None = None  # the student's window the decision used (None: not read)
 
 
+_USED_ATTEMPTS = select(Submission.attempt).where(  # built once: every submission runs it
+    Submission.user_id == bindparam("user_id"),
+    Submission.assignment_problem_id == bindparam("assignment_problem_id"),
+    Submission.attempt.is_not(None),
+)
+
+
 def used_attempts(session: Session, user_id: int, assignment_problem_id: int) -> list[int]:
-    return sorted(
-        session.scalars(
-            select(Submission.attempt).where(
-                Submission.user_id == user_id,
-                Submission.assignment_problem_id == assignment_problem_id,
-                Submission.attempt.is_not(None),
-            )
-        )
-    )
+    return sorted(session.scalars(_USED_ATTEMPTS, {
+        "user_id": user_id, "assignment_problem_id": assignment_problem_id}))
 
 
 def _lowest_free(used: list[int]) -> int:
@@ -103,6 +103,7 @@ def store_submission_once(
     client_ip: str | None = None,
     costs_attempt: bool = True,
     client_key: str | None = None,
+    window: Window | None = None,
 ) -> StoreResult:
     """Store an answer, deciding its status before any grading.
 
@@ -124,7 +125,8 @@ def store_submission_once(
 
     Everything the decision depends on is read inside the write transaction
     (``write_transaction``: on SQLite it holds the write lock from here to the
-    caller's commit, so keep that short).
+    caller's commit, so keep that short). ``window``: the student's window, if the
+    caller read their extension inside this same write transaction already.
     """
     write_transaction(session)
     if client_key is not None:
@@ -132,7 +134,8 @@ def store_submission_once(
         if earlier is not None:
             return StoreResult(earlier, False, None)
     assignment = assignment_problem.assignment
-    window = student_window(session, user.id, assignment, now)
+    if window is None:
+        window = student_window(session, user.id, assignment, now)
 
     def new(status: SubmissionStatus, attempt: int | None,
             refused: str | None = None) -> Submission:
