@@ -30,6 +30,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -50,7 +51,6 @@ from server.models import (
     SubmissionStatus,
     User,
 )
-from server.models.base import dumps
 from server.services.assignments import (
     Window,
     assignment_problem_for,
@@ -273,23 +273,25 @@ def store_answer(
         instance = ensure_instance(session, user, assignment_problem, bank, secret)
     spec = spec_for_version(bank, instance.problem_version)
     window = submission_window(assignment, now, extension)
+    # Drawn before the row is stored, so that they go in with it (one INSERT): a
+    # pending row always carries the seeds a regrade or a recovery checks it with.
+    seeds = draw_hidden_seeds(secret, instance.seed)
     submission, created, attempts_used, _ = store_submission_once(
         session, user=user, assignment_problem=assignment_problem, instance=instance,
         answer=text, kind=spec.answer_kind, now=now, client_ip=client_ip, client_key=key,
-        window=window)
+        window=window, hidden_seeds=seeds)
     job = None
     if created and submission.status == SubmissionStatus.PENDING:
-        seeds = draw_hidden_seeds(secret, submission.id, instance.seed)
-        submission.hidden_seeds_json = dumps(seeds)
-        session.flush()
         job = GradingJob(submission.id, spec, instance.reference_json, text, tuple(seeds))
     return Stored(submission, created, window, job, attempts_used)
 
 
-def draw_hidden_seeds(secret: bytes, submission_id: int, instance_seed: int) -> list[int]:
-    """Seeds of a submission's hidden instances, from the server secret and the
-    submission: different for every submission, unguessable without the secret."""
-    return [derive_seed(secret, "hidden", submission_id, instance_seed, k)
+def draw_hidden_seeds(secret: bytes, instance_seed: int) -> list[int]:
+    """Seeds of a new submission's hidden instances, from the server secret and a random
+    nonce of the submission (drawn before its row exists, so that they are stored with
+    it): different for every submission, unguessable without the secret."""
+    nonce = secrets.token_hex(16)
+    return [derive_seed(secret, "hidden", nonce, instance_seed, k)
             for k in range(HIDDEN_INSTANCES)]
 
 

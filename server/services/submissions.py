@@ -104,6 +104,7 @@ def store_submission_once(
     costs_attempt: bool = True,
     client_key: str | None = None,
     window: Window | None = None,
+    hidden_seeds: list[int] | None = None,
 ) -> StoreResult:
     """Store an answer, deciding its status before any grading.
 
@@ -127,6 +128,8 @@ def store_submission_once(
     (``write_transaction``: on SQLite it holds the write lock from here to the
     caller's commit, so keep that short). ``window``: the student's window, if the
     caller read their extension inside this same write transaction already.
+    ``hidden_seeds``: stored with a pending submission (the hidden instances it is
+    checked on), in the same INSERT.
     """
     write_transaction(session)
     if client_key is not None:
@@ -154,6 +157,8 @@ def store_submission_once(
             client_ip=client_ip,
             client_key=client_key,
             result_json=None if refused is None else dumps({"refused": refused}),
+            hidden_seeds_json=(dumps(hidden_seeds) if status == SubmissionStatus.PENDING
+                               and hidden_seeds is not None else None),
         )
 
     def insert(submission: Submission, used: int | None = None) -> StoreResult | None:
