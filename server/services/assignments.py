@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session, contains_eager, joinedload, selectinload
 
 from server.models import (
@@ -307,7 +307,13 @@ def assignment_problem_for(
 
 
 def _with_instance_and_extension(admin: bool) -> Any:
-    query = _problem_statement(admin, Instance, Extension)
+    attempts = (Submission.user_id == bindparam("user_id"),
+                Submission.assignment_problem_id == AssignmentProblem.id,
+                Submission.attempt.is_not(None))
+    query = _problem_statement(
+        admin, Instance, Extension,
+        select(func.count(Submission.attempt)).where(*attempts).scalar_subquery(),
+        select(func.max(Submission.attempt)).where(*attempts).scalar_subquery())
     return (
         query
         .outerjoin(Instance, (Instance.assignment_problem_id == AssignmentProblem.id)
@@ -322,20 +328,30 @@ _PROBLEM_INSTANCE_EXTENSION = {admin: _with_instance_and_extension(admin)
                                for admin in (False, True)}
 
 
+@dataclasses.dataclass(frozen=True)
+class SubmissionContext:
+    """What storing a submission reads, in one round trip instead of four."""
+
+    assignment_problem: AssignmentProblem  # with its assignment
+    instance: Instance | None  # the user's (with its problem version); None before a draw
+    extension: Extension | None  # the user's extension of the assignment, if any
+    attempts: tuple[int, int]  # the user's attempts at the problem: (count, highest number)
+
+
 def problem_for_submission(
     session: Session, user: User, assignment_id: int, problem_id: str
-) -> tuple[AssignmentProblem, Instance | None, Extension | None]:
-    """``assignment_problem_for`` with, in the same query, the user's instance of it (None
-    before the first draw) and their extension of the assignment (None: none): what
-    storing a submission reads, in one round trip instead of three."""
+) -> SubmissionContext:
+    """``assignment_problem_for`` with, in the same query, what storing a submission
+    needs besides: the user's instance, their extension, their attempts."""
     row = session.execute(
         _PROBLEM_INSTANCE_EXTENSION[bool(user.is_admin)],
         {"assignment_id": assignment_id, "problem_id": problem_id, "user_id": user.id}
     ).first()
     if row is None:
         raise _no_problem(assignment_id, problem_id)
-    assignment_problem, instance, extension = row
-    return assignment_problem, instance, extension
+    assignment_problem, instance, extension, count, highest = row
+    return SubmissionContext(assignment_problem, instance, extension,
+                             (int(count or 0), int(highest or 0)))
 
 
 # --- deadlines ---------------------------------------------------------------------

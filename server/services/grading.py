@@ -266,20 +266,20 @@ def store_answer(
     # writes: the submission), and one query for the problem, the instance and the
     # student's extension, which decides the window inside it.
     write_transaction(session)
-    assignment_problem, instance, extension = problem_for_submission(
-        session, user, assignment_id, problem_id)
+    context = problem_for_submission(session, user, assignment_id, problem_id)
+    assignment_problem, instance = context.assignment_problem, context.instance
     assignment = assignment_problem.assignment
     if instance is None:  # the first use: drawn now
         instance = ensure_instance(session, user, assignment_problem, bank, secret)
     spec = spec_for_version(bank, instance.problem_version)
-    window = submission_window(assignment, now, extension)
+    window = submission_window(assignment, now, context.extension)
     # Drawn before the row is stored, so that they go in with it (one INSERT): a
     # pending row always carries the seeds a regrade or a recovery checks it with.
     seeds = draw_hidden_seeds(secret, instance.seed)
     submission, created, attempts_used, _ = store_submission_once(
         session, user=user, assignment_problem=assignment_problem, instance=instance,
         answer=text, kind=spec.answer_kind, now=now, client_ip=client_ip, client_key=key,
-        window=window, hidden_seeds=seeds)
+        window=window, hidden_seeds=seeds, attempts=context.attempts)
     job = None
     if created and submission.status == SubmissionStatus.PENDING:
         job = GradingJob(submission.id, spec, instance.reference_json, text, tuple(seeds))

@@ -105,6 +105,7 @@ def store_submission_once(
     client_key: str | None = None,
     window: Window | None = None,
     hidden_seeds: list[int] | None = None,
+    attempts: tuple[int, int] | None = None,
 ) -> StoreResult:
     """Store an answer, deciding its status before any grading.
 
@@ -129,7 +130,8 @@ def store_submission_once(
     caller's commit, so keep that short). ``window``: the student's window, if the
     caller read their extension inside this same write transaction already.
     ``hidden_seeds``: stored with a pending submission (the hidden instances it is
-    checked on), in the same INSERT.
+    checked on), in the same INSERT. ``attempts``: the user's (count, highest attempt
+    number) at the problem, if the caller read them inside this write transaction.
     """
     write_transaction(session)
     if client_key is not None:
@@ -187,13 +189,19 @@ def store_submission_once(
         return stored
     limit = assignment.max_attempts
     for _ in range(MAX_ALLOCATION_TRIES):
-        used = used_attempts(session, user.id, assignment_problem.id)
-        if limit is not None and len(used) >= limit:
+        if attempts is not None and attempts[0] == attempts[1]:
+            # n attempts numbered up to n: 1..n are all taken, no gap to reuse
+            count, number = attempts[0], attempts[0] + 1
+        else:
+            used = used_attempts(session, user.id, assignment_problem.id)
+            count, number = len(used), _lowest_free(used)
+        attempts = None  # after a collision, look again
+        if limit is not None and count >= limit:
             reason = f"no attempts left: all {limit} attempts at this problem are used"
-            stored = insert(new(SubmissionStatus.REFUSED, None, reason), len(used))
+            stored = insert(new(SubmissionStatus.REFUSED, None, reason), count)
             assert stored is not None
             return stored
-        stored = insert(new(SubmissionStatus.PENDING, _lowest_free(used)), len(used) + 1)
+        stored = insert(new(SubmissionStatus.PENDING, number), count + 1)
         if stored is not None:
             return stored
         # another request took this number first; look again

@@ -515,3 +515,23 @@ def test_feedback_groups_loop_steps_and_keeps_errors_past_the_last_line():
     lines = feedback.annotated_lines("for t in range(3):\n    dz1[t] = -dz2[t]", result)
     assert lines[1]["messages"] == ["dz1[0], dz1[1], dz1[2]: wrong sign"]
     assert feedback.general_errors(result, "a\nb") == ["time limit", "eof"]
+
+
+@pytest.mark.usefixtures("db_backend")
+def test_an_attempt_number_given_back_is_taken_again(session, engine_bank, people,
+                                                     make_assignment):
+    """The store reads the attempts' count and highest number with the problem; a gap
+    (an attempt given back below a used one) makes it look at the numbers themselves."""
+    student, _, course = people
+    hw = make_assignment(session, course, problems=("mlp-relu",), max_attempts=3)
+    first, second = (_submit(session, engine_bank, student, hw, "mlp-relu",
+                             "dz7 = doutput").submission for _ in range(2))
+    assert (first.attempt, second.attempt) == (1, 2)
+    first.attempt = None  # given back, as an invalid answer's or our error's is
+    session.commit()
+    third = _submit(session, engine_bank, student, hw, "mlp-relu", "dz7 = doutput")
+    assert (third.submission.attempt, third.attempts_left) == (1, 1)
+    fourth = _submit(session, engine_bank, student, hw, "mlp-relu", "dz7 = doutput")
+    assert (fourth.submission.attempt, fourth.attempts_left) == (3, 0)
+    fifth = _submit(session, engine_bank, student, hw, "mlp-relu", "dz7 = doutput")
+    assert fifth.submission.status == "refused" and fifth.attempts_left == 0
