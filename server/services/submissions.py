@@ -23,8 +23,10 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, func, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, make_transient_to_detached, selectinload
 
 from server.db import write_transaction
 from server.models import (
@@ -82,6 +84,31 @@ def find_by_client_key(
             Submission.client_key == client_key,
         )
     )
+
+
+def _insert_unless_taken(session: Session, submission: Submission) -> bool:
+    """INSERT a new submission's row unless one of its UNIQUE keys (attempt number, client
+    key) is taken: ``INSERT ... ON CONFLICT DO NOTHING RETURNING id``, one statement and no
+    savepoint (a failed statement would end a PostgreSQL transaction without one). True
+    when stored: the object is then in the session as stored, every column loaded.
+    Any other integrity error (a row it refers to deleted meanwhile) is a Conflict."""
+    table = Submission.__table__
+    values = {column.key: getattr(submission, column.key)
+              for column in table.columns if column.key != "id"}
+    make_insert = (postgresql_insert if session.get_bind().dialect.name == "postgresql"
+                   else sqlite_insert)
+    try:
+        new_id = session.execute(make_insert(table).values(values).on_conflict_do_nothing()
+                                 .returning(table.c.id)).scalar()
+    except IntegrityError:
+        raise Conflict("submission: the problem or the instance changed while it was "
+                       "stored; send it again") from None
+    if new_id is None:
+        return False
+    submission.id = new_id
+    make_transient_to_detached(submission)  # as if loaded: no INSERT at the next flush
+    session.add(submission)
+    return True
 
 
 def store_submission(session: Session, **fields: Any) -> Submission:
@@ -149,6 +176,7 @@ def store_submission_once(
             # The object, not only its id: the response reads the problem and its
             # assignment from it, with no query (and no transaction) to load them.
             assignment_problem=assignment_problem,
+            assignment_problem_id=assignment_problem.id,
             instance_id=instance.id,
             answer=answer,
             kind=kind,
@@ -161,23 +189,23 @@ def store_submission_once(
             result_json=None if refused is None else dumps({"refused": refused}),
             hidden_seeds_json=(dumps(hidden_seeds) if status == SubmissionStatus.PENDING
                                and hidden_seeds is not None else None),
+            score=None,
+            graded_at=None,
         )
 
     def insert(submission: Submission, used: int | None = None) -> StoreResult | None:
         """The row stored, an earlier one with the same client key, or None (a collision)."""
-        try:
-            with session.begin_nested():
-                session.add(submission)
-        except IntegrityError:  # the savepoint rollback discards the row
-            if client_key is not None:
-                earlier = find_by_client_key(session, user.id, assignment_problem.id, client_key)
-                if earlier is not None:
-                    # the same click, stored by a concurrent request
-                    return StoreResult(earlier, False, None)
-            if submission.attempt is None:
-                raise
-            return None
-        return StoreResult(submission, True, used, window)
+        if _insert_unless_taken(session, submission):
+            return StoreResult(submission, True, used, window)
+        if client_key is not None:
+            earlier = find_by_client_key(session, user.id, assignment_problem.id, client_key)
+            if earlier is not None:
+                # the same click, stored by a concurrent request
+                return StoreResult(earlier, False, None)
+        if submission.attempt is None:  # only a client key can collide: it went meanwhile
+            raise Conflict("submission: stored at the same moment by another request and "
+                           "gone again; send it again")
+        return None
 
     if not window.accepting:
         stored = insert(new(SubmissionStatus.REFUSED, None, window.message))
