@@ -16,7 +16,7 @@ With --profile, a cProfile of the measured submissions, sorted as asked.
 
 To compare versions, run it with ``PYTHONPATH=<other tree>``: the app comes from
 there (this script then does not put its own tree first). Figures only; the
-statement count is also guarded by a test (tests/web/test_api_statements.py).
+statement count is also guarded by a test (tests/web/test_api_grading.py).
 """
 
 from __future__ import annotations
