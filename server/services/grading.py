@@ -36,7 +36,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -402,6 +402,21 @@ def _grade_in_sandbox(job: GradingJob, inst: Any,
 # --- step 3: record ------------------------------------------------------------------
 
 
+def _record_statement(claimed: bool) -> Any:
+    """The conditional UPDATE of ``record_outcome`` (built once: it runs on every
+    submission), on the table: the caller sets the object's values itself."""
+    table = Submission.__table__
+    claim = table.c.graded_at == bindparam("claimed_at") if claimed else table.c.graded_at.is_(None)
+    return (update(table)
+            .where(table.c.id == bindparam("submission_id"),
+                   table.c.status == SubmissionStatus.PENDING.value, claim)
+            .values({name: bindparam("new_" + name)
+                     for name in ("status", "graded_at", "score", "attempt", "result_json")}))
+
+
+_RECORD = {claimed: _record_statement(claimed) for claimed in (False, True)}
+
+
 def record_outcome(
     session: Session, submission: Submission, outcome: Outcome, *, window: Window,
     now: dt.datetime, claimed_at: dt.datetime | None = None,
@@ -421,13 +436,9 @@ def record_outcome(
     # Not key-sorted: the gradients stay in the order the problem asks for them.
     values = {"status": outcome.status, "graded_at": now, "score": score, "attempt": attempt,
               "result_json": json.dumps(result, separators=(",", ":"))}
-    claim = (Submission.graded_at.is_(None) if claimed_at is None
-             else Submission.graded_at == claimed_at)
-    written = session.execute(
-        update(Submission)
-        .where(Submission.id == submission.id,
-               Submission.status == SubmissionStatus.PENDING.value, claim)
-        .values(**values).execution_options(synchronize_session=False))
+    written = session.execute(_RECORD[claimed_at is not None], {
+        "submission_id": submission.id, "claimed_at": claimed_at,
+        **{"new_" + name: value for name, value in values.items()}})
     if written.rowcount != 1:  # type: ignore[attr-defined]
         session.refresh(submission)
         return False

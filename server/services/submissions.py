@@ -86,20 +86,25 @@ def find_by_client_key(
     )
 
 
+_INSERTED = tuple(column.key for column in Submission.__table__.columns if column.key != "id")
+# Built once per database (it runs on every submission); every column is a parameter.
+_INSERT_UNLESS_TAKEN = {
+    name: make_insert(Submission.__table__)
+    .values({key: bindparam(key) for key in _INSERTED})
+    .on_conflict_do_nothing().returning(Submission.__table__.c.id)
+    for name, make_insert in (("postgresql", postgresql_insert), ("sqlite", sqlite_insert))}
+
+
 def _insert_unless_taken(session: Session, submission: Submission) -> bool:
     """INSERT a new submission's row unless one of its UNIQUE keys (attempt number, client
     key) is taken: ``INSERT ... ON CONFLICT DO NOTHING RETURNING id``, one statement and no
     savepoint (a failed statement would end a PostgreSQL transaction without one). True
     when stored: the object is then in the session as stored, every column loaded.
     Any other integrity error (a row it refers to deleted meanwhile) is a Conflict."""
-    table = Submission.__table__
-    values = {column.key: getattr(submission, column.key)
-              for column in table.columns if column.key != "id"}
-    make_insert = (postgresql_insert if session.get_bind().dialect.name == "postgresql"
-                   else sqlite_insert)
+    values = {name: getattr(submission, name) for name in _INSERTED}
     try:
-        new_id = session.execute(make_insert(table).values(values).on_conflict_do_nothing()
-                                 .returning(table.c.id)).scalar()
+        new_id = session.execute(_INSERT_UNLESS_TAKEN[session.get_bind().dialect.name],
+                                 values).scalar()
     except IntegrityError:
         raise Conflict("submission: the problem or the instance changed while it was "
                        "stored; send it again") from None

@@ -144,5 +144,5 @@ def record_verdicts(session: Session, submission: Submission, *, first: bool = F
             steps = model_steps(*row)
     rows = verdict_rows(submission.id, submission.user_id, submission.assignment_problem_id,
                         result, submission.answer, steps)
-    if rows:
-        session.execute(insert(SubmissionVerdict), rows)
+    if rows:  # the table's INSERT (executemany), not the ORM's bulk path: plain rows
+        session.execute(insert(SubmissionVerdict.__table__), rows)
