@@ -10,8 +10,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session, contains_eager, selectinload
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.orm import Session, contains_eager, joinedload, selectinload
 
 from server.models import (
     Assignment,
@@ -19,6 +19,7 @@ from server.models import (
     Course,
     Enrollment,
     Extension,
+    Instance,
     ScoreOverride,
     ScorePolicy,
     Submission,
@@ -258,6 +259,35 @@ def course_assignments(session: Session, course: Course) -> list[Assignment]:
     )
 
 
+def _problem_statement(admin: bool, *also: Any) -> Any:
+    """Problem ``:problem_id`` of assignment ``:assignment_id`` with its assignment (and the
+    entities ``also``, joined by the caller), if user ``:user_id`` is in its course (site
+    admins: any course). Built once per shape: it runs on every submission."""
+    query = (
+        select(AssignmentProblem, *also)
+        .join(Assignment, Assignment.id == AssignmentProblem.assignment_id)
+        .options(contains_eager(AssignmentProblem.assignment))
+        .where(AssignmentProblem.assignment_id == bindparam("assignment_id"),
+               AssignmentProblem.problem_id == bindparam("problem_id"))
+    )
+    if not admin:
+        query = query.where(
+            select(Enrollment.id)
+            .where(Enrollment.user_id == bindparam("user_id"),
+                   Enrollment.course_id == Assignment.course_id)
+            .exists()
+        )
+    return query
+
+
+_PROBLEM_FOR = {admin: _problem_statement(admin) for admin in (False, True)}
+
+
+def _no_problem(assignment_id: int, problem_id: str) -> NotFound:
+    return NotFound(f"problem: no problem {problem_id!r} in assignment {assignment_id} "
+                    "of your courses")
+
+
 def assignment_problem_for(
     session: Session, user: User, assignment_id: int, problem_id: str
 ) -> AssignmentProblem:
@@ -267,26 +297,61 @@ def assignment_problem_for(
     course the user is not enrolled in, so nothing leaks about other courses.
     (Site admins see every course.)
     """
-    # One query (it runs on every submission): the problem with its assignment,
-    # and the enrollment check as EXISTS.
-    query = (
-        select(AssignmentProblem)
-        .join(Assignment, Assignment.id == AssignmentProblem.assignment_id)
-        .options(contains_eager(AssignmentProblem.assignment))
-        .where(AssignmentProblem.assignment_id == assignment_id,
-               AssignmentProblem.problem_id == problem_id)
-    )
-    if not user.is_admin:
-        query = query.where(
-            select(Enrollment.id)
-            .where(Enrollment.user_id == user.id, Enrollment.course_id == Assignment.course_id)
-            .exists()
-        )
-    assignment_problem = session.scalar(query)
+    # One query: the problem with its assignment, and the enrollment check as EXISTS.
+    assignment_problem = session.scalar(
+        _PROBLEM_FOR[bool(user.is_admin)],
+        {"assignment_id": assignment_id, "problem_id": problem_id, "user_id": user.id})
     if assignment_problem is None:
-        raise NotFound(f"problem: no problem {problem_id!r} in assignment {assignment_id} "
-                       "of your courses")
+        raise _no_problem(assignment_id, problem_id)
     return assignment_problem
+
+
+def _with_instance_and_extension(admin: bool) -> Any:
+    attempts = (Submission.user_id == bindparam("user_id"),
+                Submission.assignment_problem_id == AssignmentProblem.id,
+                Submission.attempt.is_not(None))
+    query = _problem_statement(
+        admin, Instance, Extension,
+        select(func.count(Submission.attempt)).where(*attempts).scalar_subquery(),
+        select(func.max(Submission.attempt)).where(*attempts).scalar_subquery())
+    return (
+        query
+        .outerjoin(Instance, (Instance.assignment_problem_id == AssignmentProblem.id)
+                   & (Instance.user_id == bindparam("user_id")))
+        .outerjoin(Extension, (Extension.assignment_id == Assignment.id)
+                   & (Extension.user_id == bindparam("user_id")))
+        .options(joinedload(Instance.problem_version))  # graders need it
+    )
+
+
+_PROBLEM_INSTANCE_EXTENSION = {admin: _with_instance_and_extension(admin)
+                               for admin in (False, True)}
+
+
+@dataclasses.dataclass(frozen=True)
+class SubmissionContext:
+    """What storing a submission reads, in one round trip instead of four."""
+
+    assignment_problem: AssignmentProblem  # with its assignment
+    instance: Instance | None  # the user's (with its problem version); None before a draw
+    extension: Extension | None  # the user's extension of the assignment, if any
+    attempts: tuple[int, int]  # the user's attempts at the problem: (count, highest number)
+
+
+def problem_for_submission(
+    session: Session, user: User, assignment_id: int, problem_id: str
+) -> SubmissionContext:
+    """``assignment_problem_for`` with, in the same query, what storing a submission
+    needs besides: the user's instance, their extension, their attempts."""
+    row = session.execute(
+        _PROBLEM_INSTANCE_EXTENSION[bool(user.is_admin)],
+        {"assignment_id": assignment_id, "problem_id": problem_id, "user_id": user.id}
+    ).first()
+    if row is None:
+        raise _no_problem(assignment_id, problem_id)
+    assignment_problem, instance, extension, count, highest = row
+    return SubmissionContext(assignment_problem, instance, extension,
+                             (int(count or 0), int(highest or 0)))
 
 
 # --- deadlines ---------------------------------------------------------------------

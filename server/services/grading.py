@@ -30,12 +30,13 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -50,8 +51,12 @@ from server.models import (
     SubmissionStatus,
     User,
 )
-from server.models.base import dumps
-from server.services.assignments import Window, assignment_problem_for, student_window
+from server.services.assignments import (
+    Window,
+    assignment_problem_for,
+    problem_for_submission,
+    submission_window,
+)
 from server.services.errors import NotFound, Unavailable, ValidationError
 from server.services.instances import Draw, derive_seed, get_instance, get_or_create_instance
 from server.services.problems import record_problem_version
@@ -257,28 +262,36 @@ def store_answer(
     """Check and store an answer (flush only). Raises ValidationError, NotFound."""
     text = clean_answer(answer)
     key = clean_client_key(client_key)
-    assignment_problem = assignment_problem_for(session, user, assignment_id, problem_id)
+    # One write transaction from the first read to the caller's commit (it always
+    # writes: the submission), and one query for the problem, the instance and the
+    # student's extension, which decides the window inside it.
+    write_transaction(session)
+    context = problem_for_submission(session, user, assignment_id, problem_id)
+    assignment_problem, instance = context.assignment_problem, context.instance
     assignment = assignment_problem.assignment
-    instance = ensure_instance(session, user, assignment_problem, bank, secret)
+    if instance is None:  # the first use: drawn now
+        instance = ensure_instance(session, user, assignment_problem, bank, secret)
     spec = spec_for_version(bank, instance.problem_version)
-    submission, created, attempts_used, window = store_submission_once(
+    window = submission_window(assignment, now, context.extension)
+    # Drawn before the row is stored, so that they go in with it (one INSERT): a
+    # pending row always carries the seeds a regrade or a recovery checks it with.
+    seeds = draw_hidden_seeds(secret, instance.seed)
+    submission, created, attempts_used, _ = store_submission_once(
         session, user=user, assignment_problem=assignment_problem, instance=instance,
-        answer=text, kind=spec.answer_kind, now=now, client_ip=client_ip, client_key=key)
-    if window is None:  # a double click: the window was not read
-        window = student_window(session, user.id, assignment, now)
+        answer=text, kind=spec.answer_kind, now=now, client_ip=client_ip, client_key=key,
+        window=window, hidden_seeds=seeds, attempts=context.attempts)
     job = None
     if created and submission.status == SubmissionStatus.PENDING:
-        seeds = draw_hidden_seeds(secret, submission.id, instance.seed)
-        submission.hidden_seeds_json = dumps(seeds)
-        session.flush()
         job = GradingJob(submission.id, spec, instance.reference_json, text, tuple(seeds))
     return Stored(submission, created, window, job, attempts_used)
 
 
-def draw_hidden_seeds(secret: bytes, submission_id: int, instance_seed: int) -> list[int]:
-    """Seeds of a submission's hidden instances, from the server secret and the
-    submission: different for every submission, unguessable without the secret."""
-    return [derive_seed(secret, "hidden", submission_id, instance_seed, k)
+def draw_hidden_seeds(secret: bytes, instance_seed: int) -> list[int]:
+    """Seeds of a new submission's hidden instances, from the server secret and a random
+    nonce of the submission (drawn before its row exists, so that they are stored with
+    it): different for every submission, unguessable without the secret."""
+    nonce = secrets.token_hex(16)
+    return [derive_seed(secret, "hidden", nonce, instance_seed, k)
             for k in range(HIDDEN_INSTANCES)]
 
 
@@ -389,6 +402,21 @@ def _grade_in_sandbox(job: GradingJob, inst: Any,
 # --- step 3: record ------------------------------------------------------------------
 
 
+def _record_statement(claimed: bool) -> Any:
+    """The conditional UPDATE of ``record_outcome`` (built once: it runs on every
+    submission), on the table: the caller sets the object's values itself."""
+    table = Submission.__table__
+    claim = table.c.graded_at == bindparam("claimed_at") if claimed else table.c.graded_at.is_(None)
+    return (update(table)
+            .where(table.c.id == bindparam("submission_id"),
+                   table.c.status == SubmissionStatus.PENDING.value, claim)
+            .values({name: bindparam("new_" + name)
+                     for name in ("status", "graded_at", "score", "attempt", "result_json")}))
+
+
+_RECORD = {claimed: _record_statement(claimed) for claimed in (False, True)}
+
+
 def record_outcome(
     session: Session, submission: Submission, outcome: Outcome, *, window: Window,
     now: dt.datetime, claimed_at: dt.datetime | None = None,
@@ -408,19 +436,16 @@ def record_outcome(
     # Not key-sorted: the gradients stay in the order the problem asks for them.
     values = {"status": outcome.status, "graded_at": now, "score": score, "attempt": attempt,
               "result_json": json.dumps(result, separators=(",", ":"))}
-    claim = (Submission.graded_at.is_(None) if claimed_at is None
-             else Submission.graded_at == claimed_at)
-    written = session.execute(
-        update(Submission)
-        .where(Submission.id == submission.id,
-               Submission.status == SubmissionStatus.PENDING.value, claim)
-        .values(**values).execution_options(synchronize_session=False))
+    written = session.execute(_RECORD[claimed_at is not None], {
+        "submission_id": submission.id, "claimed_at": claimed_at,
+        **{"new_" + name: value for name, value in values.items()}})
     if written.rowcount != 1:  # type: ignore[attr-defined]
         session.refresh(submission)
         return False
     for name, value in values.items():
         set_committed_value(submission, name, value)
-    record_verdicts(session, submission)  # the queryable copy for analytics
+    # The queryable copy for analytics; the UPDATE above took the row out of pending.
+    record_verdicts(session, submission, first=True)
     return True
 
 

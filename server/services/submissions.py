@@ -22,9 +22,11 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, make_transient_to_detached, selectinload
 
 from server.db import write_transaction
 from server.models import (
@@ -50,16 +52,16 @@ class StoreResult(NamedTuple):
     window: Window | None = None  # the student's window the decision used (None: not read)
 
 
+_USED_ATTEMPTS = select(Submission.attempt).where(  # built once: every submission runs it
+    Submission.user_id == bindparam("user_id"),
+    Submission.assignment_problem_id == bindparam("assignment_problem_id"),
+    Submission.attempt.is_not(None),
+)
+
+
 def used_attempts(session: Session, user_id: int, assignment_problem_id: int) -> list[int]:
-    return sorted(
-        session.scalars(
-            select(Submission.attempt).where(
-                Submission.user_id == user_id,
-                Submission.assignment_problem_id == assignment_problem_id,
-                Submission.attempt.is_not(None),
-            )
-        )
-    )
+    return sorted(session.scalars(_USED_ATTEMPTS, {
+        "user_id": user_id, "assignment_problem_id": assignment_problem_id}))
 
 
 def _lowest_free(used: list[int]) -> int:
@@ -84,6 +86,36 @@ def find_by_client_key(
     )
 
 
+_INSERTED = tuple(column.key for column in Submission.__table__.columns if column.key != "id")
+# Built once per database (it runs on every submission); every column is a parameter.
+_INSERT_UNLESS_TAKEN = {
+    name: make_insert(Submission.__table__)
+    .values({key: bindparam(key) for key in _INSERTED})
+    .on_conflict_do_nothing().returning(Submission.__table__.c.id)
+    for name, make_insert in (("postgresql", postgresql_insert), ("sqlite", sqlite_insert))}
+
+
+def _insert_unless_taken(session: Session, submission: Submission) -> bool:
+    """INSERT a new submission's row unless one of its UNIQUE keys (attempt number, client
+    key) is taken: ``INSERT ... ON CONFLICT DO NOTHING RETURNING id``, one statement and no
+    savepoint (a failed statement would end a PostgreSQL transaction without one). True
+    when stored: the object is then in the session as stored, every column loaded.
+    Any other integrity error (a row it refers to deleted meanwhile) is a Conflict."""
+    values = {name: getattr(submission, name) for name in _INSERTED}
+    try:
+        new_id = session.execute(_INSERT_UNLESS_TAKEN[session.get_bind().dialect.name],
+                                 values).scalar()
+    except IntegrityError:
+        raise Conflict("submission: the problem or the instance changed while it was "
+                       "stored; send it again") from None
+    if new_id is None:
+        return False
+    submission.id = new_id
+    make_transient_to_detached(submission)  # as if loaded: no INSERT at the next flush
+    session.add(submission)
+    return True
+
+
 def store_submission(session: Session, **fields: Any) -> Submission:
     """Store an answer; ``store_submission_once`` with the same keyword
     arguments, returning only the submission."""
@@ -103,6 +135,9 @@ def store_submission_once(
     client_ip: str | None = None,
     costs_attempt: bool = True,
     client_key: str | None = None,
+    window: Window | None = None,
+    hidden_seeds: list[int] | None = None,
+    attempts: tuple[int, int] | None = None,
 ) -> StoreResult:
     """Store an answer, deciding its status before any grading.
 
@@ -124,7 +159,11 @@ def store_submission_once(
 
     Everything the decision depends on is read inside the write transaction
     (``write_transaction``: on SQLite it holds the write lock from here to the
-    caller's commit, so keep that short).
+    caller's commit, so keep that short). ``window``: the student's window, if the
+    caller read their extension inside this same write transaction already.
+    ``hidden_seeds``: stored with a pending submission (the hidden instances it is
+    checked on), in the same INSERT. ``attempts``: the user's (count, highest attempt
+    number) at the problem, if the caller read them inside this write transaction.
     """
     write_transaction(session)
     if client_key is not None:
@@ -132,7 +171,8 @@ def store_submission_once(
         if earlier is not None:
             return StoreResult(earlier, False, None)
     assignment = assignment_problem.assignment
-    window = student_window(session, user.id, assignment, now)
+    if window is None:
+        window = student_window(session, user.id, assignment, now)
 
     def new(status: SubmissionStatus, attempt: int | None,
             refused: str | None = None) -> Submission:
@@ -141,6 +181,7 @@ def store_submission_once(
             # The object, not only its id: the response reads the problem and its
             # assignment from it, with no query (and no transaction) to load them.
             assignment_problem=assignment_problem,
+            assignment_problem_id=assignment_problem.id,
             instance_id=instance.id,
             answer=answer,
             kind=kind,
@@ -151,23 +192,25 @@ def store_submission_once(
             client_ip=client_ip,
             client_key=client_key,
             result_json=None if refused is None else dumps({"refused": refused}),
+            hidden_seeds_json=(dumps(hidden_seeds) if status == SubmissionStatus.PENDING
+                               and hidden_seeds is not None else None),
+            score=None,
+            graded_at=None,
         )
 
     def insert(submission: Submission, used: int | None = None) -> StoreResult | None:
         """The row stored, an earlier one with the same client key, or None (a collision)."""
-        try:
-            with session.begin_nested():
-                session.add(submission)
-        except IntegrityError:  # the savepoint rollback discards the row
-            if client_key is not None:
-                earlier = find_by_client_key(session, user.id, assignment_problem.id, client_key)
-                if earlier is not None:
-                    # the same click, stored by a concurrent request
-                    return StoreResult(earlier, False, None)
-            if submission.attempt is None:
-                raise
-            return None
-        return StoreResult(submission, True, used, window)
+        if _insert_unless_taken(session, submission):
+            return StoreResult(submission, True, used, window)
+        if client_key is not None:
+            earlier = find_by_client_key(session, user.id, assignment_problem.id, client_key)
+            if earlier is not None:
+                # the same click, stored by a concurrent request
+                return StoreResult(earlier, False, None)
+        if submission.attempt is None:  # only a client key can collide: it went meanwhile
+            raise Conflict("submission: stored at the same moment by another request and "
+                           "gone again; send it again")
+        return None
 
     if not window.accepting:
         stored = insert(new(SubmissionStatus.REFUSED, None, window.message))
@@ -179,13 +222,19 @@ def store_submission_once(
         return stored
     limit = assignment.max_attempts
     for _ in range(MAX_ALLOCATION_TRIES):
-        used = used_attempts(session, user.id, assignment_problem.id)
-        if limit is not None and len(used) >= limit:
+        if attempts is not None and attempts[0] == attempts[1]:
+            # n attempts numbered up to n: 1..n are all taken, no gap to reuse
+            count, number = attempts[0], attempts[0] + 1
+        else:
+            used = used_attempts(session, user.id, assignment_problem.id)
+            count, number = len(used), _lowest_free(used)
+        attempts = None  # after a collision, look again
+        if limit is not None and count >= limit:
             reason = f"no attempts left: all {limit} attempts at this problem are used"
-            stored = insert(new(SubmissionStatus.REFUSED, None, reason), len(used))
+            stored = insert(new(SubmissionStatus.REFUSED, None, reason), count)
             assert stored is not None
             return stored
-        stored = insert(new(SubmissionStatus.PENDING, _lowest_free(used)), len(used) + 1)
+        stored = insert(new(SubmissionStatus.PENDING, number), count + 1)
         if stored is not None:
             return stored
         # another request took this number first; look again

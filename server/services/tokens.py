@@ -6,7 +6,7 @@ import datetime as dt
 import hashlib
 import secrets
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, joinedload
 
 from server.db import write_transaction
@@ -64,15 +64,20 @@ def revoke_token(session: Session, user: User, token_id: int) -> ApiToken:
     return row
 
 
+# Built once: this runs on every API request, and building the statement (and its
+# cache key) each time cost more than running it.
+_TOKEN_WITH_USER = (
+    select(ApiToken)
+    .options(joinedload(ApiToken.user))  # one query per API request, not two
+    .where(ApiToken.token_hash == bindparam("token_hash"))
+)
+
+
 def user_for_token(session: Session, token: str) -> User | None:
     """The owner of an active token, recording its use; None if unknown or revoked."""
     if not token or len(token) > 200:
         return None
-    row = session.scalar(
-        select(ApiToken)
-        .options(joinedload(ApiToken.user))  # one query per API request, not two
-        .where(ApiToken.token_hash == hash_token(token))
-    )
+    row = session.scalar(_TOKEN_WITH_USER, {"token_hash": hash_token(token)})
     if row is None or row.revoked_at is not None:
         return None
     now = utcnow()

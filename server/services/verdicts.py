@@ -124,10 +124,13 @@ def _compute_steps(spec_text: str, choices_json: str) -> dict[str, int]:
 # --- writing -----------------------------------------------------------------------
 
 
-def record_verdicts(session: Session, submission: Submission) -> None:
-    """Make the submission's rows match its status and result (flush only)."""
-    session.execute(delete(SubmissionVerdict).where(
-        SubmissionVerdict.submission_id == submission.id))
+def record_verdicts(session: Session, submission: Submission, *, first: bool = False) -> None:
+    """Make the submission's rows match its status and result (flush only). ``first``:
+    its first verdict, recorded as it leaves ``pending`` (no row has one before: a
+    submission never returns to pending), so there are no rows to delete."""
+    if not first:
+        session.execute(delete(SubmissionVerdict).where(
+            SubmissionVerdict.submission_id == submission.id))
     result = submission.result
     if submission.status != SubmissionStatus.GRADED or not isinstance(result, dict):
         return
@@ -141,5 +144,5 @@ def record_verdicts(session: Session, submission: Submission) -> None:
             steps = model_steps(*row)
     rows = verdict_rows(submission.id, submission.user_id, submission.assignment_problem_id,
                         result, submission.answer, steps)
-    if rows:
-        session.execute(insert(SubmissionVerdict), rows)
+    if rows:  # the table's INSERT (executemany), not the ORM's bulk path: plain rows
+        session.execute(insert(SubmissionVerdict.__table__), rows)

@@ -8,6 +8,7 @@ import json
 import threading
 
 import pytest
+from sqlalchemy import select
 
 from server.models import Submission, User
 from server.services import feedback, grading, submissions
@@ -321,22 +322,32 @@ def test_hidden_instances_are_drawn_per_submission_and_stored(session, engine_ba
     answer = _model_answer(session, engine_bank, student, hw, "mlp-relu-numpy")
     seen_dims: list[list[tuple[int, ...]]] = []
 
+    stored_while_graded: list[set[str | None]] = []
+
     def recording_sandbox(source, calls, **kwargs):
         from server.sandbox import run_job
 
         seen_dims[-1].extend(tuple(call["W1"].shape) for call in calls)
+        # The pending row, as committed before grading, already carries its seeds.
+        with session.get_bind().connect() as connection:
+            stored_while_graded[-1].add(connection.scalar(
+                select(Submission.hidden_seeds_json).order_by(Submission.id.desc()).limit(1)))
         return run_job(source, calls, **kwargs)
 
     subs = []
     for _ in range(2):
         seen_dims.append([])
+        stored_while_graded.append(set())
         subs.append(_submit(session, engine_bank, student, hw, "mlp-relu-numpy", answer,
                             run_job=recording_sandbox).submission)
     first, second = subs
     assert first.score == second.score == 1.0
     assert len(first.hidden_seeds) == len(second.hidden_seeds) == grading.HIDDEN_INSTANCES
     assert first.hidden_seeds != second.hidden_seeds
-    assert first.hidden_seeds == grading.draw_hidden_seeds(SECRET, first.id, first.instance.seed)
+    # Drawn from the secret and a nonce before the row was stored, and stored with it.
+    assert all(0 <= seed < 2**31 for seed in first.hidden_seeds + second.hidden_seeds)
+    assert [[json.loads(text) for text in texts] for texts in stored_while_graded] == [
+        [first.hidden_seeds], [second.hidden_seeds]]
     # The same own instance, other hidden instances for each submission; one
     # instance per sandbox job (the jobs of one submission run concurrently).
     from server.engine.instance import ArrayInstance, draw_hidden_instances
@@ -504,3 +515,23 @@ def test_feedback_groups_loop_steps_and_keeps_errors_past_the_last_line():
     lines = feedback.annotated_lines("for t in range(3):\n    dz1[t] = -dz2[t]", result)
     assert lines[1]["messages"] == ["dz1[0], dz1[1], dz1[2]: wrong sign"]
     assert feedback.general_errors(result, "a\nb") == ["time limit", "eof"]
+
+
+@pytest.mark.usefixtures("db_backend")
+def test_an_attempt_number_given_back_is_taken_again(session, engine_bank, people,
+                                                     make_assignment):
+    """The store reads the attempts' count and highest number with the problem; a gap
+    (an attempt given back below a used one) makes it look at the numbers themselves."""
+    student, _, course = people
+    hw = make_assignment(session, course, problems=("mlp-relu",), max_attempts=3)
+    first, second = (_submit(session, engine_bank, student, hw, "mlp-relu",
+                             "dz7 = doutput").submission for _ in range(2))
+    assert (first.attempt, second.attempt) == (1, 2)
+    first.attempt = None  # given back, as an invalid answer's or our error's is
+    session.commit()
+    third = _submit(session, engine_bank, student, hw, "mlp-relu", "dz7 = doutput")
+    assert (third.submission.attempt, third.attempts_left) == (1, 1)
+    fourth = _submit(session, engine_bank, student, hw, "mlp-relu", "dz7 = doutput")
+    assert (fourth.submission.attempt, fourth.attempts_left) == (3, 0)
+    fifth = _submit(session, engine_bank, student, hw, "mlp-relu", "dz7 = doutput")
+    assert fifth.submission.status == "refused" and fifth.attempts_left == 0

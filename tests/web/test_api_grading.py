@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+import collections
 
+import pytest
+from sqlalchemy import event
+
+from server.db import get_engine
 from server.services import tokens
 
 from .flow import model_answer, stored
@@ -240,3 +244,44 @@ def test_ids_beyond_the_database_range_are_404_not_500(client, api, path):
     for response in (client.get(url, headers=_auth(api)),
                      client.post(url, headers=_auth(api), json={"answer": "dz7 = doutput"})):
         assert response.status_code in (404, 405) and response.is_json
+
+
+# --- SQL statements per submission: a count, not a time ---------------------------------
+
+# A graded submission, its instance drawn: the token with its user, the rate counter's
+# one statement, the problem with its assignment, the instance, the extension and the
+# attempts, the INSERT (no savepoint), the verdict's conditional UPDATE and the verdict
+# rows' INSERT. bench/bench_submit_path.py prints the same counts (13 before this guard).
+MAX_STATEMENTS = 6
+
+
+def _statements(app, send):
+    seen: collections.Counter[str] = collections.Counter()
+
+    def on_execute(conn, cursor, statement, parameters, context, executemany):
+        if " ".join(statement.split()).upper().startswith("DELETE FROM RATE_COUNTERS"):
+            return  # the counters' sweep of expired windows: once a minute, not per request
+        seen[statement.lstrip().split(None, 1)[0].upper()] += 1
+
+    engine = get_engine(app)
+    event.listen(engine, "before_cursor_execute", on_execute)
+    try:
+        response = send()
+    finally:
+        event.remove(engine, "before_cursor_execute", on_execute)
+    return response, seen
+
+
+@pytest.mark.parametrize("problem_id", ["mlp-relu", "mlp-relu-numpy"])
+def test_a_graded_submission_over_the_api_sends_at_most_six_sql_statements(
+        app, client, app_session, engine_bank, api, problem_id):
+    client.get(_url(api["hw"], problem_id), headers=_auth(api))  # draws the instance
+    answer = model_answer(app_session, engine_bank, "student1@example.edu", problem_id)
+    for attempt in (1, 2):  # the first submission, and one after it
+        response, seen = _statements(app, lambda: _post(client, api, answer,
+                                                        problem_id=problem_id))
+        assert response.status_code == 201, response.json
+        assert response.json["score"] == 1.0 and response.json["attempt"] == attempt
+        assert response.json["attempts_left"] == 2 - attempt
+        assert sum(seen.values()) <= MAX_STATEMENTS, dict(seen)
+        assert not {"SAVEPOINT", "DELETE"} & set(seen), dict(seen)
