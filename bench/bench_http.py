@@ -57,7 +57,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if os.environ.get("PYTHONPATH"):  # another tree under test (a before run): it comes first
+    sys.path.append(str(ROOT))
+else:
+    sys.path.insert(0, str(ROOT))
 
 HOST = "127.0.0.1"  # loopback only
 PROBLEMS = {"equations": "mlp-relu", "numpy": "mlp-relu-numpy"}
@@ -137,12 +140,18 @@ def model_answers() -> dict[str, str]:
 
 def start_server(env: dict[str, str], port: int, workers: int, threads: int,
                  log_path: Path) -> subprocess.Popen:
+    import server
+
     nabla = Path(sys.executable).with_name("nabla")
+    # `nabla serve` runs `python -m gunicorn`, which puts its working folder first on
+    # sys.path: start it in the tree whose code is under test (PYTHONPATH's, or this one).
+    tree = Path(server.__file__).resolve().parents[1]
+    print(f"server code: {tree}", file=sys.stderr)
     log = log_path.open("wb")
     process = subprocess.Popen(
         [str(nabla), "serve", "--bind", f"{HOST}:{port}", "--workers", str(workers),
          "--threads", str(threads)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
