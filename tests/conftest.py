@@ -74,10 +74,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 # Tests that must share one worker, by where they are. The browser tests share one
 # ``nabla serve`` with the demo course (several change its scores) and one Chromium, which
-# cost ~20 s of CPU to start, and they write their screenshots to one folder. (Not with
+# cost ~20 s of CPU to start, and they write their screenshots to one folder. The modules
+# below make something costly once per module (the golden corpus ~10 s, a served site,
+# judges): spread over the workers, each would make it again (and again after every
+# test of another module in between), so each module runs whole on one worker. (Not with
 # ``xdist_group`` marks: pytest-xdist 3.8 groups by rewriting ``item._nodeid``, which
 # pytest 9 no longer reads, so the marks group nothing; the scheduler below does.)
-XDIST_GROUPS = {"tests/browser/": "browser"}
+XDIST_GROUPS = {
+    "tests/browser/": "browser",
+    "tests/golden/test_golden.py": "golden",
+    "tests/web/test_sandbox_attacks_http.py": "sandbox-attacks-http",
+    "tests/services/test_grading.py": "misbehaving-judge",
+    "tests/judge/test_judge.py": "judges",
+    "tests/grading/test_numpy_feedback.py": "numpy-feedback",
+}
 
 # The modules with the longest tests (a serial run's ``--durations``): a worker starts on
 # them first, so that none is left running alone at the end of a parallel run.
