@@ -34,10 +34,14 @@ demo: $(STAMP)
 
 AXE := build/axe/node_modules/axe-core/axe.min.js
 
+# The suite runs on TEST_WORKERS pytest-xdist workers (more than the cores: many tests wait
+# on servers they start); `make test TEST_WORKERS=0` runs it serially, in one process.
+TEST_WORKERS ?= 4
+
 test: $(DEVSTAMP) /usr/bin/chromium $(AXE)
 	$(BIN)/ruff check server tests bench
 	$(BIN)/nabla problems check
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The browser tests (tests/browser) drive Debian's Chromium; never a browser Playwright downloads.
 /usr/bin/chromium:

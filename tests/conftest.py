@@ -70,6 +70,70 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("db_backend", names, indirect=True, scope="session")
 
 
+# --- parallel runs (pytest-xdist: ``make test`` runs ``-n 4 --dist loadgroup``) -----------
+
+# Tests that must share one worker, by where they are. The browser tests share one
+# ``nabla serve`` with the demo course (several change its scores) and one Chromium, which
+# cost ~20 s of CPU to start, and they write their screenshots to one folder. The modules
+# below make something costly once per module (the golden corpus ~10 s, a served site,
+# judges): spread over the workers, each would make it again (and again after every
+# test of another module in between), so each module runs whole on one worker. (Not with
+# ``xdist_group`` marks: pytest-xdist 3.8 groups by rewriting ``item._nodeid``, which
+# pytest 9 no longer reads, so the marks group nothing; the scheduler below does.)
+XDIST_GROUPS = {
+    "tests/browser/": "browser",
+    "tests/golden/test_golden.py": "golden",
+    "tests/web/test_sandbox_attacks_http.py": "sandbox-attacks-http",
+    "tests/services/test_grading.py": "misbehaving-judge",
+    "tests/judge/test_judge.py": "judges",
+    "tests/grading/test_numpy_feedback.py": "numpy-feedback",
+}
+
+# The modules with the longest tests (a serial run's ``--durations``): a worker starts on
+# them first, so that none is left running alone at the end of a parallel run.
+LONGEST_FIRST = (
+    "tests/test_bench_table.py", "tests/web/test_recovery_live.py",
+    "tests/web/test_limits_live.py", "tests/test_wheel.py", "tests/services/test_regrade.py",
+    "tests/services/test_recovery.py", "tests/web/test_burst.py", "tests/cli/test_cli.py",
+    "tests/engine/test_mutant_fuzz.py", "tests/web/test_bank_two_servers.py",
+    "tests/web/test_postgres_restart.py", "tests/golden/test_golden.py",
+    "tests/engine/test_answer_fuzz.py", "tests/web/test_judge_serve.py",
+    "tests/web/test_faults.py", "tests/web/test_two_servers.py", "tests/engine/test_mutants.py",
+)
+
+
+def xdist_scope(nodeid: str) -> str:
+    """The unit of work a parallel run hands to one worker: a group, or one test."""
+    for where, group in XDIST_GROUPS.items():
+        if nodeid.startswith(where):
+            return group
+    return nodeid
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup``: each test alone, except the groups above (the largest
+    group first, then the tests in the order the workers collected them)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope(nodeid)
+
+    return GroupScheduling(config, log)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest has grouped the tests by backend
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On an xdist worker, the order it reports is the order the tests are handed out
+    in: the longest first (a stable sort keeps the rest in pytest's order). A serial
+    run keeps pytest's order."""
+    if hasattr(config, "workerinput"):
+        rank = {module: i for i, module in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
+
 @pytest.fixture(scope="session")
 def db_backend(request: pytest.FixtureRequest) -> str:
     return request.param
@@ -241,9 +305,9 @@ def fast_password_hashing() -> Iterator[None]:
     """Argon2's cheapest parameters: the tests check behaviour, not hash cost."""
     from server.services import passwords
 
-    passwords.use_profile("cheapest")
+    previous = passwords.use_profile("cheapest")
     yield
-    passwords.use_profile("default")
+    passwords.use_profile(previous)
 
 
 @pytest.fixture

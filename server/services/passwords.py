@@ -13,16 +13,21 @@ _PROFILES = {
     # For tests only: the cheapest parameters argon2 accepts.
     "cheapest": profiles.CHEAPEST,
 }
-_hasher = PasswordHasher.from_parameters(_PROFILES["default"])
+_profile = "default"
+_hasher = PasswordHasher.from_parameters(_PROFILES[_profile])
 # Verified against when the email is unknown, so that a login attempt takes
 # as long for an unknown email as for a wrong password.
 _dummy_hash = _hasher.hash("not a real password")
 
 
-def use_profile(name: str) -> None:
-    global _hasher, _dummy_hash
+def use_profile(name: str) -> str:
+    """Hash with the named parameters from now on; returns the name of those it replaces
+    (for whoever changed them to put them back)."""
+    global _profile, _hasher, _dummy_hash
+    previous, _profile = _profile, name
     _hasher = PasswordHasher.from_parameters(_PROFILES[name])
     _dummy_hash = _hasher.hash("not a real password")
+    return previous
 
 
 def hash_password(password: str) -> str:

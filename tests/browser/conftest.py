@@ -5,6 +5,11 @@ database with the demo course (``nabla db upgrade``, ``nabla demo``). Chromium
 is /usr/bin/chromium (``make test`` installs it with apt-get); a test that
 needs it fails when it is missing, it never skips. Playwright never downloads
 a browser here.
+
+In a parallel run (pytest-xdist) every browser test runs on one worker
+(``XDIST_GROUPS`` in tests/conftest.py): they share that server, whose demo scores
+several of them change, and that browser, and they write their screenshots to one
+folder.
 """
 
 from __future__ import annotations

@@ -150,7 +150,7 @@ def api_outputs() -> str:
     from server.services.courses import create_course, enroll
 
     bank = load_bank()
-    passwords.use_profile("cheapest")
+    previous = passwords.use_profile("cheapest")  # put back after: tests run after this
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/golden.sqlite3"
@@ -186,7 +186,7 @@ def api_outputs() -> str:
             out.append(f"GET submission 1 [{one.status_code}]\n{_mask(one.json)}\n")
         finally:
             get_engine(app).dispose()
-            passwords.use_profile("default")
+            passwords.use_profile(previous)
     return "".join(out)
 
 

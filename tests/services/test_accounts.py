@@ -79,11 +79,11 @@ def test_login_session_id_ends_with_a_password_change(session, make_user):
 def test_outdated_hash_parameters_are_upgraded_on_login(session, make_user):
     user = make_user(session, password="the right password")
     old_hash = user.password_hash
-    passwords.use_profile("default")
+    previous = passwords.use_profile("default")
     try:
         assert accounts.authenticate(session, user.email, "the right password") is user
         assert user.password_hash != old_hash
         assert not passwords.needs_rehash(user.password_hash)
     finally:
-        passwords.use_profile("cheapest")
+        passwords.use_profile(previous)
     assert session.get(User, user.id).password_hash == user.password_hash
