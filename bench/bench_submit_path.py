@@ -43,6 +43,7 @@ else:
     sys.path.insert(0, str(ROOT))
 
 from bench_http import BENCH_SUBMIT_RATE, PROBLEMS, model_answers, prepare_data  # noqa: E402
+from common import Rows, add_json_argument  # noqa: E402
 
 if os.environ.get("PYTHONPATH"):  # bench_http put this tree first again
     sys.path[:] = [p for p in sys.path if p != str(ROOT)] + [str(ROOT)]
@@ -86,7 +87,7 @@ def measure(client, engine, path: str, headers: dict, body: bytes, count: int,
         event.remove(engine, "before_cursor_execute", on_execute)
         event.remove(engine, "commit", on_commit)
     return {"cpu_ms": (time.process_time() - cpu_before) / count * 1e3,
-            "p50_ms": statistics.median(latencies),
+            "p50_ms": statistics.median(latencies), "latencies": latencies,
             "statements": sum(statements.values()) / count,
             "by_word": {k: v / count for k, v in sorted(statements.items())},
             "commits": commits[0] / count}
@@ -118,7 +119,10 @@ def main() -> None:
     parser.add_argument("--kinds", default="equations,numpy")
     parser.add_argument("--profile", choices=("cumulative", "tottime"))
     parser.add_argument("--top", type=int, default=30)
+    add_json_argument(parser)
     args = parser.parse_args()
+    rows = Rows("bench_submit_path")
+    backend = "postgresql" if args.postgres else "sqlite"
     kinds = [k for k in args.kinds.split(",") if k]
     if not kinds or any(k not in PROBLEMS for k in kinds):
         parser.error(f"--kinds: a comma-separated list of {', '.join(PROBLEMS)}")
@@ -157,6 +161,11 @@ def main() -> None:
             print(f"{kind:<9} SQL statements per submission {figures['statements']:g} "
                   f"({words}); commits {figures['commits']:g}; CPU of this process "
                   f"{figures['cpu_ms']:.2f} ms; p50 {figures['p50_ms']:.2f} ms")
+            rows.add(f"submit_path.{kind}.{backend}",
+                     f"API submission in the web process ({kind}), test client",
+                     f"{backend}, one after another: {figures['statements']:g} SQL statements,"
+                     f" {figures['commits']:g} commits, CPU {figures['cpu_ms']:.2f} ms each",
+                     n=args.submissions, samples=figures["latencies"])
             if profiler is not None:
                 out = io.StringIO()
                 stats = pstats.Stats(profiler, stream=out)
@@ -169,6 +178,7 @@ def main() -> None:
                     for name, seconds in by_package(stats)))
         print(f"load average {os.getloadavg()[0]:.2f}")
         engine.dispose()
+        rows.write(args.json)
     finally:
         if args.postgres:
             scratch_db.drop_postgres_database(args.postgres, url)

@@ -58,6 +58,7 @@ BENCHES: dict[str, tuple[list[str], list[str], tuple[str, ...] | None]] = {
     "bench_pages.py": (["--requests", "100"], ["--requests", "3"], None),
     "bench_preview.py": (["--requests", "100"],
                          ["--requests", "3", "--seeds", "2", "--workers", "1"], None),
+    "bench_submit_path.py": (["--submissions", "150"], ["--submissions", "3"], BOTH),
     "bench_http.py": (["--clients", "1", "--requests", "200", "--seconds", "20",
                        "--first", "20"],
                       ["--clients", "1", "--requests", "5", "--seconds", "5", "--first", "1",
