@@ -60,6 +60,11 @@ _EXTENSION = "nabla_db"
 SQLITE_BEGIN = "nabla_sqlite_begin"
 _BEGUN = "nabla_begun"  # connection info: (mode, total_changes at BEGIN)
 READS_FIRST_ATTRIBUTE = "nabla_reads_first"
+# Execution option: how long (ms) a SQLite transaction waits for the write lock at BEGIN.
+# A request waits SQLITE_BUSY_TIMEOUT_MS (then a 503 with Retry-After); background work,
+# on which nobody waits, waits longer (patient_engine) rather than failing its job.
+SQLITE_LOCK_WAIT = "nabla_sqlite_lock_wait_ms"
+BACKGROUND_LOCK_WAIT_MS = 60_000
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -169,15 +174,17 @@ def _begin_immediate(connection: Any, dbapi_connection: Any) -> None:
     100 ms... between tries: a writer that arrives while another holds the
     lock for 2 ms can sleep for 30 ms. Here the busy timeout is off while
     trying BEGIN IMMEDIATE, and the wait is a loop of naps of 0.2 ms growing
-    to 2 ms, for the same SQLITE_BUSY_TIMEOUT_MS in all. (Nothing else in a
+    to 2 ms, for SQLITE_BUSY_TIMEOUT_MS in all (BACKGROUND_LOCK_WAIT_MS for
+    patient_engine's connections). (Nothing else in a
     transaction that began IMMEDIATE waits for the write lock; readers, and
     statements outside transactions, keep SQLite's busy timeout.)
     """
     import sqlite3
 
+    wait_ms = connection.get_execution_options().get(SQLITE_LOCK_WAIT, SQLITE_BUSY_TIMEOUT_MS)
     dbapi_connection.execute("PRAGMA busy_timeout=0")
     try:
-        deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+        deadline = time.monotonic() + wait_ms / 1000
         nap = 0.0002
         while True:
             try:
@@ -270,6 +277,15 @@ def is_busy_error(error: BaseException) -> bool:
     from sqlalchemy.exc import OperationalError
 
     return isinstance(error, OperationalError) and "database is locked" in str(error.orig)
+
+
+def patient_engine(engine: Engine) -> Engine:
+    """The same engine (pool, events) for background work: on SQLite its transactions
+    wait up to BACKGROUND_LOCK_WAIT_MS for the write lock, where a request's give up
+    after SQLITE_BUSY_TIMEOUT_MS. Nothing changes on other databases."""
+    if engine.dialect.name != "sqlite":
+        return engine
+    return engine.execution_options(**{SQLITE_LOCK_WAIT: BACKGROUND_LOCK_WAIT_MS})
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

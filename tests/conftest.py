@@ -110,6 +110,7 @@ def xdist_scope(nodeid: str) -> str:
     return nodeid
 
 
+@pytest.hookimpl(optionalhook=True)  # `-p no:xdist` runs without it
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """``--dist loadgroup``: each test alone, except the groups above (the largest
     group first, then the tests in the order the workers collected them)."""

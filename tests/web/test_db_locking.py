@@ -184,6 +184,50 @@ def test_a_writer_that_cannot_get_the_lock_gives_up_with_a_busy_error(tmp_path,
         engine.dispose()
 
 
+def test_background_work_waits_for_the_lock_past_a_requests_busy_timeout(tmp_path,
+                                                                          monkeypatch):
+    """A job's transactions (server.db.patient_engine, used by services.jobs.run_chunk)
+    wait for the write lock longer than a request's: under load a recovery job once
+    failed with "database is locked" after the request's 5 s."""
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    monkeypatch.setattr(db, "BACKGROUND_LOCK_WAIT_MS", 20_000)
+    engine = make_engine(f"sqlite:///{tmp_path / 'patient.sqlite3'}")
+    patient = db.patient_engine(engine)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("CREATE TABLE t (x INTEGER)"))
+        holding, outcome = threading.Event(), []
+
+        def hold() -> None:
+            with engine.begin() as holder:
+                holder.execute(text("INSERT INTO t VALUES (1)"))  # holds the write lock
+                holding.set()
+                time.sleep(1.0)  # five times the request's timeout
+
+        def write(which) -> None:
+            started = time.monotonic()
+            try:
+                with which.begin() as writer:
+                    writer.execute(text("INSERT INTO t VALUES (2)"))
+                outcome.append(("written", time.monotonic() - started))
+            except OperationalError as exc:
+                outcome.append(("busy" if db.is_busy_error(exc) else str(exc), 0))
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        holding.wait(10)
+        write(engine)  # a request's: gives up
+        write(patient)  # a job's: waits until the holder commits
+        holder.join(10)
+        assert outcome[0][0] == "busy"
+        assert outcome[1][0] == "written" and outcome[1][1] > 0.2, outcome
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM t")).scalar() == 2
+            assert connection.execute(text("PRAGMA busy_timeout")).scalar() == 200
+    finally:
+        engine.dispose()
+
+
 def test_writers_queue_for_the_lock_instead_of_failing(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'queue.sqlite3'}")
     try:
