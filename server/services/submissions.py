@@ -95,13 +95,27 @@ _INSERT_UNLESS_TAKEN = {
     for name, make_insert in (("postgresql", postgresql_insert), ("sqlite", sqlite_insert))}
 
 
+def _value_or_default(submission: Submission, name: str) -> Any:
+    """The attribute, or the column's default where it is unset: every column is a
+    parameter of the prebuilt INSERT, so no default would apply by itself."""
+    value = getattr(submission, name)
+    default = Submission.__table__.c[name].default
+    if value is None and default is not None and default.is_scalar:
+        value = default.arg
+    elif value is None and default is not None and default.is_callable:
+        value = default.arg(None)  # type: ignore[operator]  (wrapped: takes a context)
+    if value is not None:
+        setattr(submission, name, value)
+    return value
+
+
 def _insert_unless_taken(session: Session, submission: Submission) -> bool:
     """INSERT a new submission's row unless one of its UNIQUE keys (attempt number, client
     key) is taken: ``INSERT ... ON CONFLICT DO NOTHING RETURNING id``, one statement and no
     savepoint (a failed statement would end a PostgreSQL transaction without one). True
     when stored: the object is then in the session as stored, every column loaded.
     Any other integrity error (a row it refers to deleted meanwhile) is a Conflict."""
-    values = {name: getattr(submission, name) for name in _INSERTED}
+    values = {name: _value_or_default(submission, name) for name in _INSERTED}
     try:
         new_id = session.execute(_INSERT_UNLESS_TAKEN[session.get_bind().dialect.name],
                                  values).scalar()

@@ -129,3 +129,15 @@ def test_factories_feed_the_dashboard_status(session, make_user, make_course, ma
     make_submission(session, student, ap, score=0.75)
     (status,) = student_assignments(session, student, utcnow())
     assert status.problems[0].attempts_used == 2 and status.score == 0.75
+
+
+def test_a_new_row_gets_the_column_defaults_of_what_is_left_unset(session, setup):
+    """The prebuilt INSERT names every column: an attribute left unset still gets its
+    column's default (``late`` False, ``created_at`` now, ``status`` pending), not NULL."""
+    student, ap, instance = setup
+    row = Submission(user_id=student.id, assignment_problem_id=ap.id, instance_id=instance.id,
+                     answer="dx = 1", kind="equations", attempt=1)
+    assert submissions._insert_unless_taken(session, row)
+    session.expire(row)
+    assert (row.status, row.late) == ("pending", False)
+    assert row.created_at is not None
