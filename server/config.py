@@ -161,15 +161,45 @@ def judge_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
     """``NABLA_JUDGE_POOL`` processes per app process (2), ``NABLA_JUDGE_TIMEOUT_S``
     before a grading is stopped (5), ``NABLA_JUDGE_MEMORY_MB`` per process (512)."""
     env = os.environ if environ is None else environ
-    raw = env.get("NABLA_JUDGE_TIMEOUT_S") or "5"
+    return {"size": _int_setting(env, "NABLA_JUDGE_POOL", 2, 1),
+            "timeout_s": _timeout_setting(env, "NABLA_JUDGE_TIMEOUT_S", 5.0),
+            "memory_mb": _int_setting(env, "NABLA_JUDGE_MEMORY_MB", 512, 64)}
+
+
+def spec_judge_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """A spec's work for staff (check, save, preview, try an answer, draw statistics,
+    ``nabla problems check`` and ``sync``): ``NABLA_SPEC_POOL`` processes per app
+    process (1), stopped after ``NABLA_SPEC_TIMEOUT_S`` (10) or beyond
+    ``NABLA_SPEC_MEMORY_MB`` (512), at niceness 10 so that web workers come first. A
+    request that finds them busy waits a quarter of a second at most, then is refused
+    (it never waits long in a web thread): a worker's other threads stay free."""
+    env = os.environ if environ is None else environ
+    return {"size": _int_setting(env, "NABLA_SPEC_POOL", 1, 1),
+            "timeout_s": _timeout_setting(env, "NABLA_SPEC_TIMEOUT_S", 10.0),
+            "memory_mb": _int_setting(env, "NABLA_SPEC_MEMORY_MB", 512, 64), "nice": 10,
+            "wait_s": 0.25}
+
+
+def draw_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """A student's draw (their instance on a first visit, a regrade's redraw, a numpy
+    answer's hidden instances), in the grading pool: ``NABLA_DRAW_TIMEOUT_S`` (5) and
+    ``NABLA_DRAW_MEMORY_MB`` (256). A spec is saved only if each of its check draws
+    took at most half the time (``draw_limit_s``)."""
+    env = os.environ if environ is None else environ
+    timeout = _timeout_setting(env, "NABLA_DRAW_TIMEOUT_S", 5.0)
+    return {"timeout_s": timeout, "memory_mb": _int_setting(env, "NABLA_DRAW_MEMORY_MB", 256, 64),
+            "draw_limit_s": timeout / 2}
+
+
+def _timeout_setting(env: dict[str, str] | Any, name: str, default: float) -> float:
+    raw = env.get(name) or str(default)
     try:
         timeout = float(raw)
     except ValueError:
-        raise ConfigError(f"NABLA_JUDGE_TIMEOUT_S must be a number, got {raw!r}") from None
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
     if not 0.1 <= timeout <= 600:
-        raise ConfigError(f"NABLA_JUDGE_TIMEOUT_S must be between 0.1 and 600, got {raw}")
-    return {"size": _int_setting(env, "NABLA_JUDGE_POOL", 2, 1), "timeout_s": timeout,
-            "memory_mb": _int_setting(env, "NABLA_JUDGE_MEMORY_MB", 512, 64)}
+        raise ConfigError(f"{name} must be between 0.1 and 600, got {raw}")
+    return timeout
 
 
 def job_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
@@ -282,6 +312,8 @@ def load_settings(
         "NABLA_LOGIN_ADDRESS_RATE": _rate_setting(
             env, "NABLA_LOGIN_ADDRESS_RATE", DEFAULT_LOGIN_ADDRESS_RATE, False),
         "NABLA_JUDGE": judge_settings(env),
+        "NABLA_SPEC_JUDGE": spec_judge_settings(env),
+        "NABLA_DRAW": draw_settings(env),
         "NABLA_JOBS": job_settings(env),
         "NABLA_RECOVER": recovery_settings(env),
     } | overrides

@@ -86,6 +86,8 @@ XDIST_GROUPS = {
     "tests/web/test_sandbox_attacks_http.py": "sandbox-attacks-http",
     "tests/services/test_grading.py": "misbehaving-judge",
     "tests/judge/test_judge.py": "judges",
+    "tests/judge/test_spec_tasks.py": "spec-judges",
+    "tests/web/test_spec_attacks_live.py": "spec-attacks-live",
     "tests/grading/test_numpy_feedback.py": "numpy-feedback",
 }
 
