@@ -26,7 +26,7 @@ from server.services.assignments import (
     assignment_problem_for,
     student_assignments,
 )
-from server.services.errors import Conflict, Forbidden, NotFound, Unavailable, ValidationError
+from server.services.errors import Conflict, Forbidden, NotFound, ValidationError
 from server.services.feedback import submission_summary
 from server.services.limits import (
     CheckRateLimited,
@@ -122,8 +122,6 @@ def problem(assignment_id: int, problem_id: str) -> Response:
             bank=get_bank_for_students(), secret=instance_secret(), now=utcnow())
     except NotFound as exc:
         abort(404, str(exc))
-    except Unavailable as exc:
-        abort(503, str(exc))
     end_transaction()  # the rest is JSON from loaded data
     document = ws.document
     return jsonify(
@@ -198,8 +196,6 @@ def _service_errors() -> Iterator[None]:
         abort(400, str(exc))
     except Conflict as exc:  # too many racing submissions: nothing stored, send again
         abort(409, str(exc))
-    except Unavailable as exc:
-        abort(503, str(exc))
 
 
 STATUS_CODES = {

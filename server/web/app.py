@@ -14,6 +14,7 @@ from werkzeug.routing import IntegerConverter
 from server import db
 from server.config import PACKAGE_DIR, load_settings, parse_rate
 from server.engine.render import statement_html
+from server.services.errors import Unavailable
 from server.services.limits import CountersUnavailable, Limiter, Rate, make_limiter
 
 csrf = CSRFProtect()
@@ -206,6 +207,12 @@ def _register_error_handlers(app: Flask) -> None:
             render_template("error.html", code=code, title=error.name, message=error.description),
             code,
         )
+
+    @app.errorhandler(Unavailable)
+    def unavailable(error: Unavailable) -> Any:
+        """A service that cannot do it now (a busy spec checker, a problem that cannot be
+        drawn): 503 with the service's message and Retry-After; nothing was done."""
+        return _busy_response(str(error))
 
     @app.errorhandler(CountersUnavailable)
     def counters_unavailable(error: CountersUnavailable) -> Any:

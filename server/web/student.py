@@ -97,8 +97,6 @@ def _open(assignment_id: int, problem_id: str) -> workspace.ProblemWorkspace:
             bank=get_bank_for_students(), secret=instance_secret(), now=utcnow())
     except NotFound as exc:
         abort(404, str(exc))
-    except Unavailable as exc:
-        abort(503, str(exc))
 
 
 def _render_problem(ws: workspace.ProblemWorkspace, form: AnswerForm | None = None,
@@ -159,8 +157,6 @@ def submit(assignment_id: int, problem_id: str) -> Any:
             commit=session.commit, client_ip=request.remote_addr)
     except NotFound as exc:
         abort(404, str(exc))
-    except Unavailable as exc:
-        abort(503, str(exc))
     except (ValidationError, Conflict) as exc:
         # Nothing was stored; the page comes back with the text in the box.
         code = (413 if isinstance(exc, grading.AnswerTooLarge)

@@ -220,18 +220,18 @@ def test_a_sandbox_failure_is_503_recorded_and_costs_no_attempt(client, app_sess
 
 def test_a_problem_that_cannot_be_drawn_is_503_naming_it(client, app_session, api, monkeypatch,
                                                          caplog):
-    import server.engine.problem
-    from server.engine.instance import InstanceError
+    from server.judge import Judge
 
-    def broken(spec, seed):
-        raise InstanceError(f"{spec.id}: no acceptable draw")
-
-    monkeypatch.setattr(server.engine.problem, "draw", broken)
+    # draws happen in the judge: one whose processes can draw nothing
+    judge = Judge(size=1, timeout_s=30, tasks="tests.judge.tasks_broken_draws")
+    monkeypatch.setattr("server.judge.get_judge", lambda: judge)
+    monkeypatch.setattr("server.judge.get_spec_judge", lambda: judge)
     response = client.get(_url(api["hw"]), headers=_auth(api))
     assert response.status_code == 503 and "'mlp-relu' cannot be drawn" in response.json["error"]
     response = _post(client, api, "dz7 = doutput")
     assert response.status_code == 503 and stored(app_session) == []
     assert "no acceptable draw" in caplog.text  # the details go to the log, for staff
+    judge.close()
 
 
 @pytest.mark.parametrize("path", [
