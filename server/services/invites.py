@@ -8,10 +8,8 @@ server is needed: the instructor gets the links once (a CSV to mail out, or
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import hashlib
-import io
 import secrets
 from collections.abc import Sequence
 
@@ -20,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from server.db import write_transaction
 from server.models import PasswordInvite, User
-from server.services import accounts
+from server.services import accounts, csvfile
 from server.services.errors import NotFound
 
 INVITE_DAYS = 7
@@ -78,14 +76,13 @@ def redeem_invite(session: Session, token: str, password: str, now: dt.datetime)
 
 def invites_csv(session: Session, users: Sequence[User], base_url: str, now: dt.datetime
                 ) -> str:
-    """``email,name,link`` for ``users``, one new link each: the file to mail out."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["email", "name", "link"])
+    """``email,name,link`` for ``users``, one new link each: the file to mail out
+    (services.csvfile: a name or an email that looks like a formula is escaped)."""
+    rows: list[list[str]] = [["email", "name", "link"]]
     for user in users:
         _, token = create_invite(session, user, now)
-        writer.writerow([user.email, user.name, invite_link(base_url, token)])
-    return buffer.getvalue()
+        rows.append([user.email, user.name, invite_link(base_url, token)])
+    return csvfile.text(rows)
 
 
 def new_account_links(session: Session, emails: Sequence[str], base_url: str,
