@@ -8,7 +8,6 @@ from flask import (
     flash,
     redirect,
     render_template,
-    request,
     url_for,
 )
 from werkzeug.wrappers import Response
@@ -28,6 +27,7 @@ from server.services.invites import new_account_links
 from server.web.access import role_required
 from server.web.bank import get_bank
 from server.web.forms import AssignmentForm, RoleForm, RosterImportForm, to_local, to_utc
+from server.web.links import SiteAddressUnknown, site_url
 
 bp = Blueprint("instructor", __name__, url_prefix="/instructor")
 
@@ -143,6 +143,7 @@ def edit_assignment(course: Course, assignment_id: int) -> Response | tuple[str,
 def import_roster_view(course: Course) -> Response | tuple[str, int]:
     form = RosterImportForm()
     errors: list[str] = []
+    refusal = None
     if form.validate_on_submit():
         text = form.csv_text.data or ""
         upload = form.csv_file.data
@@ -156,23 +157,29 @@ def import_roster_view(course: Course) -> Response | tuple[str, int]:
         if not errors and not text.strip():
             errors.append("csv_file: upload a CSV file or paste its text")
         if not errors:
+            session = get_session()
             try:
-                result = import_roster(get_session(), course, text,
+                result = import_roster(session, course, text,
                                        email_domain=form.email_domain.data or None)
+                # The links start with NABLA_BASE_URL, never the request's Host header.
+                links = (new_account_links(session, result.created, site_url(), utcnow())
+                         if result.created else None)
             except RosterError as exc:
                 errors.extend(exc.errors)
+            except SiteAddressUnknown as exc:
+                session.rollback()  # all or nothing: no accounts without their links
+                refusal = str(exc)
             else:
                 flash(f"Roster imported: {result.summary()}.")
-                if result.created:
+                if links is not None:
                     # Shown this once: the links are stored hashed.
-                    links = new_account_links(get_session(), result.created,
-                                              request.url_root, utcnow())
                     return render_template("instructor/roster_links.html", course=course,
                                            links=links), 201
                 return redirect(url_for("staff.course", course_code=course.code))
-    status = 400 if form.is_submitted() else 200
+    status = 503 if refusal else 400 if form.is_submitted() else 200
     return (
-        render_template("instructor/roster_import.html", course=course, form=form, errors=errors),
+        render_template("instructor/roster_import.html", course=course, form=form, errors=errors,
+                        refusal=refusal),
         status,
     )
 

@@ -12,7 +12,8 @@ pytestmark = pytest.mark.usefixtures("db_backend")
 def cli(database_url, tmp_path, session):
     """Run `nabla ...` against the test database; ``session`` cleans up afterwards."""
     runner = CliRunner()
-    env = {"NABLA_DATABASE_URL": database_url, "NABLA_INSTANCE_PATH": str(tmp_path)}
+    env = {"NABLA_DATABASE_URL": database_url, "NABLA_INSTANCE_PATH": str(tmp_path),
+           "NABLA_BASE_URL": "https://nabla.example.edu"}
 
     def invoke(*args):
         return runner.invoke(main, list(args), env=env, catch_exceptions=False)

@@ -173,6 +173,7 @@ def _roles(app_session):
     return result
 
 
+@pytest.mark.parametrize("app_settings", [{"NABLA_BASE_URL": "https://nabla.example.edu"}])
 def test_roster_import_from_pasted_text(client, course_people, app_session):
     login(client, "instructor@example.edu")
     text = "email,name,role\nnew1@example.edu,New One,student\nta@example.edu,Tom TA,instructor\n"
@@ -180,12 +181,13 @@ def test_roster_import_from_pasted_text(client, course_people, app_session):
     page = response.get_data(as_text=True)
     assert response.status_code == 201  # the new accounts' set-password links, shown once
     assert "1 new accounts, 1 enrolled, 1 role changes, 0 unchanged" in page
-    assert "email,name,link\nnew1@example.edu,New One,http://localhost/set-password/inv_" \
-        in page
+    assert "email,name,link\nnew1@example.edu,New One,https://nabla.example.edu/set-password/" \
+        "inv_" in page
     roles = _roles(app_session)
     assert roles["new1@example.edu"] == "student" and roles["ta@example.edu"] == "instructor"
 
 
+@pytest.mark.parametrize("app_settings", [{"NABLA_BASE_URL": "https://nabla.example.edu"}])
 def test_roster_import_from_an_uploaded_file(client, course_people, app_session):
     login(client, "instructor@example.edu")
     upload = (io.BytesIO(b"\xef\xbb\xbfnew2@example.edu,New Two\n"), "roster.csv")
