@@ -390,6 +390,9 @@ def mark_loopback_bind(bind: str) -> None:
 
 
 def gunicorn_argv(bind: str, workers: int, threads: int, timeout: int) -> list[str]:
+    # The access log has no query strings and no tokens (server.web.access_log).
+    from server.web.access_log import ACCESS_LOG_FORMAT, AccessLogger
+
     return [
         sys.executable, "-m", "gunicorn",
         "--bind", bind,
@@ -398,6 +401,8 @@ def gunicorn_argv(bind: str, workers: int, threads: int, timeout: int) -> list[s
         "--worker-class", "gthread",
         "--timeout", str(timeout),
         "--access-logfile", "-",
+        "--access-logformat", ACCESS_LOG_FORMAT,
+        "--logger-class", f"{AccessLogger.__module__}.{AccessLogger.__qualname__}",
         "server:create_app()",
     ]
 

@@ -277,10 +277,11 @@ def test_canvas_roster_import_is_idempotent_and_new_accounts_get_links(
     assert '"Hopper, Grace",1002,S2,grace,Sec 2,' in canvas
     # The link sets a password once.
     client.post("/logout", data={"csrf_token": csrf_token(client, "/profile")})
-    assert client.get(path).status_code == 200
-    response = client.post(path, data={"new_password": "a brand new password",
-                                       "confirm": "a brand new password",
-                                       "csrf_token": csrf_token(client, path)})
+    opened = client.get(path)
+    assert opened.status_code == 303 and opened.location == "/set-password"
+    response = client.post("/set-password", data={
+        "new_password": "a brand new password", "confirm": "a brand new password",
+        "csrf_token": csrf_token(client, "/set-password")})
     assert response.status_code == 302
     assert client.get("/profile").status_code == 200  # logged in
     assert client.get(path).status_code == 404
