@@ -261,8 +261,9 @@ def courses_import_roster(code: str, csv_file: Any, email_domain: str | None,
     text = csv_file.read()
     links = None
     with _transaction() as session:
+        # The command line is an administrator's shell: staff roles are given at once.
         result = course_service.import_roster(session, _course(session, code), text,
-                                              email_domain=email_domain)
+                                              email_domain=email_domain, actor=None)
         if result.created:
             try:
                 base = site_url()

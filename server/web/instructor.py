@@ -10,10 +10,12 @@ from flask import (
     render_template,
     url_for,
 )
+from flask_login import current_user
 from werkzeug.wrappers import Response
 
 from server.db import get_session
-from server.models import Assignment, Course, utcnow
+from server.models import Assignment, Course, StaffInvitation, utcnow
+from server.services import staff_invitations
 from server.services.assignments import (
     AssignmentDraft,
     ProblemChoice,
@@ -160,7 +162,8 @@ def import_roster_view(course: Course) -> Response | tuple[str, int]:
             session = get_session()
             try:
                 result = import_roster(session, course, text,
-                                       email_domain=form.email_domain.data or None)
+                                       email_domain=form.email_domain.data or None,
+                                       actor=current_user._get_current_object())
                 # The links start with NABLA_BASE_URL, never the request's Host header.
                 links = (new_account_links(session, result.created, site_url(), utcnow())
                          if result.created else None)
@@ -192,11 +195,30 @@ def change_role_view(course: Course, user_id: int) -> Response:
         flash(f"role: {'; '.join(form.role.errors) or 'missing'}", "error")
     else:
         try:
-            enrollment = change_role(get_session(), course, user_id, form.role.data)
+            changed = change_role(get_session(), course, user_id, form.role.data,
+                                  actor=current_user._get_current_object())
         except ServiceError as exc:
             flash(str(exc), "error")
         else:
-            flash(f"{enrollment.user.email} is now {enrollment.role} in {course.code}.")
+            if isinstance(changed, StaffInvitation):
+                flash(f"{changed.user.email} is invited to be {changed.role} in {course.code}: "
+                      "the role is theirs once they accept the invitation on their dashboard.")
+            else:
+                flash(f"{changed.user.email} is now {changed.role} in {course.code}.")
+    return redirect(url_for("staff.course", course_code=course.code))
+
+
+@bp.route("/<course_code>/invitations/<int:invitation_id>/withdraw", methods=["POST"])
+@role_required("instructor")
+def withdraw_invitation_view(course: Course, invitation_id: int) -> Response:
+    """Take back a pending staff invitation (the CSRF token is checked before the view)."""
+    try:
+        invitation = staff_invitations.withdraw(get_session(), course, invitation_id)
+    except ServiceError as exc:
+        flash(str(exc), "error")
+    else:
+        flash(f"The invitation of {invitation.user.email} to be {invitation.role} in "
+              f"{course.code} is withdrawn.")
     return redirect(url_for("staff.course", course_code=course.code))
 
 
