@@ -9,6 +9,7 @@ folder with 0600 permissions; it is never logged or printed.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -16,6 +17,7 @@ import secrets
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_DIR.parent
@@ -237,11 +239,75 @@ def recovery_settings(environ: dict[str, str] | None = None) -> dict[str, float]
             "every_s": _seconds_setting(env, "NABLA_RECOVER_EVERY_S", 60.0)}
 
 
-def base_url(environ: dict[str, str] | None = None) -> str:
-    """``NABLA_BASE_URL``: where users reach the site, for links made outside a request
-    (``nabla users invite``)."""
+# Set by `nabla serve` and `nabla run` for the app when they bind a loopback address
+# (`make demo`: 127.0.0.1:5000); read by base_url_settings, never meant to be set by hand.
+LOOPBACK_BIND_ENV = "NABLA_LOOPBACK_BIND"
+BASE_URL_MISSING = (
+    "NABLA_BASE_URL is not set, so the server cannot make links for other people (such "
+    "as set-password links): set NABLA_BASE_URL to the address people reach this site at, "
+    "e.g. NABLA_BASE_URL=https://nabla.example.edu (for the local demo, "
+    "NABLA_BASE_URL=http://127.0.0.1:5000). Without it, only a server bound to a loopback "
+    "address and visited there (`make demo`) makes such links")
+
+
+def base_url(environ: dict[str, str] | None = None) -> str | None:
+    """``NABLA_BASE_URL``: where people reach the site (``https://nabla.example.edu``, or
+    with a path, ``https://example.edu/nabla``), without a trailing slash; the start of
+    every absolute link the server makes for someone else (set-password links), never
+    the Host header of a request. None when unset; ConfigError when it is not an http(s)
+    URL with a host and without a query, a fragment or a user name."""
     env = os.environ if environ is None else environ
-    return env.get("NABLA_BASE_URL") or "http://127.0.0.1:5000"
+    raw = (env.get("NABLA_BASE_URL") or "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    problem = None
+    if parts.scheme not in ("http", "https"):
+        problem = "must start with https:// or http://"
+    elif not parts.hostname:
+        problem = "has no host name"
+    elif parts.query or parts.fragment or "?" in raw or "#" in raw:
+        problem = "must not have a query (?...) or a fragment (#...)"
+    elif parts.username is not None or parts.password is not None:
+        problem = "must not carry a user name or a password"
+    else:
+        try:
+            parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+        except ValueError:
+            problem = "has a port that is not a number"
+    if problem:
+        raise ConfigError(f"NABLA_BASE_URL {problem}, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def is_loopback_host(host_and_port: str | None) -> bool:
+    """Whether ``HOST[:PORT]`` (``127.0.0.1:5000``, ``[::1]:5000``, ``localhost``) names
+    this machine's loopback interface."""
+    try:
+        host = urlsplit("//" + (host_and_port or "")).hostname
+    except ValueError:  # e.g. an unclosed "[" (a Host header is the client's to choose)
+        return False
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def loopback_bind(environ: dict[str, str] | None = None) -> str | None:
+    """``HOST:PORT`` that `nabla serve` or `nabla run` bound when it is a loopback address
+    (``LOOPBACK_BIND_ENV``), else None."""
+    env = os.environ if environ is None else environ
+    raw = (env.get(LOOPBACK_BIND_ENV) or "").strip()
+    if not raw:
+        return None
+    if not is_loopback_host(raw):
+        raise ConfigError(f"{LOOPBACK_BIND_ENV} must be a loopback HOST:PORT (`nabla serve` "
+                          f"sets it), got {raw!r}")
+    return raw
 
 
 def database_url(environ: dict[str, str] | None = None) -> str:
@@ -316,4 +382,8 @@ def load_settings(
         "NABLA_DRAW": draw_settings(env),
         "NABLA_JOBS": job_settings(env),
         "NABLA_RECOVER": recovery_settings(env),
+        # The start of links made for others (server.web.links.site_url); without it,
+        # only the loopback demo makes them, from the address `nabla serve` bound.
+        "NABLA_BASE_URL": base_url(env),
+        "NABLA_LOOPBACK_BIND": loopback_bind(env),
     } | overrides

@@ -4,9 +4,7 @@ every number a link to the submissions behind it, every table a CSV download."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -15,10 +13,9 @@ from flask import Blueprint, Response, abort, g, render_template, request, url_f
 
 from server.db import get_session
 from server.models import Course
-from server.services import analytics
+from server.services import analytics, csvfile
 from server.services.assignments import course_assignments
 from server.services.errors import NotFound
-from server.services.exports import CONTENT_TYPE, safe_cell
 from server.web import charts
 from server.web.access import end_transaction, role_required
 from server.web.app import SECURITY_HEADERS
@@ -38,13 +35,7 @@ class Table:
     link_column: int = -1  # the cell that links
 
     def csv(self) -> str:
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(self.headers)
-        for row in self.rows:
-            writer.writerow([safe_cell(str(cell)) if isinstance(cell, str) else cell
-                             for cell in row])
-        return out.getvalue()
+        return csvfile.text([self.headers, *self.rows])
 
 
 @dataclasses.dataclass
@@ -157,7 +148,7 @@ def _csv(figures: list[Figure], name: str, prefix: str) -> Response:
     if table is None:
         names = ", ".join(f.table.name for f in figures)
         abort(404, f"table: no table {name!r}; the tables are {names}")
-    return Response(table.csv(), content_type=CONTENT_TYPE, headers={
+    return Response(table.csv(), content_type=csvfile.CONTENT_TYPE, headers={
         "Content-Disposition": f'attachment; filename="{prefix}-{name}.csv"'})
 
 

@@ -14,8 +14,10 @@ from werkzeug.routing import IntegerConverter
 from server import db
 from server.config import PACKAGE_DIR, load_settings, parse_rate
 from server.engine.render import statement_html
+from server.models.base import MAX_ROW_ID
 from server.services.errors import Unavailable
 from server.services.limits import CountersUnavailable, Limiter, Rate, make_limiter
+from server.web.access_log import redact
 
 csrf = CSRFProtect()
 LIMITER_EXTENSION = "nabla_limiter"
@@ -29,9 +31,6 @@ SECURITY_HEADERS = {
     # No inline scripts, no third-party origins: every asset is served from here.
     "Content-Security-Policy": "default-src 'self'; object-src 'none'; frame-ancestors 'none'",
 }
-
-
-MAX_ROW_ID = 2**31 - 1
 
 
 class RowIdConverter(IntegerConverter):
@@ -217,7 +216,7 @@ def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(CountersUnavailable)
     def counters_unavailable(error: CountersUnavailable) -> Any:
         app.logger.error("rate counters unavailable on %s %s: %s", request.method,
-                         request.path, error.__cause__)
+                         redact(request.path), error.__cause__)
         return _busy_response(str(error))
 
     @app.errorhandler(Exception)
@@ -227,18 +226,18 @@ def _register_error_handlers(app: Flask) -> None:
         if db.is_busy_error(error):
             # SQLite waited its busy timeout for the write lock: a load spike,
             # not a bug. Say so, and let the client retry.
-            app.logger.warning("database busy on %s %s", request.method, request.path)
+            app.logger.warning("database busy on %s %s", request.method, redact(request.path))
             return _busy_response("The server is busy; nothing was saved. "
                                   "Try again in a moment.")
         if db.is_connection_error(error):
             # PostgreSQL restarting: the pool reconnects on the next request.
             app.logger.warning("database unreachable on %s %s: %s", request.method,
-                               request.path, error.orig)
+                               redact(request.path), error.orig)
             return _busy_response("The database cannot be reached for a moment; try again. "
                                   "An answer sent just now may have been stored: your "
                                   "submissions show it, and sending it again with the same "
                                   "form (or Idempotency-Key) stores it once.")
-        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        app.logger.exception("unhandled error on %s %s", request.method, redact(request.path))
         message = "Something went wrong on the server; the error was logged."
         if _wants_json():
             return jsonify(error=message), 500

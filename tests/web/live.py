@@ -44,10 +44,11 @@ class LiveServer:
             env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True)
 
-    def output(self) -> str:
-        """What the server printed so far (the end of it)."""
+    def output(self, tail: int | None = 3000) -> str:
+        """What the server printed so far: the last ``tail`` characters, or all of it."""
         self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-3000:]
+        text = self.log.read().decode(errors="replace")
+        return text if tail is None else text[-tail:]
 
     def wait_until_up(self, timeout: float = 60) -> int:
         """The status of GET /login once the server answers (or a clear failure)."""

@@ -250,6 +250,7 @@ CANVAS_EXPORT = (
 )
 
 
+@pytest.mark.parametrize("app_settings", [{"NABLA_BASE_URL": "https://nabla.example.edu"}])
 def test_canvas_roster_import_is_idempotent_and_new_accounts_get_links(
         client, graded, app_session):
     login(client, "teacher@example.edu")
@@ -261,7 +262,8 @@ def test_canvas_roster_import_is_idempotent_and_new_accounts_get_links(
     assert first.status_code == 201
     html = first.get_data(as_text=True)
     assert "1 new accounts, 1 enrolled" in html and "1 updated" in html
-    (path,) = re.findall(r"grace@example\.edu,.*,http://localhost(/set-password/[\w-]+)", html)
+    (path,) = re.findall(r"grace@example\.edu,.*,https://nabla\.example\.edu"
+                         r"(/set-password/[\w-]+)", html)
     rows = {e.user.email: (e.role, e.section, e.canvas_user_id, e.sis_user_id, e.sis_login_id)
             for e in app_session.scalars(select(Enrollment))}
     assert rows["grace@example.edu"] == ("student", "Sec 2", "1002", "S2", "grace")
@@ -275,10 +277,11 @@ def test_canvas_roster_import_is_idempotent_and_new_accounts_get_links(
     assert '"Hopper, Grace",1002,S2,grace,Sec 2,' in canvas
     # The link sets a password once.
     client.post("/logout", data={"csrf_token": csrf_token(client, "/profile")})
-    assert client.get(path).status_code == 200
-    response = client.post(path, data={"new_password": "a brand new password",
-                                       "confirm": "a brand new password",
-                                       "csrf_token": csrf_token(client, path)})
+    opened = client.get(path)
+    assert opened.status_code == 303 and opened.location == "/set-password"
+    response = client.post("/set-password", data={
+        "new_password": "a brand new password", "confirm": "a brand new password",
+        "csrf_token": csrf_token(client, "/set-password")})
     assert response.status_code == 302
     assert client.get("/profile").status_code == 200  # logged in
     assert client.get(path).status_code == 404
