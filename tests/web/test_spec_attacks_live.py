@@ -275,7 +275,8 @@ def test_every_attack_saved_and_previewed_at_once_answers_a_message_while_login_
              if pid in before}
     print(f"\nweb workers' peak RSS: {sorted(round(v) for v in watch.peak_web_mb.values())} MB "
           f"(growth {sorted(round(v) for v in grown.values())} MB); judges' peak "
-          f"{watch.peak_judges_mb:.0f} MB (PSS, zygotes and judge processes); slowest /login {max(watch.login_s) * 1e3:.0f} ms "
+          f"{watch.peak_judges_mb:.0f} MB (PSS, zygotes and judge processes); slowest "
+          f"/login {max(watch.login_s) * 1e3:.0f} ms "
           f"over {len(watch.login_s)} requests; {sum(a[1][3] for a in answers)} busy answers "
           f"for {len(answers)} attacks")
     assert all(v < 100 for v in grown.values()), grown  # 3.3 GB in one worker before
