@@ -8,10 +8,13 @@ from the database: ``DatabaseBank`` asks for the latest version's hash (one
 indexed query) and parses a text only for a hash it has not seen, so a version
 saved through one process is seen by every other at its next request.
 
-A spec text becomes a version only if it validates (the engine's spec checker,
-each error at its line) and its model solution grades 100 % on
-``CHECK_SEEDS`` seeds. Equal text, equal version: saving or syncing the same
-text again creates nothing.
+A spec text becomes a version only if it validates (the engine's spec checker
+and budget, each error at its line) and its model solution grades 100 % on
+``CHECK_SEEDS`` seeds. All of that, the previews' draws and the draw statistics
+run in the judge's spec pool (``server.judge.specs``), under its time and memory
+limits: never in this process, which parses a text only once the judge did, to
+show it. Equal text, equal version: saving or syncing the same text again
+creates nothing and checks nothing (``known_version``: the hash names it).
 
 Previews grade through ``grade_preview`` only, the one call into the grading
 service (a submission's own path, without storing anything).

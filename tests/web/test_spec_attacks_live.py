@@ -259,9 +259,22 @@ def _attack(server: Server, call: tuple[str, str]):
     return call, (_put(server, name, text) if kind == "put" else _preview(server, text))
 
 
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_each_attack_saved_and_previewed_is_refused_with_its_limit(server, name):
+    text, words = ATTACKS[name]
+    for kind, (status, body, took, _) in (("put", _put(server, name, text)),
+                                          ("preview", _preview(server, text))):
+        assert status == 422 and all(w in body["error"] for w in words), (kind, body)
+        assert took < SPEC_TIMEOUT_S + 5, (kind, took)  # minutes, or never, before
+
+
 def test_every_attack_saved_and_previewed_at_once_answers_a_message_while_login_answers(server):
+    """As the report ran them: 12 previews of the nested exp at once (they kept all 4
+    workers busy until a restart), 4 TAs saving the long loop in parallel (~290 s each),
+    and every other attack saved and previewed, twice, by 8 clients at once."""
     before = {pid: _rss_mb(pid) for pid in server.processes()["web"]}
-    calls = [(kind, name) for name in ATTACKS for kind in ("put", "preview")] * 2
+    calls = ([(kind, name) for name in ATTACKS for kind in ("put", "preview")] * 2
+             + [("preview", "nested exp")] * 12 + [("put", "long loop")] * 4)
     with Watch(server) as watch, ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda call: _attack(server, call), calls))
         time.sleep(0.5)  # one more look at the workers after the last answer
