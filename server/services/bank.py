@@ -576,7 +576,12 @@ def preview(text: Any, seed: int, answer: str | None = None, *, spec_hash: str |
     drawn = _judged(f"drawing seed {seed} of this spec", judge,
                     lambda j: specs.preview(j, key, text, seed, parse_limit_s=PARSE_LIMIT_S))
     _refused(drawn)
-    spec = spec_of_text(key, lambda: text)
+    from server.engine.spec import SpecError
+
+    try:  # the judge parsed it within the budget: the same parse, bounded, to show it
+        spec = spec_of_text(key, lambda: text)
+    except SpecError as exc:  # only if this process's engine disagrees with the judge's
+        raise SpecRefused([{"line": i.line, "message": i.message} for i in exc.issues]) from None
     document = drawn["document"]
     public = {k: v for k, v in document.items() if k not in PRIVATE_KEYS}
     outcome = None
