@@ -128,6 +128,7 @@ def _register_blueprints(app: Flask) -> None:
         auth,
         gradebook,
         instructor,
+        openapi,
         staff,
         staff_problems,
         student,
@@ -144,6 +145,7 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(api.bp)
     csrf.exempt(api_problems.bp)
     app.register_blueprint(api_problems.bp)
+    app.register_blueprint(openapi.bp)  # GET /api/v1/openapi.json, public
     # The static view is public (declared here, since Flask creates it).
     from server.web.access import public
 
