@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 
 from flask import Flask, Request, Response, abort, current_app, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
-from werkzeug.exceptions import BadRequest, HTTPException
-from werkzeug.routing import IntegerConverter
+from werkzeug.exceptions import BadRequest, HTTPException, NotFound
+from werkzeug.routing import IntegerConverter, ValidationError
 
 from server import db
 from server.config import PACKAGE_DIR, load_settings, parse_rate
@@ -35,11 +35,24 @@ MAX_ROW_ID = 2**31 - 1
 
 class RowIdConverter(IntegerConverter):
     """``<int:...>`` in this app: at most 2**31 - 1, the range of an INTEGER key on
-    every backend. A larger number in a URL is a 404, not a database error."""
+    every backend. A larger number in a URL is a 404, not a database error.
+
+    The 404 is raised here rather than by refusing the match (werkzeug's
+    ValidationError): werkzeug checks a rule's methods before its converters, so a
+    refused match where another method has a rule of the same path (GET and POST
+    ``.../submissions``) was answered 405, "method not allowed", for an allowed method.
+    No rule has a string where another has an ``<int:...>``, so no other rule could
+    have matched (tests/web/test_api_grading.py)."""
 
     def __init__(self, map: Any, fixed_digits: int = 0, min: int | None = None,
                  max: int | None = None, signed: bool = False) -> None:
         super().__init__(map, fixed_digits, min, MAX_ROW_ID if max is None else max, signed)
+
+    def to_python(self, value: str) -> Any:
+        try:
+            return super().to_python(value)
+        except ValidationError:
+            raise NotFound(f"id: {value} is beyond every id (at most {self.max})") from None
 
 
 class NablaRequest(Request):
