@@ -55,6 +55,25 @@ class RowIdConverter(IntegerConverter):
             raise NotFound(f"id: {value} is beyond every id (at most {self.max})") from None
 
 
+def is_digits(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes ``'²'``, which ``int`` refuses."""
+    return text.isascii() and text.isdigit()
+
+
+def query_id(name: str) -> int | None:
+    """The query parameter ``name`` as a row id, as ``<int:...>`` in a path: None when it
+    is absent or empty (a filter form's "all"); a 400 naming it when it is not a whole
+    number; a 404 beyond every id."""
+    raw = request.args.get(name) or None
+    if raw is None:
+        return None
+    if not is_digits(raw):
+        abort(400, f"{name}: {raw!r} is not a number")
+    if int(raw) > MAX_ROW_ID:
+        abort(404, f"{name}: there is no {name} {raw}")
+    return int(raw)
+
+
 class NablaRequest(Request):
     """A JSON body nested deeper than Python's recursion limit (100 000 ``[``) makes
     the json module raise RecursionError, which is not a ValueError: werkzeug lets

@@ -262,8 +262,10 @@ def _parameters() -> dict[str, Any]:
         "spec_id": path("spec_id", {"type": "string", "pattern": r"^[a-z0-9][a-z0-9-]{0,63}$"},
                         "the spec's id (the course's own problem, else the shared one)"),
         "assignment_query": {
-            "name": "assignment", "in": "query", "required": False, "schema": row_id,
-            "description": "only this assignment"},
+            "name": "assignment", "in": "query", "required": False,
+            "schema": {"anyOf": [row_id, {"type": "string", "maxLength": 0}]},
+            "description": "only this assignment; empty: every assignment, as when it is "
+                           "not given (a filter form's \"all\")"},
         "idempotency_key": {
             "name": "Idempotency-Key", "in": "header", "required": False,
             "schema": {"type": "string", "pattern": f"^[\\x20-\\x7e]{{8,{MAX_CLIENT_KEY_CHARS}}}$"},
