@@ -268,9 +268,11 @@ def _parameters() -> dict[str, Any]:
                            "not given (a filter form's \"all\")"},
         "idempotency_key": {
             "name": "Idempotency-Key", "in": "header", "required": False,
-            "schema": {"type": "string", "pattern": f"^[\\x20-\\x7e]{{8,{MAX_CLIENT_KEY_CHARS}}}$"},
+            "schema": {"type": "string",
+                       "pattern": f"^([\\x20-\\x7e]{{8,{MAX_CLIENT_KEY_CHARS}}})?$"},
             "description": "makes a retry safe: the same key again answers 200 with the "
-                           "submission the first request stored, and stores nothing new"},
+                           "submission the first request stored, and stores nothing new; "
+                           "empty: no key"},
     }
 
 
@@ -366,9 +368,10 @@ def _paths() -> dict[str, Any]:
             "description": staff,
             "parameters": [*_params("course_code", "assignment_query"), {
                 "name": "format", "in": "query", "required": False,
-                "schema": {"type": "string", "enum": ["long", "canvas"], "default": "long"},
-                "description": "long: a row per student and problem; canvas: Canvas's "
-                               "gradebook import"}],
+                "schema": {"type": "string", "default": "long", "pattern": (
+                    r"^\s*([Ll][Oo][Nn][Gg]|[Cc][Aa][Nn][Vv][Aa][Ss])?\s*$")},
+                "description": "long (a row per student and problem) or canvas (Canvas's "
+                               "gradebook import), in any case; empty: long"}],
             "responses": {
                 "200": {"description": "The CSV, streamed",
                         "headers": {"Content-Disposition": {"required": True,
