@@ -9,7 +9,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Response, abort, g, render_template, request, url_for
+from flask import Blueprint, Response, abort, g, render_template, url_for
 
 from server.db import get_session
 from server.models import Course
@@ -18,7 +18,7 @@ from server.services.assignments import course_assignments
 from server.services.errors import NotFound
 from server.web import charts
 from server.web.access import end_transaction, role_required
-from server.web.app import SECURITY_HEADERS
+from server.web.app import SECURITY_HEADERS, query_id
 
 bp = Blueprint("analytics", __name__, url_prefix="/staff")
 
@@ -43,15 +43,6 @@ class Figure:
     title: str
     svg: Any  # Markup, or None when there is nothing to draw
     table: Table
-
-
-def _int_arg(name: str) -> int | None:
-    raw = request.args.get(name) or None
-    if raw is None:
-        return None
-    if not raw.isdigit():
-        abort(400, f"{name}: {raw!r} is not a number")
-    return int(raw)
 
 
 def _nonce() -> str:
@@ -89,7 +80,7 @@ def index(course: Course) -> str:
 @bp.route("/<course_code>/analytics/problems/<problem_id>")
 @role_required("ta", "instructor")
 def problem(course: Course, problem_id: str) -> Response:
-    assignment_id = _int_arg("assignment")
+    assignment_id = query_id("assignment")
     data = _problem_data(course, problem_id, assignment_id)
     figures = problem_figures(course, data, _nonce())
     response = Response(render_template(
@@ -101,7 +92,7 @@ def problem(course: Course, problem_id: str) -> Response:
 @bp.route("/<course_code>/analytics/problems/<problem_id>/<table>.csv")
 @role_required("ta", "instructor")
 def problem_csv(course: Course, problem_id: str, table: str) -> Response:
-    assignment_id = _int_arg("assignment")
+    assignment_id = query_id("assignment")
     data = _problem_data(course, problem_id, assignment_id)
     figures = problem_figures(course, data, None)
     part = f"-assignment-{assignment_id}" if assignment_id is not None else ""

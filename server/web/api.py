@@ -41,7 +41,7 @@ from server.services.submissions import (
     own_submission,
 )
 from server.web.access import end_transaction, token_required
-from server.web.app import limiter, rate
+from server.web.app import limiter, query_id, rate
 from server.web.bank import get_bank_for_students
 from server.web.student import instance_secret
 
@@ -298,13 +298,6 @@ def _staff_course(course_code: str, what: str) -> Any:
     return course
 
 
-def _assignment_arg() -> int | None:
-    raw = request.args.get("assignment") or None
-    if raw is not None and not raw.isdigit():
-        abort(400, f"assignment: {raw!r} is not a number")
-    return None if raw is None else int(raw)
-
-
 @bp.route("/courses/<course_code>/grades.csv")
 @token_required
 @reads_first
@@ -314,7 +307,8 @@ def grades_csv(course_code: str) -> Response:
     from server.web.gradebook import csv_response
 
     course = _staff_course(course_code, "Grades")
-    return csv_response(get_session(), course, request.args.get("format"), _assignment_arg())
+    return csv_response(get_session(), course, request.args.get("format"),
+                        query_id("assignment"))
 
 
 @bp.route("/courses/<course_code>/analytics/problems/<problem_id>")
@@ -328,7 +322,7 @@ def problem_analytics(course_code: str, problem_id: str) -> Response:
     course = _staff_course(course_code, "Analytics")
     try:
         data = analytics.problem_analytics(get_session(), course, problem_id,
-                                           _assignment_arg())
+                                           query_id("assignment"))
     except NotFound as exc:
         abort(404, str(exc))
     end_transaction()

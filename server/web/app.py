@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 
 from flask import Flask, Request, Response, abort, current_app, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
-from werkzeug.exceptions import BadRequest, HTTPException
-from werkzeug.routing import IntegerConverter
+from werkzeug.exceptions import BadRequest, HTTPException, NotFound
+from werkzeug.routing import IntegerConverter, ValidationError
 
 from server import db
 from server.config import PACKAGE_DIR, load_settings, parse_rate
@@ -35,11 +35,43 @@ SECURITY_HEADERS = {
 
 class RowIdConverter(IntegerConverter):
     """``<int:...>`` in this app: at most 2**31 - 1, the range of an INTEGER key on
-    every backend. A larger number in a URL is a 404, not a database error."""
+    every backend. A larger number in a URL is a 404, not a database error.
+
+    The 404 is raised here rather than by refusing the match (werkzeug's
+    ValidationError): werkzeug checks a rule's methods before its converters, so a
+    refused match where another method has a rule of the same path (GET and POST
+    ``.../submissions``) was answered 405, "method not allowed", for an allowed method.
+    No rule has a string where another has an ``<int:...>``, so no other rule could
+    have matched (tests/web/test_api_grading.py)."""
 
     def __init__(self, map: Any, fixed_digits: int = 0, min: int | None = None,
                  max: int | None = None, signed: bool = False) -> None:
         super().__init__(map, fixed_digits, min, MAX_ROW_ID if max is None else max, signed)
+
+    def to_python(self, value: str) -> Any:
+        try:
+            return super().to_python(value)
+        except ValidationError:
+            raise NotFound(f"id: {value} is beyond every id (at most {self.max})") from None
+
+
+def is_digits(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes ``'²'``, which ``int`` refuses."""
+    return text.isascii() and text.isdigit()
+
+
+def query_id(name: str) -> int | None:
+    """The query parameter ``name`` as a row id, as ``<int:...>`` in a path: None when it
+    is absent or empty (a filter form's "all"); a 400 naming it when it is not a whole
+    number; a 404 beyond every id."""
+    raw = request.args.get(name) or None
+    if raw is None:
+        return None
+    if not is_digits(raw):
+        abort(400, f"{name}: {raw!r} is not a number")
+    if int(raw) > MAX_ROW_ID:
+        abort(404, f"{name}: there is no {name} {raw}")
+    return int(raw)
 
 
 class NablaRequest(Request):
@@ -128,6 +160,7 @@ def _register_blueprints(app: Flask) -> None:
         auth,
         gradebook,
         instructor,
+        openapi,
         staff,
         staff_problems,
         student,
@@ -144,6 +177,7 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(api.bp)
     csrf.exempt(api_problems.bp)
     app.register_blueprint(api_problems.bp)
+    app.register_blueprint(openapi.bp)  # GET /api/v1/openapi.json, public
     # The static view is public (declared here, since Flask creates it).
     from server.web.access import public
 

@@ -87,6 +87,30 @@ def nabla_serve(database_url: str, folder: Path, *, workers: int = 1, threads: i
         server.stop()
 
 
+def nabla_command(args: list[str], env: dict[str, str], timeout: float = 120) -> str:
+    """Run ``nabla ARGS`` with these settings (besides the environment); its output, once
+    it exited 0 (else a failure showing what it said)."""
+    nabla = str(Path(sys.executable).with_name("nabla"))
+    done = subprocess.run([nabla, *args], env={**os.environ, **env}, capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@contextmanager
+def demo_site(database_url: str, folder: Path, *, env: dict[str, str] | None = None,
+              workers: int = 1, threads: int = 4) -> Iterator[str]:
+    """``nabla db upgrade``, ``nabla demo`` (DEMO101, its logins) and ``nabla serve`` on an
+    empty database; yields the site's base URL."""
+    settings = {"NABLA_DATABASE_URL": database_url, "NABLA_INSTANCE_PATH": str(folder),
+                **(env or {})}
+    for command in (["db", "upgrade"], ["demo"]):
+        nabla_command(command, settings)
+    with nabla_serve(database_url, folder, workers=workers, threads=threads,
+                     env=settings) as base:
+        yield base
+
+
 class Browser:
     """Cookies, CSRF tokens and one source address; a new connection per request,
     so that gunicorn's workers take turns."""

@@ -52,6 +52,7 @@ def test_a_ta_sees_the_gradebook_and_a_student_gets_403(client, graded):
     assert "Ada Lovelace" in html and "50.00" in html and "@SUM(A1:A9)" in html
     assert client.get(f"{GRADES}?sort=total&desc=1").status_code == 200
     assert client.get(f"{GRADES}?sort=nope").status_code == 400
+    assert client.get(f"{GRADES}?sort=a%C2%B2").status_code == 400  # '²' is no id (was a 500)
     assert client.get(f"{GRADES}/students/{graded['ada']}").status_code == 200
     login(client, "ada@example.edu")
     assert client.get(GRADES).status_code == 403
@@ -91,7 +92,9 @@ def test_the_three_export_routes_give_the_same_bytes(client, graded, database_ur
 
 
 @pytest.mark.parametrize(("query", "status"), [
-    ("?format=xlsx", 400), ("?assignment=abc", 400), ("?assignment=999999", 404)])
+    ("?format=xlsx", 400), ("?assignment=abc", 400), ("?assignment=999999", 404),
+    # found by fuzzing the API: these two were 500s (int('²'), an id SQLite cannot bind)
+    ("?assignment=%C2%B2", 400), (f"?assignment={10**20}", 404)])
 def test_bad_export_requests_say_why(client, graded, query, status):
     response = client.get(f"/api/v1/courses/CS101/grades.csv{query}",
                           headers=_auth(graded["tokens"]["teacher@example.edu"]))
