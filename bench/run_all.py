@@ -56,6 +56,8 @@ BENCHES: dict[str, tuple[list[str], list[str], tuple[str, ...] | None]] = {
     "bench_judge.py": (["--rounds", "200"], ["--rounds", "10"], None),
     "bench_limits.py": (["--takes", "1000"], ["--takes", "20"], None),
     "bench_pages.py": (["--requests", "100"], ["--requests", "3"], None),
+    "bench_spec_save.py": (["--rounds", "2"],
+                           ["--rounds", "1", "--only", "rule-1a-scalar-mult,mlp-relu"], None),
     "bench_preview.py": (["--requests", "100"],
                          ["--requests", "3", "--seeds", "2", "--workers", "1"], None),
     "bench_submit_path.py": (["--submissions", "150"], ["--submissions", "3"], BOTH),

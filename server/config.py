@@ -9,6 +9,7 @@ folder with 0600 permissions; it is never logged or printed.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -16,6 +17,7 @@ import secrets
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_DIR.parent
@@ -161,15 +163,45 @@ def judge_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
     """``NABLA_JUDGE_POOL`` processes per app process (2), ``NABLA_JUDGE_TIMEOUT_S``
     before a grading is stopped (5), ``NABLA_JUDGE_MEMORY_MB`` per process (512)."""
     env = os.environ if environ is None else environ
-    raw = env.get("NABLA_JUDGE_TIMEOUT_S") or "5"
+    return {"size": _int_setting(env, "NABLA_JUDGE_POOL", 2, 1),
+            "timeout_s": _timeout_setting(env, "NABLA_JUDGE_TIMEOUT_S", 5.0),
+            "memory_mb": _int_setting(env, "NABLA_JUDGE_MEMORY_MB", 512, 64)}
+
+
+def spec_judge_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """A spec's work for staff (check, save, preview, try an answer, draw statistics,
+    ``nabla problems check`` and ``sync``): ``NABLA_SPEC_POOL`` processes per app
+    process (1), stopped after ``NABLA_SPEC_TIMEOUT_S`` (10) or beyond
+    ``NABLA_SPEC_MEMORY_MB`` (512), at niceness 10 so that web workers come first. A
+    request that finds them busy waits a quarter of a second at most, then is refused
+    (it never waits long in a web thread): a worker's other threads stay free."""
+    env = os.environ if environ is None else environ
+    return {"size": _int_setting(env, "NABLA_SPEC_POOL", 1, 1),
+            "timeout_s": _timeout_setting(env, "NABLA_SPEC_TIMEOUT_S", 10.0),
+            "memory_mb": _int_setting(env, "NABLA_SPEC_MEMORY_MB", 512, 64), "nice": 10,
+            "wait_s": 0.25}
+
+
+def draw_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """A student's draw (their instance on a first visit, a regrade's redraw, a numpy
+    answer's hidden instances), in the grading pool: ``NABLA_DRAW_TIMEOUT_S`` (5) and
+    ``NABLA_DRAW_MEMORY_MB`` (256). A spec is saved only if each of its check draws
+    took at most half the time (``draw_limit_s``)."""
+    env = os.environ if environ is None else environ
+    timeout = _timeout_setting(env, "NABLA_DRAW_TIMEOUT_S", 5.0)
+    return {"timeout_s": timeout, "memory_mb": _int_setting(env, "NABLA_DRAW_MEMORY_MB", 256, 64),
+            "draw_limit_s": timeout / 2}
+
+
+def _timeout_setting(env: dict[str, str] | Any, name: str, default: float) -> float:
+    raw = env.get(name) or str(default)
     try:
         timeout = float(raw)
     except ValueError:
-        raise ConfigError(f"NABLA_JUDGE_TIMEOUT_S must be a number, got {raw!r}") from None
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
     if not 0.1 <= timeout <= 600:
-        raise ConfigError(f"NABLA_JUDGE_TIMEOUT_S must be between 0.1 and 600, got {raw}")
-    return {"size": _int_setting(env, "NABLA_JUDGE_POOL", 2, 1), "timeout_s": timeout,
-            "memory_mb": _int_setting(env, "NABLA_JUDGE_MEMORY_MB", 512, 64)}
+        raise ConfigError(f"{name} must be between 0.1 and 600, got {raw}")
+    return timeout
 
 
 def job_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
@@ -207,11 +239,75 @@ def recovery_settings(environ: dict[str, str] | None = None) -> dict[str, float]
             "every_s": _seconds_setting(env, "NABLA_RECOVER_EVERY_S", 60.0)}
 
 
-def base_url(environ: dict[str, str] | None = None) -> str:
-    """``NABLA_BASE_URL``: where users reach the site, for links made outside a request
-    (``nabla users invite``)."""
+# Set by `nabla serve` and `nabla run` for the app when they bind a loopback address
+# (`make demo`: 127.0.0.1:5000); read by base_url_settings, never meant to be set by hand.
+LOOPBACK_BIND_ENV = "NABLA_LOOPBACK_BIND"
+BASE_URL_MISSING = (
+    "NABLA_BASE_URL is not set, so the server cannot make links for other people (such "
+    "as set-password links): set NABLA_BASE_URL to the address people reach this site at, "
+    "e.g. NABLA_BASE_URL=https://nabla.example.edu (for the local demo, "
+    "NABLA_BASE_URL=http://127.0.0.1:5000). Without it, only a server bound to a loopback "
+    "address and visited there (`make demo`) makes such links")
+
+
+def base_url(environ: dict[str, str] | None = None) -> str | None:
+    """``NABLA_BASE_URL``: where people reach the site (``https://nabla.example.edu``, or
+    with a path, ``https://example.edu/nabla``), without a trailing slash; the start of
+    every absolute link the server makes for someone else (set-password links), never
+    the Host header of a request. None when unset; ConfigError when it is not an http(s)
+    URL with a host and without a query, a fragment or a user name."""
     env = os.environ if environ is None else environ
-    return env.get("NABLA_BASE_URL") or "http://127.0.0.1:5000"
+    raw = (env.get("NABLA_BASE_URL") or "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    problem = None
+    if parts.scheme not in ("http", "https"):
+        problem = "must start with https:// or http://"
+    elif not parts.hostname:
+        problem = "has no host name"
+    elif parts.query or parts.fragment or "?" in raw or "#" in raw:
+        problem = "must not have a query (?...) or a fragment (#...)"
+    elif parts.username is not None or parts.password is not None:
+        problem = "must not carry a user name or a password"
+    else:
+        try:
+            parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+        except ValueError:
+            problem = "has a port that is not a number"
+    if problem:
+        raise ConfigError(f"NABLA_BASE_URL {problem}, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def is_loopback_host(host_and_port: str | None) -> bool:
+    """Whether ``HOST[:PORT]`` (``127.0.0.1:5000``, ``[::1]:5000``, ``localhost``) names
+    this machine's loopback interface."""
+    try:
+        host = urlsplit("//" + (host_and_port or "")).hostname
+    except ValueError:  # e.g. an unclosed "[" (a Host header is the client's to choose)
+        return False
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def loopback_bind(environ: dict[str, str] | None = None) -> str | None:
+    """``HOST:PORT`` that `nabla serve` or `nabla run` bound when it is a loopback address
+    (``LOOPBACK_BIND_ENV``), else None."""
+    env = os.environ if environ is None else environ
+    raw = (env.get(LOOPBACK_BIND_ENV) or "").strip()
+    if not raw:
+        return None
+    if not is_loopback_host(raw):
+        raise ConfigError(f"{LOOPBACK_BIND_ENV} must be a loopback HOST:PORT (`nabla serve` "
+                          f"sets it), got {raw!r}")
+    return raw
 
 
 def database_url(environ: dict[str, str] | None = None) -> str:
@@ -282,6 +378,12 @@ def load_settings(
         "NABLA_LOGIN_ADDRESS_RATE": _rate_setting(
             env, "NABLA_LOGIN_ADDRESS_RATE", DEFAULT_LOGIN_ADDRESS_RATE, False),
         "NABLA_JUDGE": judge_settings(env),
+        "NABLA_SPEC_JUDGE": spec_judge_settings(env),
+        "NABLA_DRAW": draw_settings(env),
         "NABLA_JOBS": job_settings(env),
         "NABLA_RECOVER": recovery_settings(env),
+        # The start of links made for others (server.web.links.site_url); without it,
+        # only the loopback demo makes them, from the address `nabla serve` bound.
+        "NABLA_BASE_URL": base_url(env),
+        "NABLA_LOOPBACK_BIND": loopback_bind(env),
     } | overrides

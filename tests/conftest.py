@@ -76,8 +76,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 # ``nabla serve`` with the demo course (several change its scores) and one Chromium, which
 # cost ~20 s of CPU to start, and they write their screenshots to one folder. The modules
 # below make something costly once per module (the golden corpus ~10 s, a served site,
-# judges): spread over the workers, each would make it again (and again after every
-# test of another module in between), so each module runs whole on one worker. (Not with
+# judges, the API fuzzer's demo site): spread over the workers, each would make it again
+# (and again after every test of another module in between), so each module runs whole
+# on one worker. (Not with
 # ``xdist_group`` marks: pytest-xdist 3.8 groups by rewriting ``item._nodeid``, which
 # pytest 9 no longer reads, so the marks group nothing; the scheduler below does.)
 XDIST_GROUPS = {
@@ -86,7 +87,10 @@ XDIST_GROUPS = {
     "tests/web/test_sandbox_attacks_http.py": "sandbox-attacks-http",
     "tests/services/test_grading.py": "misbehaving-judge",
     "tests/judge/test_judge.py": "judges",
+    "tests/judge/test_spec_tasks.py": "spec-judges",
+    "tests/web/test_spec_attacks_live.py": "spec-attacks-live",
     "tests/grading/test_numpy_feedback.py": "numpy-feedback",
+    "tests/web/test_api_fuzz.py": "api-fuzz",  # a served demo site per backend
 }
 
 # The modules with the longest tests (a serial run's ``--durations``): a worker starts on
@@ -97,7 +101,8 @@ LONGEST_FIRST = (
     "tests/services/test_recovery.py", "tests/web/test_burst.py", "tests/cli/test_cli.py",
     "tests/engine/test_mutant_fuzz.py", "tests/web/test_bank_two_servers.py",
     "tests/web/test_postgres_restart.py", "tests/golden/test_golden.py",
-    "tests/engine/test_answer_fuzz.py", "tests/web/test_judge_serve.py",
+    "tests/engine/test_answer_fuzz.py", "tests/web/test_api_fuzz.py",
+    "tests/web/test_judge_serve.py",
     "tests/web/test_faults.py", "tests/web/test_two_servers.py", "tests/engine/test_mutants.py",
 )
 
@@ -269,6 +274,14 @@ def fresh_database_url(
 ) -> Iterator[str]:
     """A new, empty database for this test alone (dropped afterwards)."""
     yield from _new_database(request, db_backend, tmp_path / "fresh.sqlite3")
+
+
+@pytest.fixture(scope="module")
+def module_database_url(
+    request: pytest.FixtureRequest, db_backend: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A new, empty database for this test module alone (a live server's, dropped afterwards)."""
+    yield from _new_database(request, db_backend, tmp_path_factory.mktemp("db") / "nabla.sqlite3")
 
 
 @pytest.fixture(scope="session")

@@ -46,6 +46,14 @@ def test_cookie_settings_are_safe(tmp_path):
         ({"NABLA_SUBMIT_RATE": "0/minute"}, "NABLA_SUBMIT_RATE: the limit and the period"),
         ({"NABLA_LOGIN_RATE": "off"}, "NABLA_LOGIN_RATE cannot be off"),
         ({"NABLA_PROXIES": "two"}, "NABLA_PROXIES must be an integer"),
+        ({"NABLA_BASE_URL": "nabla.example.edu"}, "NABLA_BASE_URL must start with https://"),
+        ({"NABLA_BASE_URL": "ftp://nabla.example.edu"}, "NABLA_BASE_URL must start with"),
+        ({"NABLA_BASE_URL": "https://"}, "NABLA_BASE_URL has no host name"),
+        ({"NABLA_BASE_URL": "https://nabla.example.edu/?next=x"}, "must not have a query"),
+        ({"NABLA_BASE_URL": "https://nabla.example.edu/#top"}, "or a fragment"),
+        ({"NABLA_BASE_URL": "https://me:pw@nabla.example.edu"}, "must not carry a user name"),
+        ({"NABLA_BASE_URL": "https://nabla.example.edu:https"}, "port that is not a number"),
+        ({"NABLA_LOOPBACK_BIND": "0.0.0.0:5000"}, "NABLA_LOOPBACK_BIND must be a loopback"),
     ],
 )
 def test_bad_settings_name_the_variable(tmp_path, env, message):
@@ -86,3 +94,23 @@ def test_the_old_proxies_name_is_still_read_with_a_warning(tmp_path, caplog):
     assert "NABLA_TRUSTED_PROXIES is deprecated: rename it to NABLA_PROXIES" in caplog.text
     env["NABLA_PROXIES"] = "1"  # the new name wins
     assert config.load_settings(env)["NABLA_PROXIES"] == 1
+
+
+def test_base_url_is_read_without_its_trailing_slash_and_has_no_default(tmp_path):
+    def settings(**env):
+        return config.load_settings({"NABLA_INSTANCE_PATH": str(tmp_path), **env})
+
+    assert settings()["NABLA_BASE_URL"] is None  # no http://127.0.0.1:5000 fallback
+    assert settings(NABLA_BASE_URL=" https://example.edu/nabla/ ")["NABLA_BASE_URL"] == \
+        "https://example.edu/nabla"
+    assert settings(NABLA_LOOPBACK_BIND="[::1]:5000")["NABLA_LOOPBACK_BIND"] == "[::1]:5000"
+    assert settings()["NABLA_LOOPBACK_BIND"] is None
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("127.0.0.1:5000", True), ("127.8.9.1", True), ("[::1]:5000", True), ("LocalHost", True),
+    ("0.0.0.0:5000", False), ("evil.example", False), ("127.0.0.1.evil.example", False),
+    ("localhost.evil.example", False), ("[::1", False), ("", False), (None, False),
+    ("unix:/run/nabla.sock", False)])
+def test_loopback_hosts(host, loopback):
+    assert config.is_loopback_host(host) is loopback

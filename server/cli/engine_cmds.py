@@ -77,26 +77,32 @@ def problems_check(refs: tuple[str, ...], seeds: int) -> None:
     answer, how many are equivalent to it; the mean redraws and the median
     draw time. Exit status 1 if any spec is invalid or broken (or no draw
     separates its mutants, or the model answer, as text, is not 100% on every
-    draw), with line-specific messages."""
-    from server.engine.bank import UnknownProblemError, find_problem, spec_files
-    from server.engine.instance import InstanceError
-    from server.engine.spec import SpecError
-    from server.services.bank import SpecRefused, check_model_solution
+    draw), with line-specific messages. The checks run in the judge's killable
+    processes, under the spec limits of the server (NABLA_SPEC_TIMEOUT_S, ...)."""
+    from server.engine.bank import find_spec_file, spec_files
+    from server.services.bank import SpecRefused, check_report
+    from server.services.errors import Unavailable
 
     targets = _spec_targets(refs) if refs else [str(p) for p in spec_files()]
     bad = 0
     for ref in targets:
         try:
-            spec = find_problem(ref)
-            report = spec.kind.check_draws(spec, seeds)
-            check_model_solution(spec, seeds)
-        except (SpecError, UnknownProblemError, InstanceError) as exc:
+            path = find_spec_file(ref)
+            text = path.read_text(encoding="utf-8")
+            spec, report = check_report(text, str(path), seeds)
+        except (OSError, UnicodeDecodeError, LookupError) as exc:
             bad += 1
             click.echo(f"FAIL {ref}\n{exc}", err=True)
             continue
         except SpecRefused as exc:
             bad += 1
-            click.echo(f"FAIL {ref}\n" + "\n".join(e["message"] for e in exc.errors), err=True)
+            click.echo(f"FAIL {ref}\n" + "\n".join(
+                (f"{path}:{e['line']}: " if e["line"] else "") + e["message"]
+                for e in exc.errors), err=True)
+            continue
+        except Unavailable as exc:
+            bad += 1
+            click.echo(f"FAIL {ref}\n{exc}", err=True)
             continue
         click.echo(f"ok   {spec.id} ({spec.answer_kind}, {seeds} draws verified){report}")
     if bad:

@@ -10,7 +10,7 @@ import click
 
 from server.cli import main
 from server.cli.job_progress import follow_job
-from server.cli.web_cmds import _course, _database_url, _transaction, _user, users
+from server.cli.web_cmds import _course, _database_url, _transaction, _user, site_url, users
 
 
 def _settings() -> dict[str, Any]:
@@ -180,11 +180,12 @@ def worker(burst: bool) -> None:
 @users.command("invite")
 @click.argument("email")
 def users_invite(email: str) -> None:
-    """Print a one-time set-password link for a user (valid 7 days, single use)."""
-    from server.config import base_url
+    """Print a one-time set-password link for a user (valid 7 days, single use; it starts
+    with NABLA_BASE_URL)."""
     from server.models import utcnow
     from server.services import invites
 
+    base = site_url()
     with _transaction() as session:
         _, token = invites.create_invite(session, _user(session, email), utcnow())
-    click.echo(invites.invite_link(base_url(), token))
+    click.echo(invites.invite_link(base, token))

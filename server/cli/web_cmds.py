@@ -185,6 +185,20 @@ def _user(session: Any, email: str) -> Any:
     return user
 
 
+def site_url() -> str:
+    """``NABLA_BASE_URL``, where links made on the command line start; a clear error
+    without it (the command line has no request to tell it the site's address)."""
+    from server.config import BASE_URL_MISSING, ConfigError, base_url
+
+    try:
+        url = base_url()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if url is None:
+        raise click.ClickException(BASE_URL_MISSING)
+    return url
+
+
 def _course(session: Any, code: str) -> Any:
     from server.services import courses
 
@@ -238,8 +252,8 @@ def courses_enroll(code: str, email: str, role: str) -> None:
 def courses_import_roster(code: str, csv_file: Any, email_domain: str | None,
                           invites_file: Any) -> None:
     """Import email,name,role lines, or a Canvas gradebook export, into a course (all or
-    nothing). New accounts get a one-time set-password link, listed once."""
-    from server.config import base_url
+    nothing). New accounts get a one-time set-password link, listed once (the links
+    start with NABLA_BASE_URL: without it, a file that creates accounts imports nothing)."""
     from server.models import utcnow
     from server.services import courses as course_service
     from server.services import invites
@@ -247,10 +261,15 @@ def courses_import_roster(code: str, csv_file: Any, email_domain: str | None,
     text = csv_file.read()
     links = None
     with _transaction() as session:
+        # The command line is an administrator's shell: staff roles are given at once.
         result = course_service.import_roster(session, _course(session, code), text,
-                                              email_domain=email_domain)
+                                              email_domain=email_domain, actor=None)
         if result.created:
-            links = invites.new_account_links(session, result.created, base_url(), utcnow())
+            try:
+                base = site_url()
+            except click.ClickException as exc:  # rolls the import back
+                raise click.ClickException(f"nothing was imported: {exc.message}") from None
+            links = invites.new_account_links(session, result.created, base, utcnow())
     click.echo(result.summary())
     if links is not None:
         if invites_file is None:
@@ -359,7 +378,22 @@ def _prepare_to_serve() -> None:
         engine.dispose()
 
 
+def mark_loopback_bind(bind: str) -> None:
+    """Tell the app (``NABLA_LOOPBACK_BIND``) when it is served on a loopback address:
+    without NABLA_BASE_URL, the loopback demo makes its links from that address
+    (server.web.links); any other bind leaves it unset."""
+    from server.config import LOOPBACK_BIND_ENV, is_loopback_host
+
+    if is_loopback_host(bind):
+        os.environ[LOOPBACK_BIND_ENV] = bind
+    else:
+        os.environ.pop(LOOPBACK_BIND_ENV, None)
+
+
 def gunicorn_argv(bind: str, workers: int, threads: int, timeout: int) -> list[str]:
+    # The access log has no query strings and no tokens (server.web.access_log).
+    from server.web.access_log import ACCESS_LOG_FORMAT, AccessLogger
+
     return [
         sys.executable, "-m", "gunicorn",
         "--bind", bind,
@@ -368,6 +402,8 @@ def gunicorn_argv(bind: str, workers: int, threads: int, timeout: int) -> list[s
         "--worker-class", "gthread",
         "--timeout", str(timeout),
         "--access-logfile", "-",
+        "--access-logformat", ACCESS_LOG_FORMAT,
+        "--logger-class", f"{AccessLogger.__module__}.{AccessLogger.__qualname__}",
         "server:create_app()",
     ]
 
@@ -381,6 +417,7 @@ def gunicorn_argv(bind: str, workers: int, threads: int, timeout: int) -> list[s
               help="Seconds before a stuck worker is restarted.")
 def serve(bind: str, workers: int, threads: int, timeout: int) -> None:
     """Serve the app with gunicorn (production)."""
+    mark_loopback_bind(bind)
     _prepare_to_serve()
     argv = gunicorn_argv(bind, workers, threads, timeout)
     click.echo(f"serving on http://{bind} with {workers} workers x {threads} threads")
@@ -392,6 +429,7 @@ def serve(bind: str, workers: int, threads: int, timeout: int) -> None:
 @click.option("--port", type=int, default=5000, show_default=True)
 def run(host: str, port: int) -> None:
     """Run the debug server (development only)."""
+    mark_loopback_bind(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     _prepare_to_serve()
     from server import create_app
 

@@ -56,13 +56,18 @@ class UnknownProblemError(LookupError):
 
 def find_problem(ref: str, directory: Path | None = None) -> ProblemSpec:
     """A problem by id (from the bank) or by path to a spec file."""
+    return load_spec(find_spec_file(ref, directory))
+
+
+def find_spec_file(ref: str, directory: Path | None = None) -> Path:
+    """The spec file of a problem id (in the bank folder) or of a path."""
     path = Path(ref)
     if ref.endswith(".toml") or path.is_file():
         if not path.is_file():
             raise UnknownProblemError(f"no such spec file: {ref}")
-        return load_spec(path)
+        return path
     candidate = (directory or BANK_DIR) / f"{ref}.toml"
     if not candidate.is_file():
         known = ", ".join(p.stem for p in spec_files(directory))
         raise UnknownProblemError(f"unknown problem {ref!r} (known: {known})")
-    return load_spec(candidate)
+    return candidate

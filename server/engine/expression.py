@@ -21,14 +21,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 import sympy
 
-from server.engine.instance import BrokenProblemError, draw_dims
+from server.engine import budget, progress
+from server.engine.instance import BrokenProblemError, InstanceError, draw_dims
 from server.engine.program import SpecIssue, substitute_choices
 from server.engine.results import GradeResult, GradientResult, invalid, weighted_score
 
 if TYPE_CHECKING:
     from server.engine.spec import ProblemSpec
 from server.engine.symbolic import (
+    MAGNITUDE_LIMIT,
+    MAX_TEXT_CHARS,
     ExpressionFormatError,
+    evaluate,
     judge_expression,
     parse_scalar_expression,
 )
@@ -110,6 +114,16 @@ def compile_definitions(
     return defined, errors
 
 
+def expanded_size(defined: list[tuple[str, sympy.Expr]], given: str) -> int:
+    """The number of nodes of ``given`` with every definition substituted, counted
+    without substituting (``g2 = g1 * g1`` doubles the size of g1 at each level)."""
+    sizes: dict[str, int] = {}
+    for name, value in defined:
+        sizes[name] = sum(sizes.get(node.name, 1) if node.is_Symbol else 1
+                          for node in sympy.preorder_traversal(value))
+    return sizes.get(given, 0)
+
+
 def _expand(defined, given: str) -> sympy.Expr:
     env: dict[sympy.Symbol, sympy.Expr] = {}
     for name, value in defined:
@@ -139,6 +153,10 @@ def check_expression_spec(
                     line_of("given"), f"given names {given!r}, which the forward lines never define"
                 )
             )
+        elif not errors and expanded_size(defined, given) > budget.MAX_EXPRESSION_NODES:
+            issues.append(SpecIssue(line_of("forward"), (
+                f"{given} has {expanded_size(defined, given)} nodes once every definition is "
+                f"substituted; the limit is {budget.MAX_EXPRESSION_NODES}")))
         if issues:
             break
     return issues
@@ -163,18 +181,38 @@ def draw_expression_instance(spec: ProblemSpec, seed: int) -> ExpressionInstance
     assumed = sympy.Symbol(variable, positive=True) if spec.domain and spec.domain[0] > 0 \
         else sympy.Symbol(variable, real=True)
     f = _expand(defined, spec.given).xreplace({x: assumed})
+    progress.stage(f"differentiating {spec.given} symbolically, seed {seed}")
     derivative = sympy.diff(f, assumed).xreplace({assumed: x})
     f = f.xreplace({assumed: x})
+    reference = sympy.sstr(derivative)
+    if len(reference) > MAX_TEXT_CHARS:
+        raise InstanceError(
+            f"{spec.id}: the derivative of {spec.given} is {len(reference)} characters long "
+            f"written out, and an answer may have at most {MAX_TEXT_CHARS}: make "
+            f"{spec.given} simpler")
+    progress.stage(f"verifying the derivative of {spec.given} at {len(FD_POINTS)} points, "
+                   f"seed {seed}")
     _verify(spec, f, derivative, x)
     shown = "\n".join(f"{n} = {sympy.sstr(e)}" for n, e in defined)
     return ExpressionInstance(
         spec.id, spec.version, seed, constants,
         {n: spec.choices[n][i][0] for n, i in zip(spec.choices, choice_index)}, choice_index,
-        shown, spec.given, spec.ask, sympy.sstr(derivative), derivative, f,
+        shown, spec.given, spec.ask, reference, derivative, f,
     )
 
 
 def _verify(spec: ProblemSpec, f: sympy.Expr, derivative: sympy.Expr, x: sympy.Symbol) -> None:
+    """The derivative against central differences (40 digits) at ``FD_POINTS``. Each
+    value is first evaluated in bounded float64 (``symbolic.evaluate``): a function
+    beyond 1e100 at a check point is refused there, before sympy's 40-digit
+    arithmetic meets a number of 10^52 digits (``exp(exp(exp(exp(exp(x)))))``)."""
+    for point in FD_POINTS:
+        for expr, name in ((f, spec.given), (derivative, f"d{spec.given}/d{x}")):
+            if evaluate(expr, {x.name: point}).status == "too_large":
+                raise InstanceError(
+                    f"{spec.id}: {name} is too large to evaluate at {x} = {point} (beyond "
+                    f"{MAGNITUDE_LIMIT:.0e}): a problem's values must stay within it; nest "
+                    "fewer exp or powers, or use smaller constants")
     h = sympy.Rational(1, 10**8)
     for p in FD_POINTS:
         p = sympy.Rational(p).limit_denominator(100)

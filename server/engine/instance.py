@@ -21,6 +21,9 @@ equal to it by structure: it is listed as equivalent, and a correct answer.
 Hidden instances (``draw_hidden_instances``) skip the mutant check: the
 student's own instance already separates every mutant; and their
 finite-difference check runs once per process for each structure and dims.
+The check is entry by entry for staff work (``verify="full"``: a spec's check,
+previews) and along random directions for a student's draw and hidden draws
+(``verify="directional"``; docs/grading.md, "What finite differences verify").
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from server.engine import progress
 from server.engine import reference as ref
 from server.engine.mutants import Evaluation, MutantSet, compile_mutants
 from server.engine.ops import OPS
@@ -44,6 +48,7 @@ if TYPE_CHECKING:
     from server.engine.spec import ProblemSpec
 
 MAX_DRAWS = 400
+DIMS_ROUNDS = 8  # dims a seed tries, MAX_DRAWS value draws each, before it is refused
 CALIBRATION_DRAWS = 48  # fixed draws per structure that decide which mutants are equivalent
 CALIBRATION_FULL = 16  # of those, the draws on which every mutant is evaluated (shares)
 CALIBRATION_SEED = 0x6D75740000
@@ -250,11 +255,16 @@ def draw_instance(
     other_than: Mapping[str, int] | None = None,
     discriminate: bool = True,
     stats: DrawStats | None = None,
+    verify: str = "full",
 ) -> ArrayInstance:
     """The instance for ``seed``. ``choice_index`` forces the structure and
     ``other_than`` asks for dims that differ from those (hidden instances that
     check an answer on the same structure at other sizes). ``discriminate``
-    False skips the mutant check (hidden instances)."""
+    False skips the mutant check (hidden instances). ``verify``: how the
+    reference is checked by finite differences (``_verify``: every entry, or
+    along random directions)."""
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {VERIFY_MODES} (got {verify!r})")
     if not spec.programs:
         raise InstanceError(f"{spec.id} has no forward program of arrays: draw it with its "
                             "answer kind (spec.kind.draw)")
@@ -264,18 +274,39 @@ def draw_instance(
     drawn = tuple(int(rng.integers(len(v))) for v in spec.choices.values())
     choice_index = drawn if choice_index is None else tuple(choice_index)
     program = spec.program(choice_index)
-    dims = draw_dims(spec.dims, rng)
-    for _ in range(20):
-        if not other_than or any(dims.get(k) != v for k, v in other_than.items()):
-            break
+
+    def new_dims() -> dict[str, int]:
         dims = draw_dims(spec.dims, rng)
+        for _ in range(20):
+            if not other_than or any(dims.get(k) != v for k, v in other_than.items()):
+                break
+            dims = draw_dims(spec.dims, rng)
+        return dims
+
+    dims = new_dims()
     check = mutant_check(spec, choice_index, stats) if discriminate else None
-    draw = _draw_values(spec, program, dims, rng, check, stats, f"seed {seed}")
+    for round_ in range(1, DIMS_ROUNDS + 1):
+        # Some dims leave a mistake almost never separable (mlp-random's relu mask from
+        # b3 instead of z8 with H3 = 2: seed 291): other dims, drawn from the same
+        # generator after the failed tries, so a seed that drew before draws the same.
+        progress.stage(f"drawing seed {seed} ({_dims_text(dims)})" if dims
+                       else f"drawing seed {seed}")
+        try:
+            draw = _draw_values(spec, program, dims, rng, check, stats, f"seed {seed}")
+            break
+        except InstanceError as exc:
+            if not spec.dims:
+                raise
+            if round_ == DIMS_ROUNDS:
+                raise InstanceError(f"{exc}; {DIMS_ROUNDS - 1} other dims were tried too"
+                                    ) from None
+            dims = new_dims()
+    what = f"seed {seed} ({_dims_text(dims)})" if dims else f"seed {seed}"
     if discriminate:
         _verify(spec, draw.sched, draw.leaves, draw.seeds, draw.back.grads, draw.values,
-                draw.no_grad)
+                draw.no_grad, mode=verify, what=what)
     else:
-        _verify_once(spec, program, dims, draw)
+        _verify_once(spec, program, dims, draw, verify, what)
     return _build(spec, seed, program, choice_index, dims, draw)
 
 
@@ -301,9 +332,9 @@ def _draw_values(spec: ProblemSpec, program: Program, dims, rng, check, stats, w
     reason = ""
     missed: dict[int, int] = {}  # mutant -> draws it was not separated on
     checked = 0  # draws that reached the mutant check
-    for attempt in range(1, MAX_DRAWS + 1):
+    for _ in range(MAX_DRAWS):
         if stats is not None:
-            stats.attempts = attempt
+            stats.attempts += 1
         leaves = {n: _draw_value(spec, n, shapes[n], rng) for n in program.leaves}
         seeds = {
             k: round_to(rng.uniform(-1, 1, shapes[spec.given]), spec.decimals) for k in given_keys
@@ -412,9 +443,18 @@ def mutant_check(spec: ProblemSpec, choice_index: tuple[int, ...],
     return check
 
 
+def _dims_text(dims: Mapping[str, int]) -> str:
+    return ", ".join(f"{name} = {value}" for name, value in dims.items())
+
+
 def _calibrate(spec: ProblemSpec, choice_index: tuple[int, ...], rtol: float) -> MutantCheck:
     start = time.perf_counter()
     program = spec.program(choice_index)
+    structure = ", ".join(f"{name} = {spec.choices[name][i][0]!r}"
+                          for name, i in zip(spec.choices, choice_index))
+    progress.stage("calibrating the plausible mistakes of "
+                   + (f"the structure {structure}" if structure else "the program")
+                   + f" ({CALIBRATION_DRAWS} draws)")
     mset = compile_mutants(spec, program)
     count = len(mset.mutants)
     separated = [0] * count
@@ -465,15 +505,18 @@ def draw_hidden_instances(
     draws the seeds per submission, so nothing learned about one submission's
     hidden instances helps the next."""
     return [draw_instance(spec, int(s), choice_index=inst.choice_index, other_than=inst.dims,
-                          discriminate=False)
+                          discriminate=False, verify="directional")
             for s in seeds]
 
 
-def legacy_hidden_seeds(inst: ArrayInstance, count: int = HIDDEN_INSTANCES) -> list[int]:
+def legacy_hidden_seeds(inst: ArrayInstance | Mapping, count: int = HIDDEN_INSTANCES
+                        ) -> list[int]:
     """The hidden seeds of submissions stored before seeds were drawn per
-    submission (they were a function of the instance alone); regrades of those
-    reproduce them."""
-    return [int.from_bytes(hashlib.sha256(f"{inst.problem}:{inst.seed}:hidden:{k}".encode())
+    submission (they were a function of the instance alone, or of its document's
+    ``problem`` and ``seed``); regrades of those reproduce them."""
+    problem, seed = ((inst["problem"], int(inst["seed"])) if isinstance(inst, Mapping)
+                     else (inst.problem, inst.seed))
+    return [int.from_bytes(hashlib.sha256(f"{problem}:{seed}:hidden:{k}".encode())
                            .digest()[:4], "big") & 0x7FFFFFFF for k in range(count)]
 
 
@@ -541,10 +584,19 @@ def _reject_gradients(program: Program, grads, values, no_grad) -> str:
     return ""
 
 
-def _verify(spec, sched, leaves, seeds, grads, values, no_grad) -> None:
+VERIFY_MODES = ("full", "directional")
+
+
+def _verify(spec, sched, leaves, seeds, grads, values, no_grad, *, mode: str = "full",
+            what: str = "") -> None:
+    """Reverse mode against central differences: ``full`` checks every entry of every
+    value (the spec's saved check, previews, ``nabla problems check``); ``directional``
+    checks each value along random directions (a student's draw and hidden draws: the
+    saved check verified every entry of the same structure)."""
     keys = [k for k in values if ref.key_name(k) not in no_grad]
     shapes = {k: values[k].shape for k in keys}
-    errors = ref.finite_difference_errors(sched, leaves, seeds, grads, keys, shapes)
+    check = ref.finite_difference_errors if mode == "full" else ref.directional_errors
+    errors = check(sched, leaves, seeds, grads, keys, shapes, what)
     for key, err in errors.items():
         if not err <= ref.FD_RTOL:
             name = ref.key_name(key)
@@ -555,7 +607,7 @@ def _verify(spec, sched, leaves, seeds, grads, values, no_grad) -> None:
 _VERIFIED: set[tuple] = set()  # (spec, version, program, dims) checked by finite differences
 
 
-def _verify_once(spec, program: Program, dims, draw: _Draw) -> None:
+def _verify_once(spec, program: Program, dims, draw: _Draw, mode: str, what: str) -> None:
     """The finite-difference check of a draw without the mutant check (a hidden
     instance), once per process for each structure and dims: the reference's
     gradients are exact functions of the structure and shapes (values near a kink
@@ -565,7 +617,8 @@ def _verify_once(spec, program: Program, dims, draw: _Draw) -> None:
     key = (spec.id, spec.version, spec.layout, program.text, tuple(sorted(dims.items())))
     if key in _VERIFIED:
         return
-    _verify(spec, draw.sched, draw.leaves, draw.seeds, draw.back.grads, draw.values, draw.no_grad)
+    _verify(spec, draw.sched, draw.leaves, draw.seeds, draw.back.grads, draw.values, draw.no_grad,
+            mode=mode, what=what)
     if len(_VERIFIED) >= 4 * MUTANT_CHECKS_CACHED:
         _VERIFIED.clear()
     _VERIFIED.add(key)

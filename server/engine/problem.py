@@ -9,9 +9,9 @@ if TYPE_CHECKING:
     from server.engine.spec import ProblemSpec
 
 
-def draw(spec: ProblemSpec, seed: int) -> Any:
-    """The instance of ``spec`` for ``seed``."""
-    return spec.kind.draw(spec, seed)
+def draw(spec: ProblemSpec, seed: int, *, verify: str = "full") -> Any:
+    """The instance of ``spec`` for ``seed`` (``verify``: see ``AnswerKind.draw``)."""
+    return spec.kind.draw(spec, seed, verify=verify)
 
 
 def instance_from_document(spec: ProblemSpec, document: Mapping) -> Any:

@@ -70,7 +70,7 @@ class Step:
 
 @dataclass(frozen=True)
 class Loop:
-    line: int
+    line: int  # the header's line in the spec file
     var: str
     start: Lin
     stop: Lin
@@ -273,7 +273,8 @@ class ProgramCompiler:
             step = self._item(sub, (var, start, stop))
             if isinstance(step, Step):
                 body.append(step)
-        return Loop(node.lineno, var, start, stop, header, tuple(body))
+        return Loop(self.file_line(node.lineno) or node.lineno, var, start, stop, header,
+                    tuple(body))
 
     def _step(self, node: ast.Assign, loop) -> Step | None:
         lineno = node.lineno

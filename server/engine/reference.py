@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from server.engine import progress
 from server.engine.ops import forward as op_forward
 from server.engine.ops import l2_norm, vjp
 from server.engine.program import Loop, Program, Step
@@ -127,6 +128,13 @@ def loss(values: Mapping[Key, np.ndarray], seeds: Mapping[Key, np.ndarray]) -> n
     return sum((seeds[k] * values[k]).sum(axis=(-2, -1)) for k in seeds)
 
 
+# A batched forward pass holds (rows × every value's entries) floats: the rows of one
+# pass are capped so that it stays near 32 MB whatever the spec's dims (the budget,
+# server/engine/budget.py, caps the entries; this caps the memory of checking them).
+FD_BATCH_FLOATS = 1 << 22
+DIRECTIONS = 2  # random directions per value in a directional check
+
+
 def finite_difference_errors(
     sched: list[Exec],
     leaves: Mapping[str, np.ndarray],
@@ -134,37 +142,105 @@ def finite_difference_errors(
     grads: Mapping[Key, np.ndarray],
     keys: list[Key],
     shapes: Mapping[Key, tuple[int, int]],
+    what: str = "",
 ) -> dict[Key, float]:
-    """Relative error between analytic gradients and central differences of L,
-    for every key at once: all perturbations run as one batched forward pass
-    (two batch rows per entry), so verification costs about one evaluation."""
-    sizes = [int(np.prod(shapes[k])) for k in keys]
-    total = sum(sizes)
-    if total == 0:
-        return {}
-    rows = 2 * total
-    perturb: dict[Key, np.ndarray] = {}
-    offsets: dict[Key, int] = {}
-    offset = 0
-    for k, n in zip(keys, sizes):
-        delta = np.zeros((rows, n))
-        idx = np.arange(n)
-        delta[offset + 2 * idx, idx] = FD_STEP
-        delta[offset + 2 * idx + 1, idx] = -FD_STEP
-        perturb[k] = delta.reshape((rows,) + tuple(shapes[k]))
-        offsets[k] = offset
-        offset += 2 * n
-    values = run_forward(sched, leaves, perturb)
-    L = loss(values, seeds)
+    """Relative error between analytic gradients and central differences of L, for
+    every entry of every key: two batch rows (plus and minus a step) per entry, run
+    as batched forward passes of at most ``FD_BATCH_FLOATS`` floats each, so the
+    check costs a few evaluations of the program and bounded memory."""
+    sizes = {k: int(np.prod(shapes[k])) for k in keys}
+
+    def step(row: np.ndarray, item: tuple[Key, int]) -> None:
+        row[item[1]] = FD_STEP
+
+    entries = [(k, i) for k in keys for i in range(sizes[k])]
+    differences = iter(_central_differences(entries, step, sched, leaves, seeds, shapes,
+                                            f"the finite-difference check of{{}}, {what}"))
     errors: dict[Key, float] = {}
-    for k, n in zip(keys, sizes):
-        o = offsets[k]
-        fd = (L[o : o + 2 * n : 2] - L[o + 1 : o + 2 * n : 2]) / (2 * FD_STEP)
+    for k in keys:
+        fd = np.fromiter(differences, float, count=sizes[k])
         an = grads.get(k)
-        an = np.zeros(n) if an is None else an.reshape(-1)
+        an = np.zeros(sizes[k]) if an is None else an.reshape(-1)
         scale = max(l2_norm(an), l2_norm(fd), FD_NORM_FLOOR)
         errors[k] = l2_norm(fd - an) / scale
     return errors
+
+
+def directional_errors(
+    sched: list[Exec],
+    leaves: Mapping[str, np.ndarray],
+    seeds: Mapping[Key, np.ndarray],
+    grads: Mapping[Key, np.ndarray],
+    keys: list[Key],
+    shapes: Mapping[Key, tuple[int, int]],
+    what: str = "",
+    seed: int = 0,
+) -> dict[Key, float]:
+    """The cheap check: per key, central differences of L along ``DIRECTIONS`` random
+    unit directions v against ``<gradient, v>``, relative to the gradient's norm
+    (``|<g, v>| <= |g|``). Four batch rows per key instead of two per entry: what a
+    student's draw uses, the spec's saved check having verified every entry."""
+    rng = np.random.default_rng(seed)
+    directions = {}
+    for k in keys:
+        v = rng.standard_normal((DIRECTIONS, int(np.prod(shapes[k]))))
+        directions[k] = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-300)
+
+    def step(row: np.ndarray, item: tuple[Key, int]) -> None:
+        row[:] = FD_STEP * directions[item[0]][item[1]]
+
+    items = [(k, d) for k in keys for d in range(DIRECTIONS)]
+    differences = _central_differences(items, step, sched, leaves, seeds, shapes,
+                                       f"the directional finite-difference check of{{}}, {what}")
+    errors: dict[Key, float] = dict.fromkeys(keys, 0.0)
+    for (k, d), fd in zip(items, differences):
+        g = grads.get(k)
+        g = np.zeros(directions[k].shape[1]) if g is None else g.reshape(-1)
+        scale = max(l2_norm(g), abs(fd), FD_NORM_FLOOR)
+        errors[k] = max(errors[k], abs(fd - float(g @ directions[k][d])) / scale)
+    return errors
+
+
+def _central_differences(items: list[tuple[Key, int]], step, sched, leaves, seeds, shapes,
+                         stage: str) -> list[float]:
+    """(L(x + s) - L(x - s)) / 2h for each item, its step s written into a row of its
+    key by ``step(row, item)``; in batched passes of bounded size (``_chunks``).
+    ``stage``: the progress text, ``{}`` standing for the values of a pass."""
+    out: list[float] = []
+    for chunk in _chunks(items, shapes, leaves):
+        names = list(dict.fromkeys(k for k, _ in chunk))
+        shown = ", ".join(f"{_label(k)} ({shapes[k][0]}×{shapes[k][1]})" for k in names[:3])
+        more = f" and {len(names) - 3} other values" if len(names) > 3 else ""
+        progress.stage(stage.format(f" {shown}{more}").rstrip(", "))
+        rows = 2 * len(chunk)
+        perturb: dict[Key, np.ndarray] = {}
+        for j, item in enumerate(chunk):
+            k = item[0]
+            delta = perturb.get(k)
+            if delta is None:
+                delta = perturb[k] = np.zeros((rows, int(np.prod(shapes[k]))))
+            step(delta[2 * j], item)
+            delta[2 * j + 1] = -delta[2 * j]
+        for k, delta in perturb.items():
+            perturb[k] = delta.reshape((rows,) + tuple(shapes[k]))
+        L = np.broadcast_to(loss(run_forward(sched, leaves, perturb), seeds), (rows,))
+        out.extend(((L[0::2] - L[1::2]) / (2 * FD_STEP)).tolist())
+    return out
+
+
+def _chunks(items: list, shapes: Mapping[Key, tuple[int, int]],
+            leaves: Mapping[str, np.ndarray]) -> list[list]:
+    """``items`` (two batch rows each) in runs whose forward pass holds at most
+    ``FD_BATCH_FLOATS`` floats (every value of a row: ``shapes`` names all the
+    program's values but the constant leaves)."""
+    per_row = sum(int(np.prod(s)) for s in shapes.values()) + sum(
+        v.size for name, v in leaves.items() if name not in shapes)
+    size = max(1, FD_BATCH_FLOATS // max(1, 2 * per_row))
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _label(key: Key) -> str:
+    return f"{key[0]}[{key[1]}]" if isinstance(key, tuple) else key
 
 
 def to_layout(grad: np.ndarray, layout: str) -> np.ndarray:

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.engine import budget, progress
 from server.engine.dimexpr import DimExprError, Lin, min_over, parse_lin, shape_text
 from server.engine.kinds import KINDS, AnswerKind
 from server.engine.program import (
@@ -44,7 +45,6 @@ TOP_KEYS = {
     "constants", "domain",
 }
 VAR_KEYS = {"shape", "role", "range", "dist"}
-MAX_CHOICE_COMBINATIONS = 512
 
 
 class SpecError(Exception):
@@ -107,6 +107,13 @@ def load_spec(path: str | Path) -> ProblemSpec:
 
 
 def parse_spec(text: str, path: str = "<spec>") -> ProblemSpec:
+    """The spec of ``text``, or SpecError with every issue at its line. The budget
+    (``server.engine.budget``) is checked first, on the text, then on the TOML's
+    fields before any program is compiled, then on the compiled programs."""
+    progress.stage("parsing the spec")
+    issues = budget.check_text(text)
+    if issues:
+        raise SpecError(path, issues)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -114,6 +121,8 @@ def parse_spec(text: str, path: str = "<spec>") -> ProblemSpec:
         raise SpecError(
             path, [SpecIssue(int(match.group(1)) if match else None, f"malformed TOML: {exc}")]
         ) from None
+    except RecursionError:  # nesting the depth check did not see (it is conservative)
+        raise SpecError(path, [SpecIssue(None, "the TOML nests too deeply")]) from None
     _hoist_top_level_keys(data)
     builder = SpecBuilder(data, text, path)
     spec = builder.build()
@@ -200,6 +209,9 @@ class SpecBuilder:
         domain = kind.check_domain(self)
         if self.issues:  # later checks would only repeat these (an unusable dim, ...)
             return None
+        self.issues.extend(budget.check_table(d, dims, constants, choices, self.line_of))
+        if self.issues:  # nothing is compiled beyond the budget
+            return None
         variables = kind.check_variables(self, dims, constants)
         if self.issues:
             return None
@@ -220,6 +232,13 @@ class SpecBuilder:
             return None
         programs = kind.check_program(self, forward_template, choices, variables, dims,
                                       constants, given, tuple(ask))
+        if self.issues:
+            return None
+        self.issues.extend(budget.check_programs(
+            programs.values(), dims,
+            lambda program, name: self.line_of(name, "vars") or budget.defining_line(program,
+                                                                                     name),
+            self.line_of("forward")))
         if self.issues:
             return None
         return ProblemSpec(
@@ -445,13 +464,8 @@ class SpecBuilder:
         return start
 
     def compile_all(self, template, choices, variables, dims, given, ask) -> dict:
+        # at most budget.MAX_CHOICE_COMBINATIONS: check_table refused more
         combos = list(itertools.product(*(range(len(v)) for v in choices.values())))
-        if len(combos) > MAX_CHOICE_COMBINATIONS:
-            self.err(
-                self.line_of("choose"),
-                f"{len(combos)} combinations of choices; at most {MAX_CHOICE_COMBINATIONS}",
-            )
-            return {}
         programs = {}
         first = self._forward_first_line()
         for combo in combos:

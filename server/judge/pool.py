@@ -37,16 +37,22 @@ class JudgeError(Exception):
     """A message was not answered. ``kind``: ``timeout`` (the deadline passed; the
     judge process was killed), ``memory`` (it ran out of its memory limit),
     ``crashed`` (it died), ``busy`` (no judge process became free in time),
-    ``unavailable`` (none could be started), ``error`` (the task raised)."""
+    ``unavailable`` (none could be started), ``error`` (the task raised). ``stage``:
+    the last progress the judge process reported (server.engine.progress)."""
 
-    def __init__(self, kind: str, message: str):
+    def __init__(self, kind: str, message: str, stage: str | None = None):
         self.kind = kind
+        self.stage = stage  # what the judge process said it was doing last, if anything
         super().__init__(message)
 
 
 def clean_environment() -> dict[str, str]:
-    """The zygote's whole environment: nothing from the server's (no secrets)."""
-    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+    """The zygote's whole environment: nothing from the server's (no secrets) but
+    OpenBLAS's tuning (``OPENBLAS_CORETYPE``, ...: the same kernels as the server's, so
+    that an instance drawn here has the same bits as one drawn there)."""
+    env = {name: value for name, value in os.environ.items()
+           if name.startswith("OPENBLAS_") and name.isupper()}
+    env.update({"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"})
     for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[name] = "1"  # small arrays; and no thread pools in processes that fork
     return env
@@ -79,30 +85,20 @@ class _Process:
             pass
 
 
-class Judge:
-    """A pool of ``size`` judge processes, forked from one zygote; see ``call``."""
+class Zygote:
+    """The process that imported the tasks module once and forks judge processes for
+    every pool of this app process (grading and spec work share it)."""
 
-    def __init__(self, size: int = 2, timeout_s: float = 5.0, memory_mb: int = 512,
-                 tasks: str = TASKS) -> None:
-        if size < 1 or not 0 < timeout_s <= 600 or memory_mb < 64:
-            raise ValueError(f"bad judge settings: size={size}, timeout_s={timeout_s}, "
-                             f"memory_mb={memory_mb}")
-        self.size, self.timeout_s, self.memory_mb, self.tasks = size, timeout_s, memory_mb, tasks
-        self._cond = threading.Condition()
-        self._idle: list[_Process] = []
-        self._live = 0  # idle + busy + being spawned
-        self._zygote_lock = threading.Lock()
-        self._zygote: subprocess.Popen | None = None
+    def __init__(self, tasks: str = TASKS) -> None:
+        self.tasks = tasks
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen | None = None
         self._starting: subprocess.Popen | None = None
         self._control: socket.socket | None = None
-        self._closed = False
-        self.spawned = 0  # judge processes started
-        self.killed = 0  # judge processes killed at the deadline
-        self.zygote_starts = 0
+        self.closed = False
+        self.starts = 0
 
-    # ---- the zygote
-
-    def _start_zygote(self) -> None:
+    def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             command = [sys.executable, "-I", "-B", "-c", BOOTSTRAP, _ROOT,
@@ -122,19 +118,19 @@ class Judge:
         except (OSError, ValueError) as exc:
             hello = {"error": str(exc)}
         self._starting = None
-        if not hello.get("ready") or self._closed:
+        if not hello.get("ready") or self.closed:
             ours.close()
             process.kill()
             process.wait()
             raise JudgeError("unavailable", "the judge did not start: "
                              f"{hello.get('error') or 'it exited'}")
         ours.settimeout(SPAWN_TIMEOUT_S)
-        self._zygote, self._control = process, ours
-        self.zygote_starts += 1
+        self._process, self._control = process, ours
+        self.starts += 1
 
-    def _stop_zygote(self) -> None:
-        process, control = self._zygote, self._control
-        self._zygote = self._control = None
+    def _stop(self) -> None:
+        process, control = self._process, self._control
+        self._process = self._control = None
         if control is not None:
             control.close()  # the zygote exits on end of file; its judges die with it
         if process is not None:
@@ -144,33 +140,100 @@ class Judge:
                 process.kill()
                 process.wait()
 
-    def _spawn(self) -> _Process:
-        with self._zygote_lock:
+    def start(self) -> None:
+        with self._lock:
+            if self._process is None or self._process.poll() is not None:
+                self._stop()
+                self._start()
+
+    def spawn(self, memory_mb: int, nice: int = 0) -> _Process:
+        """A new judge process (the zygote is started, or started again, as needed)."""
+        with self._lock:
             for attempt in range(2):
-                if self._closed:
+                if self.closed:
                     raise JudgeError("unavailable", "the judge is closed")
-                if self._zygote is None or self._zygote.poll() is not None:
-                    self._stop_zygote()
-                    self._start_zygote()
+                if self._process is None or self._process.poll() is not None:
+                    self._stop()
+                    self._start()
                 assert self._control is not None
                 try:
-                    self._control.send(json.dumps({"memory_mb": self.memory_mb}).encode())
+                    self._control.send(json.dumps({"memory_mb": memory_mb,
+                                                   "nice": nice}).encode())
                     data, fds, _, _ = socket.recv_fds(self._control, MAX_CONTROL_BYTES, 2)
                 except OSError as exc:
                     data, fds = b"", []
                     log.warning("judge zygote did not answer (%s); restarting it", exc)
                 reply = json.loads(data) if data else {}
                 if len(fds) == 2 and "pid" in reply:
-                    self.spawned += 1
                     return _Process(int(reply["pid"]), socket.socket(fileno=fds[0]), fds[1])
                 for fd in fds:
                     os.close(fd)
                 if attempt == 0 and not data:
-                    self._stop_zygote()  # it died: start it again once
+                    self._stop()  # it died: start it again once
                     continue
                 raise JudgeError("unavailable",
                                  f"no judge process: {reply.get('error') or 'zygote gone'}")
         raise AssertionError("unreachable")
+
+    @property
+    def pid(self) -> int | None:
+        process = self._process
+        return None if process is None or process.poll() is not None else process.pid
+
+    def close(self) -> None:
+        """Kill the zygote (its judge processes die with it: PR_SET_PDEATHSIG)."""
+        self.closed = True
+        for process in {self._starting, self._process} - {None}:
+            process.kill()
+            process.wait()
+        if self._control is not None:
+            self._control.close()
+
+    def forget(self) -> None:
+        """In a forked copy of the server process: drop our copy of the control socket."""
+        self._lock = threading.Lock()
+        self.closed = True
+        if self._control is not None:
+            self._control.close()
+        self._process = self._control = None
+
+
+class Judge:
+    """A pool of ``size`` judge processes, forked from a zygote (its own, or one shared
+    with the other pools of this app process); see ``call``. ``nice``: the
+    processes run at that lower priority (staff work). ``wait_s``: how long a call
+    that finds every process busy waits for one before it is refused (``busy``); None:
+    until its deadline. A short wait keeps the threads of the server waiting on the
+    pool few (staff work: the others stay free for students)."""
+
+    def __init__(self, size: int = 2, timeout_s: float = 5.0, memory_mb: int = 512,
+                 tasks: str = TASKS, *, zygote: Zygote | None = None, nice: int = 0,
+                 wait_s: float | None = None) -> None:
+        if size < 1 or not 0 < timeout_s <= 600 or memory_mb < 64 or not 0 <= nice <= 19:
+            raise ValueError(f"bad judge settings: size={size}, timeout_s={timeout_s}, "
+                             f"memory_mb={memory_mb}, nice={nice}")
+        self.size, self.timeout_s, self.memory_mb, self.nice = size, timeout_s, memory_mb, nice
+        self.wait_s = wait_s
+        self.tasks = tasks if zygote is None else zygote.tasks
+        self._owns_zygote = zygote is None
+        self.zygote = Zygote(tasks) if zygote is None else zygote
+        self._cond = threading.Condition()
+        self._idle: list[_Process] = []
+        self._live = 0  # idle + busy + being spawned
+        self._closed = False
+        self.spawned = 0  # judge processes started
+        self.killed = 0  # judge processes killed at the deadline
+
+    @property
+    def zygote_starts(self) -> int:
+        return self.zygote.starts
+
+    def _spawn(self) -> _Process:
+        if self._closed:
+            raise JudgeError("unavailable", "the judge is closed")
+        process = self.zygote.spawn(self.memory_mb, self.nice)
+        self.spawned += 1
+        return process
 
     # ---- the pool
 
@@ -256,12 +319,17 @@ class Judge:
         Raises JudgeError.
         """
         limit = self.timeout_s if timeout_s is None else timeout_s
-        process = self._acquire(time.monotonic() + limit)
+        process = self._acquire(time.monotonic() + (limit if self.wait_s is None
+                                                    else min(limit, self.wait_s)))
         deadline = time.monotonic() + limit  # waiting for a free process is not counted
+        stage = None
         try:
             while True:
                 wire.send(process.sock, message)
                 answer = wire.receive(process.sock, deadline)
+                while "progress" in answer and "status" not in answer:
+                    stage = str(answer["progress"])  # a stage started; the answer follows
+                    answer = wire.receive(process.sock, deadline)
                 following = follow(answer) if follow is not None else None
                 if following is None:
                     break
@@ -269,10 +337,10 @@ class Judge:
         except wire.FrameTimeout:
             self.killed += 1
             self._discard(process)
-            raise JudgeError("timeout", f"no answer within {limit:g} s") from None
+            raise JudgeError("timeout", f"no answer within {limit:g} s", stage) from None
         except wire.FrameError as exc:
             self._discard(process)
-            raise JudgeError("crashed", f"the judge process died ({exc})") from None
+            raise JudgeError("crashed", f"the judge process died ({exc})", stage) from None
         except BaseException:
             self._discard(process)
             raise
@@ -282,14 +350,16 @@ class Judge:
             self._release(process)
         status = answer.get("status")
         if status == "memory":
-            raise JudgeError("memory", f"the judge process exceeded {self.memory_mb} MB")
+            limit_mb = message.get("memory_mb") or self.memory_mb
+            raise JudgeError("memory", f"the judge process exceeded {limit_mb} MB", stage)
         if status == "error":
-            raise JudgeError("error", str(answer.get("message", "")))
+            raise JudgeError("error", str(answer.get("message", "")), stage)
         return answer
 
     def close(self) -> None:
-        """Kill every process (busy judges die with the zygote). Does not wait for a
-        zygote being started or a judge being forked: it runs at the server's exit."""
+        """Kill every process of this pool (and the zygote, if it is the pool's own:
+        busy judges die with it). Does not wait for a zygote being started or a
+        judge being forked: it runs at the server's exit."""
         with self._cond:
             self._closed = True
             idle, self._idle = self._idle, []
@@ -298,28 +368,21 @@ class Judge:
         for process in idle:
             process.kill()
             process.close()
-        for zygote in {self._starting, self._zygote} - {None}:
-            zygote.kill()  # its judge processes get SIGKILL too (PR_SET_PDEATHSIG)
-            zygote.wait()
-        if self._control is not None:
-            self._control.close()
+        if self._owns_zygote:
+            self.zygote.close()
 
     def forget(self) -> None:
         """In a forked copy of the server process: drop our copies of the parent's
         descriptors without touching its processes."""
-        self._cond, self._zygote_lock = threading.Condition(), threading.Lock()
+        self._cond = threading.Condition()
         for process in self._idle:
             process.close()
         self._idle, self._live, self._closed = [], 0, True
-        if self._control is not None:
-            self._control.close()
-        self._zygote = self._control = None
+        self.zygote.forget()
 
     def status(self) -> dict:
         with self._cond:
             idle, live = [p.pid for p in self._idle], self._live
-        zygote = self._zygote
         return {"size": self.size, "timeout_s": self.timeout_s, "memory_mb": self.memory_mb,
                 "idle": idle, "live": live, "spawned": self.spawned, "killed": self.killed,
-                "zygote_pid": None if zygote is None or zygote.poll() is not None else zygote.pid,
-                "zygote_starts": self.zygote_starts}
+                "zygote_pid": self.zygote.pid, "zygote_starts": self.zygote_starts}

@@ -7,12 +7,16 @@ grading: numpy, sympy and the engine) once, then waits on its control socket
 judge process, which gets one end of a new socket pair; the zygote sends the
 other end and a pidfd of the judge to the server (SCM_RIGHTS) and forgets
 both. A judge process answers frames (``server.judge.wire``) with the tasks
-module's ``handle(message) -> dict`` until the server closes its socket.
+module's ``handle(message, report) -> dict`` until the server closes its socket;
+``report(frame)`` sends a frame ahead of the answer (progress).
 
-A judge process runs under RLIMIT_AS (its size at fork plus ``memory_mb``)
-and dies with the zygote (PR_SET_PDEATHSIG); the zygote exits when the server
-closes the control socket (the server exiting, too). The wall-clock limit is
-the server's: it kills a judge process through its pidfd.
+A judge process runs under RLIMIT_AS (its size at fork plus ``memory_mb``; a
+message's own ``memory_mb`` lowers it, for that message, to so much more than
+the process holds when it starts) and dies with the
+zygote (PR_SET_PDEATHSIG); ``nice`` in the spawn request lowers its priority
+(staff work). The zygote exits when the server closes the control socket (the
+server exiting, too). The wall-clock limit is the server's: it kills a judge
+process through its pidfd.
 """
 
 from __future__ import annotations
@@ -64,14 +68,15 @@ def main(argv: list[str]) -> None:
         try:
             request = json.loads(data)
             memory_mb = int(request["memory_mb"])
+            niceness = int(request.get("nice", 0))
         except (ValueError, KeyError, TypeError):
             control.send(json.dumps({"error": "malformed request"}).encode())
             continue
-        _spawn(control, tasks, memory_mb)
+        _spawn(control, tasks, memory_mb, niceness)
     os._exit(0)
 
 
-def _spawn(control: socket.socket, tasks, memory_mb: int) -> None:
+def _spawn(control: socket.socket, tasks, memory_mb: int, niceness: int = 0) -> None:
     ours, theirs = socket.socketpair()
     zygote = os.getpid()
     pid = os.fork()
@@ -79,6 +84,8 @@ def _spawn(control: socket.socket, tasks, memory_mb: int) -> None:
         try:
             control.close()
             ours.close()
+            if niceness > 0:
+                os.nice(niceness)  # staff work yields the CPU to the web workers
             _judge(theirs, tasks, zygote, memory_mb)
         finally:
             os._exit(1)
@@ -117,18 +124,34 @@ def _judge(sock: socket.socket, tasks, zygote: int, memory_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     handle = tasks.handle
+
+    def report(frame: dict) -> None:  # a frame before the answer (progress)
+        wire.send(sock, frame)
+
     while True:
         try:
             message = wire.receive(sock)
         except wire.FrameError:
             os._exit(0)  # the server closed our socket
+        # A message may allow itself less than the process may use (a student's draw):
+        # so much more than the process holds now
+        wanted = message.get("memory_mb") if isinstance(message, dict) else None
+        soft = (min(limit, _address_space_bytes() + (wanted << 20))
+                if isinstance(wanted, int) and wanted > 0 else limit)
         try:
-            reply = handle(message)
+            if soft != limit:
+                resource.setrlimit(resource.RLIMIT_AS, (soft, limit))
+            reply = handle(message, report)
         except MemoryError:
             reply = {"status": "memory", "recycle": True}
+        except wire.FrameError:
+            os._exit(0)  # the server stopped listening (it killed us, or closed)
         except Exception:
             text = traceback.format_exc(limit=-8)
             reply = {"status": "error", "message": text[-4000:]}
+        finally:
+            if soft != limit:
+                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         # A thread left running (sympy's simplify, abandoned at its time limit) would
         # slow every later job of this process: start afresh instead.
         if threading.active_count() > 1:

@@ -3,7 +3,14 @@
 from server.models.assignment import Assignment, AssignmentProblem, ScorePolicy
 from server.models.base import Base, utcnow
 from server.models.counter import RateCounter
-from server.models.course import ROLE_VALUES, Course, Enrollment, Role
+from server.models.course import (
+    ROLE_VALUES,
+    STAFF_ROLE_VALUES,
+    Course,
+    Enrollment,
+    Role,
+    StaffInvitation,
+)
 from server.models.grades import Extension, OverrideEvent, ScoreOverride
 from server.models.instance import Instance
 from server.models.invite import PasswordInvite
@@ -17,6 +24,7 @@ from server.models.verdict import SubmissionVerdict
 __all__ = [
     "JOB_STATES",
     "ROLE_VALUES",
+    "STAFF_ROLE_VALUES",
     "STATUS_VALUES",
     "ApiToken",
     "Assignment",
@@ -37,6 +45,7 @@ __all__ = [
     "Role",
     "ScoreOverride",
     "ScorePolicy",
+    "StaffInvitation",
     "Submission",
     "SubmissionStatus",
     "SubmissionVerdict",

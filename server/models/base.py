@@ -20,6 +20,10 @@ NAMING_CONVENTION = {
 }
 
 
+# The largest value of an INTEGER key (every id) on every backend.
+MAX_ROW_ID = 2**31 - 1
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 

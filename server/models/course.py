@@ -21,6 +21,7 @@ class Role(enum.StrEnum):
 
 
 ROLE_VALUES = tuple(role.value for role in Role)
+STAFF_ROLE_VALUES = (Role.TA.value, Role.INSTRUCTOR.value)
 
 
 class Course(Base):
@@ -63,3 +64,27 @@ class Enrollment(Base):
 
     user: Mapped[User] = relationship(back_populates="enrollments")
     course: Mapped[Course] = relationship(back_populates="enrollments")
+
+
+class StaffInvitation(Base):
+    """A staff role (TA or instructor) offered to an existing account, waiting for the
+    account holder to accept or decline it (services.staff_invitations). At most one
+    per account and course; it is deleted once accepted, declined or withdrawn."""
+
+    __tablename__ = "staff_invitations"
+    __table_args__ = (
+        UniqueConstraint("course_id", "user_id"),
+        CheckConstraint(f"role IN {STAFF_ROLE_VALUES!r}", name="role"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    course_id: Mapped[int] = mapped_column(ForeignKey("courses.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    invited_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    course: Mapped[Course] = relationship()
+    user: Mapped[User] = relationship(foreign_keys=[user_id])
+    invited_by: Mapped[User | None] = relationship(foreign_keys=[invited_by_id])

@@ -13,7 +13,13 @@ if TYPE_CHECKING:
 
 
 class PasswordInvite(Base):
-    """A one-time set-password link; only the SHA-256 of its random token is stored."""
+    """A one-time set-password link; only the SHA-256 of its random token is stored.
+
+    Opening the link starts a set-password *step* (services.invites): a random nonce
+    kept in that browser's session, whose SHA-256 is stored here with the time the
+    step ends. Opening the link again replaces the step; setting the password uses
+    the link up and ends the step.
+    """
 
     __tablename__ = "password_invites"
 
@@ -23,5 +29,7 @@ class PasswordInvite(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[dt.datetime]
     used_at: Mapped[dt.datetime | None]
+    step_hash: Mapped[str | None] = mapped_column(String(64))
+    step_expires_at: Mapped[dt.datetime | None]
 
     user: Mapped[User] = relationship()

@@ -8,10 +8,13 @@ from the database: ``DatabaseBank`` asks for the latest version's hash (one
 indexed query) and parses a text only for a hash it has not seen, so a version
 saved through one process is seen by every other at its next request.
 
-A spec text becomes a version only if it validates (the engine's spec checker,
-each error at its line) and its model solution grades 100 % on
-``CHECK_SEEDS`` seeds. Equal text, equal version: saving or syncing the same
-text again creates nothing.
+A spec text becomes a version only if it validates (the engine's spec checker
+and budget, each error at its line) and its model solution grades 100 % on
+``CHECK_SEEDS`` seeds. All of that, the previews' draws and the draw statistics
+run in the judge's spec pool (``server.judge.specs``), under its time and memory
+limits: never in this process, which parses a text only once the judge did, to
+show it. Equal text, equal version: saving or syncing the same text again
+creates nothing and checks nothing (``known_version``: the hash names it).
 
 Previews grade through ``grade_preview`` only, the one call into the grading
 service (a submission's own path, without storing anything).
@@ -21,31 +24,32 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import json
 import logging
-import statistics
 import threading
-import time
-from collections import Counter, OrderedDict
-from collections.abc import Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from server.db import write_transaction
+from server.engine.authoring import CHECK_SEEDS, STATISTICS_SEEDS, DrawStatistics
+from server.engine.budget import MAX_SPEC_CHARS
 from server.engine.kinds import kind_of
 from server.models import Assignment, AssignmentProblem, Course, Problem, ProblemVersion, User
-from server.models.base import dumps
-from server.services.errors import Conflict, Forbidden, NotFound, ServiceError
+from server.services.errors import Conflict, Forbidden, NotFound, ServiceError, Unavailable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-CHECK_SEEDS = 20  # the model solution must grade 100 % on seeds 0 .. CHECK_SEEDS - 1
-STATISTICS_SEEDS = 100
-MAX_SPEC_CHARS = 100_000
+# Parsing a saved version is the one spec work a web worker does (to show it): the
+# judge refuses a text whose parse takes longer than this.
+PARSE_LIMIT_S = 1.0
 ORIGINS = ("sync", "editor", "api", "copy")
 EXAMPLE_SPEC = '''id = "my-problem"
 title = "A title"
@@ -78,11 +82,32 @@ class SpecRefused(ServiceError):
             (f"line {e['line']}: " if e["line"] else "") + e["message"] for e in errors))
 
 
+class CheckerBusy(Unavailable):
+    """The spec pool of this app process is busy (HTTP 503 with Retry-After)."""
+
+    retry_after_s = 2
+
+
 def _refuse(message: str, line: int | None = None) -> SpecRefused:
     return SpecRefused([{"line": line, "message": message}])
 
 
-# --- checking a spec text -----------------------------------------------------------
+# --- checking a spec text (in the judge) ---------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecMeta:
+    """What the server needs of a checked text to store it (a ProblemSpec has the
+    same attributes): the spec is parsed in the judge, not here."""
+
+    id: str
+    title: str
+    answer_kind: str
+    version: str
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, str]) -> SpecMeta:
+        return cls(data["id"], data["title"], data["answer"], data["version"])
 
 
 def clean_spec_text(text: Any) -> str:
@@ -98,49 +123,77 @@ def clean_spec_text(text: Any) -> str:
     return text
 
 
-def parse_spec_text(text: Any, name: str = "<spec>") -> Any:
-    """The engine's ProblemSpec of a text, or SpecRefused with every error at its line."""
-    from server.engine.spec import SpecError, parse_spec
+def text_hash(text: str) -> str:
+    """The version hash of a cleaned text (``ProblemSpec.version``), without parsing it."""
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _spec_judge(judge: Any) -> Any:
+    from server.judge import get_spec_judge
+
+    return judge or get_spec_judge()
+
+
+def _judged(work: str, judge: Any, call: Callable[[Any], T]) -> T:
+    """``call(judge)``, a spec's work in the judge; a limit hit becomes a refusal that
+    names the work, the limit and what the judge was doing."""
+    from server.judge import JudgeError
+
+    judge = _spec_judge(judge)
+    try:
+        return call(judge)
+    except JudgeError as exc:
+        doing = f": {exc.stage}" if exc.stage else ""
+        if exc.kind == "timeout":
+            log.warning("spec work stopped after %g s (%s)%s", judge.timeout_s, work, doing)
+            raise _refuse(f"{work} took more than {judge.timeout_s:g} s and was stopped{doing}. "
+                          "Make the dims smaller, the program shorter or its values "
+                          "tamer") from None
+        if exc.kind == "memory":
+            log.warning("spec work exceeded %s MB (%s)%s", judge.memory_mb, work, doing)
+            raise _refuse(f"{work} needed more than {judge.memory_mb} MB of memory and was "
+                          f"stopped{doing}. Make the dims smaller") from None
+        if exc.kind == "busy":
+            raise CheckerBusy("spec: this server process is checking another spec right now "
+                              "(one at a time, so that students are never kept waiting); "
+                              "nothing was saved: try again in a moment") from None
+        log.error("spec work failed in the judge (%s, %s): %s", work, exc.kind, exc)
+        raise Unavailable(f"spec: {work} failed on our side ({exc.kind}); nothing was "
+                          "saved; try again in a moment") from None
+
+
+def _refused(answer: Mapping[str, Any]) -> None:
+    if answer.get("refused"):
+        raise SpecRefused(list(answer["refused"]))
+
+
+def validate_spec(text: Any, name: str = "<spec>", *, seeds: int = CHECK_SEEDS,
+                  judge: Any = None) -> SpecMeta:
+    """The text's SpecMeta if it may become a version: it parses within the budget,
+    every seed draws (every entry of every value verified by finite differences,
+    each draw within half a student's draw limit) and the model solution grades
+    100 % on each; SpecRefused with every error at its line otherwise. All of it in
+    the judge's spec pool (``judge``, default this process's), under its limits."""
+    return _check(text, name, seeds, judge, report=False)[0]
+
+
+def check_report(text: Any, name: str, seeds: int = CHECK_SEEDS,
+                 judge: Any = None) -> tuple[SpecMeta, str]:
+    """``validate_spec``, and the kind's figures of the draws (``nabla problems check``)."""
+    return _check(text, name, seeds, judge, report=True)
+
+
+def _check(text: Any, name: str, seeds: int, judge: Any, *, report: bool
+           ) -> tuple[SpecMeta, str]:
+    from server.config import draw_settings
+    from server.judge import specs
 
     text = clean_spec_text(text)
-    try:
-        return parse_spec(text, name)
-    except SpecError as exc:
-        raise SpecRefused([{"line": i.line, "message": i.message} for i in exc.issues]) from None
-
-
-def check_model_solution(spec: Any, seeds: int = CHECK_SEEDS) -> None:
-    """SpecRefused unless every seed draws and the model solution grades 100 % on it.
-
-    Graded by the engine in this process: the model solution is derived from
-    the spec, not typed by anyone. A numpy problem's model is checked in its
-    equations form (the numpy module is generated from it line by line)."""
-    from server.engine.instance import InstanceError
-    from server.engine.problem import draw, grade_answer, model_answer
-
-    checked = kind_of(spec).model_check_spec(spec)
-    for seed in range(seeds):
-        try:
-            inst = draw(checked, seed)
-        except InstanceError as exc:
-            raise _refuse(f"seed {seed} cannot be drawn: {exc}") from None
-        result = grade_answer(checked, inst, model_answer(checked, inst), hidden_seeds=())
-        if not result.valid:
-            first = result.errors[0] if result.errors else {"line": None, "message": "?"}
-            why = str(first["message"]).splitlines()[0]
-            raise _refuse(f"the model solution is not a valid answer on seed {seed} (line "
-                          f"{first['line']} of the model answer: {why}): an engine defect; "
-                          "the spec may still be right")
-        if result.score < 1:
-            raise _refuse(f"the model solution scores {result.score:.0%} on seed {seed}, not "
-                          "100%: the spec's forward program and asked gradients disagree")
-
-
-def validate_spec(text: Any, name: str = "<spec>", *, check_model: bool = True) -> Any:
-    spec = parse_spec_text(text, name)
-    if check_model:
-        check_model_solution(spec)
-    return spec
+    answer = _judged("drawing and verifying this spec", judge, lambda j: specs.check_text(
+        j, text, name=name, seeds=seeds, report=report, parse_limit_s=PARSE_LIMIT_S,
+        draw_limit_s=draw_settings()["draw_limit_s"]))
+    _refused(answer)
+    return SpecMeta.from_json(answer["meta"]), answer["report"]
 
 
 # --- reading the bank ----------------------------------------------------------------
@@ -267,18 +320,40 @@ def latest_version(session: Session, key: str) -> ProblemVersion | None:
                           .order_by(ProblemVersion.version.desc()).limit(1))
 
 
+def known_version(session: Session, text: Any, *, course: Course | None = None,
+                  key: str | None = None) -> ProblemVersion | None:
+    """The version that holds exactly this text: of the problem ``key``, or of any
+    problem of ``course`` (the shared bank for None). Saving the text again creates
+    nothing and needs no check: the hash names the text, and it was checked when
+    it was saved."""
+    text = clean_spec_text(text)
+    query = select(ProblemVersion).where(ProblemVersion.spec_hash == text_hash(text))
+    if key is not None:
+        query = query.where(ProblemVersion.problem_id == key)
+    else:
+        query = query.join(Problem, Problem.id == ProblemVersion.problem_id).where(
+            Problem.course_id.is_(None) if course is None else Problem.course_id == course.id)
+    return session.scalar(query.order_by(ProblemVersion.version).limit(1))
+
+
 def save_version(
     session: Session, text: Any, *, course: Course | None = None, author: User | None = None,
     origin: str = "editor", expect_key: str | None = None, spec: Any = None,
+    judge: Any = None,
 ) -> Saved:
     """A new version of the problem the text names (shared, or ``course``'s own),
-    unless that exact text is already a version of it. Flush only.
+    unless that exact text is already a version of it (then nothing is checked
+    again). Flush only.
 
     ``expect_key``: the problem being edited; the text must keep its id.
-    ``spec``: the text's spec, already validated by the caller."""
-    if spec is None:
-        spec = validate_spec(text)
+    ``spec``: the text's SpecMeta (or spec), already validated by the caller;
+    otherwise it is validated in the judge (``judge``, default this process's)."""
     text = clean_spec_text(text)
+    if spec is None:
+        known = known_version(session, text, course=course, key=expect_key)
+        if known is not None:
+            return Saved(known, False)
+        spec = validate_spec(text, judge=judge)
     key = problem_key(spec.id, course)
     if expect_key is not None and key != expect_key:
         from server.engine.spec import key_line
@@ -329,26 +404,26 @@ class SyncReport:
                 "refused": self.refused}
 
 
-def sync_folder(session: Session, directory: Path, course: Course | None = None) -> SyncReport:
+def sync_folder(session: Session, directory: Path, course: Course | None = None, *,
+                judge: Any = None) -> SyncReport:
     """Import every ``*.toml`` of ``directory`` (flush only): a new version for a
-    changed text, nothing for an unchanged one; a file that fails validation
-    (or whose id is not its file name) is refused with its errors and changes
-    nothing."""
+    changed text, nothing for an unchanged one (not checked again: its hash is
+    known); a file that fails validation in the judge (or whose id is not its file
+    name) is refused with its errors and changes nothing."""
     from server.engine.spec import key_line
 
     report = SyncReport()
     for path in sorted(directory.glob("*.toml")):
         try:
             text = clean_spec_text(path.read_text(encoding="utf-8"))
-            spec = parse_spec_text(text, str(path))
+            key = problem_key(path.stem, course)
+            if known_version(session, text, key=key) is not None:
+                report.unchanged.append(key)
+                continue
+            spec = validate_spec(text, str(path), judge=judge)
             if spec.id != path.stem:
                 raise _refuse(f"id {spec.id!r} does not match the file name {path.stem!r}",
                               key_line(text, "id"))
-            key = problem_key(spec.id, course)
-            known = session.scalar(select(ProblemVersion.id).where(
-                ProblemVersion.problem_id == key, ProblemVersion.spec_hash == spec.version))
-            if known is None:
-                check_model_solution(spec)
             saved = save_version(session, text, course=course, origin="sync", spec=spec)
         except (OSError, UnicodeDecodeError) as exc:
             report.refused.append({"file": str(path), "errors": [
@@ -442,10 +517,11 @@ def copy_to_course(session: Session, course: Course, key: str, author: User | No
     problem = staff_problem(session, course, key)
     if problem.course_id is not None:
         raise Conflict(f"problem: {key!r} is already this course's own")
-    text = get_version(session, problem, None).spec_text
-    return save_version(session, text, course=course, author=author, origin="copy",
-                        spec=spec_of_text(get_version(session, problem, None).spec_hash,
-                                          lambda: text))
+    version = get_version(session, problem, None)
+    text = version.spec_text
+    # the shared version was checked when it was saved: the same text needs no new check
+    meta = SpecMeta(problem.spec_id, problem.title, problem.answer_type, version.spec_hash)
+    return save_version(session, text, course=course, author=author, origin="copy", spec=meta)
 
 
 def export_text(session: Session, spec_id: str, course: Course | None = None) -> str:
@@ -467,7 +543,7 @@ def text_diff(old: str, new: str, old_name: str, new_name: str) -> list[str]:
 
 @dataclasses.dataclass
 class Preview:
-    spec: Any
+    spec: Any  # parsed here (to show it) once the judge drew from it
     seed: int
     document: dict[str, Any]  # the engine's document, references included
     public: dict[str, Any]  # what the student gets: no reference
@@ -484,86 +560,64 @@ class Preview:
 PRIVATE_KEYS = ("reference", "accumulation")
 
 
-def preview(spec: Any, seed: int, answer: str | None = None) -> Preview:
-    """What a student with ``seed`` sees, the references and the model solution; with
-    ``answer``, its grade exactly as a submission's (nothing is stored)."""
-    from server.engine.instance import InstanceError
-    from server.engine.problem import draw, model_answer
-
+def preview(text: Any, seed: int, answer: str | None = None, *, spec_hash: str | None = None,
+            judge: Any = None) -> Preview:
+    """What a student with ``seed`` sees of the spec ``text`` (a saved version's, whose
+    hash is ``spec_hash``, or a draft), the references and the model solution; with
+    ``answer``, its grade exactly as a submission's (nothing is stored). The draw is
+    the judge's (its spec pool, under its limits); the text is parsed here only
+    after the judge drew from it, to show it."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
         raise _refuse(f"seed: must be a whole number from 0 to {2**31 - 1}, got {seed!r}")
-    try:
-        inst = draw(spec, seed)
-    except InstanceError as exc:
-        raise _refuse(f"seed {seed} cannot be drawn: {exc}") from None
-    # Through the same JSON as a stored instance, so that the page shows it alike.
-    document = json.loads(dumps(inst.to_json(include_reference=True)))
+    from server.judge import specs
+
+    text = clean_spec_text(text)
+    key = spec_hash or text_hash(text)
+    drawn = _judged(f"drawing seed {seed} of this spec", judge,
+                    lambda j: specs.preview(j, key, text, seed, parse_limit_s=PARSE_LIMIT_S))
+    _refused(drawn)
+    from server.engine.spec import SpecError
+
+    try:  # the judge parsed it within the budget: the same parse, bounded, to show it
+        spec = spec_of_text(key, lambda: text)
+    except SpecError as exc:  # only if this process's engine disagrees with the judge's
+        raise SpecRefused([{"line": i.line, "message": i.message} for i in exc.issues]) from None
+    document = drawn["document"]
     public = {k: v for k, v in document.items() if k not in PRIVATE_KEYS}
     outcome = None
     if answer is not None and answer != "":
-        outcome = grade_preview(spec, inst, document, answer)
-    return Preview(spec, seed, document, public, model_answer(spec, inst), outcome)
+        outcome = grade_preview(spec, document, answer)
+    return Preview(spec, seed, document, public, drawn["solution"], outcome)
 
 
-def grade_preview(spec: Any, inst: Any, document: Mapping[str, Any], answer: str) -> Any:
+def grade_preview(spec: Any, document: Mapping[str, Any], answer: str) -> Any:
     """The one call into grading: a submission's grading job (the judge for equations
     and expressions, the sandbox for numpy, the same hidden-instance checks),
     with nothing stored. Hidden seeds are the instance's deterministic ones."""
     from server.services import grading
 
     text = grading.clean_answer(answer)
-    hidden = kind_of(spec).own_hidden_seeds(inst)
-    job = grading.GradingJob(0, spec, json.dumps(document), text, hidden)
+    hidden = kind_of(spec).own_hidden_seeds(document)
+    job = grading.GradingJob(0, spec, json.dumps(document), text, tuple(hidden))
     return grading.grade_job(job)
 
 
 # --- draw statistics ---------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class DrawStatistics:
-    seeds: int
-    dims: dict[str, list[tuple[Any, int]]]  # name -> (value, count), by value
-    choices: dict[str, list[tuple[Any, int]]]
-    mean_redraws: float | None  # None: expression problems do not redraw
-    draw_ms_median: float
-    draw_ms_max: float
-    calibration_ms: float
+def draw_statistics(text: Any, seeds: int = STATISTICS_SEEDS, *, judge: Any = None
+                    ) -> DrawStatistics:
+    """Draw seeds 0 .. seeds-1 of the spec ``text`` in the judge: the spread of dims
+    (constants for an expression problem) and of each [choose] choice, the mean
+    redraws and the draw time."""
+    from server.judge import specs
 
-
-def draw_statistics(spec: Any, seeds: int = STATISTICS_SEEDS) -> DrawStatistics:
-    """Draw seeds 0 .. seeds-1: the spread of dims (constants for an expression
-    problem) and of each [choose] choice, the mean redraws and the draw time."""
-    from server.engine.instance import InstanceError
-
-    dims: dict[str, Counter] = {}
-    choices: dict[str, Counter] = {}
-    redraws, times, calibration = [], [], 0.0
-    for seed in range(seeds):
-        start = time.perf_counter()
-        try:
-            drawn = kind_of(spec).draw_measured(spec, seed)
-            if drawn.redraws is not None:
-                redraws.append(drawn.redraws)
-            calibration += drawn.calibration_seconds
-            start += drawn.calibration_seconds  # once per structure and process
-            inst, drawn_dims = drawn.instance, drawn.values
-        except InstanceError as exc:
-            raise _refuse(f"seed {seed} cannot be drawn: {exc}") from None
-        times.append((time.perf_counter() - start) * 1e3)
-        for name, value in drawn_dims.items():
-            dims.setdefault(name, Counter())[value] += 1
-        for name, value in (getattr(inst, "choices", None) or {}).items():
-            choices.setdefault(name, Counter())[value] += 1
-    return DrawStatistics(
-        seeds=seeds,
-        dims={k: sorted(c.items(), key=lambda kv: str(kv[0])) for k, c in dims.items()},
-        choices={k: sorted(c.items(), key=lambda kv: str(kv[0])) for k, c in choices.items()},
-        mean_redraws=statistics.mean(redraws) if redraws else None,
-        draw_ms_median=statistics.median(times) if times else 0.0,
-        draw_ms_max=max(times) if times else 0.0,
-        calibration_ms=calibration * 1e3,
-    )
+    text = clean_spec_text(text)
+    answer = _judged(f"drawing {seeds} seeds of this spec", judge,
+                     lambda j: specs.statistics(j, text_hash(text), text, seeds,
+                                                parse_limit_s=PARSE_LIMIT_S))
+    _refused(answer)
+    return DrawStatistics.from_json(answer["statistics"])
 
 
 def preview_feedback(outcome: Any, answer: str) -> dict[str, Any]:

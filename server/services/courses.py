@@ -1,4 +1,11 @@
-"""Courses, enrollments and roster import."""
+"""Courses, enrollments and roster import.
+
+``enroll`` gives a role at once (the command line and the demo use it). The views'
+role changes and roster imports say who asks (``actor``; None: the command line): a
+TA or instructor role given to an existing account by an instructor who is not a
+site administrator becomes a staff invitation that the account holder accepts
+(services.staff_invitations).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +17,22 @@ import re
 from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload
 
-from server.models import ROLE_VALUES, Course, Enrollment, Role, User
+from server.models import (
+    ROLE_VALUES,
+    STAFF_ROLE_VALUES,
+    Course,
+    Enrollment,
+    Role,
+    StaffInvitation,
+    User,
+    utcnow,
+)
+from server.services import staff_invitations
 from server.services.accounts import clean_name, create_user, normalize_email
 from server.services.errors import Conflict, ServiceError, ValidationError
 
 _CODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-STAFF_ROLES = (Role.TA.value, Role.INSTRUCTOR.value)
+STAFF_ROLES = STAFF_ROLE_VALUES
 MAX_ROSTER_ROWS = 5000
 
 
@@ -95,14 +112,23 @@ def _check_keeps_an_instructor(session: Session, course: Course, enrollment: Enr
         )
 
 
-def change_role(session: Session, course: Course, user_id: int, role: str) -> Enrollment:
-    """Change an enrolled user's role; a course always keeps one instructor."""
+def change_role(session: Session, course: Course, user_id: int, role: str, *,
+                actor: User | None) -> Enrollment | StaffInvitation:
+    """Change an enrolled user's role; a course always keeps one instructor. A staff role
+    that ``actor`` (None: the command line) may not give without the user's acceptance
+    (``staff_invitations.needs_acceptance``) is an invitation instead, returned; the
+    role stays as it is until the user accepts."""
     role = clean_role(role)
     enrollment = _enrollment(session, course, user_id)
-    if role != enrollment.role:
-        _check_keeps_an_instructor(session, course, enrollment)
-        enrollment.role = role
-        session.flush()
+    if role == enrollment.role:
+        return enrollment
+    if staff_invitations.needs_acceptance(actor, enrollment.role, role):
+        invitation, _ = staff_invitations.invite(session, course, enrollment.user, role,
+                                                 actor, utcnow())
+        return invitation
+    _check_keeps_an_instructor(session, course, enrollment)
+    enrollment.role = role
+    session.flush()
     return enrollment
 
 
@@ -164,10 +190,12 @@ class RosterImportResult:
     role_changed: list[str] = dataclasses.field(default_factory=list)
     unchanged: list[str] = dataclasses.field(default_factory=list)
     updated: list[str] = dataclasses.field(default_factory=list)  # Canvas ids or section
+    invited: list[str] = dataclasses.field(default_factory=list)  # staff roles to accept
 
     @property
     def changed_nothing(self) -> bool:
-        return not (self.created or self.enrolled or self.role_changed or self.updated)
+        return not (self.created or self.enrolled or self.role_changed or self.updated
+                    or self.invited)
 
     def summary(self) -> str:
         if self.changed_nothing:
@@ -177,6 +205,9 @@ class RosterImportResult:
                 f"{len(self.role_changed)} role changes, ")
         if self.updated:
             text += f"{len(self.updated)} updated (Canvas ids or section), "
+        if self.invited:
+            text += (f"{len(self.invited)} invited as staff (the role is theirs once they "
+                     f"accept it on their dashboard: {', '.join(self.invited)}), ")
         return text + f"{len(self.unchanged)} unchanged"
 
 
@@ -232,12 +263,15 @@ def parse_roster_csv(text: str) -> list[_RosterRow]:
 
 
 def import_roster(session: Session, course: Course, text: str,
-                  email_domain: str | None = None) -> RosterImportResult:
+                  email_domain: str | None = None, *, actor: User | None) -> RosterImportResult:
     """Create missing accounts (without passwords) and enroll everyone; all or nothing.
 
     Every row is checked before anything is written, so a file with an error
     changes nothing. A Canvas gradebook export (recognised by its header) is
-    read by ``services.canvas``.
+    read by ``services.canvas`` (students only). A TA or instructor row for an
+    existing account that ``actor`` (None: the command line) may not give at once
+    (``staff_invitations.needs_acceptance``) makes a staff invitation instead
+    (``invited``), and the account keeps its role (or stays out) until it accepts.
     """
     from server.services import canvas
 
@@ -255,13 +289,18 @@ def import_roster(session: Session, course: Course, text: str,
         )
     }
     result = RosterImportResult()
+    now = utcnow()
     for row in rows:
         user = existing.get(row.email)
         if user is None:
             user = create_user(session, row.email, row.name)
             result.created.append(row.email)
         enrollment = current_roles.get(user.id)
-        if enrollment is None:
+        if user.email in existing and staff_invitations.needs_acceptance(
+                actor, enrollment.role if enrollment else None, row.role):
+            _, changed = staff_invitations.invite(session, course, user, row.role, actor, now)
+            (result.invited if changed else result.unchanged).append(row.email)
+        elif enrollment is None:
             session.add(Enrollment(course=course, user=user, role=row.role))
             result.enrolled.append(row.email)
         elif enrollment.role != row.role:

@@ -14,18 +14,17 @@ bytes.
   ``Points Possible`` row; then the students by name, with the points each
   earned (empty before any score).
 
-Every text cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
-return is written with a leading ``'`` so a spreadsheet does not run it as a
-formula (CSV injection).
+The rows are written by ``services.csvfile``, the one CSV writer: a text cell
+that a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``, a tab, a
+line break first) is written with a leading ``'`` (CSV injection).
 """
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 from collections.abc import Iterator, Sequence
 
+from server.services import csvfile
 from server.services.errors import ValidationError
 from server.services.gradebook import Gradebook, problem_points
 
@@ -33,9 +32,7 @@ FORMATS = ("long", "canvas")
 LONG_HEADER = ("email,name,sis_user_id,section,assignment_id,assignment,problem,weight,score,"
                "points,attempts,late,overridden,last_submission_at").split(",")
 CANVAS_HEADER = ["Student", "ID", "SIS User ID", "SIS Login ID", "Section"]
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-ROWS_PER_PIECE = 500
-CONTENT_TYPE = "text/csv; charset=utf-8"
+CONTENT_TYPE = csvfile.CONTENT_TYPE
 
 
 def clean_format(raw: str | None) -> str:
@@ -43,11 +40,6 @@ def clean_format(raw: str | None) -> str:
     if value not in FORMATS:
         raise ValidationError("format", f"{raw!r} is not one of {', '.join(FORMATS)}")
     return value
-
-
-def safe_cell(value: str) -> str:
-    """A text cell a spreadsheet will not evaluate."""
-    return "'" + value if value.startswith(FORMULA_STARTS) else value
 
 
 def number(value: float | None, places: int) -> str:
@@ -74,32 +66,16 @@ def filename(gradebook: Gradebook, fmt: str, assignment_id: int | None = None) -
 def export_csv(gradebook: Gradebook, fmt: str) -> Iterator[str]:
     """The CSV of ``fmt`` ('long' or 'canvas'), in pieces."""
     rows = long_rows(gradebook) if fmt == "long" else canvas_rows(gradebook)
-    return _pieces(rows)
-
-
-def _pieces(rows: Iterator[Sequence[str]]) -> Iterator[str]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    count = 0
-    for row in rows:
-        writer.writerow(row)
-        count += 1
-        if count % ROWS_PER_PIECE == 0:
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-    if buffer.tell():
-        yield buffer.getvalue()
+    return csvfile.pieces(rows)
 
 
 def long_rows(gradebook: Gradebook) -> Iterator[Sequence[str]]:
     yield LONG_HEADER
     problems = [(a, ap, number(ap.weight, 6), number(problem_points(a, ap), 6),
-                 str(a.id), safe_cell(a.title), safe_cell(ap.problem_id))
+                 str(a.id), a.title, ap.problem_id)
                 for a in gradebook.assignments for ap in a.problems]
     for student in gradebook.students:
-        person = (safe_cell(student.email), safe_cell(student.name),
-                  safe_cell(student.sis_user_id), safe_cell(student.section))
+        person = (student.email, student.name, student.sis_user_id, student.section)
         for _, ap, weight, points, assignment_id, title, problem in problems:
             cell = gradebook.cell(student.user_id, ap.id)
             yield (*person, assignment_id, title, problem, weight, number(cell.score, 6),
@@ -108,7 +84,7 @@ def long_rows(gradebook: Gradebook) -> Iterator[Sequence[str]]:
 
 
 def canvas_column(title: str, canvas_id: str | None) -> str:
-    return safe_cell(f"{title} ({canvas_id})" if canvas_id else title)
+    return f"{title} ({canvas_id})" if canvas_id else title
 
 
 def canvas_rows(gradebook: Gradebook) -> Iterator[Sequence[str]]:
@@ -116,6 +92,5 @@ def canvas_rows(gradebook: Gradebook) -> Iterator[Sequence[str]]:
     yield [*CANVAS_HEADER, *(canvas_column(a.title, a.canvas_id) for a in assignments)]
     yield ["Points Possible", "", "", "", "", *(number(a.points, 2) for a in assignments)]
     for s in gradebook.students:
-        yield [safe_cell(s.name), safe_cell(s.canvas_user_id), safe_cell(s.sis_user_id),
-               safe_cell(s.sis_login_id), safe_cell(s.section),
+        yield [s.name, s.canvas_user_id, s.sis_user_id, s.sis_login_id, s.section,
                *(number(gradebook.points(s.user_id, a), 2) for a in assignments)]

@@ -169,35 +169,46 @@ def spec_for_version(bank: Mapping[str, Any], version: ProblemVersion) -> Any:
     return cached(_SPEC_CACHE, version.spec_hash, parse)
 
 
-def _draw_from(spec: Any) -> Callable[[int], Draw]:
-    def draw_for_seed(seed: int) -> Draw:
-        from server.engine.problem import draw
-
-        try:
-            document = draw(spec, seed).to_json(include_reference=True)
-        except Exception as exc:  # InstanceError, BrokenProblemError: the spec's fault
-            log.exception("drawing %s for seed %s failed", spec.id, seed)
-            raise Unavailable(
-                f"problem: {spec.id!r} cannot be drawn right now ({exc.__class__.__name__}); "
-                "the course staff can see the error in the server log") from None
-        # The whole engine document (with the reference and the per-step
-        # accumulation) goes in reference_json; it never leaves the server.
-        return Draw(dims=document["dims"], choices=document["choices"],
-                    values=document["values"], reference=document)
-
-    return draw_for_seed
+DRAW_FAILED = ("problem: {problem!r} cannot be drawn right now ({why}); nothing was lost, "
+               "try again in a moment; the course staff can see the error in the server log")
 
 
-def draw_for_seed(spec: Any, seed: int) -> Draw:
-    """The engine's draw of ``spec`` for ``seed`` (a regrade's redraw keeps the seed)."""
-    return _draw_from(spec)(seed)
+def draw_for_seed(spec: Any, seed: int, *, judge: Any = None) -> Draw:
+    """The engine's draw of ``spec`` for ``seed`` (a student's first visit; a regrade's
+    redraw keeps the seed), in a judge process of the grading pool (``judge``,
+    default this process's) under ``NABLA_DRAW_TIMEOUT_S`` and ``NABLA_DRAW_MEMORY_MB``:
+    never in this thread. Raises Unavailable (with the reason in the log)."""
+    from server.config import draw_settings
+    from server.judge import JudgeError, get_judge, specs
+
+    settings = draw_settings()
+    try:
+        answer = specs.draw(judge or get_judge(), spec, seed, timeout_s=settings["timeout_s"],
+                            memory_mb=settings["memory_mb"])
+    except JudgeError as exc:
+        doing = f" ({exc.stage})" if exc.stage else ""
+        log.error("drawing %s for seed %s failed in the judge (%s: %s)%s", spec.id, seed,
+                  exc.kind, exc, doing)
+        why = {"timeout": "it took too long", "memory": "it needed too much memory"}.get(
+            exc.kind, "our side failed")
+        raise Unavailable(DRAW_FAILED.format(problem=spec.id, why=why)) from None
+    if answer.get("refused"):  # InstanceError, BrokenProblemError: the spec's fault
+        log.error("drawing %s for seed %s failed: %s", spec.id, seed,
+                  answer["refused"][0]["message"])
+        raise Unavailable(DRAW_FAILED.format(problem=spec.id, why="the problem is broken"))
+    # The whole engine document (with the reference and the per-step
+    # accumulation) goes in reference_json; it never leaves the server.
+    document = answer["document"]
+    return Draw(dims=document["dims"], choices=document["choices"],
+                values=document["values"], reference=document)
 
 
 def ensure_instance(
     session: Session, user: User, assignment_problem: AssignmentProblem,
-    bank: Mapping[str, Any], secret: bytes,
+    bank: Mapping[str, Any], secret: bytes, *, judge: Any = None,
 ) -> Instance:
-    """The student's instance row, drawn from the bank's current spec on first use."""
+    """The student's instance row, drawn from the bank's current spec on first use (in
+    the judge, before any write lock is taken: a draw may take seconds)."""
     existing = get_instance(session, user, assignment_problem)
     if existing is not None:
         return existing
@@ -205,6 +216,13 @@ def ensure_instance(
     if spec is None:
         raise NotFound(f"problem: {assignment_problem.problem_id!r} is not available in the "
                        "problem bank right now; ask the course staff")
+    seed = derive_seed(secret, assignment_problem.assignment.course_id, user.id,
+                       assignment_problem.problem_id, 0)
+    drawn = draw_for_seed(spec, seed, judge=judge)
+
+    def draw(derived: int) -> Draw:
+        return drawn if derived == seed else draw_for_seed(spec, derived, judge=judge)
+
     # A first visit writes (the version, the instance); get_or_create_instance
     # looks for the instance again inside the write transaction.
     write_transaction(session)
@@ -218,8 +236,7 @@ def ensure_instance(
             ProblemVersion.spec_hash == spec.version))
         if version is None:
             raise
-    return get_or_create_instance(session, user, assignment_problem, version, secret,
-                                  _draw_from(spec))
+    return get_or_create_instance(session, user, assignment_problem, version, secret, draw)
 
 
 # Instance rows never change: their engine objects are kept per process.
@@ -300,9 +317,9 @@ def hidden_seeds_of(submission: Submission, document: Mapping[str, Any]) -> list
     seeds = submission.hidden_seeds
     if seeds is not None:
         return seeds
-    from server.engine.instance import ArrayInstance, legacy_hidden_seeds
+    from server.engine.instance import legacy_hidden_seeds
 
-    return legacy_hidden_seeds(ArrayInstance.from_json(document))
+    return legacy_hidden_seeds(document)
 
 
 # --- step 2: grade -------------------------------------------------------------------
@@ -337,7 +354,7 @@ def grade_job(job: GradingJob, *, run_job: Callable[..., Any] | None = None,
         inst = cached(_INSTANCE_CACHE, (job.spec.version, job.document_json),
                       lambda: engine_instance(job.spec, json.loads(job.document_json)),
                       size=STUDENTS_CACHED)
-        return _grade_in_sandbox(job, inst, run_job)
+        return _grade_in_sandbox(job, inst, run_job, judge)
     except Exception:
         log.exception("grading submission %s failed", job.submission_id)
         return Outcome(SubmissionStatus.ERROR.value, {"error": INTERNAL_ERROR}, None)
@@ -371,8 +388,32 @@ def _grade_in_judge(job: GradingJob, judge: Any) -> Outcome:
     return Outcome(status.value, result, score if valid else None)
 
 
-def _grade_in_sandbox(job: GradingJob, inst: Any,
-                      run_job: Callable[..., Any] | None) -> Outcome:
+def _hidden_from_judge(job: GradingJob, judge: Any) -> Callable[[Any], list]:
+    """``draw_hidden`` for a numpy answer: its hidden instances drawn in the judge (the
+    grading pool, under the draw limits), in one exchange."""
+    def draw_hidden(seeds: Any) -> list:
+        from server.config import draw_settings
+        from server.judge import JudgeError, get_judge, specs
+
+        settings = draw_settings()
+        try:
+            answer = specs.hidden(judge or get_judge(), job.spec, job.document_json, seeds,
+                                  timeout_s=settings["timeout_s"], memory_mb=settings["memory_mb"])
+        except JudgeError as exc:
+            raise HiddenDrawFailed(f"{exc.kind}: {exc} ({exc.stage})") from None
+        if answer.get("refused"):
+            raise HiddenDrawFailed(answer["refused"][0]["message"])
+        return [engine_instance(job.spec, document) for document in answer["documents"]]
+
+    return draw_hidden
+
+
+class HiddenDrawFailed(Exception):
+    """The judge could not draw a numpy answer's hidden instances: our failure."""
+
+
+def _grade_in_sandbox(job: GradingJob, inst: Any, run_job: Callable[..., Any] | None,
+                      judge: Any = None) -> Outcome:
     from server.sandbox import check_source
 
     if run_job is None:
@@ -387,7 +428,8 @@ def _grade_in_sandbox(job: GradingJob, inst: Any,
         return job_result
 
     result = kind_of(job.spec).grade(job.spec, inst, job.answer, hidden_seeds=job.hidden_seeds,
-                                     run_job=observed_run_job, check_source=check_source)
+                                     run_job=observed_run_job, check_source=check_source,
+                                     draw_hidden=_hidden_from_judge(job, judge))
     failed = [j for j in jobs if j.status == "error"]
     if failed:
         # The sandbox failed (not the student's code, which cannot cause an

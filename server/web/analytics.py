@@ -4,24 +4,21 @@ every number a link to the submissions behind it, every table a CSV download."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import secrets
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Response, abort, g, render_template, request, url_for
+from flask import Blueprint, Response, abort, g, render_template, url_for
 
 from server.db import get_session
 from server.models import Course
-from server.services import analytics
+from server.services import analytics, csvfile
 from server.services.assignments import course_assignments
 from server.services.errors import NotFound
-from server.services.exports import CONTENT_TYPE, safe_cell
 from server.web import charts
 from server.web.access import end_transaction, role_required
-from server.web.app import SECURITY_HEADERS
+from server.web.app import SECURITY_HEADERS, query_id
 
 bp = Blueprint("analytics", __name__, url_prefix="/staff")
 
@@ -38,13 +35,7 @@ class Table:
     link_column: int = -1  # the cell that links
 
     def csv(self) -> str:
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(self.headers)
-        for row in self.rows:
-            writer.writerow([safe_cell(str(cell)) if isinstance(cell, str) else cell
-                             for cell in row])
-        return out.getvalue()
+        return csvfile.text([self.headers, *self.rows])
 
 
 @dataclasses.dataclass
@@ -52,15 +43,6 @@ class Figure:
     title: str
     svg: Any  # Markup, or None when there is nothing to draw
     table: Table
-
-
-def _int_arg(name: str) -> int | None:
-    raw = request.args.get(name) or None
-    if raw is None:
-        return None
-    if not raw.isdigit():
-        abort(400, f"{name}: {raw!r} is not a number")
-    return int(raw)
 
 
 def _nonce() -> str:
@@ -98,7 +80,7 @@ def index(course: Course) -> str:
 @bp.route("/<course_code>/analytics/problems/<problem_id>")
 @role_required("ta", "instructor")
 def problem(course: Course, problem_id: str) -> Response:
-    assignment_id = _int_arg("assignment")
+    assignment_id = query_id("assignment")
     data = _problem_data(course, problem_id, assignment_id)
     figures = problem_figures(course, data, _nonce())
     response = Response(render_template(
@@ -110,7 +92,7 @@ def problem(course: Course, problem_id: str) -> Response:
 @bp.route("/<course_code>/analytics/problems/<problem_id>/<table>.csv")
 @role_required("ta", "instructor")
 def problem_csv(course: Course, problem_id: str, table: str) -> Response:
-    assignment_id = _int_arg("assignment")
+    assignment_id = query_id("assignment")
     data = _problem_data(course, problem_id, assignment_id)
     figures = problem_figures(course, data, None)
     part = f"-assignment-{assignment_id}" if assignment_id is not None else ""
@@ -157,7 +139,7 @@ def _csv(figures: list[Figure], name: str, prefix: str) -> Response:
     if table is None:
         names = ", ".join(f.table.name for f in figures)
         abort(404, f"table: no table {name!r}; the tables are {names}")
-    return Response(table.csv(), content_type=CONTENT_TYPE, headers={
+    return Response(table.csv(), content_type=csvfile.CONTENT_TYPE, headers={
         "Content-Disposition": f'attachment; filename="{prefix}-{name}.csv"'})
 
 

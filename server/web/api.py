@@ -26,7 +26,7 @@ from server.services.assignments import (
     assignment_problem_for,
     student_assignments,
 )
-from server.services.errors import Conflict, Forbidden, NotFound, Unavailable, ValidationError
+from server.services.errors import Conflict, Forbidden, NotFound, ValidationError
 from server.services.feedback import submission_summary
 from server.services.limits import (
     CheckRateLimited,
@@ -41,7 +41,7 @@ from server.services.submissions import (
     own_submission,
 )
 from server.web.access import end_transaction, token_required
-from server.web.app import limiter, rate
+from server.web.app import limiter, query_id, rate
 from server.web.bank import get_bank_for_students
 from server.web.student import instance_secret
 
@@ -122,8 +122,6 @@ def problem(assignment_id: int, problem_id: str) -> Response:
             bank=get_bank_for_students(), secret=instance_secret(), now=utcnow())
     except NotFound as exc:
         abort(404, str(exc))
-    except Unavailable as exc:
-        abort(503, str(exc))
     end_transaction()  # the rest is JSON from loaded data
     document = ws.document
     return jsonify(
@@ -198,8 +196,6 @@ def _service_errors() -> Iterator[None]:
         abort(400, str(exc))
     except Conflict as exc:  # too many racing submissions: nothing stored, send again
         abort(409, str(exc))
-    except Unavailable as exc:
-        abort(503, str(exc))
 
 
 STATUS_CODES = {
@@ -302,13 +298,6 @@ def _staff_course(course_code: str, what: str) -> Any:
     return course
 
 
-def _assignment_arg() -> int | None:
-    raw = request.args.get("assignment") or None
-    if raw is not None and not raw.isdigit():
-        abort(400, f"assignment: {raw!r} is not a number")
-    return None if raw is None else int(raw)
-
-
 @bp.route("/courses/<course_code>/grades.csv")
 @token_required
 @reads_first
@@ -318,7 +307,8 @@ def grades_csv(course_code: str) -> Response:
     from server.web.gradebook import csv_response
 
     course = _staff_course(course_code, "Grades")
-    return csv_response(get_session(), course, request.args.get("format"), _assignment_arg())
+    return csv_response(get_session(), course, request.args.get("format"),
+                        query_id("assignment"))
 
 
 @bp.route("/courses/<course_code>/analytics/problems/<problem_id>")
@@ -332,7 +322,7 @@ def problem_analytics(course_code: str, problem_id: str) -> Response:
     course = _staff_course(course_code, "Analytics")
     try:
         data = analytics.problem_analytics(get_session(), course, problem_id,
-                                           _assignment_arg())
+                                           query_id("assignment"))
     except NotFound as exc:
         abort(404, str(exc))
     end_transaction()

@@ -71,8 +71,11 @@ def put_problem(code: str, spec_id: str) -> Response:
     if own is None and shared is not None and shared.course_id is None:
         abort(403, f"problem: {spec_id!r} is a shared problem: it changes only with `nabla "
                    "problems sync`; copy it to the course first (on the staff problem page)")
-    end_transaction()
     try:
+        known = bank.known_version(session, body["spec"], key=bank.problem_key(spec_id, course))
+        if known is not None:  # the same text again: nothing to check or create
+            return jsonify(id=known.problem_id, version=known.version)
+        end_transaction()  # the check takes a while (in the judge); no transaction meanwhile
         spec = bank.validate_spec(body["spec"])
         if spec.id != spec_id:
             from server.engine.spec import key_line
@@ -108,7 +111,7 @@ def preview(code: str, spec_id: str) -> Response:
     try:
         if body.get("spec") is not None:
             end_transaction()
-            spec = bank.parse_spec_text(body["spec"])
+            text, spec_hash = body["spec"], None
         else:
             key = bank.problem_key(spec_id, course)
             if session.get(Problem, key) is None:
@@ -117,8 +120,7 @@ def preview(code: str, spec_id: str) -> Response:
             version = bank.get_version(session, problem, None)
             text, spec_hash = version.spec_text, version.spec_hash
             end_transaction()
-            spec = bank.spec_of_text(spec_hash, lambda: text)
-        result = bank.preview(spec, seed, answer)
+        result = bank.preview(text, seed, answer, spec_hash=spec_hash)
     except bank.SpecRefused as exc:
         return _refused(exc)
     except NotFound as exc:

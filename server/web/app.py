@@ -8,13 +8,16 @@ from zoneinfo import ZoneInfo
 
 from flask import Flask, Request, Response, abort, current_app, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
-from werkzeug.exceptions import BadRequest, HTTPException
-from werkzeug.routing import IntegerConverter
+from werkzeug.exceptions import BadRequest, HTTPException, NotFound
+from werkzeug.routing import IntegerConverter, ValidationError
 
 from server import db
 from server.config import PACKAGE_DIR, load_settings, parse_rate
 from server.engine.render import statement_html
+from server.models.base import MAX_ROW_ID
+from server.services.errors import Unavailable
 from server.services.limits import CountersUnavailable, Limiter, Rate, make_limiter
+from server.web.access_log import redact
 
 csrf = CSRFProtect()
 LIMITER_EXTENSION = "nabla_limiter"
@@ -30,16 +33,45 @@ SECURITY_HEADERS = {
 }
 
 
-MAX_ROW_ID = 2**31 - 1
-
-
 class RowIdConverter(IntegerConverter):
     """``<int:...>`` in this app: at most 2**31 - 1, the range of an INTEGER key on
-    every backend. A larger number in a URL is a 404, not a database error."""
+    every backend. A larger number in a URL is a 404, not a database error.
+
+    The 404 is raised here rather than by refusing the match (werkzeug's
+    ValidationError): werkzeug checks a rule's methods before its converters, so a
+    refused match where another method has a rule of the same path (GET and POST
+    ``.../submissions``) was answered 405, "method not allowed", for an allowed method.
+    No rule has a string where another has an ``<int:...>``, so no other rule could
+    have matched (tests/web/test_api_grading.py)."""
 
     def __init__(self, map: Any, fixed_digits: int = 0, min: int | None = None,
                  max: int | None = None, signed: bool = False) -> None:
         super().__init__(map, fixed_digits, min, MAX_ROW_ID if max is None else max, signed)
+
+    def to_python(self, value: str) -> Any:
+        try:
+            return super().to_python(value)
+        except ValidationError:
+            raise NotFound(f"id: {value} is beyond every id (at most {self.max})") from None
+
+
+def is_digits(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes ``'²'``, which ``int`` refuses."""
+    return text.isascii() and text.isdigit()
+
+
+def query_id(name: str) -> int | None:
+    """The query parameter ``name`` as a row id, as ``<int:...>`` in a path: None when it
+    is absent or empty (a filter form's "all"); a 400 naming it when it is not a whole
+    number; a 404 beyond every id."""
+    raw = request.args.get(name) or None
+    if raw is None:
+        return None
+    if not is_digits(raw):
+        abort(400, f"{name}: {raw!r} is not a number")
+    if int(raw) > MAX_ROW_ID:
+        abort(404, f"{name}: there is no {name} {raw}")
+    return int(raw)
 
 
 class NablaRequest(Request):
@@ -128,6 +160,7 @@ def _register_blueprints(app: Flask) -> None:
         auth,
         gradebook,
         instructor,
+        openapi,
         staff,
         staff_problems,
         student,
@@ -144,6 +177,7 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(api.bp)
     csrf.exempt(api_problems.bp)
     app.register_blueprint(api_problems.bp)
+    app.register_blueprint(openapi.bp)  # GET /api/v1/openapi.json, public
     # The static view is public (declared here, since Flask creates it).
     from server.web.access import public
 
@@ -207,10 +241,16 @@ def _register_error_handlers(app: Flask) -> None:
             code,
         )
 
+    @app.errorhandler(Unavailable)
+    def unavailable(error: Unavailable) -> Any:
+        """A service that cannot do it now (a busy spec checker, a problem that cannot be
+        drawn): 503 with the service's message and Retry-After; nothing was done."""
+        return _busy_response(str(error))
+
     @app.errorhandler(CountersUnavailable)
     def counters_unavailable(error: CountersUnavailable) -> Any:
         app.logger.error("rate counters unavailable on %s %s: %s", request.method,
-                         request.path, error.__cause__)
+                         redact(request.path), error.__cause__)
         return _busy_response(str(error))
 
     @app.errorhandler(Exception)
@@ -220,18 +260,18 @@ def _register_error_handlers(app: Flask) -> None:
         if db.is_busy_error(error):
             # SQLite waited its busy timeout for the write lock: a load spike,
             # not a bug. Say so, and let the client retry.
-            app.logger.warning("database busy on %s %s", request.method, request.path)
+            app.logger.warning("database busy on %s %s", request.method, redact(request.path))
             return _busy_response("The server is busy; nothing was saved. "
                                   "Try again in a moment.")
         if db.is_connection_error(error):
             # PostgreSQL restarting: the pool reconnects on the next request.
             app.logger.warning("database unreachable on %s %s: %s", request.method,
-                               request.path, error.orig)
+                               redact(request.path), error.orig)
             return _busy_response("The database cannot be reached for a moment; try again. "
                                   "An answer sent just now may have been stored: your "
                                   "submissions show it, and sending it again with the same "
                                   "form (or Idempotency-Key) stores it once.")
-        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        app.logger.exception("unhandled error on %s %s", request.method, redact(request.path))
         message = "Something went wrong on the server; the error was logged."
         if _wants_json():
             return jsonify(error=message), 500

@@ -6,6 +6,7 @@ import re
 from urllib.parse import urlsplit
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask import session as flask_session
 from flask_login import current_user, login_user, logout_user
 from werkzeug.urls import iri_to_uri
 from werkzeug.wrappers import Response
@@ -182,26 +183,54 @@ def revoke_token(token_id: int) -> Response:
     return redirect(url_for("auth.profile"))
 
 
-@bp.route("/set-password/<token>", methods=["GET", "POST"])
+# The browser's set-password step (services.invites): {"invite": id, "nonce": ...}.
+SET_PASSWORD_STEP = "set_password_step"
+
+
+@bp.route("/set-password/<token>")
 @public
-def set_password(token: str) -> Response | tuple[str, int]:
-    """A one-time link from an instructor (services.invites): choose a password."""
+def open_set_password_link(token: str) -> Response | tuple[str, int]:
+    """A one-time link from an instructor (services.invites): exchanged at once for a
+    set-password step kept in this browser's session, then a redirect to
+    /set-password, so that the token is in no later request, Referer or history
+    entry (and the access log redacts this path: server.web.access_log)."""
+    from server.models import utcnow
+    from server.services import invites
+    from server.services.errors import NotFound
+
+    try:
+        invite, nonce = invites.open_invite(get_session(), token, utcnow())
+    except NotFound as exc:
+        return render_template("auth/set_password.html", form=None, error=str(exc)), 404
+    flask_session[SET_PASSWORD_STEP] = {"invite": invite.id, "nonce": nonce}
+    return redirect(url_for("auth.set_password"), 303)
+
+
+@bp.route("/set-password", methods=["GET", "POST"])
+@public
+def set_password() -> Response | tuple[str, int]:
+    """Choose a password, in the step a set-password link opened in this browser."""
     from server.models import utcnow
     from server.services import invites
     from server.services.errors import NotFound
 
     session = get_session()
+    step = flask_session.get(SET_PASSWORD_STEP)
+    invite_id, nonce = (step.get("invite"), step.get("nonce")) if isinstance(step, dict) \
+        else (None, None)
     try:
-        invite = invites.valid_invite(session, token, utcnow())
+        invite = invites.step_invite(session, invite_id, nonce, utcnow())
     except NotFound as exc:
         return render_template("auth/set_password.html", form=None, error=str(exc)), 404
     form = SetPasswordForm()
     if form.validate_on_submit():
         try:
-            user = invites.redeem_invite(session, token, form.new_password.data, utcnow())
+            user = invites.redeem_step(session, invite_id, nonce, form.new_password.data,
+                                       utcnow())
         except ValidationError as exc:
             form.new_password.errors.append(exc.reason)
         else:
+            flask_session.pop(SET_PASSWORD_STEP, None)
             login_user(user)
             flash("Your password is set; you are logged in.")
             return redirect(url_for("student.dashboard"))

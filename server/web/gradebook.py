@@ -27,6 +27,7 @@ from server.services.errors import NotFound, ServiceError, ValidationError
 from server.services.feedback import annotated_lines
 from server.services.submissions import problem_submissions
 from server.web.access import end_transaction, role_required
+from server.web.app import is_digits, query_id
 from server.web.background import app_job_settings
 from server.web.forms import (
     ExtensionForm,
@@ -40,15 +41,6 @@ from server.web.forms import (
 bp = Blueprint("gradebook", __name__, url_prefix="/staff")
 SORTS = ("name", "email", "section", "total")
 DAY_TIME = "%a %Y-%m-%d %H:%M"  # with the weekday: a due date off by one day shows
-
-
-def _int_arg(name: str) -> int | None:
-    raw = request.args.get(name) or None
-    if raw is None:
-        return None
-    if not raw.isdigit():
-        abort(400, f"{name}: {raw!r} is not a number")
-    return int(raw)
 
 
 def csv_response(session: Any, course: Course, fmt_raw: str | None,
@@ -86,7 +78,7 @@ def grades(course: Course) -> str:
             "email": lambda r: r["student"].email,
             "section": lambda r: r["student"].section,
             "total": lambda r: r["earned"]}
-    if sort.startswith("a") and sort[1:].isdigit():
+    if sort.startswith("a") and is_digits(sort[1:]):
         index = next((i for i, a in enumerate(book.assignments) if a.id == int(sort[1:])), None)
         if index is not None:
             keys[sort] = lambda r: -1.0 if r["cells"][index] is None else r["cells"][index]
@@ -118,7 +110,7 @@ def _row(book: gradebook.Gradebook, student: gradebook.Student,
 @role_required("ta", "instructor")
 def grades_csv(course: Course) -> Response:
     return csv_response(get_session(), course, request.args.get("format"),
-                        _int_arg("assignment"))
+                        query_id("assignment"))
 
 
 @bp.route("/<course_code>/grades/students/<int:user_id>")
@@ -256,7 +248,7 @@ def start_regrade(course: Course) -> Any:
     form = RegradeForm()
     target = form.target.data or ""
     scope: dict[str, Any] = {}
-    if target.startswith("a") and target[1:].isdigit():
+    if target.startswith("a") and is_digits(target[1:]):
         scope["assignment_id"] = int(target[1:])
     elif target.startswith("p") and len(target) > 1:
         scope["problem_id"] = target[1:]

@@ -8,13 +8,14 @@ from flask import (
     flash,
     redirect,
     render_template,
-    request,
     url_for,
 )
+from flask_login import current_user
 from werkzeug.wrappers import Response
 
 from server.db import get_session
-from server.models import Assignment, Course, utcnow
+from server.models import Assignment, Course, StaffInvitation, utcnow
+from server.services import staff_invitations
 from server.services.assignments import (
     AssignmentDraft,
     ProblemChoice,
@@ -28,6 +29,7 @@ from server.services.invites import new_account_links
 from server.web.access import role_required
 from server.web.bank import get_bank
 from server.web.forms import AssignmentForm, RoleForm, RosterImportForm, to_local, to_utc
+from server.web.links import SiteAddressUnknown, site_url
 
 bp = Blueprint("instructor", __name__, url_prefix="/instructor")
 
@@ -143,6 +145,7 @@ def edit_assignment(course: Course, assignment_id: int) -> Response | tuple[str,
 def import_roster_view(course: Course) -> Response | tuple[str, int]:
     form = RosterImportForm()
     errors: list[str] = []
+    refusal = None
     if form.validate_on_submit():
         text = form.csv_text.data or ""
         upload = form.csv_file.data
@@ -156,23 +159,30 @@ def import_roster_view(course: Course) -> Response | tuple[str, int]:
         if not errors and not text.strip():
             errors.append("csv_file: upload a CSV file or paste its text")
         if not errors:
+            session = get_session()
             try:
-                result = import_roster(get_session(), course, text,
-                                       email_domain=form.email_domain.data or None)
+                result = import_roster(session, course, text,
+                                       email_domain=form.email_domain.data or None,
+                                       actor=current_user._get_current_object())
+                # The links start with NABLA_BASE_URL, never the request's Host header.
+                links = (new_account_links(session, result.created, site_url(), utcnow())
+                         if result.created else None)
             except RosterError as exc:
                 errors.extend(exc.errors)
+            except SiteAddressUnknown as exc:
+                session.rollback()  # all or nothing: no accounts without their links
+                refusal = str(exc)
             else:
                 flash(f"Roster imported: {result.summary()}.")
-                if result.created:
+                if links is not None:
                     # Shown this once: the links are stored hashed.
-                    links = new_account_links(get_session(), result.created,
-                                              request.url_root, utcnow())
                     return render_template("instructor/roster_links.html", course=course,
                                            links=links), 201
                 return redirect(url_for("staff.course", course_code=course.code))
-    status = 400 if form.is_submitted() else 200
+    status = 503 if refusal else 400 if form.is_submitted() else 200
     return (
-        render_template("instructor/roster_import.html", course=course, form=form, errors=errors),
+        render_template("instructor/roster_import.html", course=course, form=form, errors=errors,
+                        refusal=refusal),
         status,
     )
 
@@ -185,11 +195,30 @@ def change_role_view(course: Course, user_id: int) -> Response:
         flash(f"role: {'; '.join(form.role.errors) or 'missing'}", "error")
     else:
         try:
-            enrollment = change_role(get_session(), course, user_id, form.role.data)
+            changed = change_role(get_session(), course, user_id, form.role.data,
+                                  actor=current_user._get_current_object())
         except ServiceError as exc:
             flash(str(exc), "error")
         else:
-            flash(f"{enrollment.user.email} is now {enrollment.role} in {course.code}.")
+            if isinstance(changed, StaffInvitation):
+                flash(f"{changed.user.email} is invited to be {changed.role} in {course.code}: "
+                      "the role is theirs once they accept the invitation on their dashboard.")
+            else:
+                flash(f"{changed.user.email} is now {changed.role} in {course.code}.")
+    return redirect(url_for("staff.course", course_code=course.code))
+
+
+@bp.route("/<course_code>/invitations/<int:invitation_id>/withdraw", methods=["POST"])
+@role_required("instructor")
+def withdraw_invitation_view(course: Course, invitation_id: int) -> Response:
+    """Take back a pending staff invitation (the CSRF token is checked before the view)."""
+    try:
+        invitation = staff_invitations.withdraw(get_session(), course, invitation_id)
+    except ServiceError as exc:
+        flash(str(exc), "error")
+    else:
+        flash(f"The invitation of {invitation.user.email} to be {invitation.role} in "
+              f"{course.code} is withdrawn.")
     return redirect(url_for("staff.course", course_code=course.code))
 
 

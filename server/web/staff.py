@@ -9,7 +9,7 @@ from flask import Blueprint, abort, render_template, request
 
 from server.db import get_session
 from server.models import STATUS_VALUES, Course, utcnow
-from server.services import analytics
+from server.services import analytics, staff_invitations
 from server.services.assignments import (
     course_assignments,
     get_course_assignment,
@@ -36,10 +36,11 @@ def course(course: Course) -> str:
     assignments = course_assignments(session, course)
     enrollments = roster(session, course)
     counts = course_submission_counts(session, course)
+    invitations = staff_invitations.pending_for_course(session, course)
     end_transaction()
     return render_template(
         "staff/course.html", course=course, assignments=assignments, enrollments=enrollments,
-        submission_counts=counts,
+        submission_counts=counts, invitations=invitations,
     )
 
 

@@ -25,7 +25,7 @@ from flask_login import current_user
 from server.db import get_session, reads_first
 from server.models import Course, Problem
 from server.services import bank, workspace
-from server.services.errors import Conflict, Forbidden, NotFound, ValidationError
+from server.services.errors import Conflict, Forbidden, NotFound, Unavailable, ValidationError
 from server.web.access import end_transaction, role_required
 
 bp = Blueprint("staff_problems", __name__, url_prefix="/staff")
@@ -148,12 +148,23 @@ def edit(course: Course, key: str) -> Any:
 
 def _editor_action(course: Course, problem: Problem | None) -> Any:
     """Validate (errors at their lines), review (the diff against the latest
-    version), save (a new version if the text validates and differs), or draw
-    statistics of the draft."""
+    version), save (a new version if the text validates and differs; an unchanged
+    text is not checked again), or draw statistics of the draft. Every check runs
+    in the judge (services.bank)."""
     text = request.form.get("spec", "")
     action = request.form.get("action", "validate")
     session = get_session()
     previous = None if problem is None else bank.get_version(session, problem, None)
+    try:
+        known = (bank.known_version(session, text, course=course,
+                                    key=None if problem is None else problem.id)
+                 if action == "save" else None)
+    except bank.SpecRefused as exc:  # not a text at all (empty, too long)
+        return _render_editor(course, problem, text, errors=exc.errors, status=422)
+    if known is not None:
+        end_transaction()
+        flash(f"Unchanged: this is version {known.version} of {known.problem_id}.", "success")
+        return redirect(url_for(".show", course_code=course.code, key=known.problem_id))
     end_transaction()  # the checks below take a while; no transaction meanwhile
     try:
         spec = bank.validate_spec(text)
@@ -161,9 +172,12 @@ def _editor_action(course: Course, problem: Problem | None) -> Any:
             raise bank.SpecRefused([{"line": _id_line(text), "message": (
                 f"id: {spec.id!r} is not this problem's id {problem.spec_id!r}; to make "
                 "another problem, use 'New problem'")}])
-        stats = bank.draw_statistics(spec) if action == "stats" else None
+        stats = bank.draw_statistics(text) if action == "stats" else None
     except bank.SpecRefused as exc:
         return _render_editor(course, problem, text, errors=exc.errors, status=422)
+    except Unavailable as exc:  # busy, or our failure: the text stays in the editor
+        return _render_editor(course, problem, text, errors=[
+            {"line": None, "message": str(exc)}], status=503)
     diff = bank.text_diff(previous.spec_text if previous else "", bank.clean_spec_text(text),
                           f"version {previous.version}" if previous else "(new)", "this draft")
     if action != "save":
@@ -215,7 +229,7 @@ def _preview(course: Course, problem: Problem | None) -> Any:
     source = request.form if request.method == "POST" else request.args
     seed = _seed(source.get("seed"))
     draft = request.form.get("spec") if request.method == "POST" else None
-    version = None
+    version = spec_hash = None
     if not draft:
         assert problem is not None
         try:
@@ -225,17 +239,14 @@ def _preview(course: Course, problem: Problem | None) -> Any:
         number, text, spec_hash = version.version, version.spec_text, version.spec_hash
     end_transaction()
     try:
-        if draft:
-            spec = bank.parse_spec_text(draft)
-        else:
-            spec = bank.spec_of_text(spec_hash, lambda: text)
         answer = request.form.get("answer") if request.method == "POST" else None
-        result = bank.preview(spec, seed, answer)
+        result = bank.preview(draft or text, seed, answer, spec_hash=spec_hash)
     except ValidationError as exc:  # the answer text itself: too long, NUL, ...
         abort(400, str(exc))
     except bank.SpecRefused as exc:
         editable = problem if problem is not None and problem.course_id else None
         return _render_editor(course, editable, draft or "", errors=exc.errors, status=422)
+    spec = result.spec
     feedback = None if result.outcome is None else bank.preview_feedback(
         result.outcome, answer or "")
     reference = result.document.get("reference") or {}

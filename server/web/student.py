@@ -22,10 +22,17 @@ from flask_login import current_user
 from server.db import get_session, reads_first
 from server.engine.kinds import kind_of
 from server.models import utcnow
-from server.services import grading, workspace
+from server.services import grading, staff_invitations, workspace
 from server.services.assignments import student_assignments
 from server.services.courses import STAFF_ROLES, courses_for_user
-from server.services.errors import Conflict, Forbidden, NotFound, Unavailable, ValidationError
+from server.services.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    ServiceError,
+    Unavailable,
+    ValidationError,
+)
 from server.services.feedback import annotated_lines, general_errors, submission_summary
 from server.services.limits import (
     CheckRateLimited,
@@ -64,6 +71,7 @@ def dashboard() -> str:
     # Staff see their course's assignments with its submissions, not attempts of their own.
     staff_counts = {course.id: course_submission_counts(session, course)
                     for course, role in courses if role in STAFF_ROLES}
+    invitations = staff_invitations.pending_for_user(session, current_user)
     end_transaction()
     return render_template(
         "student/dashboard.html",
@@ -71,7 +79,25 @@ def dashboard() -> str:
         by_course=by_course,
         staff_counts=staff_counts,
         staff_roles=STAFF_ROLES,
+        invitations=invitations,
     )
+
+
+@bp.route("/invitations/<int:invitation_id>/<any(accept, decline):answer>", methods=["POST"])
+@login_required
+def answer_invitation(invitation_id: int, answer: str) -> Response:
+    """Accept or decline a staff invitation (services.staff_invitations) from the
+    dashboard; the CSRF token is checked before the view."""
+    act = staff_invitations.accept if answer == "accept" else staff_invitations.decline
+    try:
+        invitation = act(get_session(), current_user._get_current_object(), invitation_id)
+    except ServiceError as exc:
+        flash(str(exc), "error")
+    else:
+        code = invitation.course.code
+        flash(f"You are {invitation.role} in {code} now." if answer == "accept"
+              else f"You declined to be {invitation.role} in {code}.")
+    return redirect(url_for("student.dashboard"))
 
 
 @bp.route("/assignments/<int:assignment_id>")
@@ -97,8 +123,6 @@ def _open(assignment_id: int, problem_id: str) -> workspace.ProblemWorkspace:
             bank=get_bank_for_students(), secret=instance_secret(), now=utcnow())
     except NotFound as exc:
         abort(404, str(exc))
-    except Unavailable as exc:
-        abort(503, str(exc))
 
 
 def _render_problem(ws: workspace.ProblemWorkspace, form: AnswerForm | None = None,
@@ -159,8 +183,6 @@ def submit(assignment_id: int, problem_id: str) -> Any:
             commit=session.commit, client_ip=request.remote_addr)
     except NotFound as exc:
         abort(404, str(exc))
-    except Unavailable as exc:
-        abort(503, str(exc))
     except (ValidationError, Conflict) as exc:
         # Nothing was stored; the page comes back with the text in the box.
         code = (413 if isinstance(exc, grading.AnswerTooLarge)

@@ -15,16 +15,13 @@ folder.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.web.live import nabla_serve
+from tests.web.live import demo_site
 
 CHROMIUM = os.environ.get("NABLA_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -39,15 +36,8 @@ def live_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The base URL of ``nabla serve`` on a fresh SQLite database with the demo course."""
     folder = tmp_path_factory.mktemp("browser-site")
     url = f"sqlite:///{folder / 'nabla.sqlite3'}"
-    env = {**os.environ, "NABLA_DATABASE_URL": url, "NABLA_INSTANCE_PATH": str(folder),
-           "NABLA_SUBMIT_RATE": "off", "NABLA_CHECK_RATE": "off"}
-    nabla = str(Path(sys.executable).with_name("nabla"))
-    for command in (["db", "upgrade"], ["demo"]):
-        done = subprocess.run([nabla, *command], env=env, capture_output=True, text=True,
-                              timeout=120)
-        assert done.returncode == 0, done.stdout + done.stderr
-    with nabla_serve(url, folder, workers=1, threads=4,
-                     env={"NABLA_SUBMIT_RATE": "off", "NABLA_CHECK_RATE": "off"}) as base:
+    with demo_site(url, folder, workers=1, threads=4,
+                   env={"NABLA_SUBMIT_RATE": "off", "NABLA_CHECK_RATE": "off"}) as base:
         yield base
 
 

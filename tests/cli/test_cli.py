@@ -12,7 +12,8 @@ pytestmark = pytest.mark.usefixtures("db_backend")
 def cli(database_url, tmp_path, session):
     """Run `nabla ...` against the test database; ``session`` cleans up afterwards."""
     runner = CliRunner()
-    env = {"NABLA_DATABASE_URL": database_url, "NABLA_INSTANCE_PATH": str(tmp_path)}
+    env = {"NABLA_DATABASE_URL": database_url, "NABLA_INSTANCE_PATH": str(tmp_path),
+           "NABLA_BASE_URL": "https://nabla.example.edu"}
 
     def invoke(*args):
         return runner.invoke(main, list(args), env=env, catch_exceptions=False)
@@ -130,3 +131,10 @@ def test_gunicorn_command_line():
     argv = gunicorn_argv("127.0.0.1:5000", 3, 4, 60)
     assert argv[1:3] == ["-m", "gunicorn"] and argv[-1] == "server:create_app()"
     assert argv[argv.index("--workers") + 1] == "3" and argv[argv.index("--threads") + 1] == "4"
+    # The access log: the path without the query string, through the redacting logger.
+    log_format = argv[argv.index("--access-logformat") + 1]
+    assert "%(U)s" in log_format and "%(r)s" not in log_format and "%(q)s" not in log_format
+    module, _, name = argv[argv.index("--logger-class") + 1].rpartition(".")
+    from gunicorn.glogging import Logger
+
+    assert issubclass(getattr(__import__(module, fromlist=[name]), name), Logger)

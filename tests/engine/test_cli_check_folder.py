@@ -39,3 +39,34 @@ def test_the_bank_folder_and_an_empty_folder(tmp_path):
     empty = run("problems", "check", str(tmp_path))
     assert empty.exit_code == 1
     assert "no spec files (*.toml) in this folder" in empty.output
+
+
+def test_the_attacks_are_refused_by_check_and_sync_at_once_naming_line_and_limit(
+        tmp_path, monkeypatch):
+    """Both commands check in the judge, under the budget: the specs that once took
+    minutes are refused in a moment, each with its file, line and limit."""
+    import json
+    import time
+
+    from tests.spec_attacks import ATTACKS, BIG_DIMS, NESTED_EXP
+
+    (tmp_path / "attack-dims.toml").write_text(BIG_DIMS)
+    (tmp_path / "attack-exp.toml").write_text(NESTED_EXP)
+    start = time.monotonic()
+    result = run("problems", "check", str(tmp_path))
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'attack-dims.toml'}:10: dims N reaches 100" in result.output
+    assert "too large to evaluate" in result.output and "2 of 2 specs failed" in result.output
+    monkeypatch.setenv("NABLA_DATABASE_URL", f"sqlite:///{tmp_path}/sync.sqlite3")
+    from server import db
+
+    db.upgrade(f"sqlite:///{tmp_path}/sync.sqlite3")
+    synced = run("problems", "sync", str(tmp_path), "--json")
+    report = json.loads(synced.output)
+    assert synced.exit_code == 1 and report["new_versions"] == []
+    errors = {r["file"].rsplit("/", 1)[1]: r["errors"] for r in report["refused"]}
+    assert errors["attack-dims.toml"][0] == {"line": 10, "message": ATTACKS["big dims"][1][0]
+                                             + "; the limit is 32 (every array of a draw, its "
+                                             "finite-difference check and a student's page "
+                                             "grow with the dims)"}
+    assert time.monotonic() - start < 60  # minutes each before

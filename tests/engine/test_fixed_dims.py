@@ -43,12 +43,13 @@ def test_problems_check_grades_the_model_answer_as_text(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "ok   conv1d-stride" in result.output
 
-    # a model answer that is not an answer is reported, naming its line and why
+    # a model answer that is not an answer is refused, naming its line and why (the check
+    # the judge runs for the command, here in this process, where the patch applies)
+    from server.engine import authoring
+
     monkeypatch.setattr(
         "server.engine.problem.model_answer",
         lambda spec, inst: "1. dX = undefined_name",
     )
-    result = CliRunner().invoke(main, ["problems", "check", "--seeds", "1", str(path)])
-    assert result.exit_code == 1
-    assert f"FAIL {path}" in result.output
-    assert "the model solution is not a valid answer on seed 0 (line 1" in result.output
+    refused = authoring.check_text(fixed_k_spec(), str(path), seeds=1).refused
+    assert "the model solution is not a valid answer on seed 0 (line 1" in refused[0].message

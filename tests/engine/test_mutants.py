@@ -165,6 +165,28 @@ def test_draw_stats_count_the_redraws_the_mutants_cost():
     assert sum(s.mutant_rejections for s in stats) > 0  # the masks do cost redraws on mlp-relu
 
 
+def test_a_seed_whose_dims_cannot_separate_a_mistake_draws_other_dims():
+    """mlp-random, seed 291: with H3 = 2 the relu mask from b3 instead of z8 is too seldom
+    separated for one of 400 value draws to separate every mistake, so the seed was
+    refused, and a student with it got a 503 for that problem on every visit (found by
+    fuzzing the API: the fuzz site's instructor drew such a seed). The seed now tries
+    other dims, drawn after the failed tries, so that seeds that drew before are kept."""
+    spec = BANK["mlp-random"]
+    assert first_dims(spec, 291)["H3"] == 2
+    stats = DrawStats()
+    inst = draw_instance(spec, 291, stats=stats)
+    assert inst.dims != first_dims(spec, 291) and stats.attempts > instance_module.MAX_DRAWS
+    assert draw_instance(spec, 290).dims == first_dims(spec, 290)  # drew before: the same
+
+
+def first_dims(spec, seed):
+    """The dims of a seed's first round (drawn after its structural choices)."""
+    rng = np.random.default_rng(seed)
+    for options in spec.choices.values():
+        rng.integers(len(options))
+    return instance_module.draw_dims(spec.dims, rng)
+
+
 def test_hidden_instances_skip_the_mutant_check():
     """Documented choice: the student's own instance separates the mutants; hidden
     instances are drawn as before (so stored submissions regrade to the same ones)."""

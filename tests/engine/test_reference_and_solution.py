@@ -71,7 +71,8 @@ def test_hidden_draws_are_checked_by_finite_differences_once_per_structure_and_d
     seeds = engine_instance.legacy_hidden_seeds(own)
     monkeypatch.setattr(engine_instance, "_VERIFIED", set())
     real, calls = engine_instance._verify, []
-    monkeypatch.setattr(engine_instance, "_verify", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(engine_instance, "_verify",
+                        lambda *a, **k: calls.append(k.get("mode")) or real(*a, **k))
     first = engine_instance.draw_hidden_instances(spec, own, seeds)
     assert len(calls) == len({tuple(sorted(h.dims.items())) for h in first}) >= 1
     again = engine_instance.draw_hidden_instances(spec, own, seeds)
@@ -81,6 +82,8 @@ def test_hidden_draws_are_checked_by_finite_differences_once_per_structure_and_d
         assert all(np.array_equal(a.values[k], b.values[k]) for k in a.values)
     draw_instance(spec, 5)  # the student's own instance is always checked
     assert len(calls) == len({tuple(sorted(h.dims.items())) for h in first}) + 1
+    # hidden draws along random directions; a draw for staff (the default) entry by entry
+    assert set(calls[:-1]) == {"directional"} and calls[-1] == "full"
 
 
 def test_a_wrong_backward_rule_is_refused_on_a_hidden_draw_too(monkeypatch):

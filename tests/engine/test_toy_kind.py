@@ -59,7 +59,7 @@ class NumberKind(AnswerKind):
             builder.err(builder.line_of("forward"), "a number problem's forward is L = a * x")
         return {}
 
-    def draw(self, spec, seed) -> ToyInstance:
+    def draw(self, spec, seed, *, verify="full") -> ToyInstance:
         return ToyInstance(seed, 2 + seed % 5, 1 + seed % 3)
 
     def from_json(self, spec, document) -> ToyInstance:
@@ -72,7 +72,7 @@ class NumberKind(AnswerKind):
             return invalid([{"line": 1, "message": "line 1: write one number"}])
         return GradeResult(True, 0.0)
 
-    def grade(self, spec, inst, text, *, hidden_seeds=None, run_job=None,
+    def grade(self, spec, inst, text, *, hidden_seeds=None, run_job=None, draw_hidden=None,
               check_source=None) -> GradeResult:
         problem = self.check(spec, inst, text)
         if problem.errors:

@@ -7,6 +7,7 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -260,9 +261,31 @@ def test_refills_prepare_in_the_background_and_jobs_run_at_full_priority():
             time.sleep(0.05)
         return pool
 
+    def cpu_and_state(pid: int) -> tuple[str, int] | None:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return fields[0], int(fields[11]) + int(fields[12])  # state, utime + stime
+
+    def ready_pool() -> set[int]:
+        """The full pool once every child has finished preparing (asleep, its CPU time
+        still): under load a child counted by full_pool may still be setting up, and
+        then fewer than a grade's worth are ready, when refills rightly go at full speed."""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            pool = full_pool()
+            first = {pid: cpu_and_state(pid) for pid in pool}
+            time.sleep(0.3)
+            second = {pid: cpu_and_state(pid) for pid in pool}
+            if all(first[p] is not None and first[p] == second[p] and first[p][0] == "S"
+                   for p in pool):
+                return set(pool)
+        raise AssertionError("the pool did not settle")
+
     try:
         sb.run_job(CORRECT, [call_args()])
-        before = set(full_pool())
+        before = ready_pool()
         threads = [threading.Thread(target=sb.run_job, args=(CORRECT, [call_args()]))
                    for _ in range(3)]  # one grade: three children at once
         for t in threads:

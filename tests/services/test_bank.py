@@ -59,14 +59,16 @@ def test_a_refused_file_changes_nothing(session, tmp_path):
     assert bank.export_text(session, "tiny") == tiny()
 
 
-def test_a_model_solution_below_100_percent_is_refused(session, monkeypatch):
-    from server.engine import problem as engine_problem
+def test_a_model_solution_below_100_percent_is_refused(session):
+    from server.judge import Judge
 
-    real = engine_problem.model_answer
-    monkeypatch.setattr(engine_problem, "model_answer",
-                        lambda spec, inst: real(spec, inst).replace("dz1 = ", "dz1 = -"))
-    with pytest.raises(bank.SpecRefused, match="model solution scores"):
-        bank.save_version(session, tiny())
+    # the check runs in the judge: its processes get a wrong model answer on purpose
+    judge = Judge(size=1, timeout_s=30, tasks="tests.judge.tasks_wrong_model")
+    try:
+        with pytest.raises(bank.SpecRefused, match="model solution scores"):
+            bank.save_version(session, tiny(), judge=judge)
+    finally:
+        judge.close()
     assert counts(session) == (0, 0)
 
 
@@ -116,15 +118,15 @@ def test_the_cli_syncs_and_exports(session, tmp_path, database_url, monkeypatch)
 
 
 def test_preview_of_a_draft_grades_like_a_submission_and_its_references_are_fd_checked():
-    spec = bank.parse_spec_text(tiny())
-    model = bank.preview(spec, 3)
-    graded = bank.preview(spec, 3, model.solution)
+    model = bank.preview(tiny(), 3)
+    spec = model.spec
+    graded = bank.preview(tiny(), 3, model.solution)
     assert graded.outcome.status == "graded" and graded.outcome.score == 1.0
-    transposed = bank.preview(spec, 3, model.solution.replace("dW = x @ dz1",
-                                                              "dW = dz1.T @ x.T"))
+    transposed = bank.preview(tiny(), 3, model.solution.replace("dW = x @ dz1",
+                                                                "dW = dz1.T @ x.T"))
     assert transposed.grade_json()["gradients"]["dW"]["verdict"] == "transposed"
     assert transposed.outcome.score < 1
-    invalid = bank.preview(spec, 3, "dW = = 1")
+    invalid = bank.preview(tiny(), 3, "dW = = 1")
     assert invalid.outcome.status == "invalid" and invalid.grade_json()["errors"][0]["line"] == 1
     assert "reference" in model.document and "reference" not in model.public
     # The references are the engine's, and agree with central differences of L.
@@ -149,8 +151,7 @@ def test_preview_of_a_draft_grades_like_a_submission_and_its_references_are_fd_c
 
 
 def test_draw_statistics_spread_dims_and_choices():
-    stats = bank.draw_statistics(bank.parse_spec_text((BANK_DIR / "mlp-random.toml").read_text()),
-                                 seeds=30)
+    stats = bank.draw_statistics((BANK_DIR / "mlp-random.toml").read_text(), seeds=30)
     assert stats.seeds == 30 and stats.mean_redraws is not None and stats.draw_ms_median > 0
     assert stats.dims and all(0 < sum(n for _, n in c) <= 30 for c in stats.dims.values())
     assert sum(n for _, n in stats.choices["depth"]) == 30  # nested choices: fewer

@@ -39,7 +39,7 @@ def test_roster_import_creates_enrolls_and_updates(session, make_user, make_cour
         "\n"
         "prof@example.edu,Prof,instructor\n"
     )
-    result = courses.import_roster(session, course, text)
+    result = courses.import_roster(session, course, text, actor=None)
     assert result.created == ["new@example.edu", "prof@example.edu"]
     assert result.enrolled == ["new@example.edu", "prof@example.edu"]
     assert result.role_changed == ["old@example.edu"]
@@ -47,7 +47,7 @@ def test_roster_import_creates_enrolls_and_updates(session, make_user, make_cour
     assert roles == {"old@example.edu": "ta", "new@example.edu": "student",
                      "prof@example.edu": "instructor"}
     assert accounts.get_user_by_email(session, "new@example.edu").password_hash is None
-    again = courses.import_roster(session, course, text)
+    again = courses.import_roster(session, course, text, actor=None)
     assert again.created == [] and again.enrolled == [] and len(again.unchanged) == 3
 
 
@@ -55,7 +55,7 @@ def test_roster_with_errors_imports_nothing_and_names_each_line(session, make_co
     course = make_course(session)
     text = "a@example.edu,A,student\nnot-an-email,B\nc@example.edu,C,wizard\na@example.edu,A2\nx\n"
     with pytest.raises(courses.RosterError) as excinfo:
-        courses.import_roster(session, course, text)
+        courses.import_roster(session, course, text, actor=None)
     errors = excinfo.value.errors
     assert errors[0].startswith("line 2: email:")
     assert errors[1].startswith("line 3: role: 'wizard'")
@@ -68,7 +68,7 @@ def test_roster_with_errors_imports_nothing_and_names_each_line(session, make_co
 def test_empty_roster_is_an_error(session, make_course):
     course = make_course(session)
     with pytest.raises(courses.RosterError, match="no rows"):
-        courses.import_roster(session, course, "email,name,role\n")
+        courses.import_roster(session, course, "email,name,role\n", actor=None)
 
 
 def test_change_role_and_unenroll_keep_one_instructor(session, make_user, make_course):
@@ -78,15 +78,15 @@ def test_change_role_and_unenroll_keep_one_instructor(session, make_user, make_c
     ta = make_user(session, email="ta@example.edu")
     course = make_course(session, members={prof: "instructor", ta: "ta"})
     with pytest.raises(Conflict, match="role: prof@example.edu is the only instructor"):
-        courses.change_role(session, course, prof.id, "ta")
+        courses.change_role(session, course, prof.id, "ta", actor=None)
     with pytest.raises(Conflict, match="only instructor"):
         courses.unenroll(session, course, prof.id)
-    courses.change_role(session, course, ta.id, "instructor")
-    courses.change_role(session, course, prof.id, "ta")  # now allowed
+    courses.change_role(session, course, ta.id, "instructor", actor=None)
+    courses.change_role(session, course, prof.id, "ta", actor=None)  # now allowed
     assert courses.role_in_course(session, prof, course) == "ta"
     assert courses.unenroll(session, course, prof.id) is prof
     assert courses.role_in_course(session, prof, course) is None
     with pytest.raises(NotFound, match="not enrolled"):
         courses.unenroll(session, course, prof.id)
     with pytest.raises(ValidationError, match="role: 'boss'"):
-        courses.change_role(session, course, ta.id, "boss")
+        courses.change_role(session, course, ta.id, "boss", actor=None)

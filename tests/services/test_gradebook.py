@@ -201,23 +201,3 @@ def test_late_is_the_counted_submissions_and_late_credit_is_in_the_score(
     rows = list(csv.DictReader(io.StringIO(_export(session, course, "long").decode())))
     assert [(r["problem"], r["score"], r["late"]) for r in rows] == [
         ("mlp-relu", "0.45", "true"), ("affine-np", "0.3", "false")]
-
-
-def test_set_password_links_are_single_use_and_expire(session, make_user):
-    from server.services import invites
-    from server.services.errors import NotFound
-
-    user = make_user(session, password=None)
-    now = utcnow()
-    _, token = invites.create_invite(session, user, now)
-    _, old = invites.create_invite(session, user, now - 8 * 24 * HOUR)
-    with pytest.raises(NotFound, match="expired"):
-        invites.redeem_invite(session, old, "a long new password", now)
-    with pytest.raises(ValidationError):
-        invites.redeem_invite(session, token, "short", now)
-    assert invites.redeem_invite(session, token, "a long new password", now) == user
-    assert user.password_hash
-    with pytest.raises(NotFound, match="already used"):
-        invites.redeem_invite(session, token, "another long password", now)
-    with pytest.raises(NotFound, match="unknown"):
-        invites.valid_invite(session, "inv_nope", now)

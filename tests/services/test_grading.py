@@ -222,9 +222,17 @@ class TestEquations:
     ])
     def test_grading_that_takes_too_long_or_too_much_memory_is_stopped_and_costs_no_attempt(
             self, session, engine_bank, people, make_assignment, misbehaving_judge, caplog,
-            action, words):
+            action, words, request):
         student, _, course = people
         hw = make_assignment(session, course, problems=("mlp-relu",), max_attempts=1)
+        if action == "allocate":
+            # Memory must stop it, not the clock: under a loaded machine, allocating
+            # 256 MB 64 MB at a time once took longer than the 1 s limit of the others.
+            from server.judge import Judge
+
+            misbehaving_judge = Judge(size=1, timeout_s=30.0, memory_mb=256,
+                                      tasks="tests.judge.tasks_for_tests")
+            request.addfinalizer(misbehaving_judge.close)
         result = _submit(session, engine_bank, student, hw, "mlp-relu", f"#test:{action}",
                          judge=misbehaving_judge)
         sub = result.submission

@@ -44,10 +44,11 @@ class LiveServer:
             env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True)
 
-    def output(self) -> str:
-        """What the server printed so far (the end of it)."""
+    def output(self, tail: int | None = 3000) -> str:
+        """What the server printed so far: the last ``tail`` characters, or all of it."""
         self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-3000:]
+        text = self.log.read().decode(errors="replace")
+        return text if tail is None else text[-tail:]
 
     def wait_until_up(self, timeout: float = 60) -> int:
         """The status of GET /login once the server answers (or a clear failure)."""
@@ -84,6 +85,30 @@ def nabla_serve(database_url: str, folder: Path, *, workers: int = 1, threads: i
         yield f"http://{HOST}:{server.port}"
     finally:
         server.stop()
+
+
+def nabla_command(args: list[str], env: dict[str, str], timeout: float = 120) -> str:
+    """Run ``nabla ARGS`` with these settings (besides the environment); its output, once
+    it exited 0 (else a failure showing what it said)."""
+    nabla = str(Path(sys.executable).with_name("nabla"))
+    done = subprocess.run([nabla, *args], env={**os.environ, **env}, capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@contextmanager
+def demo_site(database_url: str, folder: Path, *, env: dict[str, str] | None = None,
+              workers: int = 1, threads: int = 4) -> Iterator[str]:
+    """``nabla db upgrade``, ``nabla demo`` (DEMO101, its logins) and ``nabla serve`` on an
+    empty database; yields the site's base URL."""
+    settings = {"NABLA_DATABASE_URL": database_url, "NABLA_INSTANCE_PATH": str(folder),
+                **(env or {})}
+    for command in (["db", "upgrade"], ["demo"]):
+        nabla_command(command, settings)
+    with nabla_serve(database_url, folder, workers=workers, threads=threads,
+                     env=settings) as base:
+        yield base
 
 
 class Browser:

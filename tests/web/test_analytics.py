@@ -165,6 +165,13 @@ def test_students_get_403_and_staff_of_another_course_404(client, known):
     teacher = _auth(known["tokens"]["teacher@example.edu"])
     assert client.get(f"{API}?assignment=x", headers=teacher).status_code == 400
     assert client.get(f"{API}?assignment=999999", headers=teacher).status_code == 404
+    # Found by fuzzing the API: a digit int() refuses, and an id SQLite cannot bind,
+    # were 500s.
+    assert client.get(f"{API}?assignment=%C2%B2", headers=teacher).status_code == 400
+    beyond = client.get(f"{API}?assignment={10**20}", headers=teacher)
+    assert beyond.status_code == 404 and beyond.json["error"] == (
+        f"assignment: there is no assignment {10**20}")
+    assert client.get(f"{API}?assignment=", headers=teacher).status_code == 200  # all
     assert client.get("/api/v1/courses/CS101/analytics/problems/nope",
                       headers=teacher).status_code == 404
     login(client, "other-ta@example.edu")

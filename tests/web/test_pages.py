@@ -173,19 +173,23 @@ def _roles(app_session):
     return result
 
 
+@pytest.mark.parametrize("app_settings", [{"NABLA_BASE_URL": "https://nabla.example.edu"}])
 def test_roster_import_from_pasted_text(client, course_people, app_session):
     login(client, "instructor@example.edu")
     text = "email,name,role\nnew1@example.edu,New One,student\nta@example.edu,Tom TA,instructor\n"
     response = post_form(client, IMPORT, IMPORT, {"csv_text": text}, follow_redirects=True)
     page = response.get_data(as_text=True)
     assert response.status_code == 201  # the new accounts' set-password links, shown once
-    assert "1 new accounts, 1 enrolled, 1 role changes, 0 unchanged" in page
-    assert "email,name,link\nnew1@example.edu,New One,http://localhost/set-password/inv_" \
-        in page
+    # ta@ is an existing account: raised to instructor by an instructor, it is invited.
+    assert "1 new accounts, 1 enrolled, 0 role changes, 1 invited as staff (the role is " \
+        "theirs once they accept it on their dashboard: ta@example.edu), 0 unchanged" in page
+    assert "email,name,link\nnew1@example.edu,New One,https://nabla.example.edu/set-password/" \
+        "inv_" in page
     roles = _roles(app_session)
-    assert roles["new1@example.edu"] == "student" and roles["ta@example.edu"] == "instructor"
+    assert roles["new1@example.edu"] == "student" and roles["ta@example.edu"] == "ta"
 
 
+@pytest.mark.parametrize("app_settings", [{"NABLA_BASE_URL": "https://nabla.example.edu"}])
 def test_roster_import_from_an_uploaded_file(client, course_people, app_session):
     login(client, "instructor@example.edu")
     upload = (io.BytesIO(b"\xef\xbb\xbfnew2@example.edu,New Two\n"), "roster.csv")
@@ -311,14 +315,19 @@ def test_edit_of_another_courses_assignment_is_404(client, course_people, app_se
 
 def test_instructor_changes_roles_and_removes_people(client, course_people, app_session):
     student_id = course_people["student"].id
+    ta_id = course_people["ta"].id
     instructor_id = course_people["instructor"].id
     login(client, "instructor@example.edu")
     page = client.get("/staff/CS101/").get_data(as_text=True)
     assert f"/instructor/CS101/roster/{student_id}/remove" in page
     response = post_form(client, "/staff/CS101/", f"/instructor/CS101/roster/{student_id}/role",
                          {"role": "ta"}, follow_redirects=True)
-    assert "student1@example.edu is now ta in CS101" in response.get_data(as_text=True)
-    assert _roles(app_session)["student1@example.edu"] == "ta"
+    assert "student1@example.edu is invited to be ta in CS101: the role is theirs once they " \
+        "accept" in response.get_data(as_text=True)
+    assert _roles(app_session)["student1@example.edu"] == "student"
+    lowered = post_form(client, "/staff/CS101/", f"/instructor/CS101/roster/{ta_id}/role",
+                        {"role": "student"}, follow_redirects=True)
+    assert "ta@example.edu is now student in CS101" in lowered.get_data(as_text=True)
     bad = post_form(client, "/staff/CS101/", f"/instructor/CS101/roster/{student_id}/role",
                     {"role": "emperor"}, follow_redirects=True)
     assert "role: Not a valid choice" in bad.get_data(as_text=True)

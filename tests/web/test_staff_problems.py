@@ -260,3 +260,94 @@ def test_the_api_does_not_reveal_another_courses_problem(client, people):
     assert preview.status_code == 404
     assert _api(client, "POST", "/api/v1/courses/A101/problems/tiny/preview", t,
                 {"seed": -1}).status_code == 400
+
+
+# --- issue 22: a spec's work in the judge, under its budget and limits --------------------
+
+
+def _no_check_here(monkeypatch):
+    """The web worker must not check a spec (the judge does): fail if it asks."""
+    from server.judge import specs
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a spec was sent to the judge")
+
+    monkeypatch.setattr(specs, "check_text", refuse)
+
+
+def test_saving_an_unchanged_text_checks_nothing(client, people, app_session, monkeypatch):
+    login(client, "ta@example.edu")
+    key = f"tiny.c{people['b'].id}"
+    auth = {"Authorization": f"Bearer {people['tokens']['tb']}"}
+    _no_check_here(monkeypatch)
+    again = client.put("/api/v1/courses/B101/problems/tiny", headers=auth,
+                       json={"spec": tiny("B's own")})
+    assert again.status_code == 200 and again.json == {"id": key, "version": 1}
+    login(client, "tb@example.edu")
+    edit = f"/staff/B101/problems/{key}/edit"
+    saved = post_form(client, edit, edit, {"spec": tiny("B's own"), "action": "save"})
+    assert saved.status_code == 302 and "Unchanged: this is version 1" in _text(
+        client.get(saved.headers["Location"]))
+    assert app_session.query(ProblemVersion).filter_by(problem_id=key).count() == 1
+
+
+def test_the_checks_run_in_the_judge_not_in_the_web_worker(client, people, monkeypatch):
+    """The engine's check, patched to fail in this process, still passes: it ran in a
+    judge process (the patch does not reach it)."""
+    from server.engine import authoring
+
+    monkeypatch.setattr(authoring, "check_text", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(authoring, "preview_document", lambda *a, **k: 1 / 0)
+    auth = {"Authorization": f"Bearer {people['tokens']['ta']}"}
+    put = client.put("/api/v1/courses/A101/problems/mine", headers=auth,
+                     json={"spec": tiny("Mine").replace('id = "tiny"', 'id = "mine"')})
+    assert put.status_code == 201, put.json
+    preview = client.post("/api/v1/courses/A101/problems/tiny/preview", headers=auth,
+                          json={"seed": 3, "spec": tiny("Draft")})
+    assert preview.status_code == 200 and "reference" in preview.json["instance"]
+
+
+def test_a_spec_beyond_the_budget_is_refused_at_its_line_in_the_editor(client, people):
+    from tests.spec_attacks import BIG_DIMS
+
+    login(client, "ta@example.edu")
+    page = post_form(client, "/staff/A101/problems/new", "/staff/A101/problems/new",
+                     {"spec": BIG_DIMS, "action": "validate"})
+    assert page.status_code == 422
+    text = _text(page)
+    assert "dims N reaches 100; the limit is 32" in text and "z1 = W @ x" in text  # kept
+
+
+def test_a_busy_checker_answers_at_once_and_keeps_the_text(client, people, monkeypatch):
+    from server.judge import JudgeError, specs
+
+    def busy(*args, **kwargs):
+        raise JudgeError("busy", "every judge process stayed busy")
+
+    monkeypatch.setattr(specs, "check_text", busy)
+    monkeypatch.setattr(specs, "preview", busy)
+    login(client, "ta@example.edu")
+    page = post_form(client, "/staff/A101/problems/new", "/staff/A101/problems/new",
+                     {"spec": tiny("Busy"), "action": "validate"})
+    assert page.status_code == 503
+    assert "checking another spec right now" in _text(page) and 'title = "Busy"' in _text(page)
+    auth = {"Authorization": f"Bearer {people['tokens']['ta']}"}
+    put = client.put("/api/v1/courses/A101/problems/mine", headers=auth,
+                     json={"spec": tiny("Busy").replace('id = "tiny"', 'id = "mine"')})
+    assert put.status_code == 503 and put.headers["Retry-After"]
+    assert "checking another spec" in put.json["error"]
+    preview = client.post("/api/v1/courses/A101/problems/tiny/preview", headers=auth,
+                          json={"seed": 1, "spec": tiny("Busy")})
+    assert preview.status_code == 503 and preview.headers["Retry-After"]
+
+
+def test_a_toml_nested_too_deeply_is_refused_in_the_editor_and_the_preview(client, people):
+    from tests.spec_attacks import DEEP_TABLES
+
+    login(client, "ta@example.edu")
+    page = post_form(client, "/staff/A101/problems/new", "/staff/A101/problems/new",
+                     {"spec": DEEP_TABLES, "action": "validate"})
+    assert page.status_code == 422 and "nest more than 16 levels" in _text(page)
+    page = post_form(client, "/staff/A101/problems/new",
+                     "/staff/A101/problems/draft/preview", {"spec": DEEP_TABLES, "seed": "1"})
+    assert page.status_code == 422 and "nest more than 16 levels" in _text(page)

@@ -69,8 +69,10 @@ class AnswerKind(ABC):
     # -- instances ------------------------------------------------------------------
 
     @abstractmethod
-    def draw(self, spec: ProblemSpec, seed: int) -> Any:
-        """The instance of ``spec`` for ``seed`` (deterministic)."""
+    def draw(self, spec: ProblemSpec, seed: int, *, verify: str = "full") -> Any:
+        """The instance of ``spec`` for ``seed`` (deterministic). ``verify``: how its
+        reference is checked (``"full"``: every entry by finite differences, for staff
+        work; ``"directional"``: a student's draw, cheaper; the instance is the same)."""
 
     @abstractmethod
     def from_json(self, spec: ProblemSpec, document: Mapping) -> Any:
@@ -84,9 +86,9 @@ class AnswerKind(ABC):
         """Draw ``seed`` for the draw statistics of the staff pages."""
         return Drawn(self.draw(spec, seed), {}, None, 0.0)
 
-    def own_hidden_seeds(self, inst: Any) -> tuple[int, ...]:
-        """The instance's own deterministic hidden seeds: what ``hidden_seeds=None``
-        means to ``grade`` (previews and ``nabla grade`` use them)."""
+    def own_hidden_seeds(self, document: Mapping) -> tuple[int, ...]:
+        """The deterministic hidden seeds of the instance of ``document``: what
+        ``hidden_seeds=None`` means to ``grade`` (previews and ``nabla grade`` use them)."""
         return ()
 
     def model_check_spec(self, spec: ProblemSpec) -> ProblemSpec:
@@ -106,11 +108,14 @@ class AnswerKind(ABC):
     def grade(self, spec: ProblemSpec, inst: Any, text: str, *,
               hidden_seeds: Sequence[int] | None = None,
               run_job: Callable[..., Any] | None = None,
-              check_source: Callable[..., Any] | None = None) -> GradeResult:
+              check_source: Callable[..., Any] | None = None,
+              draw_hidden: Callable[[Sequence[int]], list] | None = None) -> GradeResult:
         """Grade ``text`` on ``inst`` and the hidden instances of ``hidden_seeds``
         (``None``: the instance's own deterministic ones, as ``nabla grade`` does).
         ``run_job`` and ``check_source`` reach the sandbox for kinds that run
-        student code; the engine never imports it."""
+        student code; the engine never imports it. ``draw_hidden(seeds)``: the hidden
+        instances of those seeds, drawn elsewhere (the server's judge); None: drawn
+        here."""
 
     @abstractmethod
     def check(self, spec: ProblemSpec, inst: Any, text: str, *,

@@ -41,8 +41,8 @@ class ProgramKind(AnswerKind):
                       ask: Sequence[str]) -> dict:
         return builder.compile_all(template, choices, variables, dims, given, tuple(ask))
 
-    def draw(self, spec: ProblemSpec, seed: int) -> ArrayInstance:
-        return draw_instance(spec, seed)
+    def draw(self, spec: ProblemSpec, seed: int, *, verify: str = "full") -> ArrayInstance:
+        return draw_instance(spec, seed, verify=verify)
 
     def from_json(self, spec: ProblemSpec, document: Mapping) -> ArrayInstance:
         return ArrayInstance.from_json(document)
@@ -54,8 +54,8 @@ class ProgramKind(AnswerKind):
         inst = draw_instance(spec, seed, stats=stats)
         return Drawn(inst, dict(inst.dims), stats.redraws, stats.calibration_seconds)
 
-    def own_hidden_seeds(self, inst: ArrayInstance) -> tuple[int, ...]:
-        return tuple(legacy_hidden_seeds(inst))
+    def own_hidden_seeds(self, document: Mapping) -> tuple[int, ...]:
+        return tuple(legacy_hidden_seeds(document))
 
     def check_draws(self, spec: ProblemSpec, seeds: int) -> str:
         """The mutant figures of the structures drawn (``nabla problems check``)."""
@@ -131,13 +131,14 @@ class EquationsKind(ProgramKind):
     def grade(self, spec: ProblemSpec, inst: ArrayInstance, text: str, *,
               hidden_seeds: Sequence[int] | None = None,
               run_job: Callable[..., Any] | None = None,
-              check_source: Callable[..., Any] | None = None) -> GradeResult:
+              check_source: Callable[..., Any] | None = None,
+              draw_hidden: Callable[[Sequence[int]], list] | None = None) -> GradeResult:
         """Equations run on ``inst`` and on one hidden instance per seed of
         ``hidden_seeds`` (the server draws them per submission); ``None`` means
         the instance's own deterministic seeds (``legacy_hidden_seeds``), and
         ``()`` no hidden check."""
         if hidden_seeds is None:
-            hidden_seeds = self.own_hidden_seeds(inst)
+            hidden_seeds = legacy_hidden_seeds(inst)
         hidden = draw_hidden_instances(spec, inst, hidden_seeds) if hidden_seeds else []
         return grade_equations(spec, inst, text, hidden=hidden)
 

@@ -53,7 +53,8 @@ class ExpressionKind(AnswerKind):
             builder.data, choices, {**dims, **constants}, given, list(ask), builder.line_of))
         return {}
 
-    def draw(self, spec: ProblemSpec, seed: int) -> ExpressionInstance:
+    def draw(self, spec: ProblemSpec, seed: int, *, verify: str = "full") -> ExpressionInstance:
+        """The derivative is checked at a few points whatever ``verify`` says."""
         return draw_expression_instance(spec, seed)
 
     def from_json(self, spec: ProblemSpec, document: Mapping) -> ExpressionInstance:
@@ -69,7 +70,8 @@ class ExpressionKind(AnswerKind):
     def grade(self, spec: ProblemSpec, inst: ExpressionInstance, text: str, *,
               hidden_seeds: Sequence[int] | None = None,
               run_job: Callable[..., Any] | None = None,
-              check_source: Callable[..., Any] | None = None) -> GradeResult:
+              check_source: Callable[..., Any] | None = None,
+              draw_hidden: Callable[[Sequence[int]], list] | None = None) -> GradeResult:
         """Judged at random points (seeded by the instance and ``hidden_seeds``)."""
         return grade_expression(spec, inst, text,
                                 hidden_seeds=() if hidden_seeds is None else hidden_seeds)

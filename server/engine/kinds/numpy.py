@@ -74,12 +74,13 @@ class NumpyKind(ProgramKind):
     def grade(self, spec: ProblemSpec, inst: ArrayInstance, text: str, *,
               hidden_seeds: Sequence[int] | None = None,
               run_job: Callable[..., Any] | None = None,
-              check_source: Callable[..., Any] | None = None) -> GradeResult:
+              check_source: Callable[..., Any] | None = None,
+              draw_hidden: Callable[[Sequence[int]], list] | None = None) -> GradeResult:
         if run_job is None or check_source is None:
             raise TypeError("numpy answers run in the sandbox: pass run_job and check_source "
                             "(server.sandbox)")
         return grade_numpy(spec, inst, text, hidden_seeds=hidden_seeds, run_job=run_job,
-                           check_source=check_source)
+                           check_source=check_source, draw_hidden=draw_hidden)
 
     def check(self, spec: ProblemSpec, inst: ArrayInstance | None, text: str, *,
               check_source: Callable[..., Any] | None = None) -> GradeResult:
@@ -121,12 +122,15 @@ def call_arguments(inst: ArrayInstance) -> dict:
 def grade_numpy(spec: ProblemSpec, inst: ArrayInstance, source: str, *,
                 run_job: Callable[..., Any], check_source: Callable[..., Any],
                 hidden_seeds: Sequence[int] | None = None,
-                concurrent: bool = True) -> GradeResult:
+                concurrent: bool = True,
+                draw_hidden: Callable[[Sequence[int]], list] | None = None) -> GradeResult:
     """Grade ``source`` on ``inst`` and the hidden instances of ``hidden_seeds``
     (the server draws them per submission; without them, the instance's own
     deterministic ones, as for ``nabla grade``). ``run_job`` runs one sandbox job
     (``server.sandbox.run_job``); it is called once per instance. ``check_source``
-    (``server.sandbox.check_source``) decides whether the module is an answer."""
+    (``server.sandbox.check_source``) decides whether the module is an answer.
+    ``draw_hidden(seeds)`` draws the hidden instances (the server's judge does, in
+    one exchange); without it they are drawn here, one by one."""
     problem = check_source(source, FUNCTION)
     if problem is not None:
         return invalid([{"line": problem.line or 0, "message": problem.message}])
@@ -134,12 +138,15 @@ def grade_numpy(spec: ProblemSpec, inst: ArrayInstance, source: str, *,
         hidden_seeds = legacy_hidden_seeds(inst)
     asked = ["d" + a for a in inst.ask]
     jobs = _Jobs(run_job, source, asked, concurrent)
-    # The own instance's child starts first; each hidden instance is drawn while
-    # the children before it run, then gets its own child.
+    # The own instance's child starts first; the hidden instances are drawn while
+    # the children before them run, then get their own children.
     instances = [inst]
     jobs.start(call_arguments(inst), output_cap(inst, asked), last=not hidden_seeds)
+    drawn = iter(draw_hidden(list(hidden_seeds)) if draw_hidden is not None and hidden_seeds
+                 else ())
     for k, seed in enumerate(hidden_seeds):
-        instances += draw_hidden_instances(spec, inst, [seed])
+        instances += [next(drawn)] if draw_hidden is not None else draw_hidden_instances(
+            spec, inst, [seed])
         jobs.start(call_arguments(instances[-1]), output_cap(instances[-1], asked),
                    last=k == len(hidden_seeds) - 1)
     results = jobs.results()
