@@ -114,3 +114,19 @@ def test_base_url_is_read_without_its_trailing_slash_and_has_no_default(tmp_path
     ("unix:/run/nabla.sock", False)])
 def test_loopback_hosts(host, loopback):
     assert config.is_loopback_host(host) is loopback
+
+
+def test_the_judge_limits_default_and_say_which_setting_is_wrong():
+    from server.config import draw_settings, judge_settings, spec_judge_settings
+
+    assert judge_settings({}) == {"size": 2, "timeout_s": 5.0, "memory_mb": 512}
+    assert spec_judge_settings({}) == {"size": 1, "timeout_s": 10.0, "memory_mb": 512,
+                                       "nice": 10, "wait_s": 0.25}
+    assert draw_settings({"NABLA_DRAW_TIMEOUT_S": "3"}) == {
+        "timeout_s": 3.0, "memory_mb": 256, "draw_limit_s": 1.5}
+    for name, raw, words in (("NABLA_SPEC_TIMEOUT_S", "soon", "must be a number"),
+                             ("NABLA_DRAW_TIMEOUT_S", "0", "must be between 0.1 and 600"),
+                             ("NABLA_SPEC_MEMORY_MB", "10", "must be at least 64")):
+        with pytest.raises(config.ConfigError, match=f"{name} {words}"):
+            config.load_settings({name: raw, "NABLA_SECRET_KEY": "k" * 40,
+                                  "NABLA_BASE_URL": "http://127.0.0.1:5000"})

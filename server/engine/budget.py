@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from server.engine.dimexpr import Lin, max_over
-from server.engine.program import Loop, Program, SpecIssue, Step
+from server.engine.program import Loop, Program, SpecIssue
 
 MAX_SPEC_CHARS = 100_000
 MAX_TOML_DEPTH = 16  # arrays and inline tables nested in one another
@@ -210,6 +210,6 @@ def _loop_line(program: Program | None) -> int | None:
 def defining_line(program: Program, name: str) -> int | None:
     """The spec line of the step that defines ``name`` (None for a declared variable)."""
     for step, _ in program.steps():
-        if isinstance(step, Step) and step.target == name:
+        if step.target == name:
             return step.line
     return None

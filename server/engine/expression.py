@@ -153,10 +153,10 @@ def check_expression_spec(
                     line_of("given"), f"given names {given!r}, which the forward lines never define"
                 )
             )
-        elif not errors and expanded_size(defined, given) > budget.MAX_EXPRESSION_NODES:
+        elif not errors and (size := expanded_size(defined, given)) > budget.MAX_EXPRESSION_NODES:
             issues.append(SpecIssue(line_of("forward"), (
-                f"{given} has {expanded_size(defined, given)} nodes once every definition is "
-                f"substituted; the limit is {budget.MAX_EXPRESSION_NODES}")))
+                f"{given} has {size} nodes once every definition is substituted; the limit "
+                f"is {budget.MAX_EXPRESSION_NODES}")))
         if issues:
             break
     return issues

@@ -289,8 +289,8 @@ def draw_instance(
         # Some dims leave a mistake almost never separable (mlp-random's relu mask from
         # b3 instead of z8 with H3 = 2: seed 291): other dims, drawn from the same
         # generator after the failed tries, so a seed that drew before draws the same.
-        progress.stage(f"drawing seed {seed} ({_dims_text(dims)})" if dims
-                       else f"drawing seed {seed}")
+        what = f"seed {seed} ({_dims_text(dims)})" if dims else f"seed {seed}"
+        progress.stage(f"drawing {what}")
         try:
             draw = _draw_values(spec, program, dims, rng, check, stats, f"seed {seed}")
             break
@@ -301,7 +301,6 @@ def draw_instance(
                 raise InstanceError(f"{exc}; {DIMS_ROUNDS - 1} other dims were tried too"
                                     ) from None
             dims = new_dims()
-    what = f"seed {seed} ({_dims_text(dims)})" if dims else f"seed {seed}"
     if discriminate:
         _verify(spec, draw.sched, draw.leaves, draw.seeds, draw.back.grads, draw.values,
                 draw.no_grad, mode=verify, what=what)

@@ -55,6 +55,10 @@ class SpecError(Exception):
         self.issues = issues
         super().__init__("\n".join(i.render(path) for i in issues))
 
+    def to_json(self) -> list[dict]:
+        """The issues as ``[{"line", "message"}]`` (what the API and the editor show)."""
+        return [{"line": i.line, "message": i.message} for i in self.issues]
+
 
 @dataclass(frozen=True)
 class ProblemSpec:
@@ -95,6 +99,12 @@ class ProblemSpec:
 
 
 # --------------------------------------------------------------------------- loading
+
+
+def spec_version(text: str) -> str:
+    """A spec text's version: its hash (equal text, equal version), known without
+    parsing it."""
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def load_spec(path: str | Path) -> ProblemSpec:
@@ -261,7 +271,7 @@ class SpecBuilder:
             kink_margin=kink_margin,
             path=self.path,
             source=self.text,
-            version=hashlib.sha256(self.text.encode()).hexdigest()[:12],
+            version=spec_version(self.text),
             programs=programs,
             constants=constants,
             domain=domain,

@@ -1,5 +1,6 @@
-"""Grades equations and expression answers in killable processes; knows nothing
-about the web or the database.
+"""Grades equations and expression answers, and does a spec's work (``specs``: checks,
+previews, a student's draws), in killable processes; knows nothing about the web or
+the database.
 
     from server.judge import get_judge, grade, JudgeError
     result_json = grade(get_judge(), spec, document_json, answer, hidden_seeds)

@@ -140,12 +140,6 @@ class Zygote:
                 process.kill()
                 process.wait()
 
-    def start(self) -> None:
-        with self._lock:
-            if self._process is None or self._process.poll() is not None:
-                self._stop()
-                self._start()
-
     def spawn(self, memory_mb: int, nice: int = 0) -> _Process:
         """A new judge process (the zygote is started, or started again, as needed)."""
         with self._lock:

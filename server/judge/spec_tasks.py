@@ -1,6 +1,6 @@
 """The work of a spec, in a judge process (server/judge/tasks.py hands these over).
 
-A TA's spec is untrusted input (docs/judge.md, "Specs"): parsing it, drawing
+A TA's spec is untrusted input (docs/judge.md, "A spec's work"): parsing it, drawing
 from it, verifying its references by finite differences and grading its model
 solution all happen here, under the judge's wall-clock and memory limits, never
 in a web worker. Each message names what it works on; the answers are plain

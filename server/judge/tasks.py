@@ -61,8 +61,7 @@ def spec_of(part: dict, *, refusing: bool = False) -> Any:
     except SpecError as exc:
         if not refusing:
             raise
-        raise SpecRefusedHere([{"line": i.line, "message": i.message} for i in exc.issues]
-                              ) from None
+        raise SpecRefusedHere(exc.to_json()) from None
     if spec.version != key:
         raise ValueError(f"spec text has version {spec.version}, not {key}")
     return remember_spec(spec)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import json
 import logging
 import threading
@@ -85,8 +84,6 @@ class SpecRefused(ServiceError):
 class CheckerBusy(Unavailable):
     """The spec pool of this app process is busy (HTTP 503 with Retry-After)."""
 
-    retry_after_s = 2
-
 
 def _refuse(message: str, line: int | None = None) -> SpecRefused:
     return SpecRefused([{"line": line, "message": message}])
@@ -125,7 +122,9 @@ def clean_spec_text(text: Any) -> str:
 
 def text_hash(text: str) -> str:
     """The version hash of a cleaned text (``ProblemSpec.version``), without parsing it."""
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    from server.engine.spec import spec_version
+
+    return spec_version(text)
 
 
 def _spec_judge(judge: Any) -> Any:
@@ -567,21 +566,20 @@ def preview(text: Any, seed: int, answer: str | None = None, *, spec_hash: str |
     ``answer``, its grade exactly as a submission's (nothing is stored). The draw is
     the judge's (its spec pool, under its limits); the text is parsed here only
     after the judge drew from it, to show it."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
-        raise _refuse(f"seed: must be a whole number from 0 to {2**31 - 1}, got {seed!r}")
+    from server.engine.spec import SpecError
     from server.judge import specs
 
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+        raise _refuse(f"seed: must be a whole number from 0 to {2**31 - 1}, got {seed!r}")
     text = clean_spec_text(text)
     key = spec_hash or text_hash(text)
     drawn = _judged(f"drawing seed {seed} of this spec", judge,
                     lambda j: specs.preview(j, key, text, seed, parse_limit_s=PARSE_LIMIT_S))
     _refused(drawn)
-    from server.engine.spec import SpecError
-
     try:  # the judge parsed it within the budget: the same parse, bounded, to show it
         spec = spec_of_text(key, lambda: text)
     except SpecError as exc:  # only if this process's engine disagrees with the judge's
-        raise SpecRefused([{"line": i.line, "message": i.message} for i in exc.issues]) from None
+        raise SpecRefused(exc.to_json()) from None
     document = drawn["document"]
     public = {k: v for k, v in document.items() if k not in PRIVATE_KEYS}
     outcome = None

@@ -400,7 +400,8 @@ def _hidden_from_judge(job: GradingJob, judge: Any) -> Callable[[Any], list]:
             answer = specs.hidden(judge or get_judge(), job.spec, job.document_json, seeds,
                                   timeout_s=settings["timeout_s"], memory_mb=settings["memory_mb"])
         except JudgeError as exc:
-            raise HiddenDrawFailed(f"{exc.kind}: {exc} ({exc.stage})") from None
+            doing = f" ({exc.stage})" if exc.stage else ""
+            raise HiddenDrawFailed(f"{exc.kind}: {exc}{doing}") from None
         if answer.get("refused"):
             raise HiddenDrawFailed(answer["refused"][0]["message"])
         return [engine_instance(job.spec, document) for document in answer["documents"]]

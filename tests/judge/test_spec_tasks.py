@@ -125,3 +125,20 @@ def test_staff_work_runs_at_a_lower_priority_than_the_web_workers():
     specs.check_text(judge, MLP, seeds=1)
     pids = judge.status()["idle"]
     assert pids and all(os.getpriority(os.PRIO_PROCESS, pid) == 10 for pid in pids)
+
+
+def test_the_zygote_gets_openblas_tuning_and_nothing_else_of_the_server(monkeypatch):
+    """OpenBLAS's kernel choice passes (the same bits as a draw in the server: without
+    it, this machine's OPENBLAS_CORETYPE made references differ in their last bits);
+    secrets and the rest of the server's environment do not."""
+    from server.judge.pool import clean_environment
+
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    monkeypatch.setenv("NABLA_SECRET_KEY", "s" * 40)
+    monkeypatch.setenv("NABLA_DATABASE_URL", "postgresql://secret@db/nabla")
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "8")
+    env = clean_environment()
+    assert env["OPENBLAS_CORETYPE"] == "Haswell" and env["OPENBLAS_NUM_THREADS"] == "1"
+    assert not any(name.startswith("NABLA_") for name in env)
+    assert set(env) <= {"PATH", "LANG", "LC_ALL", "OMP_NUM_THREADS", "MKL_NUM_THREADS"} | {
+        name for name in os.environ if name.startswith("OPENBLAS_")}
