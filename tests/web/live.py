@@ -23,7 +23,25 @@ from .helpers import csrf_token_in, stop_process_group
 HOST = "127.0.0.1"
 
 
+# Below the kernel's ephemeral range (32768-60999 by default), where a port bind(0)
+# gave us may be taken by any client connection's source port before gunicorn binds it.
+SERVER_PORTS = range(20000, 32000)
+
+
 def free_port() -> int:
+    """A loopback port nobody listens on, outside the ephemeral range (another test's
+    connections cannot take it meanwhile); a server that still loses it is started
+    again on another (LiveServer)."""
+    import random
+
+    for _ in range(100):
+        port = random.choice(SERVER_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
@@ -33,15 +51,19 @@ class LiveServer:
     """``nabla serve`` on a free loopback port; ``stop()`` ends its process group."""
 
     def __init__(self, env: dict[str, str], workers: int = 2, threads: int = 2) -> None:
-        self.port = free_port()
-        nabla = Path(sys.executable).with_name("nabla")
+        self.env, self.workers, self.threads = env, workers, threads
         # A file, not a pipe: nobody reads a pipe while the test runs, and a full
         # one would stop gunicorn.
         self.log = tempfile.TemporaryFile()
+        self._start()
+
+    def _start(self) -> None:
+        self.port = free_port()
+        nabla = Path(sys.executable).with_name("nabla")
         self.process = subprocess.Popen(
-            [str(nabla), "serve", "--bind", f"{HOST}:{self.port}", "--workers", str(workers),
-             "--threads", str(threads)],
-            env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT,
+            [str(nabla), "serve", "--bind", f"{HOST}:{self.port}", "--workers",
+             str(self.workers), "--threads", str(self.threads)],
+            env={**os.environ, **self.env}, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True)
 
     def output(self, tail: int | None = 3000) -> str:
@@ -53,6 +75,7 @@ class LiveServer:
     def wait_until_up(self, timeout: float = 60) -> int:
         """The status of GET /login once the server answers (or a clear failure)."""
         deadline = time.monotonic() + timeout
+        restarts = 0
         while time.monotonic() < deadline:
             connection = http.client.HTTPConnection(HOST, self.port, timeout=2)
             try:
@@ -60,7 +83,10 @@ class LiveServer:
                 return connection.getresponse().status
             except (OSError, http.client.HTTPException):
                 if self.process.poll() is not None:
-                    break
+                    if "Address already in use" not in self.output() or restarts == 3:
+                        break
+                    restarts += 1  # someone took the port between our look and its bind
+                    self._start()
                 time.sleep(0.2)
             finally:
                 connection.close()
